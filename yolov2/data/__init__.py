@@ -1,0 +1,1 @@
+"""Datasets: the records table, format readers/writers, shards, transforms and loading."""

@@ -1,0 +1,219 @@
+"""The annotation table: one record per image, the contract between readers, shards and training.
+
+Coordinates everywhere in a record are **absolute pixels, 0-based continuous, xyxy**: a box covering
+VOC's inclusive pixels ``xmin=1..xmax=10`` is ``x1=0, x2=10``. Readers convert once, at the boundary.
+
+A reader returns ``(records, rejects)``. A :class:`Reject` at ``level="image"`` means the whole image
+was skipped; at ``level="box"`` only one box was dropped (the image is still in ``records``). So for
+any reader ``images_in == len(records) + count(rejects at level "image")``: nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from yolov2.errors import DatasetError
+
+BOX_TYPE = pa.struct(
+    [
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("label", pa.int32()),
+        ("difficult", pa.bool_()),
+        ("iscrowd", pa.bool_()),
+    ]
+)
+
+RECORD_FIELDS = [
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("boxes", pa.list_(BOX_TYPE), nullable=False),
+    pa.field("clipped_boxes", pa.int32(), nullable=False),
+]
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("level", pa.string(), nullable=False),
+        pa.field("image_id", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+)
+
+CLASS_NAMES_KEY = b"class_names"
+
+
+def record_schema(class_names: Sequence[str]) -> pa.Schema:
+    """The records schema with the class names (label i is ``class_names[i]``) in its metadata."""
+    return pa.schema(RECORD_FIELDS, metadata={CLASS_NAMES_KEY: json.dumps(list(class_names)).encode()})
+
+
+@dataclass
+class ImageRecord:
+    """One image and its boxes.
+
+    boxes (float32[N, 4]): x1, y1, x2, y2 in absolute pixels, 0-based continuous.
+    labels (int32[N]): contiguous class indices into the dataset's class names.
+    """
+
+    image_id: str
+    split: str
+    path: str
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    clipped_boxes: int = 0
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        n = len(self.boxes)
+        self.labels = np.asarray(self.labels, np.int32).reshape(n)
+        self.difficult = np.asarray(self.difficult, bool).reshape(n)
+        self.iscrowd = np.asarray(self.iscrowd, bool).reshape(n)
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, the one stored next to each image in a shard (``<key>.json``)."""
+        return {
+            "image_id": self.image_id,
+            "split": self.split,
+            "path": self.path,
+            "width": int(self.width),
+            "height": int(self.height),
+            "boxes": _boxes_to_dicts(self),
+            "clipped_boxes": int(self.clipped_boxes),
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "ImageRecord":
+        boxes = row.get("boxes") or []
+        return cls(
+            image_id=str(row["image_id"]),
+            split=str(row["split"]),
+            path=str(row["path"]),
+            width=int(row["width"]),
+            height=int(row["height"]),
+            boxes=np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in boxes], np.float32),
+            labels=np.array([b["label"] for b in boxes], np.int32),
+            difficult=np.array([b["difficult"] for b in boxes], bool),
+            iscrowd=np.array([b["iscrowd"] for b in boxes], bool),
+            clipped_boxes=int(row.get("clipped_boxes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Something a reader skipped: ``source`` names the file, ``reason`` says why."""
+
+    source: str
+    reason: str
+    level: Literal["image", "box"] = "image"
+    image_id: str | None = None
+    split: str | None = None
+
+
+def _boxes_to_dicts(record: ImageRecord) -> list[dict]:
+    return [
+        {
+            "x1": float(b[0]),
+            "y1": float(b[1]),
+            "x2": float(b[2]),
+            "y2": float(b[3]),
+            "label": int(lab),
+            "difficult": bool(d),
+            "iscrowd": bool(c),
+        }
+        for b, lab, d, c in zip(record.boxes, record.labels, record.difficult, record.iscrowd)
+    ]
+
+
+def records_to_table(records: Iterable[ImageRecord], class_names: Sequence[str]) -> pa.Table:
+    """Records -> Arrow table with :func:`record_schema`."""
+    rows = [r.to_dict() for r in records]
+    return pa.Table.from_pylist(rows, schema=record_schema(class_names))
+
+
+def table_to_records(table: pa.Table) -> list[ImageRecord]:
+    """Arrow table (extra columns such as ``shard``/``key`` are ignored) -> records."""
+    return [ImageRecord.from_dict(row) for row in table.to_pylist()]
+
+
+def class_names_of(table_or_schema: pa.Table | pa.Schema) -> list[str]:
+    """The class names stored in a records table's metadata."""
+    schema = table_or_schema.schema if isinstance(table_or_schema, pa.Table) else table_or_schema
+    meta = schema.metadata or {}
+    if CLASS_NAMES_KEY not in meta:
+        raise DatasetError("records table has no class_names metadata (was it written by records_to_table?)")
+    return json.loads(meta[CLASS_NAMES_KEY])
+
+
+def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:
+    rows = [
+        {"source": r.source, "reason": r.reason, "level": r.level, "image_id": r.image_id, "split": r.split}
+        for r in rejects
+    ]
+    return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+
+
+def validate_record(record: ImageRecord, num_classes: int) -> list[str]:
+    """Problems with one record (an empty list when it is valid); used by readers and tests."""
+    problems = []
+    if record.width <= 0 or record.height <= 0:
+        problems.append(f"image size {record.width}x{record.height} is not positive")
+    if not record.image_id:
+        problems.append("empty image_id")
+    b = record.boxes
+    if len(b):
+        if not np.isfinite(b).all():
+            problems.append("a box has a non-finite coordinate")
+        if ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).any():
+            problems.append("a box has zero or negative area")
+        if (b[:, :2] < 0).any() or (b[:, 2] > record.width).any() or (b[:, 3] > record.height).any():
+            problems.append("a box lies outside the image")
+        if ((record.labels < 0) | (record.labels >= num_classes)).any():
+            problems.append(f"a label is outside 0..{num_classes - 1}")
+    return problems
+
+
+def sanitize_boxes(
+    boxes: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip boxes (float[N, 4], absolute xyxy) to the image and find the unusable ones.
+
+    Returns ``(clipped_boxes, was_clipped[N], reason_per_box[N])`` where the reason is an empty
+    string for a usable box, else why it must be dropped (non-finite, inverted, zero area after
+    clipping, or entirely outside the image). Readers turn the reasons into box-level rejects.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    reasons = np.full(len(boxes), "", dtype=object)
+    finite = np.isfinite(boxes).all(axis=1)
+    reasons[~finite] = "non-finite coordinate"
+    safe = np.where(finite[:, None], boxes, 0.0)
+    inverted = finite & ((safe[:, 2] < safe[:, 0]) | (safe[:, 3] < safe[:, 1]))
+    reasons[inverted] = "inverted box (x2 < x1 or y2 < y1)"
+    clipped = safe.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    was_clipped = finite & ~inverted & (np.abs(clipped - safe) > 1e-6).any(axis=1)
+    empty = finite & ~inverted & ((clipped[:, 2] - clipped[:, 0] <= 0) | (clipped[:, 3] - clipped[:, 1] <= 0))
+    outside = empty & was_clipped & ((safe[:, 2] - safe[:, 0] > 0) & (safe[:, 3] - safe[:, 1] > 0))
+    reasons[empty & ~outside] = "zero-area box"
+    reasons[outside] = "box entirely outside the image"
+    return clipped.astype(np.float32), was_clipped & (reasons == ""), reasons
