@@ -1,0 +1,83 @@
+"""The `prepare` stage: make the raw dataset named by the config exist on local disk.
+
+- ``data.kind: synthetic``: generate the demo dataset (a real VOC layout, plus COCO JSON).
+- ``data.kind: voc|coco|yolo`` with ``data.root``: use that existing folder as it is (nothing copied).
+- ``data.kind: voc|coco`` with ``data.download``: download the named archives (checksummed, resumable)
+  into ``<workspace>/downloads`` and extract them safely into this stage's folder.
+
+Run alone: ``python pipelines/prepare.py --config configs/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from yolov2.config import PipelineConfig
+from yolov2.data import download, synthetic
+from yolov2.errors import ConfigError
+
+from pipelines import cli_common
+from pipelines.stage import StageContext, StageResult, run_stage
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+STAGE = "prepare"
+
+
+def prepare_body(ctx: StageContext) -> dict[str, Any]:
+    data = ctx.cfg.data
+    if data.kind == "synthetic":
+        s = data.synthetic
+        root = ctx.workspace.local_path(ctx.out("synthetic"))
+        synthetic.write_synthetic_dataset(
+            root,
+            splits={"train": s.num_train, "val": s.num_val, "test": s.num_test},
+            width=s.image_size[0],
+            height=s.image_size[1],
+            max_objects=s.max_objects,
+            seed=s.seed,
+            write_coco=s.write_coco,
+        )
+        ctx.log_metrics({"images": s.num_train + s.num_val + s.num_test})
+        return {"format": "voc", "root": str(root), "class_names": list(synthetic.SHAPE_CLASSES)}
+    if data.root:
+        root = Path(data.root).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"data.root: {root} is not a folder")
+        return {"format": data.kind, "root": str(root), "class_names": data.class_names}
+    if not data.download:
+        raise ConfigError(f"data.kind={data.kind} needs data.root (an existing dataset) or data.download (archives)")
+    downloads = ctx.workspace.local_path("downloads")
+    extracted = ctx.workspace.local_path(ctx.out("raw"))
+    for name in data.download:
+        archive = download.download(name, downloads)
+        download.extract(archive, extracted)
+    return {"format": data.kind, "root": str(_dataset_root(extracted, data.kind)), "class_names": data.class_names,
+            "archives": list(data.download)}
+
+
+def _dataset_root(extracted: Path, kind: str) -> Path:
+    """VOC archives unpack to VOCdevkit/VOC20xx: the split specs then read `VOC2007/trainval`."""
+    if kind == "voc" and (extracted / "VOCdevkit").is_dir():
+        return extracted / "VOCdevkit"
+    return extracted
+
+
+def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
+        force: bool = False, tracking_enabled: bool = True) -> StageResult:
+    return run_stage(STAGE, cfg, workspace, prepare_body, upstream=upstream or {}, force=force,
+                     tracking_enabled=tracking_enabled)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    return cli_common.run_single_stage(STAGE, run, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

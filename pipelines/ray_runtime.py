@@ -1,0 +1,32 @@
+"""Joining Ray: an existing cluster when there is one (as under `ray submit` / `ray job submit`),
+otherwise a local instance on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process; a no-op when it is already initialised (e.g. in tests)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # A local ray.init() and a later `ray start` must agree on authentication, or job submission
+    # fails with an authentication error; local instances here bind to 127.0.0.1 only.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        log.info("joined the running Ray cluster")
+    except ConnectionError:
+        log.info("no Ray cluster running: starting a local one (num_cpus=%s)", num_cpus)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

@@ -1,0 +1,187 @@
+"""The `shard` stage: Ray tasks turn the prepared VOC/COCO/YOLO dataset into WebDataset tar shards.
+
+Output per split: ``<split>-%06d.tar`` shards, ``<split>-index.parquet`` (every record with its shard
+and key: the anchors stage reads only this), and one ``rejects.parquet`` with the reason for every
+skipped image or box. The shard plan (which image goes to which shard) is made on the driver from
+the config and file sizes alone, so shard names and contents never depend on task scheduling: a
+rerun, a retried task or ``--force`` gives byte-identical shards. Each task writes its shard to a
+temporary name and renames it, so a killed task leaves no partial shard.
+
+Run alone: ``python pipelines/shard.py --config configs/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from yolov2.config import PipelineConfig
+from yolov2.data.records import Reject, records_to_table, rejects_to_table
+from yolov2.data.shards import ShardItem, ShardOptions, ShardOutcome, write_shard
+from yolov2.data.sources import list_split_items
+from yolov2.errors import DatasetError
+
+from pipelines import cli_common
+from pipelines.stage import StageContext, StageResult, run_stage
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+STAGE = "shard"
+
+
+@dataclass
+class PlannedShard:
+    split: str
+    name: str  # e.g. train-000003.tar
+    items: list[ShardItem] = field(default_factory=list)
+
+
+def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: int) -> list[PlannedShard]:
+    """Cut a split's items, in order, into shards of at most ``max_count`` images / ``max_bytes``."""
+    shards: list[PlannedShard] = []
+    current: PlannedShard | None = None
+    current_bytes = 0
+    for item in items:
+        size = item.source_bytes()
+        if current is None or len(current.items) >= max_count or (current.items and current_bytes + size > max_bytes):
+            current = PlannedShard(split, f"{split}-{len(shards):06d}.tar")
+            shards.append(current)
+            current_bytes = 0
+        current.items.append(item)
+        current_bytes += size
+    return shards
+
+
+def _remote_write_shard(workspace: Workspace, shard_path: str, items: list[ShardItem], options: ShardOptions,
+                        fault_marker: str | None) -> ShardOutcome:
+    if fault_marker:
+        _inject_first_attempt_fault(fault_marker, shard_path)
+    with workspace.atomic_output(shard_path) as stream:
+        return write_shard(stream, items, options, shard_name=shard_path.rsplit("/", 1)[-1])
+
+
+def _inject_first_attempt_fault(marker_dir: str, shard_path: str) -> None:
+    """Test hook (YOLOV2_FAULT_SHARD_DIR): the first attempt at each shard dies mid-write."""
+    marker = os.path.join(marker_dir, shard_path.replace("/", "_") + ".attempted")
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("1")
+        os._exit(1)
+
+
+def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions) -> list[ShardOutcome]:
+    import ray
+    from tqdm import tqdm
+
+    fault_marker = os.environ.get("YOLOV2_FAULT_SHARD_DIR")
+    remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
+    refs = [remote.remote(ctx.workspace, ctx.out(p.name), p.items, options, fault_marker) for p in planned]
+    index_of = {ref: i for i, ref in enumerate(refs)}
+    outcomes: list[ShardOutcome | None] = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="shards", unit="shard", disable=None) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                outcomes[index_of[ref]] = ray.get(ref)
+                bar.update(1)
+    return [o for o in outcomes if o is not None]
+
+
+def shard_body(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    prepared = ctx.upstream["prepare"].manifest
+    options = ShardOptions(
+        reencode=cfg.shard.reencode, max_side=cfg.shard.max_side, jpeg_quality=cfg.shard.jpeg_quality,
+        strict=cfg.data.strict,
+    )
+    started = time.time()
+    all_rejects: list[Reject] = []
+    planned: list[PlannedShard] = []
+    class_names: list[str] | None = None
+    items_in: dict[str, int] = {}
+    for split, dataset_splits in cfg.data.splits.items():
+        listing = list_split_items(prepared, split, dataset_splits, cfg.data.class_names, strict=cfg.data.strict)
+        class_names = listing.class_names
+        all_rejects.extend(listing.rejects)
+        items_in[split] = len(listing.items) + sum(r.level == "image" for r in listing.rejects)
+        planned.extend(plan_shards(split, listing.items, cfg.shard.max_count, cfg.shard.max_bytes))
+    assert class_names is not None
+
+    outcomes = _run_shard_tasks(ctx, planned, options)
+
+    summary: dict[str, Any] = {"splits": {}, "class_names": class_names}
+    total_images = 0
+    total_bytes = 0
+    for split in cfg.data.splits:
+        shard_outcomes = [(p, o) for p, o in zip(planned, outcomes) if p.split == split]
+        records, shard_col, key_col, bytes_written = [], [], [], 0
+        for plan, outcome in shard_outcomes:
+            records.extend(outcome.records)
+            shard_col.extend([plan.name] * len(outcome.records))
+            key_col.extend(outcome.keys)
+            all_rejects.extend(outcome.rejects)
+            bytes_written += outcome.bytes_written
+        table = records_to_table(records, class_names)
+        table = table.append_column("shard", pa.array(shard_col, pa.string()))
+        table = table.append_column("key", pa.array(key_col, pa.string()))
+        ctx.workspace.write_parquet(table, ctx.out(f"{split}-index.parquet"))
+        image_rejects = sum(r.level == "image" and r.split == split for r in all_rejects)
+        if items_in[split] != len(records) + image_rejects:  # nothing may be lost silently
+            raise DatasetError(
+                f"split {split}: {items_in[split]} images in, but {len(records)} sharded + {image_rejects} rejected"
+            )
+        summary["splits"][split] = {
+            "images_in": items_in[split],
+            "images": len(records),
+            "boxes": int(sum(r.num_boxes for r in records)),
+            "clipped_boxes": int(sum(r.clipped_boxes for r in records)),
+            "rejected_images": image_rejects,
+            "rejected_boxes": sum(r.level == "box" and r.split == split for r in all_rejects),
+            "shards": [p.name for p, _ in shard_outcomes],
+            "bytes": bytes_written,
+            "index": f"{split}-index.parquet",
+        }
+        total_images += len(records)
+        total_bytes += bytes_written
+    ctx.workspace.write_parquet(rejects_to_table(all_rejects), ctx.out("rejects.parquet"))
+    seconds = time.time() - started
+    summary["rejects"] = "rejects.parquet"
+    summary["images_per_second"] = total_images / max(seconds, 1e-9)
+
+    for split, s in summary["splits"].items():
+        ctx.log_metrics({f"{split}.{k}": v for k, v in s.items() if isinstance(v, int)})
+    ctx.log_metrics({"images_per_second": summary["images_per_second"], "bytes": total_bytes,
+                     "rejects": len(all_rejects)})
+    if all_rejects:
+        ctx.log_artifact_bytes(_rejects_text(all_rejects), "rejects.txt")
+    log.info("sharded %d images (%d rejects) in %.1fs", total_images, len(all_rejects), seconds)
+    return summary
+
+
+def _rejects_text(rejects: list[Reject]) -> bytes:
+    lines = [f"{r.level}\t{r.split}\t{r.source}\t{r.reason}" for r in rejects]
+    return ("\n".join(["level\tsplit\tsource\treason", *lines]) + "\n").encode()
+
+
+def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
+        force: bool = False, tracking_enabled: bool = True) -> StageResult:
+    return run_stage(STAGE, cfg, workspace, shard_body, upstream=upstream, force=force,
+                     tracking_enabled=tracking_enabled)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    return cli_common.run_single_stage(STAGE, run, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

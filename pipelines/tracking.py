@@ -1,0 +1,122 @@
+"""MLflow set-up and logging helpers shared by the stages (the library never imports mlflow).
+
+Default store: SQLite inside the workspace (``sqlite:///<workspace>/mlflow.db``) with artifacts in
+``<workspace>/mlartifacts``: it works with nothing running, and ``mlflow ui --backend-store-uri ...``
+shows the runs. MLflow 3's plain file store is in maintenance mode, so we do not use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# Parameter names or values that look like credentials are never sent to MLflow.
+_SECRET_NAME = re.compile(r"(secret|token|password|passwd|api[_-]?key|access[_-]?key|credential)", re.I)
+_MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri_for(configured: str | None, workspace: Workspace) -> str:
+    """The tracking URI: the configured one, else SQLite in the (local) workspace."""
+    if configured:
+        return configured
+    if not workspace.is_local:
+        raise ValueError(
+            f"workspace {workspace.uri} is remote: set mlflow.tracking_uri to an MLflow server "
+            "(see cluster/mlflow_server.sh)"
+        )
+    return f"sqlite:///{workspace.local_path('mlflow.db')}"
+
+
+def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspace) -> str:
+    """Point mlflow at the store and select (or create) the experiment; returns the tracking URI."""
+    import mlflow
+
+    # Alembic and mlflow's store start-up are chatty at INFO on every process.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri_for(configured_uri, workspace)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifact_location = None
+        if uri.startswith("sqlite:"):
+            artifact_location = workspace.local_path("mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def safe_params(params: dict[str, Any]) -> dict[str, str]:
+    """Stringify params for MLflow, dropping secret-looking names and capping long values."""
+    out = {}
+    for key, value in params.items():
+        if _SECRET_NAME.search(key):
+            continue
+        text = str(value)
+        out[key] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+    return out
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    items = list(safe_params(params).items())
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_artifact_bytes(data: bytes, name: str, artifact_path: str | None = None) -> None:
+    """Log in-memory bytes as an artifact file called ``name``."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_figure(figure: Any, name: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(figure, name)
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit and library versions, recorded on the parent run."""
+    import subprocess
+
+    import mlflow
+    import pyarrow
+    import ray
+    import torch
+
+    tags = {
+        "versions.torch": torch.__version__,
+        "versions.ray": ray.__version__,
+        "versions.mlflow": mlflow.__version__,
+        "versions.pyarrow": pyarrow.__version__,
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+        if commit:
+            tags["git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
