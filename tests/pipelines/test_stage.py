@@ -1,0 +1,101 @@
+"""Fingerprints, manifests and skip-if-done: the rerun contract every stage relies on."""
+
+from __future__ import annotations
+
+import pytest
+
+from yolov2.config import PipelineConfig, load_config
+
+from pipelines.stage import MANIFEST, StageError, downstream_of, fingerprint, load_result, run_stage
+from pipelines.workspace import Workspace
+
+
+def test_fingerprint_depends_on_own_config_and_upstream_only():
+    base = PipelineConfig()
+    assert fingerprint(base, "anchors") == fingerprint(PipelineConfig(), "anchors")
+    other = load_config(None, ["anchors.k=9"])
+    assert fingerprint(other, "anchors") != fingerprint(base, "anchors")
+    assert fingerprint(other, "shard") == fingerprint(base, "shard")  # upstream unaffected
+    assert fingerprint(other, "train") != fingerprint(base, "train")  # downstream follows
+    evaluate_only = load_config(None, ["evaluate.nms_thresh=0.5"])
+    assert fingerprint(evaluate_only, "train") == fingerprint(base, "train")
+    data_change = load_config(None, ["data.synthetic.seed=3"])
+    assert all(fingerprint(data_change, s) != fingerprint(base, s) for s in ["prepare", "shard", "evaluate"])
+
+
+def test_downstream_of():
+    assert downstream_of(["anchors"]) == {"anchors", "train", "evaluate"}
+    assert downstream_of(["prepare"]) == {"prepare", "shard", "anchors", "train", "evaluate"}
+    assert downstream_of([]) == set()
+
+
+def test_run_stage_caches_and_force_reruns(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = PipelineConfig()
+    calls = []
+
+    def body(ctx):
+        calls.append(ctx.output_dir)
+        ctx.workspace.write_bytes(b"data", ctx.out("file.bin"))
+        return {"value": len(calls)}
+
+    first = run_stage("prepare", cfg, ws, body, tracking_enabled=False)
+    assert not first.cached and first.manifest["value"] == 1
+    again = run_stage("prepare", cfg, ws, body, tracking_enabled=False)
+    assert again.cached and again.manifest["value"] == 1 and len(calls) == 1
+    forced = run_stage("prepare", cfg, ws, body, force=True, tracking_enabled=False)
+    assert not forced.cached and forced.manifest["value"] == 2
+    assert ws.read_bytes(forced.output_dir, "file.bin") == b"data"
+
+
+def test_crashed_body_leaves_no_manifest_and_rerun_starts_clean(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = PipelineConfig()
+
+    def crashing(ctx):
+        ctx.workspace.write_bytes(b"half", ctx.out("partial.bin"))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_stage("prepare", cfg, ws, crashing, tracking_enabled=False)
+    assert load_result(cfg, ws, "prepare") is None
+    result = run_stage("prepare", cfg, ws, lambda ctx: {"ok": True}, tracking_enabled=False)
+    assert not ws.exists(result.output_dir, "partial.bin")  # leftovers of the crash are gone
+    assert ws.exists(result.output_dir, MANIFEST)
+
+
+def test_missing_upstream_names_the_command_to_run(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(StageError, match=r"pipelines/shard\.py"):
+        run_stage("anchors", PipelineConfig(), ws, lambda ctx: {}, tracking_enabled=False)
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    ws = Workspace.open(tmp_path)
+    with pytest.raises(ValueError):
+        with ws.atomic_output("dir", "f.bin") as stream:
+            stream.write(b"x" * 100)
+            raise ValueError("boom")
+    assert ws.list_dir("dir") == []
+
+
+def test_stage_runs_are_logged_to_mlflow_nested_under_parent(tmp_path):
+    import mlflow
+
+    from pipelines import tracking
+
+    ws = Workspace.open(tmp_path / "ws")
+    uri = tracking.setup_mlflow(None, "test-exp", ws)
+    assert uri.startswith("sqlite:///") and (tmp_path / "ws" / "mlflow.db").exists()
+
+    def body(ctx):
+        ctx.log_metrics({"answer": 42.0})
+        return {}
+
+    with mlflow.start_run(run_name="pipeline") as parent:
+        result = run_stage("prepare", PipelineConfig(), ws, body)
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.metrics["answer"] == 42.0
+    assert run.data.params["data.kind"] == "synthetic"
+    assert load_result(PipelineConfig(), ws, "prepare").run_id == result.run_id
