@@ -32,15 +32,7 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
     if data.kind == "synthetic":
         s = data.synthetic
         root = ctx.workspace.local_path(ctx.out("synthetic"))
-        synthetic.write_synthetic_dataset(
-            root,
-            splits={"train": s.num_train, "val": s.num_val, "test": s.num_test},
-            width=s.image_size[0],
-            height=s.image_size[1],
-            max_objects=s.max_objects,
-            seed=s.seed,
-            write_coco=s.write_coco,
-        )
+        synthetic.write_synthetic_from_config(s, root, progress=True)
         ctx.log_metrics({"images": s.num_train + s.num_val + s.num_test})
         return {"format": "voc", "root": str(root), "class_names": list(synthetic.SHAPE_CLASSES)}
     if data.root:

@@ -27,6 +27,7 @@ from yolov2.data.records import ImageRecord, Reject
 from yolov2.errors import DatasetError
 
 BLOCK = 512
+_JPEG_SOI = b"\xff\xd8\xff"
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-/]{1,90}$")
 
 
@@ -135,12 +136,12 @@ class ShardItem:
     """One image to shard: its key in the shard, its file, and how to read its annotation.
 
     ``load`` is a picklable callable (a ``functools.partial`` of a reader's per-image function)
-    returning the :class:`ImageRecord`, or a :class:`Reject` when the annotation is unusable.
+    returning ``(record, box_rejects)``, or ``(None, [image_reject])`` when the image is unusable.
     """
 
     key: str
     image_path: str
-    load: Callable[[], ImageRecord | Reject]
+    load: Callable[[], tuple[ImageRecord | None, list[Reject]]]
 
     def source_bytes(self) -> int:
         try:
@@ -177,12 +178,11 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
     outcome = ShardOutcome()
     with TarShardWriter(stream) as writer:
         for item in items:
-            loaded = item.load()
-            if isinstance(loaded, Reject):
-                outcome.rejects.append(loaded)
+            record, rejects = item.load()
+            outcome.rejects.extend(rejects)
+            if record is None:
                 continue
-            record = loaded
-            problem, data = _read_checked_image(item.image_path, record)
+            problem, data = _read_checked_image(record.path, record)
             if problem is None:
                 try:
                     data, record, changed = _maybe_reencode(data, record, options)
@@ -222,11 +222,11 @@ def _maybe_reencode(data: bytes, record: ImageRecord, options: ShardOptions) -> 
     """Re-encode as JPEG when asked, when downscaling, or when the source is not a JPEG."""
     import cv2
 
-    from yolov2.data.images import decode_rgb, is_jpeg
+    from yolov2.data.images import decode_rgb
 
     longest = max(record.width, record.height)
     downscale = options.max_side is not None and longest > options.max_side
-    if not (options.reencode or downscale or not is_jpeg(data)):
+    if not (options.reencode or downscale or not data.startswith(_JPEG_SOI)):
         return data, record, False
     image = decode_rgb(data, record.path)
     if downscale:
