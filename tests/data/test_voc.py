@@ -1,0 +1,347 @@
+"""yolov2/data/voc.py on the real VOC-layout datasets and on broken files made here.
+
+The reference is plain ``xml.etree`` over the same files with the devkit's convention written out
+in the test (pixel i, 1-based, covers [i-1, i]); the bad inputs are written by hand, not by the
+code under test.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yolov2.data.records import ImageRecord, Reject
+from yolov2.data.voc import VOC_CLASSES, read_voc, read_voc_item, write_voc, write_voc_annotation
+from yolov2.errors import DatasetError
+
+
+def image_level(rejects: list[Reject]) -> list[Reject]:
+    return [r for r in rejects if r.level == "image"]
+
+
+def assert_accounted(n_in: int, records: list[ImageRecord], rejects: list[Reject]) -> None:
+    assert n_in == len(records) + len(image_level(rejects))
+
+
+def reference_objects(xml_path: Path) -> list[dict]:
+    """Objects of a VOC XML with plain ElementTree, converted by hand to 0-based continuous xyxy."""
+    out = []
+    for obj in ET.parse(xml_path).getroot().iter("object"):
+        bb = obj.find("bndbox")
+        xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append(
+            {
+                "name": obj.findtext("name").strip(),
+                "box": [xmin - 1, ymin - 1, xmax, ymax],
+                "difficult": int(obj.findtext("difficult") or 0) == 1,
+            }
+        )
+    return out
+
+
+def records_as_dicts(records: list[ImageRecord]) -> list[dict]:
+    return [r.to_dict() for r in records]
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+def test_voc_classes_match_darknet_voc_names(shared_data: Path) -> None:
+    names = (shared_data / "darknet_cfg" / "voc.names").read_text().split()
+    assert list(VOC_CLASSES) == names
+
+
+def test_voc100_counts_and_every_box_match_a_plain_parse(shared_data: Path) -> None:
+    root = shared_data / "voc100"
+    ids = (root / "ImageSets" / "Main" / "test.txt").read_text().split()
+    records, rejects = read_voc(root, "test")
+    assert rejects == []
+    assert_accounted(len(ids), records, rejects)
+    assert [r.image_id for r in records] == ids
+    n_boxes = n_difficult = 0
+    for record in records:
+        ref = reference_objects(root / "Annotations" / f"{record.image_id}.xml")
+        size = ET.parse(root / "Annotations" / f"{record.image_id}.xml").getroot().find("size")
+        assert (record.width, record.height) == (int(size.findtext("width")), int(size.findtext("height")))
+        assert record.split == "test" and record.clipped_boxes == 0
+        assert Path(record.path) == (root / "JPEGImages" / f"{record.image_id}.jpg").absolute()
+        np.testing.assert_array_equal(record.boxes, np.array([o["box"] for o in ref], np.float32).reshape(-1, 4))
+        assert record.labels.tolist() == [VOC_CLASSES.index(o["name"]) for o in ref]
+        assert record.difficult.tolist() == [o["difficult"] for o in ref]
+        assert not record.iscrowd.any()
+        n_boxes += len(ref)
+        n_difficult += sum(o["difficult"] for o in ref)
+    # the plain count, and the dataset README's numbers
+    assert sum(r.num_boxes for r in records) == n_boxes == 273
+    assert sum(int(r.difficult.sum()) for r in records) == n_difficult == 38
+    assert len({int(lab) for r in records for lab in r.labels}) == 20
+
+
+@pytest.mark.parametrize("split, n_images", [("train", 160), ("test", 40), (None, 200)])
+def test_raccoon_splits_including_grayscale_images(shared_data: Path, split: str | None, n_images: int) -> None:
+    root = shared_data / "raccoon"
+    if split is None:
+        ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+    else:
+        ids = (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+    records, rejects = read_voc(root, split, class_names=["raccoon"])
+    assert rejects == []
+    assert len(records) == len(ids) == n_images
+    assert_accounted(len(ids), records, rejects)
+    n_boxes = sum(len(ET.parse(root / "Annotations" / f"{i}.xml").getroot().findall("object")) for i in ids)
+    assert sum(r.num_boxes for r in records) == n_boxes
+    assert {r.split for r in records} == {split or "all"}
+    if split is None:
+        assert n_boxes == 217
+        gray = [r for r in records if Image.open(r.path).mode == "L"]
+        assert len(gray) == 3  # grayscale JPEGs are accepted, not rejected
+
+
+def test_read_voc_item_is_the_per_image_unit(shared_data: Path) -> None:
+    root = shared_data / "voc100"
+    records, _ = read_voc(root, "test")
+    record, rejects = read_voc_item(root, records[5].image_id, "test")
+    assert rejects == [] and record is not None
+    assert record.to_dict() == records[5].to_dict()
+
+
+def test_voc100_write_then_read_is_lossless(shared_data: Path, tmp_path: Path) -> None:
+    records, _ = read_voc(shared_data / "voc100", "test")
+    written = write_voc(records, VOC_CLASSES, tmp_path / "VOC", "test", images="symlink")
+    again, rejects = read_voc(tmp_path / "VOC", "test")
+    assert rejects == []
+    assert records_as_dicts(again) == records_as_dicts(written)
+    for a, b in zip(records, again):
+        assert {**a.to_dict(), "path": ""} == {**b.to_dict(), "path": ""}
+        assert Path(b.path).read_bytes() == Path(a.path).read_bytes()
+
+
+def test_fractional_coordinates_and_crowd_flag_round_trip(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("a", jpeg(40, 30), None)])
+    record = ImageRecord(
+        "a", "test", str(root / "JPEGImages" / "a.jpg"), 40, 30,
+        boxes=[[0.25, 1.5, 10.125, 20.0], [3, 4, 39.75, 29.5]], labels=[1, 0], difficult=[True, False], iscrowd=[False, True],
+    )
+    write_voc_annotation(record, ["cat", "dog"], root / "Annotations" / "a.xml")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("a\n")
+    again, rejects = read_voc(root, "test", class_names=["cat", "dog"])
+    assert rejects == []
+    assert again[0].to_dict() == record.to_dict()
+    xmins = [float(e.text) for e in ET.parse(root / "Annotations" / "a.xml").getroot().iter("xmin")]
+    assert xmins == [1.25, 4.0]  # the writer adds VOC's 1-based offset back
+
+
+# --- broken inputs made here -----------------------------------------------------------------
+
+
+def jpeg(width: int, height: int, mode: str = "RGB") -> bytes:
+    arr = np.random.default_rng(width * height).integers(0, 256, (height, width, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def xml_text(filename: str, size: tuple[int, int] | None, objects: list[tuple[str, tuple, int]]) -> str:
+    """A VOC XML written by hand. objects: (name, (xmin, ymin, xmax, ymax) as VOC text, difficult)."""
+    size_xml = (
+        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
+    )
+    objs = "".join(
+        f"<object><name>{n}</name><truncated>0</truncated><difficult>{d}</difficult>"
+        f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b, d in objects
+    )
+    return f"<annotation><folder>VOC</folder><filename>{filename}</filename>{size_xml}{objs}</annotation>"
+
+
+def make_root(tmp_path: Path, items: list[tuple[str, bytes | None, str | None]], split: str = "test") -> Path:
+    """A VOC root: items are (image id, image bytes or None for no file, XML text or None for none)."""
+    root = tmp_path / "VOCdevkit" / "VOC2007"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for image_id, data, xml in items:
+        if data is not None:
+            (root / "JPEGImages" / f"{image_id}.jpg").write_bytes(data)
+        if xml is not None:
+            (root / "Annotations" / f"{image_id}.xml").write_text(xml, encoding="utf-8")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i, _, _ in items), encoding="utf-8")
+    return root
+
+
+GOOD_OBJ = ("dog", (11, 21, 40, 50), 0)
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<annotation><filename>&lol9;</filename><size><width>80</width><height>60</height></size></annotation>
+"""
+
+# (case name, image id, image bytes, xml text, where the reject points, words the reason must contain)
+IMAGE_LEVEL_CASES = [
+    ("truncated_jpeg", "cut", jpeg(80, 60)[:-600], xml_text("cut.jpg", (80, 60), [GOOD_OBJ]), "JPEGImages/cut.jpg", ["truncated JPEG"]),
+    ("png_named_jpg", "fake", png(80, 60), xml_text("fake.jpg", (80, 60), [GOOD_OBJ]), "Annotations/fake.xml", ["content is PNG", "named .jpg"]),
+    ("malformed_xml", "bad", jpeg(80, 60), "<annotation><size><width>80</width></annotation>", "Annotations/bad.xml", ["malformed XML"]),
+    ("size_disagrees", "size", jpeg(80, 60), xml_text("size.jpg", (60, 80), [GOOD_OBJ]), "Annotations/size.xml", ["60x80", "80x60"]),
+    ("missing_image", "gone", None, xml_text("gone.jpg", (80, 60), [GOOD_OBJ]), "Annotations/gone.xml", ["image file is missing", "gone.jpg"]),
+    ("missing_xml", "noxml", jpeg(80, 60), None, "Annotations/noxml.xml", ["annotation file is missing"]),
+    ("billion_laughs", "lol", jpeg(80, 60), BILLION_LAUGHS, "Annotations/lol.xml", ["entities", "without expanding"]),
+    ("wrong_root", "root", jpeg(80, 60), "<html><body/></html>", "Annotations/root.xml", ["<html>", "<annotation>"]),
+    ("empty_image", "zero", b"", xml_text("zero.jpg", (80, 60), [GOOD_OBJ]), "JPEGImages/zero.jpg", ["zero bytes"]),
+]
+
+
+@pytest.mark.parametrize("case", IMAGE_LEVEL_CASES, ids=[c[0] for c in IMAGE_LEVEL_CASES])
+def test_bad_image_is_a_named_image_level_reject(tmp_path: Path, case) -> None:
+    _, image_id, data, xml, where, words = case
+    good = ("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ]))
+    root = make_root(tmp_path, [good, (image_id, data, xml)])
+    start = time.perf_counter()
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert time.perf_counter() - start < 5  # the billion laughs are not expanded
+    assert [r.image_id for r in records] == ["ok"]
+    assert len(rejects) == 1
+    (reject,) = rejects
+    assert reject.level == "image" and reject.image_id == image_id and reject.split == "test"
+    assert reject.source.endswith(where), reject
+    for word in words:
+        assert word in reject.reason, reject
+    assert_accounted(2, records, rejects)
+    with pytest.raises(DatasetError) as err:
+        read_voc(root, "test", class_names=["dog"], strict=True)
+    assert where in str(err.value) and words[0] in str(err.value)
+
+
+def test_grayscale_and_cmyk_jpegs_are_accepted(tmp_path: Path) -> None:
+    root = make_root(
+        tmp_path,
+        [
+            ("gray", jpeg(80, 60, "L"), xml_text("gray.jpg", (80, 60), [GOOD_OBJ])),
+            ("cmyk", jpeg(80, 60, "CMYK"), xml_text("cmyk.jpg", (80, 60), [GOOD_OBJ])),
+        ],
+    )
+    records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
+    assert rejects == [] and [r.image_id for r in records] == ["gray", "cmyk"]
+
+
+def test_non_ascii_file_names(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("été_01", jpeg(80, 60), xml_text("été_01.jpg", (80, 60), [GOOD_OBJ]))])
+    records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
+    assert rejects == [] and records[0].image_id == "été_01"
+    assert Path(records[0].path).name == "été_01.jpg"
+    out = write_voc(records, ["dog"], tmp_path / "copy", "test")
+    again, _ = read_voc(tmp_path / "copy", "test", class_names=["dog"])
+    assert {**again[0].to_dict(), "path": ""} == {**records[0].to_dict(), "path": ""}
+    assert again[0].path == out[0].path
+
+
+def test_box_outside_image_is_clipped_and_counted(tmp_path: Path) -> None:
+    objects = [("dog", (-9, 5, 50, 70), 0), ("dog", (70, 10, 95, 30), 1), GOOD_OBJ]
+    root = make_root(tmp_path, [("clip", jpeg(80, 60), xml_text("clip.jpg", (80, 60), objects))])
+    records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
+    assert rejects == []
+    (r,) = records
+    assert r.clipped_boxes == 2
+    # (-9-1, 5-1, 50, 70) clipped to the 80x60 image; (69, 9, 95, 30) -> x2 = 80
+    np.testing.assert_array_equal(r.boxes, np.array([[0, 4, 50, 60], [69, 9, 80, 30], [10, 20, 40, 50]], np.float32))
+    assert r.difficult.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        (("dog", (51, 20, 50, 40), 0), ["zero-area"]),  # VOC xmax = xmin - 1: zero width (xmin == xmax is 1 px wide)
+        (("dog", (60, 20, 40, 40), 0), ["inverted"]),
+        (("dog", (100, 100, 120, 130), 0), ["entirely outside"]),
+        (("dog", ("nan", 20, 40, 40), 0), ["non-finite"]),
+        (("dog", ("ten", 20, 40, 40), 0), ["xmin", "not a number"]),
+        (("unicorn", (11, 21, 40, 50), 0), ["unknown class name 'unicorn'"]),
+        (("dog", (11, 21, 40, 50), 7), ["difficult", "expected 0 or 1"]),
+    ],
+    ids=["zero_area", "inverted", "outside", "nan", "not_a_number", "unknown_class", "bad_difficult"],
+)
+def test_bad_object_is_a_box_level_reject(tmp_path: Path, obj, words: list[str]) -> None:
+    root = make_root(tmp_path, [("img", jpeg(80, 60), xml_text("img.jpg", (80, 60), [GOOD_OBJ, obj]))])
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert len(records) == 1 and records[0].num_boxes == 1  # the good box stays
+    np.testing.assert_array_equal(records[0].boxes, [[10, 20, 40, 50]])
+    (reject,) = rejects
+    assert reject.level == "box" and reject.source.endswith("Annotations/img.xml")
+    assert reject.reason.startswith("object 1 ")
+    for word in words:
+        assert word in reject.reason, reject
+    assert_accounted(1, records, rejects)
+    with pytest.raises(DatasetError, match="img.xml: object 1"):
+        read_voc(root, "test", class_names=["dog"], strict=True)
+
+
+def test_missing_size_falls_back_to_the_image_header(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [GOOD_OBJ]))])
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert rejects == [] and (records[0].width, records[0].height) == (80, 60)
+    records, rejects = read_voc(root, "test", class_names=["dog"], check_images=False)
+    assert records == [] and len(rejects) == 1 and "<size>" in rejects[0].reason
+
+
+def test_check_images_off_still_finds_missing_files_but_not_content(tmp_path: Path) -> None:
+    root = make_root(
+        tmp_path,
+        [
+            ("cut", jpeg(80, 60)[:-600], xml_text("cut.jpg", (80, 60), [GOOD_OBJ])),
+            ("gone", None, xml_text("gone.jpg", (80, 60), [GOOD_OBJ])),
+        ],
+    )
+    records, rejects = read_voc(root, "test", class_names=["dog"], check_images=False)
+    assert [r.image_id for r in records] == ["cut"]
+    assert [r.image_id for r in rejects] == ["gone"]
+
+
+def test_split_none_reads_every_xml_and_duplicates_are_rejected(tmp_path: Path) -> None:
+    items = [(f"im{i}", jpeg(80, 60), xml_text(f"im{i}.jpg", (80, 60), [GOOD_OBJ])) for i in range(3)]
+    root = make_root(tmp_path, items)
+    (root / "ImageSets" / "Main" / "test.txt").write_text("im0\nim1\n\nim0\nim2\n")
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert [r.image_id for r in records] == ["im0", "im1", "im2"]
+    assert len(rejects) == 1 and "listed more than once" in rejects[0].reason
+    assert_accounted(4, records, rejects)
+    records, rejects = read_voc(root, None, class_names=["dog"])
+    assert [r.image_id for r in records] == ["im0", "im1", "im2"] and rejects == []
+
+
+def test_image_found_through_filename_tag_and_path_traversal_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("p", None, xml_text("p.png", (80, 60), [GOOD_OBJ]))])
+    (root / "JPEGImages" / "p.png").write_bytes(png(80, 60))
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert rejects == [] and records[0].path.endswith("JPEGImages/p.png")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("../../../etc/passwd\n")
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert records == [] and "not a plain file name" in rejects[0].reason
+
+
+def test_not_a_voc_root_or_missing_split_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no JPEGImages"):
+        read_voc(tmp_path, "test")
+    root = make_root(tmp_path, [])
+    with pytest.raises(DatasetError, match=r"trainval.txt: split file not found \(splits here: test\)"):
+        read_voc(root, "trainval")

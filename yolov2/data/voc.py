@@ -1,0 +1,425 @@
+"""Pascal VOC: read ``Annotations/*.xml`` + ``ImageSets/Main/<split>.txt`` into records, and write them.
+
+A VOC root is any folder holding ``JPEGImages/``, ``Annotations/`` and ``ImageSets/Main/`` (for
+example ``VOCdevkit/VOC2007``). The image of id ``X`` is ``JPEGImages/X.jpg`` as in the devkit; if
+that file does not exist, the XML's ``<filename>`` (a plain name inside ``JPEGImages/``) is used.
+
+Coordinates: VOC numbers pixels from 1 and its boxes are *inclusive* (``xmin..xmax`` are the first
+and last pixel columns covered). Pixel ``i`` (1-based) covers the continuous interval ``[i-1, i]``,
+so a VOC box covers ``[xmin-1, xmax] x [ymin-1, ymax]``: records get ``x1 = xmin - 1, y1 = ymin - 1,
+x2 = xmax, y2 = ymax`` (0-based continuous, the record convention), and the width ``x2 - x1`` equals
+the devkit's ``xmax - xmin + 1``. The writer applies the exact inverse.
+
+XML files are untrusted: they are parsed with ``defusedxml`` (entity declarations are refused, not
+expanded, so a "billion laughs" file is a reject, not an out-of-memory).
+
+Rejects: a problem with the whole image (missing file, malformed XML, size disagreement, truncated
+image, ...) is an image-level :class:`Reject`; a bad object (unknown class name, missing or
+non-numeric coordinates, zero-area / inverted / non-finite / entirely-outside box) is a box-level
+one and the image is kept without it. Unknown class names are box-level because the usual cause
+is reading a dataset with a subset of its classes: the other objects of the image are still good.
+Boxes partly outside the image are clipped and counted in ``record.clipped_boxes``.
+``strict=True`` raises :class:`DatasetError` at the first problem instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import xml.etree.ElementTree as std_et
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import defusedxml
+import defusedxml.ElementTree as safe_et
+import numpy as np
+
+from yolov2.data.atomic import atomic_copy, atomic_write_text
+from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
+from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
+from yolov2.errors import DatasetError
+
+# Darknet's data/voc.names order (alphabetical), the label order of every VOC model.
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+ALL_SPLIT = "all"  # record.split when every XML is read (split=None)
+
+
+@dataclass
+class VocObject:
+    """One ``<object>`` as written in the XML: VOC 1-based inclusive pixel coordinates (or None)."""
+
+    name: str
+    bndbox: tuple[float, float, float, float] | None  # xmin, ymin, xmax, ymax; None if unusable
+    difficult: bool
+    iscrowd: bool
+    problem: str = ""  # why this object cannot be used, empty when fine
+
+
+@dataclass
+class VocAnnotation:
+    """The parts of one VOC XML file we use."""
+
+    filename: str | None
+    width: int | None  # None when <size> is missing or not a positive integer
+    height: int | None
+    objects: list[VocObject] = field(default_factory=list)
+
+
+def parse_voc_xml(path: str | Path) -> VocAnnotation:
+    """Parse one VOC annotation file safely; raises :class:`DatasetError` naming the file."""
+    path = Path(path)
+    try:
+        root = safe_et.parse(str(path)).getroot()
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: annotation file is missing") from e
+    except defusedxml.DefusedXmlException as e:
+        raise DatasetError(
+            f"{path}: XML declares entities or external references ({type(e).__name__}); "
+            "refused without expanding them (possible entity-expansion attack)"
+        ) from e
+    except std_et.ParseError as e:
+        raise DatasetError(f"{path}: malformed XML ({e})") from e
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read annotation file ({e.strerror})") from e
+    if root.tag != "annotation":
+        raise DatasetError(f"{path}: root element is <{root.tag}>, expected <annotation>")
+    filename = (root.findtext("filename") or "").strip() or None
+    width = _positive_int(root.findtext("size/width"))
+    height = _positive_int(root.findtext("size/height"))
+    objects = [_parse_object(obj) for obj in root.findall("object")]
+    return VocAnnotation(filename, width, height, objects)
+
+
+def voc_split_ids(root: str | Path, split: str | None) -> list[str]:
+    """Image ids of ``ImageSets/Main/<split>.txt`` in file order, or of every XML (sorted) if None."""
+    root = Path(root)
+    ann_dir = root / "Annotations"
+    if not ann_dir.is_dir():
+        raise DatasetError(
+            f"{root}: not a VOC root, no Annotations/ folder (pass the folder holding JPEGImages/ "
+            "Annotations/ ImageSets/, e.g. VOCdevkit/VOC2007)"
+        )
+    if split is None:
+        return sorted(p.stem for p in ann_dir.iterdir() if p.suffix == ".xml")
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        main = root / "ImageSets" / "Main"
+        have = sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem) if main.is_dir() else []
+        raise DatasetError(f"{split_file}: split file not found (splits here: {', '.join(have) or 'none'})")
+    try:
+        text = split_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{split_file}: not UTF-8 text ({e})") from e
+    # Per-class files ("id  1") share the format; the first token is the id.
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def read_voc(
+    root: str | Path,
+    split: str | None,
+    class_names: Sequence[str] = VOC_CLASSES,
+    check_images: bool = True,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[ImageRecord], list[Reject]]:
+    """Read one split of a VOC root: ``(records, rejects)``, records in split-file order.
+
+    ``split=None`` reads every XML in ``Annotations/`` and labels the records ``split="all"``.
+    Labels index ``class_names`` (default: the 20 VOC classes in Darknet's order).
+    ``check_images`` reads each image header (format, size, truncation; no pixel decode).
+    Images in = ``len(records)`` + image-level rejects; an id listed twice is rejected once.
+    """
+    root = Path(os.path.abspath(root))
+    if not (root / "JPEGImages").is_dir():
+        raise DatasetError(f"{root}: not a VOC root, no JPEGImages/ folder")
+    records: list[ImageRecord] = []
+    rejects: list[Reject] = []
+    seen: set[str] = set()
+    split_file = str(root / "ImageSets" / "Main" / f"{split}.txt") if split else str(root / "Annotations")
+    for image_id in voc_split_ids(root, split):
+        if image_id in seen:
+            rejects.append(
+                _problem(split_file, f"image id {image_id} is listed more than once", "image", image_id, split, strict)
+            )
+            continue
+        seen.add(image_id)
+        record, item_rejects = read_voc_item(root, image_id, split, class_names, check_images, strict, max_pixels)
+        if record is not None:
+            records.append(record)
+        rejects.extend(item_rejects)
+    return records, rejects
+
+
+def read_voc_item(
+    root: str | Path,
+    image_id: str,
+    split: str | None,
+    class_names: Sequence[str] = VOC_CLASSES,
+    check_images: bool = True,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[ImageRecord | None, list[Reject]]:
+    """Read one image's annotation (the unit the shard stage parallelises).
+
+    Returns ``(record, box_rejects)`` for a usable image, or ``(None, [one image-level reject])``.
+    """
+    root = Path(os.path.abspath(root))
+    label_of = _label_index(class_names)
+    split_name = split if split is not None else ALL_SPLIT
+    xml_path = root / "Annotations" / f"{image_id}.xml"
+    source = str(xml_path)
+
+    def image_reject(where: str, reason: str) -> tuple[None, list[Reject]]:
+        return None, [_problem(where, reason, "image", image_id, split_name, strict)]
+
+    if not _is_plain_name(image_id):
+        return image_reject(source, f"image id {image_id!r} is not a plain file name")
+    try:
+        ann = parse_voc_xml(xml_path)
+    except DatasetError as e:
+        return image_reject(source, _reason(e, source))
+    image_path = _image_path(root, image_id, ann.filename)
+    if image_path is None:
+        return image_reject(source, f"image file is missing: {root / 'JPEGImages' / (image_id + '.jpg')}")
+
+    width, height = ann.width, ann.height
+    info = None
+    if check_images:
+        try:
+            info = inspect_image_file(image_path, max_pixels)
+        except DatasetError as e:
+            return image_reject(str(image_path), _reason(e, str(image_path)))
+    if width is None or height is None:
+        if info is None:
+            return image_reject(source, "<size> is missing or not positive integers (enable check_images to use the image header)")
+        width, height = info.width, info.height
+    record = ImageRecord(image_id, split_name, str(image_path), width, height)
+    if info is not None:
+        problem = check_image_against_record(info, record, source)
+        if problem:
+            return image_reject(source, problem)
+
+    rejects: list[Reject] = []
+    kept: list[tuple[int, VocObject]] = []
+    for i, obj in enumerate(ann.objects):
+        what = f"object {i} ({obj.name or 'no name'})"
+        if obj.problem:
+            rejects.append(_problem(source, f"{what}: {obj.problem}", "box", image_id, split_name, strict))
+        elif obj.name not in label_of:
+            reason = f"{what}: unknown class name {obj.name!r} (not among the {len(class_names)} class names)"
+            rejects.append(_problem(source, reason, "box", image_id, split_name, strict))
+        else:
+            kept.append((i, obj))
+    raw = np.array([o.bndbox for _, o in kept], np.float64).reshape(-1, 4)
+    boxes = raw + np.array([-1.0, -1.0, 0.0, 0.0])  # 1-based inclusive -> 0-based continuous
+    clipped, was_clipped, reasons = sanitize_boxes(boxes, width, height)
+    good = reasons == ""
+    for (i, obj), reason, b in zip(kept, reasons, raw):
+        if reason:
+            text = f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(b)} in a {width}x{height} image"
+            rejects.append(_problem(source, text, "box", image_id, split_name, strict))
+    record.boxes = clipped[good]
+    record.labels = np.array([label_of[o.name] for (_, o), g in zip(kept, good) if g], np.int32)
+    record.difficult = np.array([o.difficult for (_, o), g in zip(kept, good) if g], bool)
+    record.iscrowd = np.array([o.iscrowd for (_, o), g in zip(kept, good) if g], bool)
+    record.clipped_boxes = int(was_clipped.sum())
+    return record, rejects
+
+
+def voc_annotation_xml(record: ImageRecord, class_names: Sequence[str]) -> str:
+    """The VOC XML text of a record (inverse of the reader's coordinate conversion).
+
+    Integral coordinates are written as integers (the VOC norm); others exactly (``repr``), so a
+    read -> write -> read round trip is lossless. ``<iscrowd>1</iscrowd>`` is written only for crowd
+    boxes (not part of VOC; the reader understands it), so COCO -> VOC keeps that flag too.
+    """
+    root = std_et.Element("annotation")
+    std_et.SubElement(root, "folder").text = "JPEGImages"
+    std_et.SubElement(root, "filename").text = Path(record.path).name
+    size = std_et.SubElement(root, "size")
+    std_et.SubElement(size, "width").text = str(int(record.width))
+    std_et.SubElement(size, "height").text = str(int(record.height))
+    std_et.SubElement(size, "depth").text = "3"
+    std_et.SubElement(root, "segmented").text = "0"
+    for box, label, difficult, crowd in zip(record.boxes, record.labels, record.difficult, record.iscrowd):
+        if not 0 <= int(label) < len(class_names):
+            raise DatasetError(f"record {record.image_id}: label {int(label)} is outside 0..{len(class_names) - 1}")
+        obj = std_et.SubElement(root, "object")
+        std_et.SubElement(obj, "name").text = class_names[int(label)]
+        std_et.SubElement(obj, "pose").text = "Unspecified"
+        std_et.SubElement(obj, "truncated").text = "0"
+        std_et.SubElement(obj, "difficult").text = "1" if difficult else "0"
+        if crowd:
+            std_et.SubElement(obj, "iscrowd").text = "1"
+        bnd = std_et.SubElement(obj, "bndbox")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            std_et.SubElement(bnd, tag).text = _fmt_number(value)
+    std_et.indent(root, space="\t")
+    return std_et.tostring(root, encoding="unicode") + "\n"
+
+
+def write_voc_annotation(record: ImageRecord, class_names: Sequence[str], path: str | Path) -> None:
+    """Write one record as a VOC XML file (atomically)."""
+    atomic_write_text(path, voc_annotation_xml(record, class_names))
+
+
+def write_voc(
+    records: Sequence[ImageRecord],
+    class_names: Sequence[str],
+    out_root: str | Path,
+    split: str,
+    images: Literal["copy", "hardlink", "symlink"] = "copy",
+) -> list[ImageRecord]:
+    """Write records as a VOC root: ``JPEGImages/<id><ext>``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``.
+
+    Images are copied (or hard/symbolically linked) from ``record.path`` unless already in place.
+    The split file lists the records in order and replaces any previous one. Returns the records
+    with ``path`` pointing at the written images (what :func:`read_voc` will give back).
+    """
+    out_root = Path(os.path.abspath(out_root))
+    img_dir = out_root / "JPEGImages"
+    ann_dir = out_root / "Annotations"
+    for d in (img_dir, ann_dir, out_root / "ImageSets" / "Main"):
+        d.mkdir(parents=True, exist_ok=True)
+    written: list[ImageRecord] = []
+    for record in records:
+        if not _is_plain_name(record.image_id):
+            raise DatasetError(f"record {record.image_id!r}: image id is not a plain file name, cannot write VOC")
+        src = Path(record.path)
+        dst = img_dir / f"{record.image_id}{src.suffix or '.jpg'}"
+        _place_image(src, dst, images)
+        out = dataclasses.replace(record, path=str(dst), split=split)
+        write_voc_annotation(out, class_names, ann_dir / f"{record.image_id}.xml")
+        written.append(out)
+    ids = "".join(f"{r.image_id}\n" for r in records)
+    atomic_write_text(out_root / "ImageSets" / "Main" / f"{split}.txt", ids)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _problem(source: str, reason: str, level: str, image_id: str | None, split: str | None, strict: bool) -> Reject:
+    if strict:
+        raise DatasetError(f"{source}: {reason}")
+    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)  # type: ignore[arg-type]
+
+
+def _reason(error: DatasetError, source: str) -> str:
+    """The message of an error without its leading ``<source>: `` (the Reject carries the source)."""
+    text = str(error)
+    prefix = f"{source}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _label_index(class_names: Sequence[str]) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(class_names)}
+    if len(index) != len(class_names):
+        raise DatasetError(f"class names contain duplicates: {list(class_names)}")
+    return index
+
+
+def _positive_int(text: str | None) -> int | None:
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        return None
+    return int(value) if np.isfinite(value) and value.is_integer() and value > 0 else None
+
+
+def _parse_object(obj: std_et.Element) -> VocObject:
+    name = (obj.findtext("name") or "").strip()
+    difficult, bad_flag = _flag(obj.findtext("difficult"), "difficult")
+    iscrowd, bad_crowd = _flag(obj.findtext("iscrowd"), "iscrowd")
+    problem = "" if name else "no <name>"
+    problem = problem or bad_flag or bad_crowd
+    bndbox = None
+    values = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        text = obj.findtext(f"bndbox/{tag}")
+        if text is None:
+            problem = problem or f"<bndbox> has no <{tag}>"
+            break
+        try:
+            values.append(float(text.strip()))
+        except ValueError:
+            problem = problem or f"<bndbox><{tag}> is not a number: {text.strip()!r}"
+            break
+    else:
+        bndbox = (values[0], values[1], values[2], values[3])
+    return VocObject(name, bndbox, difficult, iscrowd, problem)
+
+
+def _flag(text: str | None, tag: str) -> tuple[bool, str]:
+    value = (text or "0").strip() or "0"
+    if value in ("0", "1"):
+        return value == "1", ""
+    return False, f"<{tag}> is {value!r}, expected 0 or 1"
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+
+
+def _image_path(root: Path, image_id: str, filename: str | None) -> Path | None:
+    candidate = root / "JPEGImages" / f"{image_id}.jpg"
+    if candidate.is_file():
+        return candidate
+    if filename and _is_plain_name(filename):
+        candidate = root / "JPEGImages" / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _place_image(src: Path, dst: Path, how: str) -> None:
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        return
+    if not src.is_file():
+        raise DatasetError(f"{src}: image file is missing, cannot write it to {dst}")
+    if how == "copy":
+        atomic_copy(src, dst)
+    elif how in ("hardlink", "symlink"):
+        tmp = dst.with_name(f".{dst.name}.link.tmp")
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        try:
+            os.link(src, tmp) if how == "hardlink" else os.symlink(os.path.abspath(src), tmp)
+        except OSError:  # e.g. across file systems: fall back to a copy
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    else:
+        raise ValueError(f"images must be 'copy', 'hardlink' or 'symlink', got {how!r}")
+
+
+def _fmt_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _fmt_box(box: np.ndarray) -> str:
+    return ",".join(_fmt_number(v) if np.isfinite(v) else str(v) for v in box)
