@@ -60,14 +60,16 @@ def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: i
 
 def _remote_write_shard(workspace: Workspace, shard_path: str, items: list[ShardItem], options: ShardOptions,
                         fault_marker: str | None) -> ShardOutcome:
-    if fault_marker:
-        _inject_first_attempt_fault(fault_marker, shard_path)
     with workspace.atomic_output(shard_path) as stream:
-        return write_shard(stream, items, options, shard_name=shard_path.rsplit("/", 1)[-1])
+        outcome = write_shard(stream, items, options, shard_name=shard_path.rsplit("/", 1)[-1])
+        if fault_marker:
+            _inject_first_attempt_fault(fault_marker, shard_path)
+    return outcome
 
 
 def _inject_first_attempt_fault(marker_dir: str, shard_path: str) -> None:
-    """Test hook (YOLOV2_FAULT_SHARD_DIR): the first attempt at each shard dies mid-write."""
+    """Test hook (env YOLOV2_FAULT_SHARD_DIR): the first attempt at each shard kills its worker process
+    after writing the data but before the rename, leaving an orphaned temp file behind."""
     marker = os.path.join(marker_dir, shard_path.replace("/", "_") + ".attempted")
     if not os.path.exists(marker):
         with open(marker, "w") as f:
@@ -115,6 +117,9 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     assert class_names is not None
 
     outcomes = _run_shard_tasks(ctx, planned, options)
+    orphans = ctx.workspace.remove_temp_files(ctx.output_dir)  # left by killed attempts
+    if orphans:
+        log.warning("removed %d temp file(s) left by interrupted shard tasks", orphans)
 
     summary: dict[str, Any] = {"splits": {}, "class_names": class_names}
     total_images = 0
