@@ -1,0 +1,184 @@
+"""Darknet's building blocks in PyTorch: the [convolutional] block, its maxpool, the reorg, and SPPF.
+
+Every block here reproduces Darknet's CPU arithmetic (``src/convolutional_layer.c``, ``src/blas.c``,
+``src/maxpool_layer.c``) so that weights loaded from a Darknet ``.weights`` file give Darknet's outputs.
+Tensors are NCHW throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Darknet's CPU batch norm divides by sqrt(variance + .000001f) (``normalize_cpu`` in src/blas.c).
+# (Its CUDA kernel uses .00001f; we follow the CPU reference, which is what the tests port.)
+DARKNET_BN_EPS = 1e-6
+LEAKY_SLOPE = 0.1
+
+Activation = Literal["leaky", "linear", "relu", "logistic"]
+ReorgMode = Literal["darknet", "pixel_unshuffle"]
+ConvPair = tuple[nn.Conv2d, "nn.BatchNorm2d | None"]
+
+
+class DarknetConv(nn.Module):
+    """Darknet's ``[convolutional]`` layer: conv, then batch norm (if any), then the activation.
+
+    Padding is ``size // 2`` (Darknet's ``pad=1``). With batch norm the conv has no bias: Darknet's
+    ``biases`` then play the role of the BN shift (``bn.bias``), as in its ``.weights`` layout.
+    x (Tensor[B, in_channels, H, W]) -> Tensor[B, out_channels, H', W'] with H' = (H + 2*(size//2) - size)//stride + 1.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        size: int,
+        stride: int = 1,
+        batch_normalize: bool = True,
+        activation: Activation = "leaky",
+        groups: int = 1,
+        padding: int | None = None,
+        bn_eps: float = DARKNET_BN_EPS,
+    ) -> None:
+        super().__init__()
+        if activation not in ("leaky", "linear", "relu", "logistic"):
+            raise ValueError(f"unsupported activation {activation!r}; use leaky, linear, relu or logistic")
+        pad = size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, size, stride, pad, groups=groups, bias=not batch_normalize
+        )
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps) if batch_normalize else None
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.activation == "leaky":
+            return F.leaky_relu(x, LEAKY_SLOPE)
+        if self.activation == "relu":
+            return F.relu(x)
+        if self.activation == "logistic":
+            return torch.sigmoid(x)
+        return x
+
+    def darknet_layers(self) -> Iterator[ConvPair]:
+        """This layer's (conv, bn or None), as one entry of a Darknet ``.weights`` file."""
+        yield self.conv, self.bn
+
+
+def chain_darknet_layers(*modules: nn.Module) -> Iterator[ConvPair]:
+    """(conv, bn or None) of each module in turn, in the order given (= Darknet cfg order).
+
+    Each module is a :class:`DarknetConv` or anything else with a ``darknet_layers()`` method;
+    ``nn.Sequential``/``nn.ModuleList`` containers are walked in their order.
+    """
+    for module in modules:
+        if hasattr(module, "darknet_layers"):
+            yield from module.darknet_layers()
+        elif isinstance(module, (nn.Sequential, nn.ModuleList)):
+            yield from chain_darknet_layers(*module)
+        elif any(True for _ in module.parameters()):
+            raise TypeError(f"{type(module).__name__} has parameters but no darknet_layers() method")
+
+
+class DarknetMaxPool(nn.Module):
+    """Darknet's ``[maxpool]``: total padding ``padding`` (default ``size - 1``), ``padding // 2`` of it
+    on the top/left, the rest on the bottom/right, padded cells never win (``-FLT_MAX`` in Darknet).
+
+    Output side = (side + padding - size) // stride + 1 (``make_maxpool_layer``): 2x2/2 halves an even
+    side and gives ceil(side / 2) for an odd one; yolov2-tiny's 2x2/1 keeps 13x13 at 13x13 by
+    padding one row and column on the bottom/right.
+    """
+
+    def __init__(self, size: int, stride: int, padding: int | None = None) -> None:
+        super().__init__()
+        self.size = size
+        self.stride = stride
+        self.padding = size - 1 if padding is None else padding
+        self.pad_before = self.padding // 2
+        self.pad_after = self.padding - self.pad_before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_before == 0 and self.size == self.stride and self.pad_after == self.size - 1:
+            # Same result without a padded copy: ceil_mode adds the partial last window only when needed.
+            return F.max_pool2d(x, self.size, self.stride, ceil_mode=True)
+        pads = (self.pad_before, self.pad_after, self.pad_before, self.pad_after)
+        return F.max_pool2d(F.pad(x, pads, value=float("-inf")), self.size, self.stride)
+
+
+def darknet_reorg(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """Darknet's passthrough reorg: exactly ``reorg_cpu(x, w, h, c, batch, stride, forward=0, out)``.
+
+    Darknet reads the input buffer as if it had shape (C/s², H*s, W*s) and gathers from it in the
+    (C, H, W) order of the input; the result buffer is then read as (C*s², H/s, W/s). This is NOT the
+    ``pixel_unshuffle`` channel order. As a view: x[b, c2, j*s+dy, i*s+dx] (in the (C/s², H*s, W*s)
+    reading) lands at flat position [b, (dy*s + dx)*(C/s²) + c2, j, i] of the (C, H, W) buffer.
+    x (Tensor[B, C, H, W]), C divisible by s², H and W by s -> Tensor[B, C*s², H/s, W/s].
+    """
+    b, c, h, w = x.shape
+    s = stride
+    y = x.reshape(b, c // (s * s), h, s, w, s)  # (b, c2, j, dy, i, dx) in the fake (C/s², H*s, W*s) view
+    y = y.permute(0, 3, 5, 1, 2, 4)  # (b, dy, dx, c2, j, i): the flat order of Darknet's output buffer
+    return y.reshape(b, c * s * s, h // s, w // s)
+
+
+class Reorg(nn.Module):
+    """The passthrough space-to-depth: Darknet's memory order, or plain ``pixel_unshuffle``.
+
+    ``mode="darknet"`` is required to use Darknet weights; ``"pixel_unshuffle"`` is the conventional
+    order (same channel count) for models trained from scratch.
+    x (Tensor[B, C, H, W]) -> Tensor[B, C*stride², H/stride, W/stride].
+    """
+
+    def __init__(self, stride: int = 2, mode: ReorgMode = "darknet") -> None:
+        super().__init__()
+        if mode not in ("darknet", "pixel_unshuffle"):
+            raise ValueError(f"unknown reorg mode {mode!r}; use 'darknet' or 'pixel_unshuffle'")
+        self.stride = stride
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "darknet":
+            return darknet_reorg(x, self.stride)
+        return F.pixel_unshuffle(x, self.stride)
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast (YOLOv5): 1x1 to c/2, three chained 5x5/1 max pools, concat, 1x1.
+
+    The "optimized YOLOv2" neck: widens the receptive field of the stride-32 map at little cost.
+    x (Tensor[B, C, H, W]) -> Tensor[B, out_channels, H, W].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool_size: int = 5) -> None:
+        super().__init__()
+        hidden = in_channels // 2
+        self.cv1 = DarknetConv(in_channels, hidden, 1)
+        self.cv2 = DarknetConv(hidden * 4, out_channels, 1)
+        self.pool_size = pool_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cv1(x)
+        k = self.pool_size
+        p1 = F.max_pool2d(x, k, 1, k // 2)
+        p2 = F.max_pool2d(p1, k, 1, k // 2)
+        p3 = F.max_pool2d(p2, k, 1, k // 2)
+        return self.cv2(torch.cat([x, p1, p2, p3], dim=1))
+
+    def darknet_layers(self) -> Iterator[ConvPair]:
+        yield from chain_darknet_layers(self.cv1, self.cv2)
+
+
+def scaled_channels(channels: int, width_multiplier: float, divisor: int = 8) -> int:
+    """Channel count narrowed by ``width_multiplier``, rounded to a multiple of ``divisor`` (at least
+    ``divisor``), so the reorg's C/4 stays whole. ``width_multiplier=1`` returns ``channels`` as is."""
+    if width_multiplier == 1.0:
+        return channels
+    if width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    return max(divisor, int(channels * width_multiplier / divisor + 0.5) * divisor)
