@@ -48,6 +48,7 @@ class DataConfig:
     )  # our split name -> the dataset's own split names (VOC ImageSets files, COCO json stems)
     class_names: list[str] | None = None  # None: from the dataset (VOC: the 20 classes; COCO: categories)
     strict: bool = False  # True: the first bad input stops the stage with an error naming the file
+    max_image_pixels: int = 89_478_485  # larger images are rejected (decompression-bomb guard; PIL's default)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
