@@ -26,6 +26,10 @@ def image_level(rejects: list[Reject]) -> list[Reject]:
     return [r for r in rejects if r.level == "image"]
 
 
+def assert_accounted(n_in: int, records: list[ImageRecord], rejects: list[Reject]) -> None:
+    assert n_in == len(records) + len(image_level(rejects))
+
+
 def dicts(records: list[ImageRecord]) -> list[dict]:
     return [r.to_dict() for r in records]
 
@@ -87,6 +91,7 @@ def test_coco_tiny_read_write_read_is_lossless(shared_data: Path, tmp_path: Path
     assert id_map == {r.image_id: int(r.image_id) for r in records}  # COCO ids are kept
     again, rejects = read_coco(out, image_dir, "val")
     assert rejects == [] and dicts(again) == dicts(records)
+    assert_accounted(80, again, rejects)
     # the written file, as pycocotools and the raw JSON see it
     raw, written = json.loads(ann_path.read_text()), json.loads(out.read_text())
     assert [a["id"] for a in written["annotations"]] == list(range(1, len(raw["annotations"]) + 1))
@@ -114,6 +119,7 @@ def test_voc_to_coco_json_to_records_is_lossless(shared_data: Path, tmp_path: Pa
     assert sorted(id_map.values()) == list(range(1, len(records) + 1))  # VOC ids are not integers
     again, rejects = read_coco(out, shared_data / dataset / "JPEGImages", split)
     assert rejects == []
+    assert_accounted(len(records), again, rejects)
     assert dicts(again) == dicts(records)  # ids, paths, boxes, difficult flags: all kept
     if dataset == "voc100":
         assert sum(int(r.difficult.sum()) for r in again) == 38
@@ -131,6 +137,7 @@ def test_class_names_map_by_name_and_others_become_box_rejects(shared_data: Path
     name_of = {c["id"]: c["name"] for c in raw["categories"]}
     kept = [a for a in raw["annotations"] if name_of[a["category_id"]] in only]
     assert len(subset) == 80 and sum(r.num_boxes for r in subset) == len(kept)
+    assert_accounted(80, subset, rejects)
     assert len(rejects) == len(raw["annotations"]) - len(kept)
     assert all(r.level == "box" and "is not among the class names" in r.reason for r in rejects)
     assert {int(lab) for r in subset for lab in r.labels} == {0, 1}
@@ -166,6 +173,7 @@ def test_images_without_annotations_are_kept(tmp_path: Path) -> None:
     data["annotations"] = data["annotations"][:1]
     records, rejects = read_dict(data, tmp_path, image_dir)
     assert rejects == [] and [r.num_boxes for r in records] == [1, 0, 0]
+    assert_accounted(3, records, rejects)
     np.testing.assert_array_equal(records[0].boxes, [[1.5, 2.0, 11.5, 22.0]])
 
 
@@ -187,6 +195,7 @@ def test_annotation_for_a_missing_image_is_a_box_reject(tmp_path: Path) -> None:
     data["annotations"].append({"id": 99, "image_id": 42, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0})
     records, rejects = read_dict(data, tmp_path, image_dir)
     assert len(records) == 3 and sum(r.num_boxes for r in records) == 3
+    assert_accounted(3, records, rejects)
     (reject,) = rejects
     assert reject.level == "box" and reject.image_id == "42"
     assert "for a missing image: image_id 42" in reject.reason
@@ -235,6 +244,7 @@ def test_box_outside_image_is_clipped_and_counted(tmp_path: Path) -> None:
     data["annotations"][0]["bbox"] = [-4.0, 40.0, 30.0, 20.0]  # to x 26, y 60 > 48
     records, rejects = read_dict(data, tmp_path, image_dir, strict=True)
     assert rejects == [] and records[0].clipped_boxes == 1
+    assert_accounted(3, records, rejects)
     np.testing.assert_array_equal(records[0].boxes, [[0, 40, 26, 48]])
 
 
@@ -247,8 +257,10 @@ def test_truncated_and_png_named_jpg_images_are_rejected(tmp_path: Path) -> None
     assert [r.image_id for r in records] == ["3"]
     assert "truncated JPEG" in rejects[0].reason and rejects[0].source.endswith("0001.jpg")
     assert "content is PNG but the file 0002.jpg is named .jpg" in rejects[1].reason
+    assert_accounted(3, records, rejects)
     records, rejects = read_dict(data, tmp_path, image_dir, check_images=False)
     assert len(records) == 3 and rejects == []
+    assert_accounted(3, records, rejects)
 
 
 def test_non_ascii_file_names(tmp_path: Path) -> None:
@@ -257,6 +269,7 @@ def test_non_ascii_file_names(tmp_path: Path) -> None:
     data["images"][0]["file_name"] = "été_01.jpg"
     records, rejects = read_dict(data, tmp_path, image_dir, strict=True)
     assert Path(records[0].path).name == "été_01.jpg"
+    assert_accounted(1, records, rejects)
     write_coco(records, ["cat", "dog"], tmp_path / "out.json", category_ids=[3, 7])
     again, _ = read_coco(tmp_path / "out.json", image_dir, "val")
     assert dicts(again) == dicts(records)

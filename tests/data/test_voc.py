@@ -116,6 +116,7 @@ def test_voc100_write_then_read_is_lossless(shared_data: Path, tmp_path: Path) -
     written = write_voc(records, VOC_CLASSES, tmp_path / "VOC", "test", images="symlink")
     again, rejects = read_voc(tmp_path / "VOC", "test")
     assert rejects == []
+    assert_accounted(100, again, rejects)
     assert records_as_dicts(again) == records_as_dicts(written)
     for a, b in zip(records, again):
         assert {**a.to_dict(), "path": ""} == {**b.to_dict(), "path": ""}
@@ -132,6 +133,7 @@ def test_fractional_coordinates_and_crowd_flag_round_trip(tmp_path: Path) -> Non
     (root / "ImageSets" / "Main" / "test.txt").write_text("a\n")
     again, rejects = read_voc(root, "test", class_names=["cat", "dog"])
     assert rejects == []
+    assert_accounted(1, again, rejects)
     assert again[0].to_dict() == record.to_dict()
     xmins = [float(e.text) for e in ET.parse(root / "Annotations" / "a.xml").getroot().iter("xmin")]
     assert xmins == [1.25, 4.0]  # the writer adds VOC's 1-based offset back
@@ -243,12 +245,14 @@ def test_grayscale_and_cmyk_jpegs_are_accepted(tmp_path: Path) -> None:
     )
     records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
     assert rejects == [] and [r.image_id for r in records] == ["gray", "cmyk"]
+    assert_accounted(2, records, rejects)
 
 
 def test_non_ascii_file_names(tmp_path: Path) -> None:
     root = make_root(tmp_path, [("été_01", jpeg(80, 60), xml_text("été_01.jpg", (80, 60), [GOOD_OBJ]))])
     records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
     assert rejects == [] and records[0].image_id == "été_01"
+    assert_accounted(1, records, rejects)
     assert Path(records[0].path).name == "été_01.jpg"
     out = write_voc(records, ["dog"], tmp_path / "copy", "test")
     again, _ = read_voc(tmp_path / "copy", "test", class_names=["dog"])
@@ -261,6 +265,7 @@ def test_box_outside_image_is_clipped_and_counted(tmp_path: Path) -> None:
     root = make_root(tmp_path, [("clip", jpeg(80, 60), xml_text("clip.jpg", (80, 60), objects))])
     records, rejects = read_voc(root, "test", class_names=["dog"], strict=True)
     assert rejects == []
+    assert_accounted(1, records, rejects)
     (r,) = records
     assert r.clipped_boxes == 2
     # (-9-1, 5-1, 50, 70) clipped to the 80x60 image; (69, 9, 95, 30) -> x2 = 80
@@ -300,8 +305,10 @@ def test_missing_size_falls_back_to_the_image_header(tmp_path: Path) -> None:
     root = make_root(tmp_path, [("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [GOOD_OBJ]))])
     records, rejects = read_voc(root, "test", class_names=["dog"])
     assert rejects == [] and (records[0].width, records[0].height) == (80, 60)
+    assert_accounted(1, records, rejects)
     records, rejects = read_voc(root, "test", class_names=["dog"], check_images=False)
     assert records == [] and len(rejects) == 1 and "<size>" in rejects[0].reason
+    assert_accounted(1, records, rejects)
 
 
 def test_check_images_off_still_finds_missing_files_but_not_content(tmp_path: Path) -> None:
@@ -315,6 +322,7 @@ def test_check_images_off_still_finds_missing_files_but_not_content(tmp_path: Pa
     records, rejects = read_voc(root, "test", class_names=["dog"], check_images=False)
     assert [r.image_id for r in records] == ["cut"]
     assert [r.image_id for r in rejects] == ["gone"]
+    assert_accounted(2, records, rejects)
 
 
 def test_split_none_reads_every_xml_and_duplicates_are_rejected(tmp_path: Path) -> None:
@@ -327,6 +335,7 @@ def test_split_none_reads_every_xml_and_duplicates_are_rejected(tmp_path: Path) 
     assert_accounted(4, records, rejects)
     records, rejects = read_voc(root, None, class_names=["dog"])
     assert [r.image_id for r in records] == ["im0", "im1", "im2"] and rejects == []
+    assert_accounted(3, records, rejects)
 
 
 def test_image_found_through_filename_tag_and_path_traversal_refused(tmp_path: Path) -> None:
@@ -334,9 +343,11 @@ def test_image_found_through_filename_tag_and_path_traversal_refused(tmp_path: P
     (root / "JPEGImages" / "p.png").write_bytes(png(80, 60))
     records, rejects = read_voc(root, "test", class_names=["dog"])
     assert rejects == [] and records[0].path.endswith("JPEGImages/p.png")
+    assert_accounted(1, records, rejects)
     (root / "ImageSets" / "Main" / "test.txt").write_text("../../../etc/passwd\n")
     records, rejects = read_voc(root, "test", class_names=["dog"])
     assert records == [] and "not a plain file name" in rejects[0].reason
+    assert_accounted(1, records, rejects)
 
 
 def test_not_a_voc_root_or_missing_split_is_a_clear_error(tmp_path: Path) -> None:

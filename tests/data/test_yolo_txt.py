@@ -109,6 +109,7 @@ def test_bad_lines_are_box_rejects_naming_file_and_line(tmp_path: Path, line: st
     image_dir, label_dir = make_yolo(tmp_path, {"img": GOOD + line})
     records, rejects = read_yolo_txt(image_dir, label_dir, ["a", "b", "c"], "train")
     assert len(records) == 1 and records[0].num_boxes == 1
+    assert 1 == len(records) + len(image_level(rejects))
     (reject,) = rejects
     assert reject.level == "box" and reject.source.endswith("labels/img.txt") and reject.image_id == "img"
     assert reject.reason.startswith("line 2: ") and words in reject.reason, reject
@@ -119,7 +120,7 @@ def test_bad_lines_are_box_rejects_naming_file_and_line(tmp_path: Path, line: st
 def test_box_overhanging_the_edge_is_clipped_and_counted(tmp_path: Path) -> None:
     image_dir, label_dir = make_yolo(tmp_path, {"img": "0 0.9 0.5 0.4 0.5\n0 0.5 0.5 0.5 0.4\n"})
     records, rejects = read_yolo_txt(image_dir, label_dir, ["a"], "train")
-    assert rejects == [] and records[0].clipped_boxes == 1
+    assert rejects == [] and records[0].clipped_boxes == 1 and len(records) == 1
     np.testing.assert_allclose(records[0].boxes[0], [0.7 * 80, 0.25 * 60, 80, 0.75 * 60], atol=1e-4)
 
 
@@ -134,6 +135,7 @@ def test_missing_label_is_an_empty_image_and_orphan_label_a_reject(tmp_path: Pat
     assert n_in == len(records) + len(image_level(rejects))
     only, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val", images=["c.jpg", "a.jpg"])
     assert [r.image_id for r in only] == ["c", "a"] and rejects == []
+    assert 2 == len(only) + len(image_level(rejects))
 
 
 def test_bad_images_are_image_rejects(tmp_path: Path) -> None:
@@ -156,6 +158,7 @@ def test_images_sharing_a_stem_are_ambiguous(tmp_path: Path) -> None:
     Image.new("RGB", (80, 60)).save(image_dir / "a.png", "PNG")
     records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")
     assert records == [] and len(rejects) == 2 and all("ambiguous" in r.reason for r in rejects)
+    assert 2 == len(records) + len(image_level(rejects))
 
 
 def test_names_files(shared_data: Path, tmp_path: Path) -> None:
