@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -42,6 +42,9 @@ from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
 from yolov2.errors import DatasetError
 
 RECORD_ID_KEY = "yolov2_image_id"
+
+# Called for every bad entry: (where, reason, level, image id or None); raises when strict.
+ProblemFn = Callable[[str, str, Literal["image", "box"], Any], None]
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,11 @@ def read_coco(
 
     rejects: list[Reject] = []
 
-    def problem(where: str, reason: str, level: str, image_id: Any = None) -> None:
+    def problem(where: str, reason: str, level: Literal["image", "box"], image_id: Any = None) -> None:
         if strict:
             raise DatasetError(f"{where}: {reason}")
         iid = None if image_id is None else str(image_id)
-        rejects.append(Reject(source=where, reason=reason, level=level, image_id=iid, split=split))  # type: ignore[arg-type]
+        rejects.append(Reject(source=where, reason=reason, level=level, image_id=iid, split=split))
 
     images = _valid_images(data["images"], source, problem)
     anns = _valid_annotations(data["annotations"], data["images"], images, cat_name, label_of_cat, source, problem)
@@ -256,7 +259,7 @@ def _is_decimal_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and str(int(text)) == text
 
 
-def _valid_images(raw_images: list, source: str, problem) -> dict[int, dict]:
+def _valid_images(raw_images: list, source: str, problem: ProblemFn) -> dict[int, dict]:
     """The usable entries of ``images`` by id, in file order; the others become rejects."""
     positions: dict[int, list[int]] = {}
     for i, img in enumerate(raw_images):
@@ -266,7 +269,7 @@ def _valid_images(raw_images: list, source: str, problem) -> dict[int, dict]:
     for i, img in enumerate(raw_images):
         where = f"{source}: images[{i}]"
         if not isinstance(img, dict):
-            problem(where, f"image entry is a {type(img).__name__}, not an object", "image")
+            problem(where, f"image entry is a {type(img).__name__}, not an object", "image", None)
             continue
         iid = img.get("id")
         if isinstance(iid, str):
@@ -298,7 +301,7 @@ def _valid_annotations(
     cat_name: dict[int, str],
     label_of_cat: dict[int, int],
     source: str,
-    problem,
+    problem: ProblemFn,
 ) -> list[dict]:
     """The usable annotations of usable images, in file order; the others become box rejects."""
     listed = {img.get("id") for img in raw_images if isinstance(img, dict) and _is_int(img.get("id"))}
@@ -307,7 +310,7 @@ def _valid_annotations(
     for j, ann in enumerate(raw_anns):
         where = f"{source}: annotations[{j}]"
         if not isinstance(ann, dict):
-            problem(where, f"annotation is a {type(ann).__name__}, not an object", "box")
+            problem(where, f"annotation is a {type(ann).__name__}, not an object", "box", None)
             continue
         aid, iid, cid = ann.get("id"), ann.get("image_id"), ann.get("category_id")
         if not _is_int(aid):
@@ -353,7 +356,7 @@ def _image_record(
     check_images: bool,
     max_pixels: int,
     source: str,
-    problem,
+    problem: ProblemFn,
 ) -> ImageRecord | None:
     record_id = img.get(RECORD_ID_KEY)
     image_id = record_id if isinstance(record_id, str) and record_id else str(coco_id)

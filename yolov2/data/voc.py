@@ -324,10 +324,12 @@ def write_voc(
 # ---------------------------------------------------------------------------------------------
 
 
-def _problem(source: str, reason: str, level: str, image_id: str | None, split: str | None, strict: bool) -> Reject:
+def _problem(
+    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
+) -> Reject:
     if strict:
         raise DatasetError(f"{source}: {reason}")
-    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)  # type: ignore[arg-type]
+    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
 
 
 def _reason(error: DatasetError, source: str) -> str:

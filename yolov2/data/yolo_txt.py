@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -209,10 +209,12 @@ def write_yolo_txt(
 # ---------------------------------------------------------------------------------------------
 
 
-def _problem(source: str, reason: str, level: str, image_id: str | None, split: str | None, strict: bool) -> Reject:
+def _problem(
+    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
+) -> Reject:
     if strict:
         raise DatasetError(f"{source}: {reason}")
-    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)  # type: ignore[arg-type]
+    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
 
 
 def _parse_line(line: str, num_classes: int) -> tuple[int, list[float]] | str:
