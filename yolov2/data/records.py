@@ -130,24 +130,47 @@ class Reject:
 
 
 def _boxes_to_dicts(record: ImageRecord) -> list[dict]:
+    # .tolist() turns the whole array into Python numbers at once (float32 values widen exactly).
     return [
-        {
-            "x1": float(b[0]),
-            "y1": float(b[1]),
-            "x2": float(b[2]),
-            "y2": float(b[3]),
-            "label": int(lab),
-            "difficult": bool(d),
-            "iscrowd": bool(c),
-        }
-        for b, lab, d, c in zip(record.boxes, record.labels, record.difficult, record.iscrowd)
+        {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": lab, "difficult": d, "iscrowd": c}
+        for b, lab, d, c in zip(
+            record.boxes.tolist(), record.labels.tolist(), record.difficult.tolist(), record.iscrowd.tolist()
+        )
     ]
 
 
 def records_to_table(records: Iterable[ImageRecord], class_names: Sequence[str]) -> pa.Table:
-    """Records -> Arrow table with :func:`record_schema`."""
-    rows = [r.to_dict() for r in records]
-    return pa.Table.from_pylist(rows, schema=record_schema(class_names))
+    """Records -> Arrow table with :func:`record_schema`, built column-wise (no per-box Python objects)."""
+    records = list(records)
+    counts = np.array([r.num_boxes for r in records], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+    def cat(parts: list[np.ndarray], dtype, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
+    boxes = cat([r.boxes for r in records], np.float32, (0, 4))
+    struct = pa.StructArray.from_arrays(
+        [
+            pa.array(boxes[:, 0]),
+            pa.array(boxes[:, 1]),
+            pa.array(boxes[:, 2]),
+            pa.array(boxes[:, 3]),
+            pa.array(cat([r.labels for r in records], np.int32, (0,))),
+            pa.array(cat([r.difficult for r in records], bool, (0,))),
+            pa.array(cat([r.iscrowd for r in records], bool, (0,))),
+        ],
+        fields=list(BOX_TYPE),
+    )
+    columns = [
+        pa.array([r.image_id for r in records], pa.string()),
+        pa.array([r.split for r in records], pa.string()),
+        pa.array([r.path for r in records], pa.string()),
+        pa.array([int(r.width) for r in records], pa.int32()),
+        pa.array([int(r.height) for r in records], pa.int32()),
+        pa.ListArray.from_arrays(pa.array(offsets), struct, type=pa.list_(BOX_TYPE)),
+        pa.array([int(r.clipped_boxes) for r in records], pa.int32()),
+    ]
+    return pa.Table.from_arrays(columns, schema=record_schema(class_names))
 
 
 def table_to_records(table: pa.Table) -> list[ImageRecord]:

@@ -1,0 +1,109 @@
+"""Shard throughput against `tar cf` of the same files (the I/O limit), with 1 and 2 Ray workers.
+
+Prints one JSON object. The dataset is the generated one at 640x480 (2,000 images by default),
+written once to a cache folder; every timing runs on a warm page cache. The stage is timed whole
+(listing, annotation parsing, image reads and header checks, tar writing, index and rejects files),
+with Ray already started (its start-up is not part of a stage).
+
+    python benchmarks/shard.py [--images 2000] [--cache /tmp/yolov2-bench-shard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_dataset(cache: Path, images: int) -> Path:
+    from yolov2.data.synthetic import write_synthetic_dataset
+
+    root = cache / f"synthetic-{images}"
+    write_synthetic_dataset(root, seed=1, width=640, height=480, splits={"train": images}, write_coco=False,
+                            progress=True)
+    return root
+
+
+def warm(root: Path) -> int:
+    total = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            total += len(path.read_bytes())
+    return total
+
+
+def time_tar(root: Path, out_dir: Path) -> float:
+    target = out_dir / "baseline.tar"
+    started = time.perf_counter()
+    subprocess.run(["tar", "cf", str(target), "-C", str(root), "JPEGImages", "Annotations", "ImageSets"], check=True)
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return seconds
+
+
+def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float:
+    import ray
+
+    from yolov2.config import load_config
+
+    from pipelines import prepare, shard
+    from pipelines.workspace import Workspace
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    # one throw-away task per worker so worker processes exist before the clock starts
+    ray.get([ray.remote(lambda: None).remote() for _ in range(workers)])
+    cfg = load_config(None, [f"workspace={out_dir / f'ws{workers}'}", "data.kind=voc", f"data.root={root}",
+                             "data.splits={train: [train]}", f"shard.max_count={max_count}",
+                             "data.class_names=[circle, square, triangle, star, cross]"])
+    ws = Workspace.open(cfg.workspace)
+    prepared = prepare.run(cfg, ws, tracking_enabled=False)
+    started = time.perf_counter()
+    result = shard.run(cfg, ws, upstream={"prepare": prepared}, force=True, tracking_enabled=False)
+    seconds = time.perf_counter() - started
+    assert result.manifest["splits"]["train"]["rejected_images"] == 0
+    ray.shutdown()
+    shutil.rmtree(out_dir / f"ws{workers}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000, help="number of 640x480 images (default 2000)")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "yolov2-bench-shard"),
+                        help="where the generated dataset is kept between runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per configuration; the best is reported")
+    args = parser.parse_args()
+
+    root = make_dataset(Path(args.cache), args.images)
+    dataset_bytes = warm(root)
+    max_count = max(1, args.images // 16)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        tar_s = min(time_tar(root, out) for _ in range(args.repeats))
+        one = min(time_stage(root, out, 1, max_count) for _ in range(args.repeats))
+        two = min(time_stage(root, out, 2, max_count) for _ in range(args.repeats))
+    n = args.images
+    print(json.dumps({
+        "benchmark": "shard",
+        "images": n,
+        "dataset_mb": round(dataset_bytes / 1e6, 1),
+        "shards": 16,
+        "tar_images_per_s": round(n / tar_s, 1),
+        "stage_1_worker_images_per_s": round(n / one, 1),
+        "stage_2_workers_images_per_s": round(n / two, 1),
+        "ratio_1_worker_vs_tar": round(tar_s / one, 3),
+        "ratio_2_workers_vs_1": round(one / two, 3),
+        "targets": {"ratio_1_worker_vs_tar": ">= 1.0", "ratio_2_workers_vs_1": ">= 1.8"},
+        "cpus": os.cpu_count(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
