@@ -22,17 +22,18 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from statistics import NormalDist
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Iterable, Mapping
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from yolov2.config import SyntheticConfig
-from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data import coco as coco_io
+from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data.records import ImageRecord
 from yolov2.data.voc import write_voc_annotation
 
@@ -243,7 +244,7 @@ def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 
 def _composite(image: np.ndarray, x0: int, y0: int, alpha: np.ndarray, colour: np.ndarray) -> None:
-    """Blend a flat ``colour`` with a little shading into ``image`` (float32[H, W, 3]) in place."""
+    """Blend a flat ``colour`` into ``image`` (float32[H, W, 3]) in place, weighted by coverage ``alpha``."""
     h, w = alpha.shape
     a = (alpha.astype(np.float32) / 255.0)[:, :, None]
     patch = image[y0 : y0 + h, x0 : x0 + w]
@@ -363,8 +364,6 @@ def write_synthetic_dataset(
     for split, count in splits.items():
         indices: Iterable[int] = range(count)
         if progress:
-            from tqdm import tqdm
-
             indices = tqdm(indices, desc=f"synthetic {split}", unit="img")
         records = write_images(
             out_root, seed=seed, split=split, indices=indices, width=width, height=height, max_objects=max_objects
