@@ -1,0 +1,58 @@
+"""SGD as Darknet trains YOLOv2, and its learning-rate schedules.
+
+Darknet (``yolov2-voc.cfg``): momentum 0.9, decay 0.0005, learning_rate 0.001, ``burn_in=1000``
+(lr x (step/burn_in)^4 during burn-in), then ``policy=steps`` (multiply by each scale when the step
+passes each boundary). Weight decay applies to conv weights only, not to batch-norm parameters or
+biases (standard practice; Darknet decays BN scales too, which hurts small batches).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: conv/linear weights with ``weight_decay``; BN parameters and biases without."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm))
+            (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum)
+
+
+def darknet_steps_lr(step: int, base_lr: float, burn_in: int, steps: Sequence[int], scales: Sequence[float]) -> float:
+    """Darknet's ``policy=steps`` with ``burn_in``: the learning rate for optimizer step ``step`` (0-based)."""
+    if burn_in > 0 and step < burn_in:
+        return base_lr * ((step + 1) / burn_in) ** 4
+    lr = base_lr
+    for boundary, scale in zip(steps, scales):
+        if step >= boundary:
+            lr *= scale
+    return lr
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int, final_fraction: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to ``final_fraction * base_lr`` at ``total_steps``."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
