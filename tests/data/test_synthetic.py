@@ -18,7 +18,9 @@ import pytest
 
 from yolov2.config import SyntheticConfig
 from yolov2.data.records import validate_record
+from yolov2.errors import DatasetError
 from yolov2.data.synthetic import (
+    IN_PROGRESS_NAME,
     MIN_VISIBLE,
     SHAPE_CLASSES,
     generate_image,
@@ -243,13 +245,14 @@ def test_rerun_is_skipped_and_a_new_config_replaces_stale_files(tmp_path):
     marker = json.loads((out / "synthetic.json").read_text())
     assert marker["splits"] == {"train": 6, "val": 2} and marker["class_names"] == list(SHAPE_CLASSES)
     jpg = out / "JPEGImages" / "train_000003.jpg"
-    stamp = jpg.stat().st_mtime_ns
+    stamp = (jpg.stat().st_ino, jpg.stat().st_mtime_ns)
     before = _tree_bytes(out)
     write_synthetic_dataset(out, seed=0, width=W, height=H, splits={"train": 6, "val": 2})
-    assert jpg.stat().st_mtime_ns == stamp, "a matching marker must skip regeneration"
-    (out / "synthetic.json").unlink()
+    assert (jpg.stat().st_ino, jpg.stat().st_mtime_ns) == stamp, "a matching marker must skip regeneration"
+    (out / "synthetic.json").write_text("{}")  # a marker that no longer matches: regenerate
     write_synthetic_dataset(out, seed=0, width=W, height=H, splits={"train": 6, "val": 2})
-    assert _tree_bytes(out) == before, "regeneration without a marker reproduces the same bytes"
+    assert jpg.stat().st_ino != stamp[0], "the file was written again (atomically: a new inode)"
+    assert _tree_bytes(out) == before, "regeneration reproduces the same bytes"
 
     write_synthetic_dataset(out, seed=0, width=W, height=H, splits={"train": 4}, write_coco=False)
     assert sorted(p.stem for p in (out / "JPEGImages").iterdir()) == [f"train_{i:06d}" for i in range(4)]
@@ -257,6 +260,22 @@ def test_rerun_is_skipped_and_a_new_config_replaces_stale_files(tmp_path):
     assert sorted(p.name for p in (out / "ImageSets" / "Main").iterdir()) == ["train.txt"]
     assert not list((out / "annotations").glob("*.json"))
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
+
+
+def test_refuses_a_folder_it_did_not_write_but_resumes_a_killed_run(tmp_path):
+    real = tmp_path / "real_voc"
+    (real / "JPEGImages").mkdir(parents=True)
+    (real / "JPEGImages" / "000001.jpg").write_bytes(b"a real photo")
+    with pytest.raises(DatasetError, match="real_voc: refusing"):
+        write_synthetic_dataset(real, width=W, height=H, splits={"train": 2})
+    assert (real / "JPEGImages" / "000001.jpg").read_bytes() == b"a real photo"
+
+    out = tmp_path / "syn"
+    reference = _tree_bytes(write_synthetic_dataset(tmp_path / "ref", width=W, height=H, splits={"train": 3}))
+    write_images(out, seed=0, split="train", indices=[0], width=W, height=H, max_objects=MAX_OBJ)
+    (out / IN_PROGRESS_NAME).write_text("killed mid-run")  # what a killed run leaves behind
+    write_synthetic_dataset(out, width=W, height=H, splits={"train": 3})
+    assert _tree_bytes(out) == reference
 
 
 def test_from_config(tmp_path):

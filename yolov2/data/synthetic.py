@@ -36,6 +36,7 @@ from yolov2.data import coco as coco_io
 from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data.records import ImageRecord
 from yolov2.data.voc import write_voc_annotation
+from yolov2.errors import DatasetError
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
@@ -46,7 +47,8 @@ MIN_OBJECT_SIZE = 14.0  # pixels: the smallest shape's nominal size
 MAX_OBJECT_FRACTION = 0.45  # the largest shape's nominal size, as a fraction of the shorter side
 MIN_VISIBLE = 0.4  # every object keeps at least this fraction of its mask visible
 JPEG_QUALITY = 90
-MARKER_NAME = "synthetic.json"
+MARKER_NAME = "synthetic.json"  # the parameters, written last: its presence means "complete"
+IN_PROGRESS_NAME = ".synthetic-in-progress"  # present while a run writes (or after one was killed)
 
 # Object colours (RGB), jittered per object; none is tied to a class.
 _PALETTE = np.array(
@@ -351,7 +353,9 @@ def write_synthetic_dataset(
     1..5 in :data:`SHAPE_CLASSES` order, annotation ids from 1). ``synthetic.json`` (the parameters)
     is written last: when it already holds the same parameters nothing is regenerated. A rerun
     with the same parameters gives byte-identical files; files of an earlier, different run that
-    the new one does not produce are removed.
+    the new one does not produce are removed. A non-empty folder this function did not write
+    (no ``synthetic.json`` nor ``.synthetic-in-progress``) is refused, so a real dataset given
+    by mistake is never overwritten.
     """
     out_root = Path(out_root)
     splits = dict(splits if splits is not None else {"train": 400, "val": 60, "test": 60})
@@ -359,6 +363,13 @@ def write_synthetic_dataset(
     marker_path = out_root / MARKER_NAME
     if marker_path.is_file() and marker_path.read_text(encoding="utf-8") == marker:
         return out_root
+    in_progress = out_root / IN_PROGRESS_NAME
+    if out_root.is_dir() and any(out_root.iterdir()) and not (marker_path.is_file() or in_progress.is_file()):
+        raise DatasetError(
+            f"{out_root}: refusing to write the synthetic dataset into a non-empty folder it did not create "
+            f"(no {MARKER_NAME}); choose an empty or new folder"
+        )
+    atomic_write_text(in_progress, marker)  # this folder is ours, even if the run is killed from here on
     marker_path.unlink(missing_ok=True)
     keep: set[str] = set()
     for split, count in splits.items():
@@ -376,6 +387,7 @@ def write_synthetic_dataset(
             coco_io.write_coco(records, SHAPE_CLASSES, coco_path, image_dir=out_root / "JPEGImages")
     _remove_stale(out_root, keep, set(splits), write_coco)
     atomic_write_text(marker_path, marker)
+    in_progress.unlink()
     return out_root
 
 
