@@ -1,0 +1,84 @@
+"""`yolov2 predict`: detect objects in an image or a folder of images with a trained model file.
+
+Writes, per image, a copy with the boxes and labels drawn (`<out>/<name>.jpg`) and one JSON file
+`<out>/detections.json` with every detection in original-image pixels (xyxy, 0-based continuous).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from yolov2.data.images import IMAGE_EXTENSIONS, decode_rgb
+from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
+from yolov2.errors import DatasetError
+from yolov2.inference import Predictor
+
+_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], np.uint8)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="detect objects in images and draw them", description=__doc__)
+    p.add_argument("--weights", required=True, help="a model file written by the train stage (model.pt)")
+    p.add_argument("--source", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--input-size", type=int, default=None, help="network input side (default: the model's)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.set_defaults(run=run)
+
+
+def list_images(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such image or folder")
+    return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, names: list[str]) -> np.ndarray:
+    """RGB image with each box and 'name score' drawn; returns BGR (ready for cv2.imencode)."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores):
+        colour = tuple(int(c) for c in _PALETTE[int(label) % len(_PALETTE)][::-1])
+        cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), colour, 2)
+        text = f"{names[int(label)] if int(label) < len(names) else label} {score:.2f}"
+        cv2.putText(canvas, text, (int(x1), max(10, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return canvas
+
+
+def run(args: argparse.Namespace) -> int:
+    predictor = Predictor.from_file(args.weights, device=args.device, input_size=args.input_size,
+                                    conf_thresh=args.conf, nms_thresh=args.nms, max_det=args.max_det)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = list_images(Path(args.source))
+    names = predictor.spec.class_names
+    results = []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        images = [decode_rgb(p.read_bytes(), str(p)) for p in chunk]
+        for path, image, det in zip(chunk, images, predictor(images)):
+            boxes, scores, labels = det.boxes.cpu().numpy(), det.scores.cpu().numpy(), det.labels.cpu().numpy()
+            ok, jpg = cv2.imencode(".jpg", draw(image, boxes, labels, scores, names))
+            if ok:
+                atomic_write_bytes(out / f"{path.stem}.jpg", jpg.tobytes())
+            results.append({
+                "image": str(path),
+                "detections": [
+                    {"label": int(l), "name": names[int(l)] if int(l) < len(names) else str(int(l)),
+                     "score": float(s), "box_xyxy": [float(v) for v in b]}
+                    for b, s, l in zip(boxes, scores, labels)
+                ],
+            })
+    atomic_write_text(out / "detections.json", json.dumps(results, indent=2))
+    print(f"{len(paths)} image(s), {sum(len(r['detections']) for r in results)} detection(s) -> {out}")
+    return 0
