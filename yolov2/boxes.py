@@ -18,6 +18,10 @@ __all__ = [
     "wh_iou",
     "wh_iou_np",
     "box_iou_np",
+    "pairwise_box_iou",
+    "pairwise_distance_box_iou",
+    "efficient_iou_loss",
+    "region_boxes",
 ]
 
 
@@ -64,3 +68,84 @@ def box_iou_np(boxes1: np.ndarray, boxes2: np.ndarray, pixel_offset: float = 0.0
     area1 = ((b1[:, 2] - b1[:, 0] + pixel_offset) * (b1[:, 3] - b1[:, 1] + pixel_offset))[:, None]
     area2 = ((b2[:, 2] - b2[:, 0] + pixel_offset) * (b2[:, 3] - b2[:, 1] + pixel_offset))[None, :]
     return inter / np.maximum(area1 + area2 - inter, np.finfo(np.float64).eps)
+
+
+def _pairwise_coords(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x1, y1, x2, y2 of boxes1 as (..., N, 1) and of boxes2 as (..., 1, M), each contiguous.
+
+    Broadcasting single coordinates is several times faster on CPU than broadcasting (..., N, 1, 2) slices.
+    """
+    first = [c.contiguous().unsqueeze(-1) for c in boxes1.unbind(-1)]
+    second = [c.contiguous().unsqueeze(-2) for c in boxes2.unbind(-1)]
+    return (*first, *second)
+
+
+def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair, batched: boxes1 (Tensor[..., N, 4]), boxes2 (Tensor[..., M, 4]) xyxy -> Tensor[..., N, M].
+
+    ``torchvision.ops.box_iou`` with batch dimensions (the region loss compares every prediction of an image
+    with every truth of the same image, for all images at once). Two degenerate boxes (union 0) give 0.
+    """
+    ax1, ay1, ax2, ay2, bx1, by1, bx2, by2 = _pairwise_coords(boxes1, boxes2)
+    inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
+    inter = inter.mul_((torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0))
+    union = ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1)) - inter
+    return inter / union.clamp_(min=torch.finfo(union.dtype).tiny)
+
+
+def pairwise_distance_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """DIoU of every pair, batched: IoU - d^2 / c^2 (d: distance of the centres, c: diagonal of the enclosing box).
+
+    boxes1 (Tensor[..., N, 4]), boxes2 (Tensor[..., M, 4]) xyxy -> Tensor[..., N, M]; the batched twin of
+    ``torchvision.ops.distance_box_iou`` (same ``eps`` in the denominator), for DIoU-NMS on padded groups.
+    """
+    ax1, ay1, ax2, ay2, bx1, by1, bx2, by2 = _pairwise_coords(boxes1, boxes2)
+    diag2 = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)) ** 2
+    diag2 = diag2 + (torch.maximum(ay2, by2) - torch.minimum(ay1, by1)) ** 2 + eps
+    dist2 = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2) ** 2 + ((ay1 + ay2) / 2 - (by1 + by2) / 2) ** 2
+    return pairwise_box_iou(boxes1, boxes2) - dist2 / diag2
+
+
+def efficient_iou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """EIoU loss of matched pairs (Zhang et al., "Focal and Efficient IOU Loss", 2021), no reduction.
+
+    boxes1, boxes2 (Tensor[N, 4]) xyxy -> Tensor[N]:
+    1 - IoU + d^2/c^2 + (w1 - w2)^2 / cw^2 + (h1 - h2)^2 / ch^2, where cw, ch, c are the width, height and
+    diagonal of the smallest enclosing box. torchvision has CIoU and DIoU losses but not this one.
+    """
+    x1 = torch.maximum(boxes1[..., 0], boxes2[..., 0])
+    y1 = torch.maximum(boxes1[..., 1], boxes2[..., 1])
+    x2 = torch.minimum(boxes1[..., 2], boxes2[..., 2])
+    y2 = torch.minimum(boxes1[..., 3], boxes2[..., 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    w1 = boxes1[..., 2] - boxes1[..., 0]
+    h1 = boxes1[..., 3] - boxes1[..., 1]
+    w2 = boxes2[..., 2] - boxes2[..., 0]
+    h2 = boxes2[..., 3] - boxes2[..., 1]
+    iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+    cw = torch.maximum(boxes1[..., 2], boxes2[..., 2]) - torch.minimum(boxes1[..., 0], boxes2[..., 0])
+    ch = torch.maximum(boxes1[..., 3], boxes2[..., 3]) - torch.minimum(boxes1[..., 1], boxes2[..., 1])
+    dx = (boxes1[..., 0] + boxes1[..., 2] - boxes2[..., 0] - boxes2[..., 2]) / 2
+    dy = (boxes1[..., 1] + boxes1[..., 3] - boxes2[..., 1] - boxes2[..., 3]) / 2
+    centre_term = (dx**2 + dy**2) / (cw**2 + ch**2 + eps)
+    return 1 - iou + centre_term + (w1 - w2) ** 2 / (cw**2 + eps) + (h1 - h2) ** 2 / (ch**2 + eps)
+
+
+def region_boxes(raw_xywh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Darknet's ``get_region_box`` for a whole output map, differentiable.
+
+    raw_xywh (Tensor[B, A, 4, H, W]): the raw (tx, ty, tw, th) channels of each anchor; anchors (Tensor[A, 2])
+    (pw, ph) in grid cells. Returns Tensor[B, A, H, W, 4] cxcywh normalised to the network input:
+    bx = (i + sigmoid(tx)) / W, by = (j + sigmoid(ty)) / H, bw = pw * exp(tw) / W, bh = ph * exp(th) / H.
+    """
+    _, num_anchors, _, h, w = raw_xywh.shape
+    dtype, device = raw_xywh.dtype, raw_xywh.device
+    grid_x = torch.arange(w, dtype=dtype, device=device).view(1, 1, 1, w)
+    grid_y = torch.arange(h, dtype=dtype, device=device).view(1, 1, h, 1)
+    pw = anchors[:, 0].to(dtype).view(1, num_anchors, 1, 1)
+    ph = anchors[:, 1].to(dtype).view(1, num_anchors, 1, 1)
+    bx = (grid_x + torch.sigmoid(raw_xywh[:, :, 0])) / w
+    by = (grid_y + torch.sigmoid(raw_xywh[:, :, 1])) / h
+    bw = pw * torch.exp(raw_xywh[:, :, 2]) / w
+    bh = ph * torch.exp(raw_xywh[:, :, 3]) / h
+    return torch.stack((bx, by, bw, bh), dim=-1)

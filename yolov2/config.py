@@ -104,6 +104,7 @@ class LossConfig:
     prior_seen: int = 12800
     rescore: bool = True
     box_loss: Literal["mse", "ciou", "eiou"] = "mse"  # modern mode only
+    coord_wh_weight: bool = False  # coord scale x (2 - w*h), as pjreddie's 2018 region_layer.c; off = YOLOv2 release
 
 
 @dataclass

@@ -1,0 +1,285 @@
+"""Darknet's YOLOv2 region loss (``forward_region_layer`` in region_layer.c), vectorised over batch and truths.
+
+Darknet does not compute a loss: it writes a *delta* per output, the negative gradient of its cost with respect
+to the layer's raw input (the 1x1 conv's output), and back-propagates it as is. This module writes the scalar
+whose autograd gradient is exactly ``-delta / B`` (B = images in the batch), element by element:
+
+====================  ======================================  ==========================================
+output                Darknet's delta                         our term (summed, then divided by B)
+====================  ======================================  ==========================================
+tx, ty (sigmoid s)    scale * (target - s) * s * (1 - s)      0.5 * scale * (target - s)^2
+tw, th (linear t)     scale * (target - t)                    0.5 * scale * (target - t)^2
+objectness (s)        scale * (target - s) * s * (1 - s)      0.5 * scale * (target - s)^2
+class logits z        scale * (onehot - softmax(z))           scale * cross_entropy(z, label)
+====================  ======================================  ==========================================
+
+The sigmoid factor s(1-s) comes from the chain rule, and the softmax + cross-entropy gradient is (p - onehot),
+so these are the only scalars with Darknet's gradients. (Darknet's printed ``cost`` is sum(delta^2), a different
+number; it is not what is minimised.)
+
+Why divide by B: Darknet sums deltas over its whole batch (64 images, all subdivisions) and its SGD step is
+``w += learning_rate / batch * sum``, i.e. the per-image mean. With ``total`` = per-image mean, a plain
+``torch.optim.SGD`` at Darknet's learning rate takes Darknet's step (a trainer that accumulates gradients over
+k micro-batches must divide each micro-batch's ``total`` by k).
+
+Rules (yolov2-voc.cfg [region], the region_layer.c of the YOLOv2 release, also AlexeyAB's fork):
+
+1. Every prediction: best IoU with any truth of its image; objectness target 0 with ``noobject_scale``
+   unless that IoU > ``thresh``, then no objectness gradient ("ignored").
+2. While ``seen < prior_seen`` (12800): every prediction's (tx, ty, tw, th) is pulled to its anchor centred in
+   its cell (sigmoid(tx) = sigmoid(ty) = 0.5, tw = th = 0) with ``prior_scale`` (0.01).
+3. Every truth: cell ``(floor(x*W), floor(y*H))``, anchor = best shape IoU (``bias_match=1``); that prediction
+   gets coordinate targets (x*W - i, y*H - j, log(w*W/pw), log(h*H/ph)) with ``coord_scale``, objectness target
+   IoU(pred, truth) (``rescore=1``, a constant: no gradient through it) or 1, with ``object_scale``, and the
+   softmax class term with ``class_scale``. These replace rule 1 and 2 for that prediction. When several truths
+   land on the same (image, cell, anchor), the last one in ``targets`` order wins (Darknet overwrites).
+
+The coordinate scale is ``coord_scale`` as in that release. pjreddie's later master (2018) calls
+``delta_region_box`` with ``coord_scale * (2 - w*h)`` and applies the sigmoid gradient in the GPU backward only;
+``coord_wh_weight=True`` gives the ``(2 - w*h)`` weighting (default off, to match REFERENCE.md).
+
+``seen``: Darknet increments ``net.seen`` by the batch size *before* the forward pass, so pass the number of
+images seen including this batch.
+
+"modern" mode keeps the same assignment but uses binary cross-entropy (with logits) for objectness (target the
+detached IoU or 1, and 0 for non-ignored predictions), and for ``box_loss="ciou"|"eiou"`` replaces the
+coordinate MSE by ``coord_scale * (1 - CIoU)`` (torchvision) or EIoU on boxes in grid units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import complete_box_iou_loss
+
+from yolov2.boxes import (
+    cxcywh_to_xyxy,
+    efficient_iou_loss,
+    pairwise_box_iou,
+    region_boxes,
+    wh_iou,
+    xyxy_to_cxcywh,
+)
+from yolov2.errors import ConfigError, DatasetError
+
+__all__ = ["LossOutput", "region_loss", "targets_from_boxes", "region_loss_kwargs"]
+
+
+class LossOutput(NamedTuple):
+    """The region loss and its parts, each a sum over the batch divided by the batch size.
+
+    ``total == coord + obj + noobj + prior + cls`` (only ``total`` needs a backward). ``avg_iou`` and
+    ``recall`` (IoU > 0.5) of the responsible predictions over all truths are detached statistics, as
+    Darknet prints them.
+    """
+
+    total: torch.Tensor
+    coord: torch.Tensor
+    obj: torch.Tensor
+    noobj: torch.Tensor
+    prior: torch.Tensor
+    cls: torch.Tensor
+    avg_iou: torch.Tensor
+    recall: torch.Tensor
+
+
+def targets_from_boxes(
+    samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    input_w: int,
+    input_h: int,
+    max_boxes: int | None = None,
+) -> torch.Tensor:
+    """Pack per-image boxes into the padded truth tensor that :func:`region_loss` takes.
+
+    samples: one ``(boxes, labels)`` per image, boxes (Tensor[K, 4]) xyxy in pixels of the network input (after
+    letterbox/resize), labels (Tensor[K]) int. Returns Tensor[B, T, 5] float32 rows ``[label, cx, cy, w, h]``
+    normalised to [0, 1] by the input size, in the given order, padded with rows of -1 (label -1 = padding).
+    T = ``max_boxes`` or, if None, the largest K of the batch. More than ``max_boxes`` boxes is an error rather
+    than a silent truncation.
+    """
+    counts = [int(boxes.shape[0]) for boxes, _ in samples]
+    width = max(counts, default=0) if max_boxes is None else max_boxes
+    for index, count in enumerate(counts):
+        if count > width:
+            raise ValueError(f"targets_from_boxes: image {index} has {count} boxes, more than max_boxes={width}")
+    out = torch.full((len(samples), width, 5), -1.0, dtype=torch.float32)
+    scale = torch.tensor([input_w, input_h, input_w, input_h], dtype=torch.float32)
+    for index, (boxes, labels) in enumerate(samples):
+        if counts[index] == 0:
+            continue
+        out[index, : counts[index], 0] = labels.to(torch.float32)
+        out[index, : counts[index], 1:] = xyxy_to_cxcywh(boxes.to(torch.float32) / scale)
+    return out
+
+
+def region_loss(
+    output: torch.Tensor,
+    targets: torch.Tensor,
+    anchors: torch.Tensor,
+    num_classes: int,
+    seen: int,
+    *,
+    thresh: float = 0.6,
+    object_scale: float = 5.0,
+    noobject_scale: float = 1.0,
+    class_scale: float = 1.0,
+    coord_scale: float = 1.0,
+    prior_scale: float = 0.01,
+    prior_seen: int = 12800,
+    rescore: bool = True,
+    coord_wh_weight: bool = False,
+    mode: Literal["darknet", "modern"] = "darknet",
+    box_loss: Literal["mse", "ciou", "eiou"] = "mse",
+) -> LossOutput:
+    """Darknet's region loss (see the module docstring for the exact rules and the scaling).
+
+    output (Tensor[B, A*(5+C), H, W]): the raw head output, anchor-major: for each anchor in turn
+    [tx, ty, tw, th, to, C class scores]. targets (Tensor[B, T, 5]): rows [label, cx, cy, w, h], normalised to
+    [0, 1] relative to the network input; rows with label < 0 (or zero width/height, which Darknet's loader drops)
+    are padding and may sit anywhere. anchors (Tensor[A, 2]): (pw, ph) in grid cells (Darknet's ``anchors=``).
+    seen: images seen so far including this batch. Half-precision outputs are promoted to float32.
+    """
+    if mode not in ("darknet", "modern"):
+        raise ConfigError(f"loss.mode must be 'darknet' or 'modern', got {mode!r}")
+    if box_loss not in ("mse", "ciou", "eiou"):
+        raise ConfigError(f"loss.box_loss must be 'mse', 'ciou' or 'eiou', got {box_loss!r}")
+    if mode == "darknet" and box_loss != "mse":
+        raise ConfigError(f"loss.box_loss={box_loss!r} needs loss.mode='modern' (Darknet's box term is the MSE)")
+    batch, channels, grid_h, grid_w = output.shape
+    num_anchors = anchors.shape[0]
+    if channels != num_anchors * (5 + num_classes):
+        raise ConfigError(
+            f"region_loss: output has {channels} channels, but {num_anchors} anchors and {num_classes} classes "
+            f"need {num_anchors * (5 + num_classes)}"
+        )
+    if targets.dim() != 3 or targets.shape[0] != batch or targets.shape[2] != 5:
+        raise ValueError(f"region_loss: targets must be (B={batch}, T, 5), got {tuple(targets.shape)}")
+
+    dtype = torch.promote_types(output.dtype, torch.float32)
+    device = output.device
+    out = output.to(dtype).view(batch, num_anchors, 5 + num_classes, grid_h, grid_w)
+    anchors = anchors.to(device=device, dtype=dtype)
+    targets = targets.to(device=device, dtype=dtype)
+    zero = out.new_zeros(())
+
+    # ---- truths: validity, responsible cell and anchor, last-writer-wins per slot ------------------------------
+    labels = targets[..., 0]
+    valid = (labels >= 0) & (targets[..., 3] > 0) & (targets[..., 4] > 0)  # (B, T)
+    if bool((valid & (labels >= num_classes)).any()):
+        bad = int(labels[valid & (labels >= num_classes)].max())
+        raise DatasetError(f"region_loss: truth label {bad} is not below num_classes={num_classes}")
+    # Padding gets a harmless box so that log() and IoU stay finite; it is masked out below.
+    fallback = targets.new_tensor([0.5, 0.5, 0.25, 0.25])
+    tbox = torch.where(valid[..., None], targets[..., 1:], fallback)  # (B, T, 4) cxcywh normalised
+    cls_target = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    gi = (tbox[..., 0] * grid_w).floor().long().clamp(0, grid_w - 1)  # Darknet: i = (int)(x * W)
+    gj = (tbox[..., 1] * grid_h).floor().long().clamp(0, grid_h - 1)
+    num_truths = targets.shape[1]
+    truth_wh_grid = tbox[..., 2:] * tbox.new_tensor([grid_w, grid_h])
+    best_n = wh_iou(truth_wh_grid.reshape(-1, 2), anchors).argmax(1).view(batch, num_truths)  # first max wins
+
+    pred_index = (best_n * grid_h + gj) * grid_w + gi  # (B, T) index into the image's A*H*W predictions
+    order = torch.arange(num_truths, device=device)
+    same_slot = pred_index[:, :, None] == pred_index[:, None, :]  # (B, T, T')
+    later_same_slot = same_slot & valid[:, None, :] & (order[None, :, None] < order[None, None, :])
+    owner = valid & ~later_same_slot.any(2)  # (B, T): this truth writes its slot's deltas last
+
+    # ---- every prediction: decoded box, best IoU with any truth, responsible mask -----------------------------
+    raw_xywh = out[:, :, 0:4]  # (B, A, 4, H, W)
+    obj_logit = out[:, :, 4]  # (B, A, H, W)
+    with torch.no_grad():
+        pred_boxes = cxcywh_to_xyxy(region_boxes(raw_xywh, anchors)).view(batch, -1, 4)  # (B, A*H*W, 4) normalised
+        # IoU of each real truth with every prediction of its own image: (K, A*H*W) for the K real truths of the
+        # batch, rather than (B, A*H*W, T) over the padding too (most of T is padding in VOC/COCO batches).
+        truth_b, truth_t = valid.nonzero(as_tuple=True)
+        ious = pairwise_box_iou(cxcywh_to_xyxy(tbox[truth_b, truth_t])[:, None, :], pred_boxes[truth_b])[:, 0]
+        best_iou = pred_boxes.new_zeros(pred_boxes.shape[:2])  # Darknet starts best_iou at 0
+        best_iou.scatter_reduce_(0, truth_b[:, None].expand_as(ious), ious, "amax")  # max: order-independent
+        ignored = (best_iou > thresh).view(batch, num_anchors, grid_h, grid_w)
+        truth_iou = torch.zeros_like(labels)  # (B, T): IoU(responsible prediction, truth); 0 for padding
+        truth_iou[truth_b, truth_t] = ious.gather(1, pred_index[truth_b, truth_t][:, None])[:, 0]
+        responsible = torch.zeros(batch * num_anchors * grid_h * grid_w, dtype=dtype, device=device)
+        image_offset = (torch.arange(batch, device=device) * (num_anchors * grid_h * grid_w))[:, None]
+        responsible.index_add_(0, (pred_index + image_offset).view(-1), owner.to(dtype).view(-1))
+        responsible = responsible.view(batch, num_anchors, grid_h, grid_w) > 0
+
+    # ---- rule 1: objectness of unassigned predictions ----------------------------------------------------------
+    noobj_mask = (~responsible & ~ignored).to(dtype)
+    if mode == "darknet":
+        noobj_terms = 0.5 * noobject_scale * torch.sigmoid(obj_logit) ** 2
+    else:
+        noobj_terms = noobject_scale * F.binary_cross_entropy_with_logits(
+            obj_logit, torch.zeros_like(obj_logit), reduction="none"
+        )
+    noobj = (noobj_terms * noobj_mask).sum()
+
+    # ---- rule 2: anchor prior while seen < prior_seen ----------------------------------------------------------
+    prior = zero
+    if seen < prior_seen:
+        sxy = torch.sigmoid(raw_xywh[:, :, 0:2])
+        prior_terms = ((0.5 - sxy) ** 2).sum(2) + (raw_xywh[:, :, 2:4] ** 2).sum(2)  # (B, A, H, W)
+        prior = 0.5 * prior_scale * (prior_terms * (~responsible).to(dtype)).sum()
+
+    # ---- rule 3: the responsible prediction of each truth ------------------------------------------------------
+    image_index = torch.arange(batch, device=device)[:, None].expand(batch, num_truths)
+    picked = out[image_index, best_n, :, gj, gi]  # (B, T, 5+C): advanced indices first, then the channel slice
+    weight = owner.to(dtype)
+    scale = coord_scale * (2 - tbox[..., 2] * tbox[..., 3]) if coord_wh_weight else coord_scale
+    anchor_wh = anchors[best_n]  # (B, T, 2)
+    if box_loss == "mse":
+        txy_target = torch.stack((tbox[..., 0] * grid_w - gi, tbox[..., 1] * grid_h - gj), -1)
+        twh_target = torch.log(truth_wh_grid / anchor_wh)
+        coord_terms = ((txy_target - torch.sigmoid(picked[..., 0:2])) ** 2).sum(-1)
+        coord_terms = 0.5 * scale * (coord_terms + ((twh_target - picked[..., 2:4]) ** 2).sum(-1))
+    else:
+        cell_xy = torch.stack((gi, gj), -1).to(dtype)
+        pred_grid = torch.cat((cell_xy + torch.sigmoid(picked[..., 0:2]), anchor_wh * torch.exp(picked[..., 2:4])), -1)
+        truth_grid = torch.cat((tbox[..., 0:2] * tbox.new_tensor([grid_w, grid_h]), truth_wh_grid), -1)
+        iou_loss = complete_box_iou_loss if box_loss == "ciou" else efficient_iou_loss
+        coord_terms = scale * iou_loss(cxcywh_to_xyxy(pred_grid).view(-1, 4), cxcywh_to_xyxy(truth_grid).view(-1, 4))
+        coord_terms = coord_terms.view(batch, num_truths)
+    coord = (coord_terms * weight).sum()
+
+    obj_target = truth_iou if rescore else torch.ones_like(truth_iou)
+    if mode == "darknet":
+        obj_terms = 0.5 * object_scale * (obj_target - torch.sigmoid(picked[..., 4])) ** 2
+    else:
+        obj_terms = object_scale * F.binary_cross_entropy_with_logits(
+            picked[..., 4], obj_target.clamp(0, 1), reduction="none"
+        )
+    obj = (obj_terms * weight).sum()
+
+    cls_terms = class_scale * F.cross_entropy(
+        picked[..., 5:].reshape(-1, num_classes), cls_target.view(-1), reduction="none"
+    ).view(batch, num_truths)
+    cls = (cls_terms * weight).sum()
+
+    parts = [part / batch for part in (coord, obj, noobj, prior, cls)]
+    with torch.no_grad():
+        count = valid.sum().clamp(min=1).to(dtype)
+        avg_iou = (truth_iou * valid).sum() / count
+        recall = ((truth_iou > 0.5) & valid).sum().to(dtype) / count
+    total = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
+    return LossOutput(total, *parts, avg_iou, recall)
+
+
+def region_loss_kwargs(cfg: object) -> dict[str, object]:
+    """The keyword arguments of :func:`region_loss` from a ``LossConfig`` (the config edge; library code below
+    takes plain values)."""
+    names = (
+        "thresh",
+        "object_scale",
+        "noobject_scale",
+        "class_scale",
+        "coord_scale",
+        "prior_scale",
+        "prior_seen",
+        "rescore",
+        "coord_wh_weight",
+        "mode",
+        "box_loss",
+    )
+    return {name: getattr(cfg, name) for name in names}

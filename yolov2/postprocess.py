@@ -1,0 +1,238 @@
+"""From the raw head output to detections in original-image pixels: decode, undo letterbox, threshold, NMS, top-k.
+
+Batched end to end: one ``nonzero`` picks every (image, box, class) candidate of the whole batch, one
+``torchvision.ops.batched_nms`` call runs per-class NMS for all images at once (the group id is
+``image * C + class``), and the per-image top-k is a stable sort plus a rank within each image. The only
+per-image step is splitting the final tensor into the returned list.
+
+Like Darknet's ``get_region_boxes`` + ``do_nms_sort``, every (box, class) pair whose score
+objectness x p(class) is above ``conf_thresh`` is a candidate, so one box can give several class detections.
+Boxes are clipped to the image before NMS (as torchvision's detectors do; Darknet clips when it writes them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torchvision.ops import batched_nms
+
+from yolov2.boxes import cxcywh_to_xyxy, pairwise_distance_box_iou, region_boxes
+from yolov2.errors import ConfigError
+
+__all__ = [
+    "Detections",
+    "LetterboxParams",
+    "letterbox_params",
+    "letterbox_geometry",
+    "decode",
+    "to_image_pixels",
+    "batched_diou_nms",
+    "postprocess",
+]
+
+
+class Detections(NamedTuple):
+    """One image's detections, sorted by decreasing score.
+
+    boxes (Tensor[K, 4]) xyxy in original-image pixels (0-based continuous), scores (Tensor[K]),
+    labels (Tensor[K] int64).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+
+class LetterboxParams(NamedTuple):
+    """Where an image lands inside the letterboxed network input (pixels).
+
+    The image is resized to (new_w, new_h) and pasted at (pad_x, pad_y); an original pixel coordinate x maps to
+    ``x * new_w / image_w + pad_x`` (y likewise).
+    """
+
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+
+def letterbox_geometry(image_sizes: torch.Tensor, input_w: int, input_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Darknet's ``letterbox_image`` geometry for a batch, in integers.
+
+    image_sizes (Tensor[B, 2]) original (w, h) -> (new_wh (Tensor[B, 2] int64), pad_xy (Tensor[B, 2] int64)):
+    the side that limits the scale fills the input exactly, the other is ``size * input / limiting_size`` rounded
+    down, and the image is centred with the left/top padding rounded down. Integers, so the transform that makes
+    the input image and this module's inverse agree to the pixel (the transforms must call this function).
+    """
+    sizes = torch.as_tensor(image_sizes).to(torch.int64).reshape(-1, 2)
+    w, h = sizes[:, 0], sizes[:, 1]
+    width_limited = input_w * h < input_h * w  # input_w / w < input_h / h, exactly
+    new_w = torch.where(width_limited, torch.full_like(w, input_w), torch.div(w * input_h, h, rounding_mode="floor"))
+    new_h = torch.where(width_limited, torch.div(h * input_w, w, rounding_mode="floor"), torch.full_like(h, input_h))
+    new_wh = torch.stack((new_w, new_h), 1)
+    pad = torch.div(torch.tensor([input_w, input_h], device=sizes.device) - new_wh, 2, rounding_mode="floor")
+    return new_wh, pad
+
+
+def letterbox_params(image_w: int, image_h: int, input_w: int, input_h: int) -> LetterboxParams:
+    """:func:`letterbox_geometry` for one image, as plain ints."""
+    new_wh, pad = letterbox_geometry(torch.tensor([[image_w, image_h]]), input_w, input_h)
+    return LetterboxParams(int(new_wh[0, 0]), int(new_wh[0, 1]), int(pad[0, 0]), int(pad[0, 1]))
+
+
+def decode(
+    output: torch.Tensor, anchors: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode the raw head output (REFERENCE.md "Location prediction").
+
+    output (Tensor[B, A*(5+C), H, W]) anchor-major, anchors (Tensor[A, 2]) in grid cells. Returns
+    boxes (Tensor[B, N, 4]) xyxy normalised to the network input ([0, 1] inside it), objectness (Tensor[B, N])
+    = sigmoid(to), class_probs (Tensor[B, N, C]) = softmax of the class scores; N = A*H*W in (anchor, row,
+    column) order. Half-precision outputs are promoted to float32.
+    """
+    batch, channels, grid_h, grid_w = output.shape
+    num_anchors = anchors.shape[0]
+    if channels != num_anchors * (5 + num_classes):
+        raise ConfigError(
+            f"decode: output has {channels} channels, but {num_anchors} anchors and {num_classes} classes "
+            f"need {num_anchors * (5 + num_classes)}"
+        )
+    dtype = torch.promote_types(output.dtype, torch.float32)
+    out = output.to(dtype).view(batch, num_anchors, 5 + num_classes, grid_h, grid_w)
+    boxes = cxcywh_to_xyxy(region_boxes(out[:, :, :4], anchors.to(out.device))).reshape(batch, -1, 4)
+    objectness = torch.sigmoid(out[:, :, 4]).reshape(batch, -1)
+    class_probs = torch.softmax(out[:, :, 5:], dim=2).permute(0, 1, 3, 4, 2).reshape(batch, -1, num_classes)
+    return boxes, objectness, class_probs
+
+
+def to_image_pixels(
+    boxes: torch.Tensor, input_size: tuple[int, int], image_sizes: torch.Tensor, letterbox: bool = True
+) -> torch.Tensor:
+    """Map boxes (Tensor[B, N, 4]) xyxy normalised to the network input into each original image's pixels.
+
+    input_size (w, h) of the network input; image_sizes (Tensor[B, 2]) original (w, h). ``letterbox=True``
+    undoes :func:`letterbox_geometry`, ``False`` a plain resize. Boxes are clipped to [0, w] x [0, h].
+    """
+    input_w, input_h = input_size
+    sizes = torch.as_tensor(image_sizes, device=boxes.device).reshape(-1, 2).to(boxes.dtype)
+    pixels = boxes * boxes.new_tensor([input_w, input_h, input_w, input_h])
+    if letterbox:
+        new_wh, pad = letterbox_geometry(sizes.round(), input_w, input_h)
+        new_wh, pad = new_wh.to(boxes), pad.to(boxes)
+        pixels = (pixels - pad.repeat(1, 2)[:, None, :]) * (sizes / new_wh).repeat(1, 2)[:, None, :]
+    else:
+        pixels = pixels * (sizes / sizes.new_tensor([input_w, input_h])).repeat(1, 2)[:, None, :]
+    limits = sizes.repeat(1, 2)[:, None, :]
+    return torch.minimum(pixels.clamp(min=0), limits)
+
+
+def batched_diou_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    iou_threshold: float,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """Greedy DIoU-NMS per group (Zheng et al. 2020): a box is suppressed by a kept, higher-scoring box of the
+    same group when IoU - d^2/c^2 > ``iou_threshold``.
+
+    boxes (Tensor[K, 4]) xyxy, scores (Tensor[K]), idxs (Tensor[K]) group ids. Returns the indices kept
+    (Tensor[int64]), by decreasing score, like ``torchvision.ops.batched_nms``. Vectorised: candidates are padded
+    into (groups, longest group) and the greedy result is the fixed point of
+    ``keep[j] = not any(keep[i] and suppresses[i, j] for i before j)`` (Cluster-NMS), reached from "keep all"
+    in at most the length of the longest suppression chain. Groups are processed in chunks of at most
+    ``max_elements`` pairwise entries.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(idxs[order], stable=True)]  # by group, then by decreasing score
+    _, counts = torch.unique_consecutive(idxs[order], return_counts=True)
+    num_groups, longest = counts.numel(), int(counts.max())
+    group = torch.repeat_interleave(torch.arange(num_groups, device=boxes.device), counts)
+    group_start = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    position = torch.arange(order.numel(), device=boxes.device) - group_start
+    padded = boxes.new_zeros(num_groups, longest, 4)
+    padded[group, position] = boxes[order]
+    present = torch.zeros(num_groups, longest, dtype=torch.bool, device=boxes.device)
+    present[group, position] = True
+    earlier = torch.ones(longest, longest, dtype=torch.bool, device=boxes.device).triu(1)  # [i, j]: i before j
+    keep = torch.zeros_like(present)
+    step = max(1, max_elements // (longest * longest))
+    for start in range(0, num_groups, step):
+        chunk_boxes, chunk_present = padded[start : start + step], present[start : start + step]
+        suppresses = (pairwise_distance_box_iou(chunk_boxes, chunk_boxes) > iou_threshold) & earlier
+        suppresses &= chunk_present[:, :, None] & chunk_present[:, None, :]
+        current = chunk_present
+        while True:
+            updated = chunk_present & ~(suppresses & current[:, :, None]).any(1)
+            if torch.equal(updated, current):
+                break
+            current = updated
+        keep[start : start + step] = current
+    kept = order[keep[group, position]]
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+@torch.no_grad()
+def postprocess(
+    output: torch.Tensor,
+    anchors: torch.Tensor,
+    num_classes: int,
+    input_size: tuple[int, int],
+    image_sizes: torch.Tensor,
+    *,
+    letterbox: bool = True,
+    conf_thresh: float = 0.005,
+    nms_thresh: float = 0.45,
+    max_det: int = 100,
+    nms: Literal["standard", "diou"] = "standard",
+    max_candidates: int | None = None,
+) -> list[Detections]:
+    """Detections per image from the raw head output.
+
+    output (Tensor[B, A*(5+C), H, W]) anchor-major; anchors (Tensor[A, 2]) grid cells; input_size (w, h) of the
+    network input in pixels; image_sizes (Tensor[B, 2]) original (w, h). Score = objectness x p(class); every
+    (box, class) with score > ``conf_thresh`` is a candidate; per-class NMS (``"standard"`` IoU via
+    ``torchvision.ops.batched_nms``, or ``"diou"``) at ``nms_thresh``; at most ``max_det`` per image by score.
+    ``max_candidates``: keep only that many best (box, class) candidates per image before NMS (None: all, as
+    Darknet). An untrained network puts nearly every pair above 0.005 (B x A*H*W x C candidates), and NMS
+    time grows with the square of that; a cap such as 3000 bounds it.
+    """
+    if nms not in ("standard", "diou"):
+        raise ConfigError(f"postprocess: nms must be 'standard' or 'diou', got {nms!r}")
+    batch = output.shape[0]
+    boxes, objectness, class_probs = decode(output, anchors, num_classes)
+    sizes = torch.as_tensor(image_sizes, device=output.device).reshape(-1, 2)
+    if sizes.shape[0] != batch:
+        raise ValueError(f"postprocess: {sizes.shape[0]} image sizes for a batch of {batch}")
+    boxes = to_image_pixels(boxes, input_size, sizes, letterbox)
+    scores = objectness[:, :, None] * class_probs  # (B, N, C)
+    if max_candidates is not None and max_candidates < scores[0].numel():
+        top_scores, top_index = scores.view(batch, -1).topk(max_candidates, dim=1)
+        image, column = torch.nonzero(top_scores > conf_thresh, as_tuple=True)
+        flat = top_index[image, column]
+        box, label = torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
+    else:
+        image, box, label = torch.nonzero(scores > conf_thresh, as_tuple=True)
+    candidates = boxes[image, box]
+    candidate_scores = scores[image, box, label]
+    groups = image * num_classes + label
+    if nms == "standard":
+        keep = batched_nms(candidates, candidate_scores, groups, nms_thresh)
+    else:
+        keep = batched_diou_nms(candidates, candidate_scores, groups, nms_thresh)
+    # keep is by decreasing score; a stable sort by image keeps that order within each image
+    keep = keep[torch.argsort(image[keep], stable=True)]
+    kept_image = image[keep]
+    counts = torch.bincount(kept_image, minlength=batch)
+    rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[kept_image]
+    keep = keep[rank < max_det]
+    counts = counts.clamp(max=max_det).tolist()
+    return [
+        Detections(b, s, lab)
+        for b, s, lab in zip(
+            candidates[keep].split(counts), candidate_scores[keep].split(counts), label[keep].split(counts)
+        )
+    ]
