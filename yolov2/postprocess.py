@@ -64,6 +64,8 @@ def letterbox_geometry(image_sizes: torch.Tensor, input_w: int, input_h: int) ->
     the side that limits the scale fills the input exactly, the other is ``size * input / limiting_size`` rounded
     down, and the image is centred with the left/top padding rounded down. Integers, so the transform that makes
     the input image and this module's inverse agree to the pixel (the transforms must call this function).
+    Darknet's ``correct_region_boxes`` undoes it with a float padding ``(netw - new_w) / 2.``, half a pixel off
+    the pasted image when the difference is odd; we invert the pasted geometry exactly.
     """
     sizes = torch.as_tensor(image_sizes).to(torch.int64).reshape(-1, 2)
     w, h = sizes[:, 0], sizes[:, 1]
