@@ -9,15 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-# Our named model <-> Darknet's cfg file and its class count.
-CFG_OF_MODEL = {
-    "yolov2_voc": ("yolov2-voc.cfg", 20),
-    "yolov2_coco": ("yolov2.cfg", 80),
-    "yolov2_tiny_voc": ("yolov2-tiny-voc.cfg", 20),
-    "yolov2_tiny_coco": ("yolov2-tiny.cfg", 80),
-}
-
-
 @pytest.fixture(scope="session")
 def cfg_dir(shared_data: Path) -> Path:
     path = shared_data / "darknet_cfg"
@@ -61,3 +52,13 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> None:
 def randomize_bn() -> Callable[[nn.Module, int], None]:
     """The :func:`randomize_bn_stats` helper, as a fixture (conftest modules are not imported by tests)."""
     return randomize_bn_stats
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread_torch():
+    """One intra-op thread: these forward passes are small, and on a shared 2-core machine two
+    spinning threads cost several times more than they save. Restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

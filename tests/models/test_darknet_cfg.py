@@ -79,7 +79,8 @@ def test_output_shape_and_gflops_match_the_cfg(cfg: str, cfg_dir: Path, cfg_mode
     h, w = 96, 128  # cheap, non-square; the FLOP formula is the same at any size
     ref = reference_walk(cfg_dir / cfg, h, w)
     summary = model_summary(cfg_model(cfg), (h, w))
-    assert summary["output_shape"] == [1, ref["out_c"], ref["out_h"], ref["out_w"]] == [1, ref["out_c"], h // 32, w // 32]
+    assert summary["output_shape"] == [1, ref["out_c"], ref["out_h"], ref["out_w"]]
+    assert (ref["out_h"], ref["out_w"]) == (h // 32, w // 32)
     assert summary["conv_macs"] == ref["macs"]
     assert summary["gflops"] == pytest.approx(2 * ref["macs"] / 1e9)
 
@@ -115,7 +116,10 @@ def _write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-HEAD = "[net]\nwidth=64\nheight=64\nchannels=3\n\n[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+HEAD = (  # 12 lines: [net] on line 1, the conv's filters= on line 8, activation= on line 12
+    "[net]\nwidth=64\nheight=64\nchannels=3\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+)
 
 
 def test_unknown_section_names_file_and_line(tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ def _yolov2(
     anchors: list[tuple[float, float]] | None,
 ) -> YOLOv2:
     backbone = Darknet19(width_multiplier=width_multiplier)
-    return YOLOv2(backbone, num_classes, num_anchors, width_multiplier, reorg, sppf, decoupled_head, anchors)  # type: ignore[arg-type]
+    return YOLOv2(
+        backbone, num_classes, num_anchors, width_multiplier, reorg, sppf, decoupled_head, anchors  # type: ignore[arg-type]
+    )
 
 
 def _tiny(
@@ -92,10 +94,12 @@ def _resnet(
             f"model.width_multiplier={width_multiplier}: ResNet backbones keep torchvision's widths; "
             "use a yolov2_* or yolov2_tiny_* model to narrow the network"
         )
-    return YOLOv2(ResNetBackbone(depth), num_classes, num_anchors, 1.0, reorg, sppf, decoupled_head, None)  # type: ignore[arg-type]
+    backbone = ResNetBackbone(depth)
+    return YOLOv2(backbone, num_classes, num_anchors, 1.0, reorg, sppf, decoupled_head, None)  # type: ignore[arg-type]
 
 
-# name -> constructor(num_classes, num_anchors=5, width_multiplier=1.0, reorg="darknet", sppf=False, decoupled_head=False)
+# name -> constructor(num_classes, num_anchors=5, width_multiplier=1.0, reorg="darknet", sppf=False,
+#                     decoupled_head=False); build_model checks the arguments, so prefer it.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "yolov2_voc": partial(_yolov2, anchors=VOC_ANCHORS),
     "yolov2_coco": partial(_yolov2, anchors=COCO_ANCHORS),

@@ -246,14 +246,17 @@ def _conv_layer(s: CfgSection, c_in: int) -> DarknetConv:
     padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
     activation = s.get_str("activation", "logistic")
     if activation not in ("leaky", "linear", "relu", "logistic"):
-        raise ConfigError(f"{s.where('activation')}: activation={activation} is not supported (leaky, linear, relu, logistic)")
+        raise ConfigError(
+            f"{s.where('activation')}: activation={activation} is not supported (leaky, linear, relu, logistic)"
+        )
     groups = s.get_int("groups", 1)
     filters = s.get_int("filters", 1)
     if c_in % groups or filters % groups:
-        raise ConfigError(f"{s.where('groups')}: groups={groups} must divide input channels {c_in} and filters {filters}")
-    return DarknetConv(
-        c_in, filters, size, s.get_int("stride", 1), bool(s.get_int("batch_normalize", 0)), activation, groups, padding  # type: ignore[arg-type]
-    )
+        raise ConfigError(
+            f"{s.where('groups')}: groups={groups} must divide input channels {c_in} and filters {filters}"
+        )
+    stride, batch_normalize = s.get_int("stride", 1), bool(s.get_int("batch_normalize", 0))
+    return DarknetConv(c_in, filters, size, stride, batch_normalize, activation, groups, padding)  # type: ignore[arg-type]
 
 
 def _route_sources(s: CfgSection, idx: int) -> list[int]:
@@ -276,7 +279,9 @@ def _reorg_layer(s: CfgSection, c_in: int) -> Reorg:
             raise ConfigError(f"{s.where(key)}: [reorg] {key}=1 is not supported")
     stride = s.get_int("stride", 1)
     if c_in % (stride * stride):
-        raise ConfigError(f"{s.where('stride')}: reorg stride {stride} needs channels divisible by {stride**2}, got {c_in}")
+        raise ConfigError(
+            f"{s.where('stride')}: reorg stride {stride} needs channels divisible by {stride**2}, got {c_in}"
+        )
     return Reorg(stride, "darknet")
 
 

@@ -91,7 +91,9 @@ def read_header(data: bytes, path: str) -> tuple[tuple[int, int, int], int, int]
     major, minor, revision = struct.unpack_from("<3i", data, 0)
     if (major * 10 + minor) >= 2 and major < 1000 and minor < 1000:
         if len(data) < 20:
-            raise WeightsError(f"{path}: version {major}.{minor}.{revision} needs a 20-byte header, file has {len(data)} bytes")
+            raise WeightsError(
+                f"{path}: version {major}.{minor}.{revision} needs a 20-byte header, file has {len(data)} bytes"
+            )
         (seen,) = struct.unpack_from("<q", data, 12)
         return (major, minor, revision), seen, 20
     (seen,) = struct.unpack_from("<i", data, 12)

@@ -24,7 +24,8 @@ class DetectionHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int) -> None:
         super().__init__()
-        self.pred = DarknetConv(in_channels, num_anchors * (5 + num_classes), 1, batch_normalize=False, activation="linear")
+        out = num_anchors * (5 + num_classes)
+        self.pred = DarknetConv(in_channels, out, 1, batch_normalize=False, activation="linear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pred(x)
@@ -41,7 +42,9 @@ class DecoupledHead(nn.Module):
     x (Tensor[B, in_channels, H, W]) -> Tensor[B, A*(5+C), H, W].
     """
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, hidden_channels: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, num_anchors: int, num_classes: int, hidden_channels: int | None = None
+    ) -> None:
         super().__init__()
         hidden = hidden_channels or max(32, in_channels // 4)
         self.num_anchors = num_anchors

@@ -105,7 +105,11 @@ class DarknetMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad_before == 0 and self.size == self.stride and self.pad_after == self.size - 1:
-            # Same result without a padded copy: ceil_mode adds the partial last window only when needed.
+            # The 2x2/2 case without a padded copy. Sides divisible by the stride (always, for inputs
+            # divisible by 32) need no padding at all; plain pooling there keeps the output size a
+            # simple expression (H/2), which torch.export / ONNX can carry as a dynamic shape.
+            if x.shape[-2] % self.stride == 0 and x.shape[-1] % self.stride == 0:
+                return F.max_pool2d(x, self.size, self.stride)
             return F.max_pool2d(x, self.size, self.stride, ceil_mode=True)
         pads = (self.pad_before, self.pad_after, self.pad_before, self.pad_after)
         return F.max_pool2d(F.pad(x, pads, value=float("-inf")), self.size, self.stride)
@@ -122,9 +126,10 @@ def darknet_reorg(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """
     b, c, h, w = x.shape
     s = stride
-    y = x.reshape(b, c // (s * s), h, s, w, s)  # (b, c2, j, dy, i, dx) in the fake (C/s², H*s, W*s) view
+    # flatten/unflatten (rather than reshape) so torch.export keeps H and W dynamic without guards.
+    y = x.flatten(1).unflatten(1, (c // (s * s), h, s, w, s))  # (b, c2, j, dy, i, dx): the fake view
     y = y.permute(0, 3, 5, 1, 2, 4)  # (b, dy, dx, c2, j, i): the flat order of Darknet's output buffer
-    return y.reshape(b, c * s * s, h // s, w // s)
+    return y.flatten(1).unflatten(1, (c * s * s, h // s, w // s))
 
 
 class Reorg(nn.Module):
