@@ -18,6 +18,7 @@ __all__ = [
     "wh_iou",
     "wh_iou_np",
     "box_iou_np",
+    "box_iou_pairs_np",
     "pairwise_box_iou",
     "pairwise_distance_box_iou",
     "efficient_iou_loss",
@@ -149,3 +150,20 @@ def region_boxes(raw_xywh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     bw = pw * torch.exp(raw_xywh[:, :, 2]) / w
     bh = ph * torch.exp(raw_xywh[:, :, 3]) / h
     return torch.stack((bx, by, bw, bh), dim=-1)
+
+
+def box_iou_pairs_np(boxes1: np.ndarray, boxes2: np.ndarray, pixel_offset: float = 0.0) -> np.ndarray:
+    """IoU of aligned pairs: boxes1[i] with boxes2[i]; boxes1, boxes2 (float[N, 4]) xyxy -> float64[N].
+
+    The element-wise twin of :func:`box_iou_np`, with the same float operations in the same order
+    (which are the VOC devkit's with ``pixel_offset=1`` on its 1-based inclusive coordinates), so
+    that metrics can expand only the pairs they need and still reproduce the devkit bit for bit.
+    """
+    b1 = np.asarray(boxes1, np.float64).reshape(-1, 4)
+    b2 = np.asarray(boxes2, np.float64).reshape(-1, 4)
+    iw = np.minimum(b1[:, 2], b2[:, 2]) - np.maximum(b1[:, 0], b2[:, 0]) + pixel_offset
+    ih = np.minimum(b1[:, 3], b2[:, 3]) - np.maximum(b1[:, 1], b2[:, 1]) + pixel_offset
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area1 = (b1[:, 2] - b1[:, 0] + pixel_offset) * (b1[:, 3] - b1[:, 1] + pixel_offset)
+    area2 = (b2[:, 2] - b2[:, 0] + pixel_offset) * (b2[:, 3] - b2[:, 1] + pixel_offset)
+    return inter / np.maximum(area1 + area2 - inter, np.finfo(np.float64).eps)
