@@ -1,0 +1,169 @@
+"""Matplotlib figures of the analysis data: PR curves, confusion matrix, error breakdown, sample images.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global state, no
+display, no backend to select (saving uses Agg), so they work in Ray workers and on headless
+machines. Each function returns a Figure; ``fig.savefig(path)`` or ``mlflow.log_figure(fig, name)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from yolov2.data.records import ImageRecord
+from yolov2.metrics.analysis import (
+    ERROR_TYPES,
+    ErrorBreakdown,
+    PrCurve,
+    coco_pr_curves,
+    confusion_matrix,
+    error_breakdown,
+    voc_pr_curves,
+)
+from yolov2.metrics.coco import CocoResult
+from yolov2.metrics.detections import DetectionTable
+from yolov2.metrics.voc import VocResult
+
+
+def pr_curves_figure(curves: Sequence[PrCurve], title: str = "Precision-recall") -> Figure:
+    """One small panel per class: the raw curve, its interpolated envelope, and the AP in the title."""
+    n = max(1, len(curves))
+    cols = min(5, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.6 * cols, 2.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, curve in zip(axes.flat, curves):
+        if len(curve.recall):
+            ax.plot(curve.recall, curve.precision, lw=0.8, color="tab:blue", label="precision")
+            ax.plot(curve.recall, curve.envelope, lw=1.2, color="tab:orange", label="interpolated")
+        ap = "n/a" if math.isnan(curve.ap) else f"{curve.ap:.3f}"
+        ax.set_title(f"{curve.class_name}  AP {ap}", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], normalize: bool = True) -> Figure:
+    """``matrix[predicted, true]`` (C + 1 squared, last = background) as a heat map; columns normalised
+    to sum to 1 when ``normalize`` (each true class's outcomes), raw counts written in the cells."""
+    labels = list(class_names) + ["background"]
+    m = matrix.astype(np.float64)
+    shown = m / np.maximum(m.sum(axis=0, keepdims=True), 1) if normalize else m
+    size = max(4.0, 0.35 * len(labels) + 2)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shown, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.7)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("true class")
+    ax.set_ylabel("predicted class")
+    if len(labels) <= 25:
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=6,
+                        color="white" if shown[i, j] > 0.5 * shown.max() else "black")  # fmt: skip
+    ax.set_title("Confusion matrix" + (" (columns normalised)" if normalize else ""))
+    return fig
+
+
+def error_breakdown_figure(breakdown: ErrorBreakdown) -> Figure:
+    """Bar chart of the error counts, with the number of true positives for scale."""
+    names = list(ERROR_TYPES)
+    values = [breakdown.counts[n] for n in names]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(names, values, color=["#d62728", "#ff7f0e", "#9467bd", "#7f7f7f", "#8c564b", "#1f77b4"])
+    ax.bar_label(bars, fontsize=8)
+    ax.set_ylabel("count")
+    ax.set_title(
+        f"Error breakdown (IoU fg {breakdown.iou_fg:g}, bg {breakdown.iou_bg:g}); "
+        f"true positives: {breakdown.counts['true_positives']}",
+        fontsize=9,
+    )
+    ax.tick_params(axis="x", labelsize=8)
+    return fig
+
+
+def sample_detections_figure(
+    records: Sequence[ImageRecord],
+    detections: DetectionTable,
+    class_names: Sequence[str],
+    num_images: int = 16,
+    score_threshold: float = 0.3,
+) -> Figure | None:
+    """A grid of the first ``num_images`` readable images (``record.path``) with ground truth in green
+    and detections (score >= ``score_threshold``) in red; None when no image file can be read."""
+    from PIL import Image
+
+    chosen = []
+    for record in records:
+        if len(chosen) == num_images:
+            break
+        path = Path(record.path)
+        if path.is_file():
+            try:
+                with Image.open(path) as im:
+                    chosen.append((record, np.asarray(im.convert("RGB"))))
+            except OSError:
+                continue
+    if not chosen:
+        return None
+    cols = min(4, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (record, pixels) in zip(axes.flat, chosen):
+        ax.imshow(pixels)
+        for box, label in zip(record.boxes, record.labels):
+            _draw_box(ax, box, "lime", class_names[label])
+        mine = (detections.image_id == record.image_id) & (detections.score >= score_threshold)
+        for box, label, score in zip(detections.boxes[mine], detections.label[mine], detections.score[mine]):
+            _draw_box(ax, box, "red", f"{class_names[label]} {score:.2f}")
+        ax.set_title(record.image_id, fontsize=7)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(chosen) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def evaluation_figures(
+    records: Sequence[ImageRecord],
+    detections: DetectionTable,
+    class_names: Sequence[str],
+    results: Mapping[str, Any],
+    num_sample_images: int = 16,
+) -> dict[str, Figure]:
+    """The evaluate stage's figures by artifact name: PR curves (VOC2010+ if computed, else VOC2007,
+    else COCO at IoU 0.5), confusion matrix, error breakdown, and sample images when readable."""
+    figures: dict[str, Figure] = {}
+    voc = results.get("voc12") or results.get("voc07")
+    if isinstance(voc, VocResult):
+        figures["pr_curves.png"] = pr_curves_figure(voc_pr_curves(voc), f"Precision-recall, IoU {voc.iou_threshold:g}")
+    elif isinstance(results.get("coco"), CocoResult):
+        figures["pr_curves.png"] = pr_curves_figure(coco_pr_curves(results["coco"]), "Precision-recall (COCO, IoU 0.5)")
+    figures["confusion_matrix.png"] = confusion_matrix_figure(
+        confusion_matrix(records, detections, len(class_names)), class_names
+    )
+    figures["error_breakdown.png"] = error_breakdown_figure(error_breakdown(records, detections, len(class_names)))
+    if num_sample_images > 0:
+        samples = sample_detections_figure(records, detections, class_names, num_sample_images)
+        if samples is not None:
+            figures["sample_detections.png"] = samples
+    return figures
+
+
+def _draw_box(ax, box: np.ndarray, color: str, text: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.0))
+    ax.text(x1, y1, text, fontsize=5, color="black", backgroundcolor=color, va="bottom")
