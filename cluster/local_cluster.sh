@@ -35,8 +35,12 @@ Options:
   --no-dashboard       do not start the dashboard (then `ray job submit` is not available)
   -h, --help           show this help
 
+Jobs from `ray job submit` start in the repository root with the Python that runs Ray (the
+project's .venv, or RAY_BIN's), so `-- python pipelines/full.py --config ...` works as is.
+
 Environment: RAY_AUTH_MODE is exported as "disabled" for every `ray` command here (override by
 exporting RAY_AUTH_MODE yourself); drivers and `ray job submit` must use the same mode.
+RAY_BIN: the `ray` executable (default: the project's .venv, else PATH).
 
 Examples:
   cluster/local_cluster.sh up --port 23000
@@ -91,11 +95,11 @@ temp_dir="${temp_dir%/}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 export RAY_USAGE_STATS_ENABLED=0
 
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ray_bin="${RAY_BIN:-}"
 if [[ -z "$ray_bin" ]]; then
-    script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    if [[ -x "$script_dir/../.venv/bin/ray" ]]; then
-        ray_bin="$script_dir/../.venv/bin/ray"
+    if [[ -x "$repo_root/.venv/bin/ray" ]]; then
+        ray_bin="$repo_root/.venv/bin/ray"
     else
         ray_bin="$(command -v ray || true)"
     fi
@@ -219,7 +223,9 @@ start_cluster() {
     )
     # Both `ray start` run inside one new session: its id, saved in the temp dir, finds every
     # process of this cluster later (see cluster_pids), whoever their parent is by then.
-    setsid -w bash -c "set -euo pipefail; $(declare -p head_args worker_args ray_bin temp_dir sid_file address); $(declare -f start_nodes); start_nodes" \
+    # Started from the repository root: jobs from `ray job submit` run in the directory where the
+    # head was started, so `python pipelines/full.py ...` works as an entrypoint.
+    (cd "$repo_root" && setsid -w bash -c "set -euo pipefail; $(declare -p head_args worker_args ray_bin temp_dir sid_file address); $(declare -f start_nodes); start_nodes") \
         || { stop_cluster >/dev/null 2>&1 || true; die "the cluster did not start (logs in $temp_dir/*-start.log)"; }
     echo "two-node Ray cluster up (head: node_head, worker: node_worker; $cpus CPU each)"
     print_addresses

@@ -369,7 +369,7 @@ def pick_cluster_port() -> int:
 
 
 PROBE = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import ray
 
     ray.init(address=sys.argv[1], log_to_driver=False)
@@ -381,7 +381,7 @@ PROBE = textwrap.dedent("""
     nodes = [{"id": n["NodeID"], "alive": n["Alive"],
               "custom": sorted(k for k in n["Resources"] if k.startswith("node_"))} for n in ray.nodes()]
     ran = {name: ray.get(where.options(resources={name: 0.5}).remote()) for name in ["node_head", "node_worker"]}
-    print("PROBE " + json.dumps({"nodes": nodes, "ran": ran}))
+    print("PROBE " + json.dumps({"nodes": nodes, "ran": ran, "cwd": os.getcwd()}))
 """)
 
 
@@ -394,7 +394,7 @@ def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
     sid = None
     try:
-        up = run([script, "up", *args], env=env, timeout=300)
+        up = run([script, "up", *args], env=env, timeout=300, cwd="/")
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"ray job submit --address http://127.0.0.1:{port + 1}" in up.stdout
         sid = int(Path(temp_dir, "yolov2-cluster.sid").read_text())
@@ -418,7 +418,9 @@ def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_
                    "--", "python", "-c", PROBE, f"127.0.0.1:{port}"], env=env, timeout=300)
         job_line = next((ln for ln in job.stdout.splitlines() if ln.startswith("PROBE ")), None)
         assert job.returncode == 0 and job_line, job.stdout + job.stderr
-        assert json.loads(job_line[len("PROBE "):])["ran"] == by_resource
+        job_found = json.loads(job_line[len("PROBE "):])
+        assert job_found["ran"] == by_resource
+        assert job_found["cwd"] == str(REPO), "jobs start in the repository root"
     finally:
         down = run([script, "down", *args], env=env, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
