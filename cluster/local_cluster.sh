@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A two-node Ray cluster on one machine: a head and a worker, two separate `ray start` processes,
 # each with its own custom resource (node_head / node_worker) so tests can pin work to a node and
-# show that it really spreads over nodes. Everything binds to 127.0.0.1.
+# show that it really spreads over nodes. The dashboard (job server) binds 127.0.0.1; Ray's own GCS,
+# raylet and object-manager ports listen on every interface and the nodes advertise the machine's
+# IP (Ray rewrites a 127.0.0.1 --node-ip-address: services.resolve_ip_for_localhost), so keep the
+# machine's firewall closed to the ports below.
 #
 #   cluster/local_cluster.sh up      [--port 23000] [--cpus 1] [--object-store-mb 200]
 #   cluster/local_cluster.sh status  [--port 23000]
@@ -17,8 +20,10 @@ usage() {
     cat <<'EOF'
 Usage: cluster/local_cluster.sh up|down|status [options]
 
-A two-node Ray cluster on this machine (head + worker, separate `ray start` processes), bound to
-127.0.0.1, with custom resources {"node_head": 1} on the head and {"node_worker": 1} on the worker.
+A two-node Ray cluster on this machine (head + worker, separate `ray start` processes) with custom
+resources {"node_head": 1} on the head and {"node_worker": 1} on the worker. The dashboard (job
+server) binds 127.0.0.1; Ray's core ports listen on every interface (Ray does not bind them to
+loopback), so keep this machine's firewall closed to P..P+299.
 
 Commands:
   up        start the head, then the worker; prints the addresses to use
