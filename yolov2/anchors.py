@@ -8,9 +8,9 @@ h / image height), float64 (N, 2); :func:`to_grid_units` turns anchors into Dark
 The algorithm is written as map and reduce steps so that one code path runs single-process and
 distributed (``pipelines/anchors.py`` runs the map as Ray tasks):
 
-* map: :func:`assign` on one partition of boxes -> :class:`AssignStats` (per-cluster sums of w, h
-  and best IoU, counts, changed count) plus the partition's new assignment, which the partition
-  keeps for the next call (so only O(k) numbers travel to the driver);
+* map: :func:`assign` on one partition of boxes -> :class:`AssignStats` (per-cluster sums of w
+  and h, counts, the sum of best IoU, the changed count) plus the partition's new assignment, which
+  the partition keeps for the next call (so only O(k + blocks) numbers travel to the driver);
 * reduce: :func:`reduce_stats` combines partials; :func:`update_centroids` gives the new centroids;
 * rarely, an empty cluster: :func:`farthest_boxes` on each partition and :func:`merge_farthest`.
 
@@ -23,6 +23,11 @@ on block boundaries (:func:`partition_bounds`), so a distributed run produces th
 partials as a single-process run and every centroid is bit-identical, whatever the number of
 partitions or the order in which their results arrive. The numba kernel and the NumPy path compute
 the same partials (see :mod:`yolov2.anchors_numba`).
+
+**Monotonicity.** The assignment step never lowers the mean IoU (each box takes its best
+centroid), but the mean update can: the mean shape of a cluster is not its IoU-best shape (boxes
+(0.01, 0.01) and (1, 1) around the centroid (1, 1): mean IoU 0.50005; around their mean: 0.128).
+So ``history`` is usually, not always, increasing; Lloyd stops when no assignment changes.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ def validate_shapes(wh: np.ndarray, source: str = "box shapes") -> np.ndarray:
     if arr.shape[0] == 0:
         raise DatasetError(f"{source}: no boxes to cluster")
     arr = np.asfortranarray(arr, dtype=np.float64)
+    if ((arr >= MIN_SHAPE) & (arr <= MAX_SHAPE)).all():  # one pass in the common case; NaN fails too
+        return arr
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -230,7 +237,8 @@ def assign(
     previous (uint8[n] or None): this partition's last assignment, to count changes.
     Returns the partial stats and the new assignment (uint8[n]), which the caller keeps with the
     partition for the next call. ``num_threads`` caps numba's threads for this call (e.g. 1 inside
-    a one-CPU Ray task). Both backends give bit-identical results.
+    a one-CPU Ray task). Both backends give bit-identical results. The sizes are not re-checked
+    here (this runs every iteration): validate them once with :func:`validate_shapes`.
     """
     wh = _as_kernel_input(wh)
     centroids = np.ascontiguousarray(centroids, dtype=np.float64)
@@ -319,8 +327,9 @@ def _assign_numba(
     w, h = wh[:, 0], wh[:, 1]  # contiguous views (Fortran-ordered wh)
     cw, ch = np.ascontiguousarray(centroids[:, 0]), np.ascontiguousarray(centroids[:, 1])
     saved = numba.get_num_threads()
-    if num_threads is not None:
-        numba.set_num_threads(max(1, min(int(num_threads), numba.config.NUMBA_NUM_THREADS)))
+    threads = saved if num_threads is None else int(num_threads)
+    # never more threads than blocks: waking idle threads costs more than small inputs take
+    numba.set_num_threads(max(1, min(threads, num_blocks, numba.config.NUMBA_NUM_THREADS)))
     try:
         assign_blocks(
             w, h, cw, ch, prev, block_size, IOU_LANES, assignment, sum_w, sum_h, sum_iou, block_counts, block_changed
@@ -492,30 +501,45 @@ def restart_seeds(seed: int, n_init: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(n_init)
 
 
-def kmeans_pp_init(wh: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_pp_init(wh: np.ndarray, k: int, rng: np.random.Generator, backend: Backend = "auto") -> np.ndarray:
     """k-means++ centroids (float64[k, 2]) with d = 1 - IoU, each next one drawn with P ∝ d².
 
-    Draws: ``rng.integers(N)`` for the first box, then per centroid one ``rng.random()`` scaled by
-    the total of d² and located in its running sum (``np.cumsum``, first index whose sum exceeds
-    it). Raises :class:`ConfigError` when fewer than k distinct shapes exist.
+    wh (float64[N, 2]) normalised shapes. Draws: ``rng.integers(N)`` for the first box, then per
+    centroid one ``rng.random()`` scaled by the total of d² and located in its running sum
+    (``np.cumsum``: the first index whose sum exceeds it). Raises :class:`ConfigError` when fewer
+    than k distinct shapes exist. Both backends give the same centroids.
     """
-    wh = validate_shapes(wh)
-    n = len(wh)
+    return _kmeans_pp_init(validate_shapes(wh), k, rng, backend)
+
+
+def _kmeans_pp_init(wh: np.ndarray, k: int, rng: np.random.Generator, backend: Backend) -> np.ndarray:
+    """:func:`kmeans_pp_init` on already validated shapes (Fortran-ordered float64[N, 2])."""
     _check_k(k)
+    n = len(wh)
+    numba = _use_numba(backend)
+    if numba:
+        from yolov2.anchors_numba import pp_locate, pp_total, pp_update
     centroids = np.empty((k, 2), dtype=np.float64)
-    first = int(rng.integers(n))
-    centroids[0] = wh[first]
-    best = wh_iou_np(wh, centroids[:1])[:, 0]
+    centroids[0] = wh[int(rng.integers(n))]
+    best = np.full(n, -1.0)  # best IoU of each box with the centroids so far
     for i in range(1, k):
-        d = 1.0 - best
-        cum = np.cumsum(d * d)
-        total = cum[-1]
+        c = centroids[i - 1]
+        if numba:
+            pp_update(wh[:, 0], wh[:, 1], float(c[0]), float(c[1]), best)
+            total = pp_total(best)
+        else:
+            np.maximum(best, wh_iou_np(wh, c[None, :])[:, 0], out=best)
+            d = 1.0 - best
+            cum = np.cumsum(d * d)
+            total = cum[-1]
         if not total > 0:
             raise ConfigError(_too_few_shapes_message(wh, k))
         r = rng.random() * total
-        chosen = min(int(np.searchsorted(cum, r, side="right")), n - 1)
+        if numba:
+            chosen = pp_locate(best, r)
+        else:
+            chosen = min(int(np.searchsorted(cum, r, side="right")), n - 1)
         centroids[i] = wh[chosen]
-        best = np.maximum(best, wh_iou_np(wh, centroids[i : i + 1])[:, 0])
     return centroids
 
 
@@ -572,7 +596,7 @@ class LocalMapper:
         backend: Backend = "auto",
         num_threads: int | None = None,
     ) -> None:
-        self.wh = _as_kernel_input(wh)
+        self.wh = validate_shapes(wh)
         self.bounds = partition_bounds(len(self.wh), partitions, block_size)
         self.block_size = block_size
         self.backend = backend
@@ -691,7 +715,7 @@ def kmeans_anchors(
     mapper = LocalMapper(wh, partitions, block_size, backend, num_threads)
     results = []
     for child in restart_seeds(seed, n_init):
-        init = kmeans_pp_init(wh, k, np.random.default_rng(child))
+        init = _kmeans_pp_init(wh, k, np.random.default_rng(child), backend)
         results.append(lloyd(init, mapper, max_iter, update))
     return best_result(results)
 

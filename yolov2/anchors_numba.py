@@ -182,3 +182,37 @@ def assign_blocks(
             for t in range(m):
                 num_changed += prev[t] != out[t]
         changed[b] = num_changed
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def pp_update(w: np.ndarray, h: np.ndarray, cw: float, ch: float, best: np.ndarray) -> None:
+    """k-means++ step, in place: best[i] = max(best[i], IoU((w[i], h[i]), (cw, ch))), as NumPy computes it."""
+    ca = cw * ch
+    for i in prange(w.shape[0]):
+        x = w[i]
+        y = h[i]
+        inter = min(x, cw) * min(y, ch)
+        best[i] = max(best[i], inter / ((x * y + ca) - inter))
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def pp_total(best: np.ndarray) -> float:
+    """Sum of (1 - best)², sequentially: the last element of NumPy's ``cumsum``."""
+    s = 0.0
+    for i in range(best.shape[0]):
+        d = 1.0 - best[i]
+        s += d * d
+    return s
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def pp_locate(best: np.ndarray, r: float) -> int:
+    """First index whose running sum of (1 - best)² exceeds r (``searchsorted(cumsum, r, "right")``)."""
+    s = 0.0
+    n = best.shape[0]
+    for i in range(n):
+        d = 1.0 - best[i]
+        s += d * d
+        if s > r:
+            return i
+    return n - 1
