@@ -170,7 +170,8 @@ def resolve_detections(
     """Check the detections against the dataset and return each one's record index (int64[N]).
 
     Raises :class:`DatasetError` naming the offending values for: an image id that is not in
-    ``records``, a label outside ``0..num_classes-1``, or a non-finite score or box coordinate.
+    ``records``, a label outside ``0..num_classes-1``, a non-finite score or box coordinate, or an
+    inverted box (``x2 < x1`` or ``y2 < y1``; zero width or height is allowed).
     """
     index = image_index(records)
     if len(detections) == 0:
