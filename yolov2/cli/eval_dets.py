@@ -105,7 +105,8 @@ def format_table(report: dict) -> str:
         lines[0] += f"  IoU {report['iou_threshold']:g}"
         lines.append(f"{'class':<{width}}  {'AP':>7}  {'gt':>6}  {'dets':>6}  {'tp':>6}  {'fp':>6}")
         lines += [
-            f"{r['class']:<{width}}  {_pct(r['ap']):>7}  {r['npos']:>6}  {r['detections']:>6}  {r['tp']:>6}  {r['fp']:>6}"
+            f"{r['class']:<{width}}  {_pct(r['ap']):>7}  "
+            f"{r['npos']:>6}  {r['detections']:>6}  {r['tp']:>6}  {r['fp']:>6}"
             for r in rows
         ]
     lines.append(f"mAP = {_pct(report['mAP'])} %")
@@ -134,7 +135,9 @@ def _coco(args: argparse.Namespace, gt: GroundTruth) -> CocoResult:
     try:
         if exact:  # the files' own values: the numbers pycocotools gives on these files
             coco_dets = read_coco_results_arrays(dets_path, gt)
-            return coco_evaluate_arrays(gt.coco, coco_dets, gt.class_names, gt.category_ids, args.backend, workers, map_fn)
+            return coco_evaluate_arrays(
+                gt.coco, coco_dets, gt.class_names, gt.category_ids, args.backend, workers, map_fn
+            )
         dets = read_detections(dets_path, gt, args.box_format, args.coords)
         return coco_evaluate(gt.records, dets, gt.class_names, args.backend, workers, map_fn)
     finally:

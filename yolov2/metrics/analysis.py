@@ -157,7 +157,9 @@ def error_breakdown(
     """TIDE-style categories of every false positive and of the missed boxes (module docstring)."""
     gt = GroundTruthArrays.from_records(records)
     det_image = resolve_detections(detections, records, num_classes)
-    m = match_detections(gt, det_image, detections.label, detections.score, detections.boxes, num_classes, iou_fg, "continuous")
+    m = match_detections(
+        gt, det_image, detections.label, detections.score, detections.boxes, num_classes, iou_fg, "continuous"
+    )
     det_of_pair, gt_of_pair, count = same_key_pairs(gt.image, det_image)  # every box of the detection's image
     iou = pair_iou(detections.boxes, gt.boxes, det_of_pair, gt_of_pair, "continuous")
     same = detections.label[det_of_pair] == gt.label[gt_of_pair]

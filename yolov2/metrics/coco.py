@@ -173,7 +173,9 @@ def evaluate_category_chunk(
         return _evaluate_category_chunk(gt, dets, np.unique(np.asarray(category_ids, np.int64)), backend)
 
 
-def _evaluate_category_chunk(gt: CocoGroundTruth, dets: CocoDetections, cats: np.ndarray, backend: str) -> CocoChunkResult:
+def _evaluate_category_chunk(
+    gt: CocoGroundTruth, dets: CocoDetections, cats: np.ndarray, backend: str
+) -> CocoChunkResult:
     gt, dets = gt.select(cats), dets.select(cats)
     by_id = np.argsort(gt.image_ids, kind="stable")
     used = np.union1d(gt.image, dets.image)
@@ -394,7 +396,9 @@ def _check_coco_detections(gt: CocoGroundTruth, dets: CocoDetections, category_i
         )
     unknown_cats = np.setdiff1d(np.union1d(dets.category, gt.category), category_ids)
     if len(unknown_cats):
-        raise DatasetError(f"unknown category id(s) {unknown_cats[:5].tolist()} (categories are {category_ids.tolist()})")
+        raise DatasetError(
+            f"unknown category id(s) {unknown_cats[:5].tolist()} (categories are {category_ids.tolist()})"
+        )
     if not (np.isfinite(dets.score).all() and np.isfinite(dets.bbox).all()):
         raise DatasetError("detections: a non-finite score or bbox value")
 

@@ -53,7 +53,8 @@ class DetectionTable:
 
     def __post_init__(self) -> None:
         n = len(self.image_id)
-        for name, arr, shape in (("label", self.label, (n,)), ("score", self.score, (n,)), ("boxes", self.boxes, (n, 4))):
+        columns = (("label", self.label, (n,)), ("score", self.score, (n,)), ("boxes", self.boxes, (n, 4)))
+        for name, arr, shape in columns:
             if arr.shape != shape:
                 raise DatasetError(f"detections: column {name} has shape {arr.shape}, expected {shape}")
 
@@ -159,7 +160,9 @@ def image_index(records: Sequence[ImageRecord]) -> dict[str, int]:
     index: dict[str, int] = {}
     for i, r in enumerate(records):
         if r.image_id in index:
-            raise DatasetError(f"records: image_id {r.image_id!r} appears twice (positions {index[r.image_id]} and {i})")
+            raise DatasetError(
+                f"records: image_id {r.image_id!r} appears twice (positions {index[r.image_id]} and {i})"
+            )
         index[r.image_id] = i
     return index
 

@@ -112,7 +112,9 @@ def read_voc_ground_truth(
     for stem, ann in parsed:
         unknown = [o.name for o in ann.objects if o.name not in label_of]
         if unknown:
-            raise DatasetError(f"{xml_dir / (stem + '.xml')}: class {unknown[0]!r} is not among the class names {list(names)}")
+            raise DatasetError(
+                f"{xml_dir / (stem + '.xml')}: class {unknown[0]!r} is not among the class names {list(names)}"
+            )
         raw = np.array([o.bndbox for o in ann.objects], np.float64).reshape(-1, 4)
         records.append(
             ImageRecord(
@@ -239,7 +241,9 @@ def read_text_ground_truth(
     for stem, rows in parsed:
         for name, _, _ in rows:
             if name not in label_of:
-                raise DatasetError(f"{folder / (stem + '.txt')}: class {name!r} is not among the class names {list(names)}")
+                raise DatasetError(
+                    f"{folder / (stem + '.txt')}: class {name!r} is not among the class names {list(names)}"
+                )
         boxes = text_boxes_to_records(np.array([r[1] for r in rows], np.float64).reshape(-1, 4), box_format, coords)
         records.append(
             ImageRecord(
@@ -282,7 +286,9 @@ def read_text_detections(
     for txt in files:
         for line_no, tokens in _lines(txt):
             if len(tokens) != 6:
-                raise DatasetError(f"{txt}:{line_no}: expected '<class> <score> <4 box numbers>', got {len(tokens)} fields")
+                raise DatasetError(
+                    f"{txt}:{line_no}: expected '<class> <score> <4 box numbers>', got {len(tokens)} fields"
+                )
             if tokens[0] not in label_of:
                 raise DatasetError(
                     f"{txt}:{line_no}: unknown class {tokens[0]!r} (the ground truth's classes are {list(class_names)})"

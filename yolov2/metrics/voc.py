@@ -258,8 +258,9 @@ def voc_evaluate(
         bad = sorted(set(gt.label[(gt.label < 0) | (gt.label >= num_classes)].tolist()))
         raise ConfigError(f"records hold labels {bad[:5]} outside the {num_classes} class names")
     m = match_detections(
-        gt, det_image, detections.label, detections.score, detections.boxes, num_classes, iou_threshold, pixel_convention
-    )
+        gt, det_image, detections.label, detections.score, detections.boxes,
+        num_classes, iou_threshold, pixel_convention,
+    )  # fmt: skip
     npos = np.bincount(gt.label[~(gt.difficult | gt.iscrowd)], minlength=num_classes).astype(np.int64)
 
     by_class = m.order[np.argsort(detections.label[m.order], kind="stable")]  # class-major, score order within
