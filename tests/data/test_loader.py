@@ -137,11 +137,66 @@ def test_round_robin_position_matches_a_simulated_dataloader():
         assert [L.round_robin_position(counts, w, t) for w, t in order] == list(range(len(order)))
 
 
+def test_shard_specs_from_index_count_records_per_shard(shards):
+    import pyarrow as pa
+
+    index = pa.table({"shard": ["b.tar", "a.tar", "b.tar", "c.tar", "b.tar"], "key": list("vwxyz")})
+    assert L.shard_specs_from_index(index, "/data/") == [
+        L.ShardSpec("/data/a.tar", 1), L.ShardSpec("/data/b.tar", 3), L.ShardSpec("/data/c.tar", 1)
+    ]
+
+
+def test_stream_from_config(shards):
+    cfg = TrainConfig(batch_size=5, input_size=64, multiscale=False, seed=9)
+    s = L.ShardStream.from_config(shards, cfg, world_size=2, rank=1)
+    assert (s.batch_size, s.size, s.schedule, s.seed, s.rank, s.world_size) == (5, 64, None, 9, 1, 2)
+    assert [b.images.shape[-1] for b in s.iter_slot(0, 1)] == [64, 64, 64]  # 11 samples: 5 + 5 + 1
+
+
 def test_read_samples_checks_the_index_counts(shards):
     wrong = [L.ShardSpec(shards[0].url, shards[0].num_samples + 1)]
     with pytest.raises(DatasetError, match="index says"):
         list(L.read_samples(wrong, 0, shards[0].num_samples + 1))
     assert [L.count_shard_samples(s.url) for s in shards] == list(SHARD_SIZES)
+
+
+def test_fast_tar_reader_equals_webdataset(shards):
+    for spec in shards:
+        fast = list(L._samples_fast(spec.url))
+        reference = list(L._samples_webdataset(spec.url))
+        assert len(fast) == spec.num_samples and fast == reference
+
+
+def test_shards_with_other_tar_members_fall_back_to_webdataset(tmp_path, shards):
+    """A tar written by Python's tarfile in PAX format (a pax header before a long-named member)."""
+    import io
+    import tarfile
+
+    raws = list(L.read_samples(shards, 0, 3))
+    path = tmp_path / "pax.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, raw in enumerate(raws):
+            key = raw.key if i < 2 else "long/" + "x" * 120  # > 100 bytes: needs a pax header
+            for ext, data in (("jpg", raw.image_bytes), ("json", json.dumps(raw.record.to_dict()).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    got = list(L._iter_shard(str(path)))
+    assert [k for k, _, _ in got] == [raws[0].key, raws[1].key, "long/" + "x" * 120]
+    assert [img for _, img, _ in got] == [r.image_bytes for r in raws]
+
+
+def test_corrupt_or_truncated_tar_is_an_error(tmp_path, shards):
+    data = bytearray(Path(shards[0].url).read_bytes())
+    data[5] ^= 0xFF  # a byte of the first member's name, in its header
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="checksum"):
+        list(L._iter_shard(str(bad)))
+    short = tmp_path / "short.tar"
+    short.write_bytes(Path(shards[0].url).read_bytes()[:700])
+    with pytest.raises(DatasetError, match="truncated"):
+        list(L._iter_shard(str(short)))
 
 
 def test_dataloader_workers_deliver_batches_in_position_order_with_their_sizes(shards):

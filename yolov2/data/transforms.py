@@ -290,17 +290,15 @@ def darknet_color(image: np.ndarray, jitter: ColorJitter, out: np.ndarray | None
     docstring). The hue shift is ``round(dhue * 256)`` steps of OpenCV's 8-bit ``HSV_FULL`` hue, with wrap-around.
     """
     shift = int(round(jitter.dhue * 256)) % 256
+    gain, offset = jitter.dexp * jitter.dsat, jitter.dexp * (1.0 - jitter.dsat)
+    value = None
     if shift:
         hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)
-        hue = cv2.extractChannel(hsv, 0)
-        hue += np.uint8(shift)  # uint8 arithmetic wraps modulo 256 = one full hue circle
-        cv2.insertChannel(hue, hsv, 0)
+        hsv[..., 0] += np.uint8(shift)  # uint8 arithmetic wraps modulo 256 = one full hue circle (in place)
         value = cv2.extractChannel(hsv, 2)
         rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL, dst=hsv)
     else:
         rgb = image
-        value = cv2.max(cv2.max(cv2.extractChannel(rgb, 0), cv2.extractChannel(rgb, 1)), cv2.extractChannel(rgb, 2))
-    gain, offset = jitter.dexp * jitter.dsat, jitter.dexp * (1.0 - jitter.dsat)
     if abs(offset) < 1e-12:
         if abs(gain - 1.0) < 1e-12:
             if out is None:
@@ -308,6 +306,8 @@ def darknet_color(image: np.ndarray, jitter: ColorJitter, out: np.ndarray | None
             np.copyto(out, rgb)
             return out
         return cv2.convertScaleAbs(rgb, alpha=gain, dst=out)  # saturating multiply (inputs are non-negative)
+    if value is None:
+        value = cv2.max(cv2.max(cv2.extractChannel(rgb, 0), cv2.extractChannel(rgb, 1)), cv2.extractChannel(rgb, 2))
     return cv2.addWeighted(rgb, gain, cv2.cvtColor(value, cv2.COLOR_GRAY2RGB), offset, 0.0, dst=out)
 
 
@@ -331,7 +331,9 @@ def darknet_color_tensor(images: torch.Tensor, params: torch.Tensor) -> torch.Te
     chroma = value - images.min(dim=1).values
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     hue = torch.where(
-        value == red, (green - blue) / safe, torch.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe)
+        value == red,
+        (green - blue) / safe,
+        torch.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe),
     )
     hue = torch.where(chroma > 0, hue, torch.zeros_like(hue))
     saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), 0.0)
