@@ -207,6 +207,12 @@ def test_dataloader_workers_deliver_batches_in_position_order_with_their_sizes(s
     assert [b.index for b in batches] == list(range(len(batches))) == list(range(s.batches_per_epoch(2)))
     assert [b.images.shape[-1] for b in batches] == [schedule.size_at(i) for i in range(len(batches))]
     assert sorted(i for b in batches for i in b.image_ids) == all_ids(shards)
+    # the worker processes compute exactly what the in-process slots compute, and pick up set_epoch
+    simulated = rank_batches(shards, 1, 0, 2, schedule=schedule, batch_size=4)
+    assert [b.image_ids for b in batches] == [b.image_ids for b in simulated]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches, simulated))
+    s.set_epoch(1)
+    assert [i for b in loader for i in b.image_ids] != [i for b in batches for i in b.image_ids]
 
 
 def test_accumulation_and_first_batch_shift_the_schedule(shards):
