@@ -38,7 +38,8 @@ def test_yolov2_voc_matches_the_cfg(capsys, darknet_cfg, cfg_facts) -> None:
 
 
 def test_tiny_at_another_size(capsys, darknet_cfg, cfg_facts, tmp_path) -> None:
-    text = darknet_cfg("yolov2-tiny-voc.cfg").read_text().replace("width=416", "width=320").replace("height=416", "height=320")
+    text = darknet_cfg("yolov2-tiny-voc.cfg").read_text()
+    text = text.replace("width=416", "width=320").replace("height=416", "height=320")
     cfg = tmp_path / "tiny320.cfg"
     cfg.write_text(text)
     facts = cfg_facts(cfg)

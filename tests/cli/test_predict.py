@@ -75,6 +75,7 @@ def test_predict_folder(model_file: Path, source: Path, tmp_path: Path, capsys) 
 
 def test_predict_single_image(model_file: Path, source: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
-    assert main(["predict", "--weights", str(model_file), "--source", str(source / IMAGES[1]), "--out", str(out), *ARGS]) == 0
+    argv = ["predict", "--weights", str(model_file), "--source", str(source / IMAGES[1]), "--out", str(out), *ARGS]
+    assert main(argv) == 0
     results = json.loads((out / "detections.json").read_text())
     assert len(results) == 1 and (out / IMAGES[1]).is_file()

@@ -20,7 +20,9 @@ DARKNET_FILES = [
 ]
 
 LAYER_KEYS = {  # the options that define each layer (Darknet's defaults filled in where a file omits them)
-    "convolutional": {"batch_normalize": "0", "filters": "1", "size": "1", "stride": "1", "pad": "0", "activation": "logistic"},
+    "convolutional": {
+        "batch_normalize": "0", "filters": "1", "size": "1", "stride": "1", "pad": "0", "activation": "logistic",
+    },
     "maxpool": {"size": "1", "stride": "1"},
     "route": {"layers": None},
     "reorg": {"stride": "1"},

@@ -84,7 +84,8 @@ def _yolov2_layers(num_classes: int, num_anchors: int, width_multiplier: float) 
 def _tiny_layers(num_classes: int, num_anchors: int, width_multiplier: float, head_channels: int) -> list[str]:
     layers: list[str] = []
     for i, filters in enumerate(TINY_FILTERS):
-        layers += [_conv(scaled_channels(filters, width_multiplier), 3), _maxpool(2 if i < len(TINY_FILTERS) - 1 else 1)]
+        last = i == len(TINY_FILTERS) - 1
+        layers += [_conv(scaled_channels(filters, width_multiplier), 3), _maxpool(1 if last else 2)]
     layers.append(_conv(scaled_channels(1024, width_multiplier), 3))
     layers.append(_conv(scaled_channels(head_channels, width_multiplier), 3))
     layers.append(_conv(num_anchors * (5 + num_classes), 1, batch_normalize=False, activation="linear"))
@@ -115,7 +116,9 @@ def darknet_cfg_text(
             "(without SPPF or the decoupled head)"
         )
     if num_classes < 1 or not anchors:
-        raise ConfigError(f"darknet_cfg_text: need num_classes >= 1 and at least one anchor, got {num_classes}, {len(anchors)}")
+        raise ConfigError(
+            f"darknet_cfg_text: need num_classes >= 1 and at least one anchor, got {num_classes}, {len(anchors)}"
+        )
     if input_size <= 0 or input_size % 32:
         raise ConfigError(f"darknet_cfg_text: input size {input_size} must be a positive multiple of 32")
     if name.startswith("yolov2_tiny"):
@@ -125,7 +128,9 @@ def darknet_cfg_text(
     else:
         layers = _yolov2_layers(num_classes, len(anchors), width_multiplier)
         jitter = 0.3
-    net = f"[net]\n# Testing\nbatch=1\nsubdivisions=1\nheight={input_size}\nwidth={input_size}\nchannels=3\n{_NET_OPTIONS}"
-    region = _region(anchors, num_classes, jitter, thresh, object_scale, noobject_scale, class_scale, coord_scale, rescore)
+    net = f"[net]\n# Testing\nbatch=1\nsubdivisions=1\nheight={input_size}\nwidth={input_size}\nchannels=3\n"
+    region = _region(
+        anchors, num_classes, jitter, thresh, object_scale, noobject_scale, class_scale, coord_scale, rescore
+    )
     header = f"# {name} (width multiplier {width_multiplier:g}), written by yolov2-pipeline\n"
-    return header + "\n".join([net, *layers, region])
+    return header + "\n".join([net + _NET_OPTIONS, *layers, region])
