@@ -703,16 +703,20 @@ def kmeans_anchors(
     partitions: int = 1,
     block_size: int = BLOCK_SIZE,
     num_threads: int | None = None,
+    mapper: AssignMapper | None = None,
 ) -> AnchorResult:
     """k anchors (normalised, sorted by area) for box shapes wh (float64[N, 2], normalised).
 
     ``n_init`` k-means++ restarts seeded by ``restart_seeds(seed, n_init)``; the one with the
     highest mean IoU wins. ``partitions`` splits the map step in-process exactly as a distributed
-    run would; the result does not depend on it, nor on the backend, bit for bit.
+    run would; the result does not depend on it, nor on the backend, bit for bit. ``mapper``
+    (e.g. Ray tasks over partitions of the same ``wh``) replaces the in-process one; the
+    initialisation always runs here, on the whole ``wh``.
     """
     wh = validate_shapes(wh)
     _check_k(k)
-    mapper = LocalMapper(wh, partitions, block_size, backend, num_threads)
+    if mapper is None:
+        mapper = LocalMapper(wh, partitions, block_size, backend, num_threads)
     results = []
     for child in restart_seeds(seed, n_init):
         init = _kmeans_pp_init(wh, k, np.random.default_rng(child), backend)
@@ -738,11 +742,13 @@ def iou_table(
     update: Update = "mean",
     *,
     backend: Backend = "auto",
+    mapper: AssignMapper | None = None,
 ) -> dict[int, float]:
     """Mean IoU of the best clustering for each k (the paper's Figure 2 "Box Generation" curve)."""
     wh = validate_shapes(wh)
     return {
-        int(k): kmeans_anchors(wh, int(k), seed, n_init, max_iter, update, backend=backend).mean_iou for k in ks
+        int(k): kmeans_anchors(wh, int(k), seed, n_init, max_iter, update, backend=backend, mapper=mapper).mean_iou
+        for k in ks
     }
 
 
