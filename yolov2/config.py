@@ -164,8 +164,10 @@ class EvaluateConfig:
     conf_thresh: float = 0.005
     nms_thresh: float = 0.45
     max_det: int = 100
+    max_candidates: int | None = None  # best (box, class) pairs per image kept before NMS; None: all (Darknet)
     batch_size: int = 8
     num_actors: int = 2
+    cpus_per_actor: float = 0.75  # below 1 so a pool holding every CPU leaves room for the shard readers
     gpus_per_actor: float = 0.0
     metrics: list[str] = field(default_factory=lambda: ["voc07", "voc12", "coco"])
     coco_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"

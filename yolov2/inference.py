@@ -103,6 +103,7 @@ class Predictor:
         conf_thresh: float = 0.005,
         nms_thresh: float = 0.45,
         max_det: int = 100,
+        max_candidates: int | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.model = model.to(device).eval()
@@ -110,6 +111,7 @@ class Predictor:
         self.input_size = input_size or spec.input_size
         self.letterbox = letterbox
         self.conf_thresh, self.nms_thresh, self.max_det = conf_thresh, nms_thresh, max_det
+        self.max_candidates = max_candidates
         self.device = torch.device(device)
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
 
@@ -128,4 +130,5 @@ class Predictor:
         return postprocess(
             output, self.anchors, self.spec.num_classes, (self.input_size, self.input_size), sizes,
             letterbox=self.letterbox, conf_thresh=self.conf_thresh, nms_thresh=self.nms_thresh, max_det=self.max_det,
+            max_candidates=self.max_candidates,
         )

@@ -1,0 +1,176 @@
+"""The `evaluate` stage: parallel inference over the evaluation split's shards, then VOC and COCO mAP.
+
+Inference is Ray Data ``map_batches`` over ``read_webdataset`` with a pool of actors that each load
+the trained model once (``num_gpus`` per actor on a cluster, CPU here). Detections go to
+``detections.parquet`` (image id, class, score, box in original-image pixels); then VOC07/VOC12 AP
+and COCO mAP (category chunks evaluated by Ray tasks), ``metrics.json``, and the per-class table,
+PR curves, confusion matrix, error breakdown and sample images as MLflow artifacts.
+
+Run alone: ``python pipelines/evaluate.py --config configs/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from yolov2.config import PipelineConfig
+from yolov2.data.records import ImageRecord, table_to_records
+from yolov2.evaluation import compute_metrics, detections_table
+from yolov2.metrics import DetectionTable
+
+from pipelines import cli_common
+from pipelines.stage import StageContext, StageResult, run_stage
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+STAGE = "evaluate"
+
+
+class DetectActor:
+    """Ray Data actor: loads the model once, turns a batch of shard samples into detection rows."""
+
+    def __init__(self, model_path: str, input_size: int, letterbox: bool, conf_thresh: float, nms_thresh: float,
+                 max_det: int, max_candidates: int | None, use_gpu: bool) -> None:
+        import torch
+
+        from yolov2.inference import Predictor
+
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.predictor = Predictor.from_file(model_path, device=device, input_size=input_size, letterbox=letterbox,
+                                             conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
+                                             max_candidates=max_candidates)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from yolov2.data.images import decode_rgb
+
+        records = [ImageRecord.from_dict(json.loads(r) if isinstance(r, (bytes, str)) else r) for r in batch["json"]]
+        images = [decode_rgb(bytes(data), rec.path) for data, rec in zip(batch["jpg"], records)]
+        table = detections_table([r.image_id for r in records], self.predictor(images))
+        return {
+            "image_id": np.asarray(table.image_id, dtype=object),
+            "label": table.label.astype(np.int32),
+            "score": table.score,
+            "x1": table.boxes[:, 0], "y1": table.boxes[:, 1], "x2": table.boxes[:, 2], "y2": table.boxes[:, 3],
+            "rank": _rank_within_image(table.image_id),
+        }
+
+
+def _rank_within_image(image_ids: np.ndarray) -> np.ndarray:
+    """0, 1, 2... for consecutive rows of the same image (detections arrive grouped, best first)."""
+    positions = np.arange(len(image_ids))
+    starts = np.ones(len(image_ids), bool)
+    starts[1:] = image_ids[1:] != image_ids[:-1]
+    return positions - np.maximum.accumulate(np.where(starts, positions, 0))
+
+
+def run_inference(shard_urls: list[str], model_path: str, cfg: PipelineConfig, image_order: list[str]) -> DetectionTable:
+    """Detections of every image in the shards, ordered by ``image_order`` then score (deterministic)."""
+    import ray.data
+
+    e = cfg.evaluate
+    # Reading is light I/O: a small CPU share, so a pool of actors holding every CPU cannot starve it.
+    # decoder=None keeps the raw JPEG bytes (decoder=False still decodes images in Ray 2.60), so the actors
+    # decode exactly as every other path does (OpenCV, yolov2.data.images.decode_rgb).
+    ds = ray.data.read_webdataset(shard_urls, decoder=None, num_cpus=0.25)
+    ds = ds.map_batches(
+        DetectActor,
+        fn_constructor_kwargs=dict(model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
+                                   conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh, max_det=e.max_det,
+                                   max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0),
+        batch_size=e.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.num_actors),
+        num_gpus=e.gpus_per_actor or None, num_cpus=e.cpus_per_actor,
+    )
+    table = ds.to_arrow_refs()
+    import pyarrow as pa
+
+    parts = [t for t in ray.get(table) if t.num_rows]
+    if not parts:
+        return DetectionTable.empty()
+    merged = pa.concat_tables(parts)
+    position = {image_id: i for i, image_id in enumerate(image_order)}
+    image_pos = np.array([position[i] for i in merged.column("image_id").to_pylist()], np.int64)
+    order = np.lexsort((merged.column("rank").to_numpy(), image_pos))
+    return DetectionTable.from_arrow(merged.take(order))
+
+
+def evaluate_body(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    e = cfg.evaluate
+    shard_result = ctx.upstream["shard"]
+    split_info = shard_result.manifest["splits"].get(e.split)
+    if split_info is None:
+        raise ValueError(f"evaluate.split={e.split!r} is not a sharded split ({', '.join(shard_result.manifest['splits'])})")
+    class_names = shard_result.manifest["class_names"]
+    index = ctx.workspace.read_parquet(shard_result.output_dir, split_info["index"])
+    records = table_to_records(index)
+    model_path = str(ctx.workspace.local_path(ctx.upstream["train"].output_dir, ctx.upstream["train"].manifest["model"]))
+    urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
+
+    detections = run_inference(urls, model_path, cfg, [r.image_id for r in records])
+    ctx.workspace.write_parquet(detections.to_arrow(), ctx.out("detections.parquet"))
+
+    flat, results = compute_metrics(records, detections, class_names, e.metrics, e.coco_backend,
+                                    coco_chunks=e.coco_workers, map_fn=ray_map)
+    report = {name: result.to_dict() for name, result in results.items()}
+    ctx.workspace.write_json({"metrics": flat, "results": report}, ctx.out("metrics.json"))
+    ctx.log_metrics(flat)
+    ctx.log_artifact_bytes(json.dumps(report, indent=2).encode(), "metrics.json")
+    ctx.log_artifact_bytes(_per_class_table(results, class_names).encode(), "per_class_ap.md")
+    _log_figures(ctx, records, detections, class_names, results)
+    headline = {k: v for k, v in flat.items() if "." not in k}
+    log.info("evaluate: %s", ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+    return {"metrics": headline, "detections": "detections.parquet", "images": len(records),
+            "num_detections": len(detections)}
+
+
+def ray_map(fn, *iterables):
+    """``map`` over Ray tasks, results in input order (used for COCO category chunks)."""
+    import ray
+
+    remote = ray.remote(num_cpus=1)(fn)
+    return ray.get([remote.remote(*args) for args in zip(*iterables)])
+
+
+def _per_class_table(results: dict[str, Any], class_names: list[str]) -> str:
+    names = list(results)
+    lines = ["| class | " + " | ".join(f"AP ({n})" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for c, cls in enumerate(class_names):
+        cells = []
+        for n in names:
+            ap = results[n].ap[c] if n.startswith("voc") else results[n].per_class_ap[c]
+            cells.append("-" if not np.isfinite(ap) else f"{ap:.4f}")
+        lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _log_figures(ctx: StageContext, records, detections, class_names, results) -> None:
+    """PR curves, confusion matrix, error breakdown, sample images (whatever the metrics module offers)."""
+    try:
+        from yolov2.metrics import figures
+    except ImportError:
+        return
+    for name, figure in figures.evaluation_figures(records, detections, class_names, results,
+                                                   ctx.cfg.evaluate.num_sample_images).items():
+        ctx.log_figure(figure, name)
+
+
+def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
+        force: bool = False, tracking_enabled: bool = True) -> StageResult:
+    return run_stage(STAGE, cfg, workspace, evaluate_body, upstream=upstream, force=force,
+                     tracking_enabled=tracking_enabled)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    return cli_common.run_single_stage(STAGE, run, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

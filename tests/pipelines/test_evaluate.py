@@ -1,0 +1,57 @@
+"""The evaluate stage's parallel detections equal a plain single-process loop with the same model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from yolov2.config import load_config
+from yolov2.data.records import table_to_records
+from yolov2.data.shards import iter_shard_samples
+from yolov2.evaluation import compute_metrics, predict_samples
+from yolov2.inference import ModelSpec, Predictor, save_model_file
+from yolov2.metrics import DetectionTable
+
+from pipelines import evaluate, prepare, shard
+from pipelines.stage import StageResult
+from pipelines.workspace import Workspace
+
+
+def test_stage_detections_equal_plain_loop(ray_local, tmp_path):
+    cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", "data.synthetic.num_train=2", "data.synthetic.num_val=2",
+                             "data.synthetic.num_test=13", "shard.max_count=5", "evaluate.input_size=96",
+                             "evaluate.batch_size=4", "evaluate.metrics=[voc07, voc12, coco]", "evaluate.coco_workers=2"])
+    ws = Workspace.open(cfg.workspace)
+    prepared = prepare.run(cfg, ws, tracking_enabled=False)
+    sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+
+    torch.manual_seed(0)
+    spec = ModelSpec("yolov2_tiny_voc", 5, [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
+                     sharded.manifest["class_names"], input_size=96, width_multiplier=0.25)
+    model_dir = ws.local_path("fake-train")
+    model_dir.mkdir(parents=True)
+    save_model_file(model_dir / "model.pt", spec.build(), spec)
+    trained = StageResult("train", "f" * 16, "fake-train", {"model": "model.pt"}, cached=True, seconds=0, run_id=None)
+
+    result = evaluate.run(cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
+    stage_dets = DetectionTable.from_arrow(ws.read_parquet(result.output_dir, "detections.parquet"))
+
+    folder = ws.local_path(sharded.output_dir)
+    urls = [str(folder / n) for n in sharded.manifest["splits"]["test"]["shards"]]
+    predictor = Predictor.from_file(model_dir / "model.pt", input_size=96, conf_thresh=cfg.evaluate.conf_thresh)
+    plain, records = predict_samples(predictor, ((img, rec) for _, img, rec in iter_shard_samples(urls)), batch_size=3)
+
+    assert len(plain) > 13  # a random model still produces plenty of low-score boxes
+    assert stage_dets.image_id.tolist() == plain.image_id.tolist()
+    np.testing.assert_array_equal(stage_dets.label, plain.label)
+    np.testing.assert_allclose(stage_dets.score, plain.score, rtol=1e-6)
+    np.testing.assert_allclose(stage_dets.boxes, plain.boxes, rtol=1e-5, atol=1e-3)
+
+    index_records = table_to_records(ws.read_parquet(sharded.output_dir, "test-index.parquet"))
+    expected, _ = compute_metrics(index_records, plain, sharded.manifest["class_names"], ["voc07", "voc12", "coco"])
+    metrics = json.loads((ws.local_path(result.output_dir) / "metrics.json").read_text())["metrics"]
+    for key in ("map50_voc07", "map50_voc12", "coco_AP", "coco_AP50"):
+        assert abs(metrics[key] - expected[key]) < 1e-6, key
+    assert result.manifest["images"] == 13
