@@ -167,11 +167,13 @@ def run_stage(
     upstream: dict[str, StageResult] | None = None,
     force: bool = False,
     tracking_enabled: bool = True,
+    keep_partial_output: bool = False,
 ) -> StageResult:
     """Run ``body`` unless its output exists; write the manifest last; one MLflow run around it.
 
     ``body`` returns the manifest content (JSON-able). An MLflow run must already be active when
-    this is called from ``full.py`` (the parent); the stage's run is nested under it.
+    this is called from ``full.py`` (the parent); the stage's run is nested under it. Leftovers of an
+    interrupted attempt are deleted first, unless ``keep_partial_output`` (training's ``--resume``).
     """
     fp = fingerprint(cfg, stage)
     output_dir = f"{stage}/{fp}"
@@ -183,7 +185,8 @@ def run_stage(
     if upstream is None:
         upstream = require_upstream(cfg, workspace, stage)
 
-    workspace.delete_dir(output_dir)  # a forced or interrupted earlier attempt starts clean
+    if not keep_partial_output:
+        workspace.delete_dir(output_dir)  # a forced or interrupted earlier attempt starts clean
     workspace.makedirs(output_dir)
     ctx = StageContext(stage, cfg, workspace, output_dir, upstream, tracking_enabled)
     started = time.time()

@@ -1,0 +1,375 @@
+"""The `train` stage: YOLOv2 on N Ray Train workers (gloo on CPU, NCCL on GPU), Darknet's recipe.
+
+Each worker reads its share of the training shards (split by rank and DataLoader worker, every sample
+once per epoch), trains with :func:`yolov2.engine.trainer.train`, and reports a checkpoint through
+``ray.train.report`` at the end of every ``checkpoint_every`` epochs (model, optimizer, EMA, step, ``seen``,
+RNG state). ``FailureConfig(max_failures)`` restarts failed workers from the last checkpoint; ``--resume``
+continues a stopped run. Rank 0 logs to MLflow (into this stage's run), validates (VOC07 mAP@0.5 on the
+val split) and keeps ``best.pt``. At the end the driver writes ``model.pt`` (EMA weights when enabled),
+logs it with ``mlflow.pytorch.log_model`` and registers it.
+
+Run alone: ``python pipelines/train.py --config configs/demo.yaml [--resume]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolov2.config import PipelineConfig, from_dict, to_dict
+from yolov2.inference import ModelSpec, save_model_file
+
+from pipelines import cli_common
+from pipelines.stage import StageContext, StageResult, run_stage
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+STAGE = "train"
+STATE_FILE = "state.pt"
+
+
+def accumulation_for(effective_batch: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that batch_size * world_size * accumulation ~ effective_batch."""
+    return max(1, round(effective_batch / (batch_size * world_size)))
+
+
+# ---------------------------------------------------------------------------------------------
+# On each Ray Train worker
+# ---------------------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from yolov2.data.loader import ShardStream, make_dataloader, shard_specs_from_index
+    from yolov2.engine.checkpoint import load_checkpoint
+    from yolov2.engine.ema import ModelEMA
+    from yolov2.engine.optim import build_sgd
+    from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
+    from yolov2.loss import region_loss_kwargs
+
+    cfg: PipelineConfig = from_dict(PipelineConfig, config["cfg"], "<train config>")
+    t = cfg.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, t.cpus_per_worker))
+    torch.manual_seed(t.seed)
+    device = ray.train.torch.get_device()
+    workspace = Workspace(config["workspace"])
+    spec = ModelSpec(**config["spec"])
+
+    model = spec.build()
+    if t.init_weights:
+        _load_initial_weights(model, t.init_weights, t.init_layers)
+    _freeze_backbone(model, t.freeze_backbone_layers)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = build_sgd(model, t.lr, t.momentum, t.weight_decay)
+    ema = ModelEMA(model.module if hasattr(model, "module") else model, t.ema_decay) if t.ema else None
+
+    import pyarrow.parquet as pq
+
+    shard_dir = workspace.uri_of(config["shard_dir"])
+    train_shards = shard_specs_from_index(pq.read_table(workspace.path(config["shard_dir"], config["train_index"]),
+                                                       filesystem=workspace.fs), shard_dir)
+    accumulation = accumulation_for(t.effective_batch, t.batch_size, world)
+    stream = ShardStream.from_config(train_shards, t, world, rank, accumulation=accumulation)
+    loader = make_dataloader(stream, num_workers=t.loader_workers)
+
+    def batches_for_epoch(epoch: int, first_micro: int):
+        stream.set_epoch(epoch, first_micro)
+        return loader
+
+    settings = LoopSettings(
+        epochs=t.epochs, steps_per_epoch=steps_per_epoch(stream.batches_per_epoch(t.loader_workers), accumulation),
+        accumulation=accumulation, images_per_micro_batch=t.batch_size * world,
+        anchors=torch.tensor(spec.anchors, dtype=torch.float32), num_classes=spec.num_classes,
+        loss_kwargs=region_loss_kwargs(cfg.loss), lr=t.lr, schedule=t.schedule, burn_in=t.burn_in,
+        steps=tuple(t.steps), scales=tuple(t.scales), warmup=t.warmup, max_steps=t.max_steps, amp=t.amp,
+        channels_last=t.channels_last, log_every=t.log_every, val_every=t.val_every,
+        checkpoint_every=t.checkpoint_every,
+    )
+    resume_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from = load_checkpoint(Path(folder) / STATE_FILE)
+        log.info("rank %d: resuming from epoch %d, step %d", rank, resume_from["state"]["epoch"],
+                 resume_from["state"]["step"])
+
+    logger = _RankZeroLogger(config.get("tracking_uri"), config.get("run_id"), rank, settings.total_steps)
+    validator = _Validator(cfg, workspace, config, spec) if rank == 0 and config.get("val_index") else None
+
+    def validate(eval_model: torch.nn.Module, state) -> dict[str, float]:
+        return validator(eval_model) if validator else {}
+
+    def end_epoch(state, metrics: dict[str, float], ckpt: dict[str, Any] | None) -> None:
+        if rank == 0 and "map50_voc07" in metrics and metrics["map50_voc07"] > state.best_metric:
+            state.best_metric = metrics["map50_voc07"]
+            best = ema.module if ema else (model.module if hasattr(model, "module") else model)
+            workspace.write_bytes(_model_file_bytes(best, spec), config["output_dir"], "best.pt")
+            if ckpt is not None:
+                ckpt["state"]["best_metric"] = state.best_metric
+        logger.log(metrics, state.step)
+        report = {**metrics, "step": state.step, "epoch": state.epoch, "seen": state.seen}
+        if ckpt is not None and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(ckpt, Path(folder) / STATE_FILE)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(report)
+
+    def before_step(state) -> None:
+        _maybe_inject_fault(config.get("fault"), rank, state.step)
+
+    final = train(model, optimizer, batches_for_epoch, settings, device,
+                  Hooks(log=logger.log, validate=validate, end_epoch=end_epoch, before_step=before_step),
+                  ema=ema, resume_from=resume_from)
+    logger.close(final.step)
+
+
+def _load_initial_weights(model: torch.nn.Module, path: str, layers: int | None) -> None:
+    if path.endswith(".weights"):
+        from yolov2.models import load_darknet_weights
+
+        report = load_darknet_weights(model, path, max_layers=layers)
+        log.info("initialised from Darknet weights %s: %s", path, report)
+    else:
+        from yolov2.inference import load_model_file
+
+        source, _ = load_model_file(path)
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d)", path, len(missing), len(unexpected))
+
+
+def _freeze_backbone(model: torch.nn.Module, num_layers: int) -> None:
+    """Freeze the first ``num_layers`` Darknet conv layers (and their batch norms)."""
+    if num_layers <= 0:
+        return
+    for index, (conv, bn) in enumerate(model.darknet_layers()):
+        if index >= num_layers:
+            break
+        for module in (conv, bn):
+            if module is not None:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+
+def _maybe_inject_fault(fault: dict[str, Any] | None, rank: int, step: int) -> None:
+    """Test hook (env YOLOV2_FAULT_TRAIN_STEP + YOLOV2_FAULT_TRAIN_DIR): rank 0 raises once at that step."""
+    if not fault or rank != 0 or step != fault["step"]:
+        return
+    marker = Path(fault["marker_dir"]) / f"train-step-{step}.failed"
+    if marker.exists():
+        return
+    marker.write_text("1")
+    raise RuntimeError(f"injected training failure at step {step}")
+
+
+def _model_file_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        save_model_file(path, model, spec)
+        return path.read_bytes()
+
+
+class _RankZeroLogger:
+    """Metrics to MLflow (rank 0 only) and a live console line; MLflow failures never stop training."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, rank: int, total_steps: int) -> None:
+        self.enabled = rank == 0
+        self.client = None
+        self.run_id = run_id
+        self.buffer: list[tuple[str, float, int]] = []
+        self.started = time.time()
+        self.total_steps = total_steps
+        if self.enabled and tracking_uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss/total", "lr", "images_per_s",
+                                                                            "map50_voc07", "input_size", "epoch"))
+        print(f"[train] step {step}/{self.total_steps} {shown} ({time.time() - self.started:.0f}s)", flush=True)
+        self.buffer.extend((k.replace("/", "_"), float(v), step) for k, v in metrics.items())
+        self.flush()
+
+    def flush(self) -> None:
+        if self.client is None or not self.buffer:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            for start in range(0, len(self.buffer), 500):
+                chunk = self.buffer[start : start + 500]
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, s) for k, v, s in chunk])
+            self.buffer.clear()
+        except Exception as e:  # server down: keep the metrics and retry at the next flush
+            log.warning("MLflow unreachable (%s); %d metric values buffered", e, len(self.buffer))
+
+    def close(self, step: int) -> None:
+        self.flush()
+
+
+class _Validator:
+    """VOC07 mAP@0.5 on the val split, on rank 0, with the same predictor the evaluate stage uses."""
+
+    def __init__(self, cfg: PipelineConfig, workspace: Workspace, config: dict[str, Any], spec: ModelSpec) -> None:
+        from yolov2.data.loader import shard_specs_from_index
+        from yolov2.data.records import table_to_records
+
+        index = workspace.read_parquet(config["shard_dir"], config["val_index"])
+        self.records = table_to_records(index)
+        self.shards = shard_specs_from_index(index, workspace.uri_of(config["shard_dir"]))
+        self.cfg, self.spec = cfg, spec
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        from yolov2.data.loader import read_samples
+        from yolov2.evaluation import compute_metrics, predict_samples
+        from yolov2.inference import Predictor
+
+        was_training = model.training
+        device = next(model.parameters()).device
+        predictor = Predictor(model, self.spec, input_size=self.cfg.train.input_size, letterbox=self.cfg.evaluate.letterbox,
+                              conf_thresh=self.cfg.evaluate.conf_thresh, nms_thresh=self.cfg.evaluate.nms_thresh,
+                              max_det=self.cfg.evaluate.max_det, max_candidates=self.cfg.evaluate.max_candidates or 2000,
+                              device=device)
+        total = sum(s.num_samples for s in self.shards)
+        samples = ((raw.image_bytes, raw.record) for raw in read_samples(self.shards, 0, total))
+        detections, records = predict_samples(predictor, samples, batch_size=self.cfg.evaluate.batch_size)
+        flat, _ = compute_metrics(records, detections, self.spec.class_names, ["voc07"])
+        model.train(was_training)
+        return {"map50_voc07": flat["map50_voc07"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# On the driver
+# ---------------------------------------------------------------------------------------------
+
+
+def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[float]]) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(m.name, len(class_names), [list(map(float, a)) for a in anchors], list(class_names),
+                     cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head)
+
+
+def _latest_checkpoint(storage: Path) -> Any:
+    """The newest checkpoint folder holding our state file under a Ray Train storage folder, if any."""
+    import ray.train
+
+    found = sorted((p for p in storage.rglob(STATE_FILE)), key=lambda p: p.stat().st_mtime)
+    return ray.train.Checkpoint.from_directory(str(found[-1].parent)) if found else None
+
+
+def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg, t = ctx.cfg, ctx.cfg.train
+    shard_result, anchors_result = ctx.upstream["shard"], ctx.upstream["anchors"]
+    class_names = shard_result.manifest["class_names"]
+    spec = model_spec(cfg, class_names, anchors_result.manifest["anchors"])
+    splits = shard_result.manifest["splits"]
+    run_id = mlflow.active_run().info.run_id if ctx.tracking_enabled and mlflow.active_run() else None
+    fault_step = os.environ.get("YOLOV2_FAULT_TRAIN_STEP")
+    config = {
+        "cfg": to_dict(cfg),
+        "workspace": ctx.workspace.uri,
+        "output_dir": ctx.output_dir,
+        "shard_dir": shard_result.output_dir,
+        "train_index": splits["train"]["index"],
+        "val_index": splits["val"]["index"] if "val" in splits and splits["val"]["images"] else None,
+        "spec": spec.__dict__,
+        "tracking_uri": mlflow.get_tracking_uri() if run_id else None,
+        "run_id": run_id,
+        "fault": {"step": int(fault_step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"]} if fault_step else None,
+    }
+    storage = ctx.workspace.local_path(ctx.output_dir, "ray")
+    resume_from = _latest_checkpoint(storage) if resume else None
+    if resume and resume_from is None:
+        log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker,
+                                                                     **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name="run", storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        resume_from_checkpoint=resume_from,
+    )
+    started = time.time()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        from yolov2.engine.checkpoint import load_checkpoint
+
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+    model = spec.build()
+    model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
+    ctx.workspace.write_bytes(_model_file_bytes(model, spec), ctx.out("model.pt"))
+    has_best = ctx.workspace.exists(ctx.out("best.pt"))
+    final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if ctx.tracking_enabled:
+        _log_final_model(model, t.register_name, ctx.workspace.local_path(ctx.out("model.pt")))
+    return {
+        "model": "model.pt",
+        "best": "best.pt" if has_best else None,
+        "steps": int(state["state"]["step"]),
+        "epochs": int(state["state"]["epoch"]),
+        "seen": int(state["state"]["seen"]),
+        "best_map50_voc07": float(state["state"]["best_metric"]),
+        "final_metrics": final_metrics,
+        "train_seconds": round(time.time() - started, 1),
+        "spec": spec.__dict__,
+        "resumed": resume_from is not None,
+    }
+
+
+def _log_final_model(model: torch.nn.Module, register_name: str | None, model_file: Path) -> None:
+    """``mlflow.pytorch.log_model`` (+ registration) and the plain model file as an artifact."""
+    import mlflow
+
+    mlflow.log_artifact(str(model_file))
+    try:
+        mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name)
+    except Exception as e:  # registry unsupported by the store, or no network for the pip env inference
+        log.warning("mlflow.pytorch.log_model failed (%s); model.pt is logged as an artifact instead", e)
+
+
+def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
+        force: bool = False, tracking_enabled: bool = True, resume: bool = False) -> StageResult:
+    return run_stage(STAGE, cfg, workspace, lambda ctx: train_body(ctx, resume), upstream=upstream, force=force,
+                     tracking_enabled=tracking_enabled, keep_partial_output=resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_stage_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of this config from its last checkpoint")
+    args = parser.parse_args(argv)
+    return cli_common.run_single_stage(STAGE, lambda *a, **k: run(*a, resume=args.resume, **k), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""The training loop: one readable function, with AMP, channels_last, EMA and accumulation as small helpers.
+
+It knows nothing of Ray or MLflow: the caller passes the data, the model (already wrapped in DDP when
+distributed) and :class:`Hooks` (plain callables) for logging, validation, checkpoints and the end of an epoch.
+``pipelines/train.py`` supplies Ray Train's versions; tests can pass plain functions.
+
+Units: a *micro-batch* is one forward/backward on one rank; an optimizer *step* happens every
+``accumulation`` micro-batches (Darknet's ``subdivisions``), so the effective batch is
+``batch_size * world_size * accumulation``. ``seen`` counts training images over all ranks (Darknet's
+``net.seen``, which switches off the region loss's prior term at 12800).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolov2.data.loader import Batch, to_model_input
+from yolov2.engine.checkpoint import restore_rng_state, rng_state
+from yolov2.engine.ema import ModelEMA
+from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
+from yolov2.loss import region_loss
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs beyond model, optimizer and data (plain values, from ``TrainConfig``)."""
+
+    epochs: int
+    steps_per_epoch: int  # optimizer steps per epoch
+    accumulation: int
+    images_per_micro_batch: int  # batch_size * world_size
+    anchors: torch.Tensor  # (A, 2) grid cells
+    num_classes: int
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr: float = 0.001
+    schedule: str = "steps"
+    burn_in: int = 1000
+    steps: tuple[int, ...] = (40000, 60000)
+    scales: tuple[float, ...] = (0.1, 0.1)
+    warmup: int = 0
+    max_steps: int | None = None
+    amp: str = "off"  # off | bf16 | fp16
+    channels_last: bool = False
+    log_every: int = 10
+    val_every: int = 1
+    checkpoint_every: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        total = self.epochs * self.steps_per_epoch
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+@dataclass
+class TrainState:
+    """Where training is; all of it goes into a checkpoint."""
+
+    epoch: int = 0  # the next epoch to run
+    step: int = 0  # optimizer steps done
+    seen: int = 0
+    best_metric: float = -1.0
+
+
+@dataclass
+class Hooks:
+    """Callbacks; each defaults to doing nothing."""
+
+    log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    validate: Callable[[nn.Module, TrainState], dict[str, float]] = lambda model, state: {}
+    end_epoch: Callable[[TrainState, dict[str, float], dict[str, Any] | None], None] = lambda state, metrics, ckpt: None
+    before_step: Callable[[TrainState], None] = lambda state: None  # e.g. fault injection in tests
+
+
+def learning_rate(settings: LoopSettings, step: int) -> float:
+    if settings.schedule == "cosine":
+        return cosine_lr(step, settings.lr, settings.warmup, settings.total_steps)
+    return darknet_steps_lr(step, settings.lr, settings.burn_in, settings.steps, settings.scales)
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on the model's device; the loss is always computed in float32."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+                     scaler: torch.amp.GradScaler | None, state: TrainState) -> dict[str, Any]:
+    """Everything to resume exactly, as weights_only-loadable values."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.state_dict() if ema else None,
+        "scaler": scaler.state_dict() if scaler else None,
+        "state": {"epoch": state.epoch, "step": state.step, "seen": state.seen, "best_metric": state.best_metric},
+        "rng": rng_state(),
+    }
+
+
+def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            ema: ModelEMA | None, scaler: torch.amp.GradScaler | None) -> TrainState:
+    unwrap(model).load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if ema is not None and checkpoint.get("ema"):
+        ema.load_state_dict(checkpoint["ema"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng_state(checkpoint["rng"])
+    return TrainState(**checkpoint["state"])
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches_for_epoch: Callable[[int, int], Iterable[Batch]],
+    settings: LoopSettings,
+    device: torch.device,
+    hooks: Hooks = Hooks(),
+    ema: ModelEMA | None = None,
+    resume_from: dict[str, Any] | None = None,
+) -> TrainState:
+    """Train until ``settings.epochs`` or ``max_steps``; returns the final state.
+
+    ``batches_for_epoch(epoch, first_micro_batch)`` yields the :class:`Batch` es of this rank for that epoch
+    (it sets the loader's epoch and multi-scale offset). ``resume_from``: a checkpoint dict from
+    :func:`checkpoint_state`; training continues at its ``epoch`` with the same step count and RNG state.
+    """
+    scaler = torch.amp.GradScaler(device.type) if settings.amp == "fp16" else None
+    state = restore(resume_from, model, optimizer, ema, scaler) if resume_from else TrainState()
+    anchors = settings.anchors.to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    while state.epoch < settings.epochs and (not settings.max_steps or state.step < settings.max_steps):
+        model.train()
+        first_micro = state.step * settings.accumulation
+        totals: dict[str, float] = {}
+        window_start, data_wait, images_in_window, micro = time.perf_counter(), 0.0, 0, 0
+        wait_start = time.perf_counter()
+        for batch in batches_for_epoch(state.epoch, first_micro):
+            data_wait += time.perf_counter() - wait_start
+            images = to_model_input(batch.images, device, torch.float32, batch.color).contiguous(memory_format=memory_format)
+            with autocast(settings.amp, device):
+                output = model(images)
+            seen_after = state.seen + settings.images_per_micro_batch
+            losses = region_loss(output.float(), batch.targets.to(device), anchors, settings.num_classes, seen_after,
+                                 **settings.loss_kwargs)
+            scaled = losses.total / settings.accumulation
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            state.seen = seen_after
+            micro += 1
+            images_in_window += len(batch.image_ids)
+            for name in ("total", "coord", "obj", "noobj", "prior", "cls"):
+                totals[name] = totals.get(name, 0.0) + float(getattr(losses, name).detach())
+            if micro % settings.accumulation == 0:
+                hooks.before_step(state)
+                lr = learning_rate(settings, state.step)
+                set_lr(optimizer, lr)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+                state.step += 1
+                if state.step % settings.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    metrics = {f"loss/{k}": v / micro for k, v in totals.items()}
+                    metrics.update({"lr": lr, "input_size": float(images.shape[-1]), "seen": float(state.seen),
+                                    "images_per_s": images_in_window / max(elapsed, 1e-9),
+                                    "data_wait_fraction": data_wait / max(elapsed, 1e-9)})
+                    hooks.log(metrics, state.step)
+                    totals, micro, images_in_window, data_wait = {}, 0, 0, 0.0
+                    window_start = time.perf_counter()
+                if settings.max_steps and state.step >= settings.max_steps:
+                    break
+            wait_start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the epoch's end
+        state.epoch += 1
+        finished = state.epoch >= settings.epochs or bool(settings.max_steps and state.step >= settings.max_steps)
+        metrics: dict[str, float] = {"epoch": float(state.epoch), "step": float(state.step)}
+        if state.epoch % settings.val_every == 0 or finished:
+            metrics.update(hooks.validate(ema.module if ema else unwrap(model), state))
+        ckpt = None
+        if state.epoch % settings.checkpoint_every == 0 or finished:
+            ckpt = checkpoint_state(model, optimizer, ema, scaler, state)
+        hooks.end_epoch(state, metrics, ckpt)
+    return state
+
+
+def steps_per_epoch(micro_batches_per_epoch: int, accumulation: int) -> int:
+    """Optimizer steps an epoch gives (an incomplete accumulation at the end is dropped)."""
+    return max(1, math.floor(micro_batches_per_epoch / accumulation))
