@@ -304,3 +304,48 @@ def test_writer_refuses_images_outside_image_dir_and_bad_labels(tmp_path: Path) 
         write_coco([record], ["a", "b"], tmp_path / "o.json")
     with pytest.raises(DatasetError, match="duplicate category ids"):
         CocoCategories((1, 1), ("a", "b"))
+
+
+def test_file_name_with_a_lone_surrogate_is_a_named_reject(tmp_path: Path) -> None:
+    """JSON's "\\udcff" is how a file-name byte that is not UTF-8 arrives; it must not reach records."""
+    import os
+
+    from yolov2.data.records import rejects_to_table
+
+    data, image_dir = small_coco(tmp_path, 2)
+    os.rename(image_dir / "0002.jpg", os.fsencode(image_dir) + b"/bad_\xff.jpg")
+    data["images"][1]["file_name"] = "bad_\udcff.jpg"  # json.dumps writes the \udcff escape
+    records, rejects = read_dict(data, tmp_path, image_dir)
+    assert [r.image_id for r in records] == ["1"]
+    image_rejects = image_level(rejects)
+    assert len(image_rejects) == 1 and "file_name 'bad_\\xff.jpg' is not valid UTF-8" in image_rejects[0].reason
+    assert rejects_to_table(rejects).num_rows == len(rejects)
+    assert_accounted(2, records, rejects)
+    data["images"][1]["id"] = "\udcff"  # a string id holding one: its reject must still be writable
+    records, rejects = read_dict(data, tmp_path, image_dir)
+    assert image_level(rejects)[0].image_id == "\\xff" and rejects_to_table(rejects).num_rows == len(rejects)
+
+
+def test_confine_to_rejects_json_or_image_linked_from_outside(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "ds"
+    data, image_dir = small_coco(root, 2)
+    outside = tmp_path / "outside.jpg"
+    jpeg_file(outside)
+    (image_dir / "0002.jpg").unlink()
+    os.symlink(outside, image_dir / "0002.jpg")
+    path = root / "instances_val.json"
+    path.write_text(json.dumps(data))
+    records, rejects = read_coco(path, image_dir, "val", confine_to=root)
+    assert [r.image_id for r in records] == ["1"]
+    (reject,) = image_level(rejects)
+    assert reject.image_id == "2" and "points outside the dataset root" in reject.reason and str(outside) in reject.reason
+    assert_accounted(2, records, rejects)
+    linked = root / "instances_linked.json"
+    (tmp_path / "elsewhere.json").write_text(json.dumps(data))
+    os.symlink(tmp_path / "elsewhere.json", linked)
+    with pytest.raises(DatasetError, match="instances_linked.json: .*points outside the dataset root"):
+        read_coco(linked, image_dir, "val", confine_to=root)
+    records, rejects = read_coco(path, image_dir, "val")  # not confined: links are followed
+    assert len(records) == 2 and rejects == []

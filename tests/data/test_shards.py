@@ -68,3 +68,28 @@ def test_header_checksum_matches_tarfile_rule():
 def test_bad_keys_are_refused(key):
     with pytest.raises(ValueError, match="key"):
         write_shard_bytes([(key, b"1", _record(0))])
+
+
+def test_write_shard_reject_names_the_file_it_read(tmp_path):
+    """A VOC image found through <filename> (here a .png) is not the listed <id>.jpg: name the real file."""
+    import functools
+
+    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
+    from yolov2.errors import DatasetError
+
+    png = tmp_path / "JPEGImages" / "a.png"
+    png.parent.mkdir()
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG signature and nothing usable
+    record = ImageRecord("a", "train", str(png), 80, 60)
+    item = ShardItem("00000000", str(tmp_path / "JPEGImages" / "a.jpg"), functools.partial(_loaded, record))
+    outcome = write_shard(io.BytesIO(), [item], ShardOptions())
+    (reject,) = outcome.rejects
+    assert reject.source == str(png) and reject.level == "image" and reject.image_id == "a"
+    assert not reject.reason.startswith(str(png)), reject.reason  # the path is the source, not repeated
+    with pytest.raises(DatasetError) as err:
+        write_shard(io.BytesIO(), [item], ShardOptions(strict=True))
+    assert str(err.value).startswith(f"{png}: ") and str(err.value).count(str(png)) == 1
+
+
+def _loaded(record):
+    return record, []

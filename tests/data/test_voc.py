@@ -356,3 +356,56 @@ def test_not_a_voc_root_or_missing_split_is_a_clear_error(tmp_path: Path) -> Non
     root = make_root(tmp_path, [])
     with pytest.raises(DatasetError, match=r"trainval.txt: split file not found \(splits here: test\)"):
         read_voc(root, "trainval")
+
+
+def test_confine_to_rejects_files_linked_from_outside_the_root(tmp_path: Path) -> None:
+    """A symlinked image or XML that leads out of the root is an image-level reject when confined."""
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "photo.jpg").write_bytes(jpeg(80, 60))
+    (outside / "ann.xml").write_text(xml_text("photo.jpg", (80, 60), [GOOD_OBJ]))
+    items = [(i, jpeg(80, 60), xml_text(f"{i}.jpg", (80, 60), [GOOD_OBJ])) for i in ("ok", "img_out", "xml_out")]
+    items.append(("inside", None, xml_text("inside.jpg", (80, 60), [GOOD_OBJ])))
+    root = make_root(tmp_path, items)
+    (root / "JPEGImages" / "img_out.jpg").unlink()
+    os.symlink(outside / "photo.jpg", root / "JPEGImages" / "img_out.jpg")
+    (root / "Annotations" / "xml_out.xml").unlink()
+    os.symlink(outside / "ann.xml", root / "Annotations" / "xml_out.xml")
+    os.symlink("ok.jpg", root / "JPEGImages" / "inside.jpg")  # stays inside: fine
+
+    records, rejects = read_voc(root, "test", class_names=["dog"], confine_to=root)
+    assert [r.image_id for r in records] == ["ok", "inside"]
+    by_id = {r.image_id: r for r in rejects}
+    assert set(by_id) == {"img_out", "xml_out"} and all(r.level == "image" for r in rejects)
+    assert by_id["img_out"].source.endswith("JPEGImages/img_out.jpg")
+    assert by_id["xml_out"].source.endswith("Annotations/xml_out.xml")
+    assert all("points outside the dataset root" in r.reason for r in rejects)
+    assert str(outside / "photo.jpg") in by_id["img_out"].reason
+    assert_accounted(4, records, rejects)
+    with pytest.raises(DatasetError, match="img_out.jpg.*points outside the dataset root"):
+        read_voc(root, "test", class_names=["dog"], confine_to=root, strict=True)
+    # Without confine_to (library default, e.g. a root written with images="symlink") links are followed.
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert len(records) == 4 and rejects == []
+
+
+def test_image_id_that_is_not_utf8_is_a_named_reject(tmp_path: Path) -> None:
+    """split=None lists Annotations/: a file name byte that is not UTF-8 must not reach records or Arrow."""
+    import os
+
+    from yolov2.data.records import rejects_to_table
+
+    root = make_root(tmp_path, [("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ]))])
+    with open(os.fsencode(root / "Annotations") + b"/bad_\xff.xml", "wb") as f:
+        f.write(xml_text("ok.jpg", (80, 60), [GOOD_OBJ]).encode())
+    records, rejects = read_voc(root, None, class_names=["dog"])
+    assert [r.image_id for r in records] == ["ok"]
+    (reject,) = rejects
+    assert reject.level == "image" and reject.image_id == "bad_\\xff"
+    assert "not valid UTF-8" in reject.reason and reject.source.endswith("Annotations/bad_\\xff.xml")
+    assert rejects_to_table(rejects).num_rows == 1  # Arrow accepts every string of the reject
+    assert_accounted(2, records, rejects)
+    with pytest.raises(DatasetError, match=r"bad_\\xff"):
+        read_voc(root, None, class_names=["dog"], strict=True)

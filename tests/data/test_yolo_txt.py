@@ -178,3 +178,49 @@ def test_writer_refuses_colliding_stems(tmp_path: Path) -> None:
     recs = [ImageRecord("a", "t", "/x/a.jpg", 10, 10), ImageRecord("b", "t", "/y/a.png", 10, 10)]
     with pytest.raises(DatasetError, match="label files would collide"):
         write_yolo_txt(recs, ["x"], tmp_path)
+
+
+def test_file_name_that_is_not_utf8_is_a_named_reject(tmp_path: Path) -> None:
+    """The name's bytes are shown as \\xNN; the reject (and the records) stay writable as UTF-8 / Arrow."""
+    import os
+
+    from yolov2.data.records import rejects_to_table
+
+    image_dir, label_dir = make_yolo(tmp_path, {"ok": GOOD})
+    raw = os.fsencode(image_dir) + b"/bad_\xff\xfe.jpg"
+    os.rename(image_dir / "ok.jpg", raw.decode("utf-8", "surrogateescape"))
+    make_yolo(tmp_path, {"ok": GOOD})
+    with open(os.fsencode(label_dir) + b"/bad_\xff\xfe.txt", "wb") as f:
+        f.write(GOOD.encode())
+    records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")
+    assert [r.image_id for r in records] == ["ok"]
+    (reject,) = rejects
+    assert reject.level == "image" and reject.image_id == "bad_\\xff\\xfe"
+    assert reject.source.endswith("bad_\\xff\\xfe.jpg") and "not valid UTF-8" in reject.reason
+    assert rejects_to_table(rejects).num_rows == 1
+    assert 2 == len(records) + len(image_level(rejects))
+    with pytest.raises(DatasetError, match=r"bad_\\xff\\xfe.jpg"):
+        read_yolo_txt(image_dir, label_dir, ["x"], "val", strict=True)
+
+
+def test_confine_to_rejects_image_or_label_linked_from_outside(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "ds"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    image_dir, label_dir = make_yolo(root, {"ok": GOOD, "img_out": GOOD, "label_out": None})
+    make_yolo(outside, {"photo": GOOD})
+    (image_dir / "img_out.jpg").unlink()
+    os.symlink(outside / "images" / "photo.jpg", image_dir / "img_out.jpg")
+    os.symlink(outside / "labels" / "photo.txt", label_dir / "label_out.txt")
+    records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val", confine_to=root)
+    assert [r.image_id for r in records] == ["ok"]
+    by_id = {r.image_id: r for r in rejects}
+    assert by_id["img_out"].source.endswith("images/img_out.jpg")
+    assert by_id["label_out"].source.endswith("labels/label_out.txt")
+    assert all(r.level == "image" and "points outside the dataset root" in r.reason for r in rejects)
+    assert 3 == len(records) + len(image_level(rejects))
+    records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")  # not confined: links are followed
+    assert len(records) == 3 and rejects == []

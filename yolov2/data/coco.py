@@ -13,10 +13,14 @@ missing image raises a bare ``KeyError`` deep inside, and string ids pass unnoti
 file (not JSON, missing ``images``/``annotations``/``categories``, bad categories) is a
 :class:`DatasetError`; a broken entry is a :class:`Reject` (or an error with ``strict=True``):
 
-* image entries with a bad or string id, file name or size; every entry of a duplicated image id
+* image entries with a bad or string id, file name (also: not valid UTF-8 text, which is how JSON
+  carries a file-name byte that is not UTF-8) or size; every entry of a duplicated image id
   (its annotations cannot be attributed) -> image-level rejects;
 * annotations with a bad field, a duplicated id (the later ones), an unknown category, or an image
   id that is not in ``images`` -> box-level rejects.
+
+Given ``confine_to`` (the shard stage passes the dataset root), the JSON file resolving outside that
+folder through a symlink is a :class:`DatasetError`, an image file doing so an image-level reject.
 
 ``iscrowd`` is kept; images without annotations are kept (with no boxes). Two non-standard keys are
 written and read so VOC -> COCO -> records is lossless: ``"difficult": 1`` on difficult boxes and
@@ -38,6 +42,7 @@ from pycocotools.coco import COCO
 
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
+from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
 from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
 from yolov2.errors import DatasetError
 
@@ -129,6 +134,7 @@ def read_coco(
     strict: bool = False,
     class_names: Sequence[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: str | Path | None = None,
 ) -> tuple[list[ImageRecord], list[Reject]]:
     """Read a COCO instances file: ``(records, rejects)``, records in the file's image order.
 
@@ -136,9 +142,13 @@ def read_coco(
     writer stored); ``record.path`` is ``image_dir / file_name``. Labels follow the file's
     categories in id order, or ``class_names`` by name when given. ``check_images`` reads every
     image header (format, size, truncation); a missing image file is rejected either way.
+    ``confine_to``: a folder the JSON and every image file must resolve inside (symlinks followed).
     Images in (entries of ``images``) = ``len(records)`` + image-level rejects.
     """
     source = str(annotation_json)
+    outside = confine_to is not None and outside_root_reason(annotation_json, confine_to)
+    if outside:
+        raise DatasetError(f"{source}: {outside}")
     data = load_coco_json(annotation_json)
     categories = CocoCategories.from_json_categories(data["categories"], source)
     if class_names is None:
@@ -154,7 +164,7 @@ def read_coco(
     def problem(where: str, reason: str, level: Literal["image", "box"], image_id: Any = None) -> None:
         if strict:
             raise DatasetError(f"{where}: {reason}")
-        iid = None if image_id is None else str(image_id)
+        iid = None if image_id is None else printable(str(image_id))  # a JSON string may hold lone surrogates
         rejects.append(Reject(source=where, reason=reason, level=level, image_id=iid, split=split))
 
     images = _valid_images(data["images"], source, problem)
@@ -167,7 +177,9 @@ def read_coco(
 
     records: list[ImageRecord] = []
     for coco_id, img in images.items():
-        record = _image_record(coco, coco_id, img, image_dir, split, label_of_cat, check_images, max_pixels, source, problem)
+        record = _image_record(
+            coco, coco_id, img, image_dir, split, label_of_cat, check_images, max_pixels, source, problem, confine_to
+        )
         if record is not None:
             records.append(record)
     return records, rejects
@@ -286,6 +298,10 @@ def _valid_images(raw_images: list, source: str, problem: ProblemFn) -> dict[int
         if not isinstance(name, str) or not _is_safe_relative(name):
             problem(where, f"file_name {name!r} is not a relative path inside the image folder", "image", iid)
             continue
+        bad_text = not_utf8_reason("file_name", name) or not_utf8_reason(RECORD_ID_KEY, img.get(RECORD_ID_KEY) or "")
+        if bad_text:
+            problem(where, bad_text, "image", iid)
+            continue
         bad_size = [k for k in ("width", "height") if k in img and not (_is_int(img[k]) and img[k] > 0)]
         if bad_size:
             problem(where, f"{bad_size[0]} {img[bad_size[0]]!r} is not a positive integer", "image", iid)
@@ -357,6 +373,7 @@ def _image_record(
     max_pixels: int,
     source: str,
     problem: ProblemFn,
+    confine_to: str | Path | None = None,
 ) -> ImageRecord | None:
     record_id = img.get(RECORD_ID_KEY)
     image_id = record_id if isinstance(record_id, str) and record_id else str(coco_id)
@@ -364,6 +381,10 @@ def _image_record(
     where = f"{source}: image {coco_id} ({img['file_name']})"
     if not path.is_file():
         problem(where, f"image file is missing: {path}", "image", image_id)
+        return None
+    outside = confine_to is not None and outside_root_reason(path, confine_to)
+    if outside:
+        problem(where, outside, "image", image_id)
         return None
     width, height = img.get("width"), img.get("height")
     info = None

@@ -190,9 +190,12 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
                 except DatasetError as e:
                     problem = str(e)
             if problem is not None:
+                # Name the file actually read: a VOC image found through <filename> is not item.image_path.
+                where = record.path
+                problem = problem.removeprefix(f"{where}: ")
                 if options.strict:
-                    raise DatasetError(f"{item.image_path}: {problem}")
-                outcome.rejects.append(Reject(item.image_path, problem, "image", record.image_id, record.split))
+                    raise DatasetError(f"{where}: {problem}")
+                outcome.rejects.append(Reject(where, problem, "image", record.image_id, record.split))
                 continue
             writer.write_sample(item.key, data, record)
             outcome.records.append(record)

@@ -10,6 +10,11 @@ A split of ours (``train``) is made of one or more of the dataset's own splits (
 
 Listing is cheap (no annotation parsing for VOC/YOLO): each :class:`ShardItem` carries a picklable
 loader that a shard task calls, so annotation parsing runs in parallel with the image I/O.
+
+Every reader is confined to the dataset root: an annotation, label or image file that resolves
+outside it through a symlink is rejected ("points outside the dataset root"), so a dataset folder
+cannot pull unrelated files into shared shards. For YOLO, a label file without an image is an
+image-level reject (counted as an input), as :func:`yolov2.data.yolo_txt.read_yolo_txt` does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from yolov2.data.shards import ShardItem
 from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
 from yolov2.data.yolo_txt import read_names, read_yolo_item
 from yolov2.data.images import IMAGE_EXTENSIONS
+from yolov2.data.paths import outside_root_reason, printable
 from yolov2.errors import DatasetError
 
 
@@ -59,7 +65,8 @@ def list_split_items(
 
 def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: Path, load, source: str, split: str) -> None:
     if image_id in seen:
-        listing.rejects.append(Reject(source, f"image id {image_id} appears twice in split {split}", "image", image_id, split))
+        image_id = printable(image_id)  # a YOLO stem is a file name: maybe not UTF-8
+        listing.rejects.append(Reject(printable(source), f"image id {image_id} appears twice in split {split}", "image", image_id, split))
         return
     seen.add(image_id)
     listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load))
@@ -71,7 +78,7 @@ def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool,
     listing.class_names = names
     source = str(voc_root / "ImageSets" / "Main" / f"{imageset}.txt")
     for image_id in voc_split_ids(voc_root, imageset):
-        load = functools.partial(read_voc_item, voc_root, image_id, split, tuple(names), False, strict)
+        load = functools.partial(read_voc_item, voc_root, image_id, split, tuple(names), False, strict, confine_to=root)
         _add(listing, seen, image_id, voc_root / "JPEGImages" / f"{image_id}.jpg", load, source, split)
 
 
@@ -81,10 +88,14 @@ def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
 
 def _list_coco(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
     annotation = root / "annotations" / f"instances_{spec}.json"
+    outside = outside_root_reason(annotation, root)
+    if outside:  # checked before anything reads the file
+        raise DatasetError(f"{annotation}: {outside}")
     if not names:
         names = list(read_coco_categories(annotation).names)
     listing.class_names = names
-    records, rejects = read_coco(annotation, root / spec, split, check_images=False, strict=strict, class_names=names)
+    records, rejects = read_coco(annotation, root / spec, split, check_images=False, strict=strict, class_names=names,
+                                 confine_to=root)
     listing.rejects.extend(rejects)
     for record in records:
         _add(listing, seen, record.image_id, Path(record.path), functools.partial(_ready, record), str(annotation), split)
@@ -97,9 +108,18 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
     image_dir, label_dir = root / "images" / spec, root / "labels" / spec
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: YOLO image folder not found (expected images/{spec}/ and labels/{spec}/)")
-    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
-        load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict)
+    # Symlinks are listed even when dangling, so the reader names them (missing, or outside the root).
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()))
+    for path in images:
+        load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict,
+                                 confine_to=root)
         _add(listing, seen, path.stem, path, load, str(image_dir), split)
+    stems = {p.stem for p in images}
+    orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
+    for label in orphans:
+        if strict:
+            raise DatasetError(f"{printable(label)}: label file without an image")
+        listing.rejects.append(Reject(printable(label), "label file without an image", "image", printable(label.stem), split))
 
 
 def _yolo_names_file(root: Path) -> Path:

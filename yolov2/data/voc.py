@@ -18,7 +18,9 @@ image, ...) is an image-level :class:`Reject`; a bad object (unknown class name,
 non-numeric coordinates, zero-area / inverted / non-finite / entirely-outside box) is a box-level
 one and the image is kept without it. Unknown class names are box-level because the usual cause
 is reading a dataset with a subset of its classes: the other objects of the image are still good.
-Boxes partly outside the image are clipped and counted in ``record.clipped_boxes``.
+Boxes partly outside the image are clipped and counted in ``record.clipped_boxes``. An image id that
+is not valid UTF-8, and (given ``confine_to``) a file that resolves outside that folder through a
+symlink, are image-level rejects too (:mod:`yolov2.data.paths`).
 ``strict=True`` raises :class:`DatasetError` at the first problem instead.
 """
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from yolov2.data.atomic import atomic_copy, atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
+from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
 from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
 from yolov2.errors import DatasetError
 
@@ -145,12 +148,15 @@ def read_voc(
     check_images: bool = True,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: str | Path | None = None,
 ) -> tuple[list[ImageRecord], list[Reject]]:
     """Read one split of a VOC root: ``(records, rejects)``, records in split-file order.
 
     ``split=None`` reads every XML in ``Annotations/`` and labels the records ``split="all"``.
     Labels index ``class_names`` (default: the 20 VOC classes in Darknet's order).
     ``check_images`` reads each image header (format, size, truncation; no pixel decode).
+    ``confine_to``: a folder every XML and image must resolve inside (symlinks followed); others
+    are image-level rejects (see :mod:`yolov2.data.paths`). The shard stage passes the dataset root.
     Images in = ``len(records)`` + image-level rejects; an id listed twice is rejected once.
     """
     root = Path(os.path.abspath(root))
@@ -167,7 +173,9 @@ def read_voc(
             )
             continue
         seen.add(image_id)
-        record, item_rejects = read_voc_item(root, image_id, split, class_names, check_images, strict, max_pixels)
+        record, item_rejects = read_voc_item(
+            root, image_id, split, class_names, check_images, strict, max_pixels, confine_to=confine_to
+        )
         if record is not None:
             records.append(record)
         rejects.extend(item_rejects)
@@ -182,10 +190,12 @@ def read_voc_item(
     check_images: bool = True,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: str | Path | None = None,
 ) -> tuple[ImageRecord | None, list[Reject]]:
     """Read one image's annotation (the unit the shard stage parallelises).
 
     Returns ``(record, box_rejects)`` for a usable image, or ``(None, [one image-level reject])``.
+    ``confine_to``: as in :func:`read_voc`.
     """
     root = Path(os.path.abspath(root))
     label_of = _label_index(class_names)
@@ -196,8 +206,14 @@ def read_voc_item(
     def image_reject(where: str, reason: str) -> tuple[None, list[Reject]]:
         return None, [_problem(where, reason, "image", image_id, split_name, strict)]
 
+    bad_text = not_utf8_reason("image id", image_id)  # a file name's bytes (split=None lists the folder)
+    if bad_text:
+        return None, [_problem(printable(source), bad_text, "image", printable(image_id), split_name, strict)]
     if not _is_plain_name(image_id):
         return image_reject(source, f"image id {image_id!r} is not a plain file name")
+    outside = confine_to is not None and outside_root_reason(xml_path, confine_to)
+    if outside:
+        return image_reject(source, outside)
     try:
         ann = parse_voc_xml(xml_path)
     except DatasetError as e:
@@ -205,6 +221,9 @@ def read_voc_item(
     image_path = _image_path(root, image_id, ann.filename)
     if image_path is None:
         return image_reject(source, f"image file is missing: {root / 'JPEGImages' / (image_id + '.jpg')}")
+    outside = confine_to is not None and outside_root_reason(image_path, confine_to)
+    if outside:
+        return image_reject(str(image_path), outside)
 
     width, height = ann.width, ann.height
     info = None

@@ -10,6 +10,10 @@ record ``image_id=<stem>``. A missing label file means an image with no objects 
 convention for background images); an empty one too. A label file with no image is an image-level
 reject (it is counted as an input), so images in + orphan labels = records + image-level rejects.
 
+A file name that is not valid UTF-8 is an image-level reject naming the file (bytes shown as ``\\xNN``),
+and so, when a ``confine_to`` folder is given (the shard stage passes the dataset root), is an image
+or label file that resolves outside it through a symlink (:mod:`yolov2.data.paths`).
+
 Line problems (wrong column count, a non-number, NaN, a value outside [0, 1], a class id that is not
 an integer in ``0..C-1``) are box-level rejects naming the file and line; a zero-area box is too.
 Corners that overshoot the image by less than ``EDGE_TOLERANCE`` (normalised) are rounding from
@@ -32,6 +36,7 @@ import numpy as np
 
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_image_against_record, inspect_image_file
+from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
 from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
 from yolov2.errors import DatasetError
 
@@ -68,12 +73,14 @@ def read_yolo_txt(
     images: Sequence[str | Path] | None = None,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: str | Path | None = None,
 ) -> tuple[list[ImageRecord], list[Reject]]:
     """Read YOLO txt labels: ``(records, rejects)``, records sorted by image file name.
 
     ``images``: the image files to read (e.g. the lines of a Darknet ``train.txt``, relative to
     ``image_dir`` or absolute); default every image file directly in ``image_dir``, plus an
     image-level reject for each label file in ``label_dir`` without an image.
+    ``confine_to``: a folder every image and label file must resolve inside (see :func:`read_yolo_item`).
     """
     image_dir = Path(os.path.abspath(image_dir))
     label_dir = Path(os.path.abspath(label_dir))
@@ -85,7 +92,7 @@ def read_yolo_txt(
         stems = {p.stem for p in paths}
         orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
         for p in orphans:
-            rejects.append(_problem(str(p), "label file without an image", "image", p.stem, split, strict))
+            rejects.append(_problem(printable(p), "label file without an image", "image", printable(p.stem), split, strict))
     else:
         paths = [image_dir / p for p in images]
     by_stem: dict[str, list[Path]] = {}
@@ -96,9 +103,11 @@ def read_yolo_txt(
         if len(by_stem[p.stem]) > 1:
             names = ", ".join(q.name for q in by_stem[p.stem])
             reason = f"several images share the stem {p.stem!r} ({names}), so {p.stem}.txt is ambiguous"
-            rejects.append(_problem(str(p), reason, "image", p.stem, split, strict))
+            rejects.append(_problem(printable(p), printable(reason), "image", printable(p.stem), split, strict))
             continue
-        record, item_rejects = read_yolo_item(p, label_dir / f"{p.stem}.txt", class_names, split, strict, max_pixels)
+        record, item_rejects = read_yolo_item(
+            p, label_dir / f"{p.stem}.txt", class_names, split, strict, max_pixels, confine_to=confine_to
+        )
         if record is not None:
             records.append(record)
         rejects.extend(item_rejects)
@@ -112,10 +121,23 @@ def read_yolo_item(
     split: str,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    confine_to: str | Path | None = None,
 ) -> tuple[ImageRecord | None, list[Reject]]:
-    """One image and its label file: ``(record, box_rejects)`` or ``(None, [image-level reject])``."""
+    """One image and its label file: ``(record, box_rejects)`` or ``(None, [image-level reject])``.
+
+    ``confine_to``: when given, an image or label file that resolves (symlinks followed) outside this
+    folder is an image-level reject; the shard stage passes the dataset root.
+    """
     image_path, label_path = Path(image_path), Path(label_path)
     image_id = image_path.stem
+    bad_text = not_utf8_reason("image path", image_path)
+    if bad_text:
+        return None, [_problem(printable(image_path), bad_text, "image", printable(image_id), split, strict)]
+    if confine_to is not None:
+        for path in (image_path, label_path):
+            outside = outside_root_reason(path, confine_to)
+            if outside:
+                return None, [_problem(str(path), outside, "image", image_id, split, strict)]
     try:
         info = inspect_image_file(image_path, max_pixels)
     except DatasetError as e:

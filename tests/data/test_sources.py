@@ -1,0 +1,97 @@
+"""yolov2/data/sources.py: what the shard stage lists, on small folders made here.
+
+Checks the listing's own rules (orphan YOLO labels counted, dangling links listed, every reader
+confined to the dataset root); the readers' parsing has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from yolov2.data.sources import list_split_items
+from yolov2.errors import DatasetError
+
+
+def jpeg(path: Path, size: tuple[int, int] = (80, 60)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (40, 80, 120)).save(path, "JPEG")
+
+
+def yolo_root(tmp_path: Path) -> Path:
+    root = tmp_path / "yolo"
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\n")
+    for stem in ("x", "y"):
+        jpeg(root / "images" / "train" / f"{stem}.jpg")
+        (root / "labels" / "train" / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    return root
+
+
+def loaded(listing):
+    out = {}
+    for item in listing.items:
+        record, rejects = item.load()
+        out[Path(item.image_path).stem] = (record, rejects)
+    return out
+
+
+def test_yolo_orphan_label_is_an_image_level_input_reject(tmp_path: Path) -> None:
+    root = yolo_root(tmp_path)
+    (root / "labels" / "train" / "ghost.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    listing = list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)
+    assert [Path(i.image_path).name for i in listing.items] == ["x.jpg", "y.jpg"]
+    (reject,) = listing.rejects
+    assert reject.level == "image" and reject.image_id == "ghost" and reject.source.endswith("labels/train/ghost.txt")
+    assert "label file without an image" in reject.reason
+    # images in = listed images + orphan labels, as read_yolo_txt counts them
+    assert len(listing.items) + sum(r.level == "image" for r in listing.rejects) == 3
+    with pytest.raises(DatasetError, match="ghost.txt: label file without an image"):
+        list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None, strict=True)
+
+
+def test_yolo_links_are_listed_and_confined_to_the_root(tmp_path: Path) -> None:
+    root = yolo_root(tmp_path)
+    jpeg(tmp_path / "outside.jpg")
+    os.symlink(tmp_path / "outside.jpg", root / "images" / "train" / "out.jpg")
+    os.symlink(root / "images" / "train" / "gone.jpg", root / "images" / "train" / "dangling.jpg")
+    listing = list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)
+    results = loaded(listing)
+    assert sorted(results) == ["dangling", "out", "x", "y"]  # a dangling link is listed, not silently skipped
+    assert results["out"][0] is None and "points outside the dataset root" in results["out"][1][0].reason
+    assert results["dangling"][0] is None and "missing" in results["dangling"][1][0].reason
+    assert results["x"][0] is not None and results["x"][1] == []
+
+
+def test_voc_and_coco_readers_are_confined_to_the_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jpg"
+    jpeg(outside)
+    voc = tmp_path / "voc"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True)
+    os.symlink(outside, voc / "JPEGImages" / "a.jpg")
+    (voc / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>80</width><height>60</height></size></annotation>"
+    )
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    listing = list_split_items({"format": "voc", "root": str(voc)}, "train", ["train"], ["dog"])
+    record, rejects = listing.items[0].load()
+    assert record is None and "points outside the dataset root" in rejects[0].reason
+
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60}], "annotations": [],
+           "categories": [{"id": 1, "name": "dog"}]}
+    (coco / "train").mkdir()
+    os.symlink(outside, coco / "train" / "a.jpg")
+    (coco / "annotations" / "instances_train.json").write_text(json.dumps(doc))
+    listing = list_split_items({"format": "coco", "root": str(coco)}, "train", ["train"], None)
+    assert listing.items == [] and "points outside the dataset root" in listing.rejects[0].reason
+    (tmp_path / "elsewhere.json").write_text(json.dumps(doc))
+    os.symlink(tmp_path / "elsewhere.json", coco / "annotations" / "instances_val.json")
+    with pytest.raises(DatasetError, match="instances_val.json: .*points outside the dataset root"):
+        list_split_items({"format": "coco", "root": str(coco)}, "val", ["val"], None)
