@@ -66,7 +66,8 @@ def list_split_items(
 def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: Path, load, source: str, split: str) -> None:
     if image_id in seen:
         image_id = printable(image_id)  # a YOLO stem is a file name: maybe not UTF-8
-        listing.rejects.append(Reject(printable(source), f"image id {image_id} appears twice in split {split}", "image", image_id, split))
+        reason = f"image id {image_id} appears twice in split {split}"
+        listing.rejects.append(Reject(printable(source), reason, "image", image_id, split))
         return
     seen.add(image_id)
     listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load))
@@ -109,7 +110,9 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: YOLO image folder not found (expected images/{spec}/ and labels/{spec}/)")
     # Symlinks are listed even when dangling, so the reader names them (missing, or outside the root).
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()))
+    images = sorted(
+        p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink())
+    )
     for path in images:
         load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict,
                                  confine_to=root)
@@ -119,7 +122,8 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
     for label in orphans:
         if strict:
             raise DatasetError(f"{printable(label)}: label file without an image")
-        listing.rejects.append(Reject(printable(label), "label file without an image", "image", printable(label.stem), split))
+        reject = Reject(printable(label), "label file without an image", "image", printable(label.stem), split)
+        listing.rejects.append(reject)
 
 
 def _yolo_names_file(root: Path) -> Path:

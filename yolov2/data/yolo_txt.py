@@ -92,7 +92,8 @@ def read_yolo_txt(
         stems = {p.stem for p in paths}
         orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
         for p in orphans:
-            rejects.append(_problem(printable(p), "label file without an image", "image", printable(p.stem), split, strict))
+            reject = _problem(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
+            rejects.append(reject)
     else:
         paths = [image_dir / p for p in images]
     by_stem: dict[str, list[Path]] = {}
