@@ -14,7 +14,8 @@ Run alone: ``python pipelines/train.py --config configs/demo.yaml [--resume]``.
 from __future__ import annotations
 
 import argparse
-import io
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def batches_for_epoch(epoch: int, first_micro: int):
         stream.set_epoch(epoch, first_micro)
-        return loader
+        return _traced(loader, config.get("trace_dir"), rank, epoch) if config.get("trace_dir") else loader
 
     settings = LoopSettings(
         epochs=t.epochs, steps_per_epoch=steps_per_epoch(stream.batches_per_epoch(t.loader_workers), accumulation),
@@ -136,6 +137,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   Hooks(log=logger.log, validate=validate, end_epoch=end_epoch, before_step=before_step),
                   ema=ema, resume_from=resume_from)
     logger.close(final.step)
+    if config.get("trace_dir"):
+        inner = model.module if hasattr(model, "module") else model
+        # parameters only: BN running statistics are per-rank between DDP's buffer broadcasts
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in inner.parameters()))
+        (Path(config["trace_dir"]) / f"weights-rank{rank}.txt").write_text(digest.hexdigest())
+
+
+def _traced(batches, trace_dir: str, rank: int, epoch: int):
+    """Test hook (env YOLOV2_TRAIN_TRACE_DIR): record each micro-batch's image ids and input size per rank."""
+    with open(Path(trace_dir) / f"batches-rank{rank}.jsonl", "a") as f:
+        for batch in batches:
+            f.write(json.dumps({"epoch": epoch, "index": batch.index, "size": int(batch.images.shape[-1]),
+                                "ids": list(batch.image_ids), "repeated": batch.repeated.tolist()}) + "\n")
+            f.flush()
+            yield batch
 
 
 def _load_initial_weights(model: torch.nn.Module, path: str, layers: int | None) -> None:
@@ -298,8 +314,11 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "tracking_uri": mlflow.get_tracking_uri() if run_id else None,
         "run_id": run_id,
         "fault": {"step": int(fault_step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"]} if fault_step else None,
+        "trace_dir": os.environ.get("YOLOV2_TRAIN_TRACE_DIR"),
     }
     storage = ctx.workspace.local_path(ctx.output_dir, "ray")
+    # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
+    # deleted that folder unless resuming), so --resume only has to keep the folder.
     resume_from = _latest_checkpoint(storage) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
@@ -314,7 +333,6 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        resume_from_checkpoint=resume_from,
     )
     started = time.time()
     result = trainer.fit()
@@ -330,7 +348,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     has_best = ctx.workspace.exists(ctx.out("best.pt"))
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if ctx.tracking_enabled:
-        _log_final_model(model, t.register_name, ctx.workspace.local_path(ctx.out("model.pt")))
+        _log_final_model(model, t.register_name, ctx.workspace.local_path(ctx.out("model.pt")), t.input_size)
     return {
         "model": "model.pt",
         "best": "best.pt" if has_best else None,
@@ -345,13 +363,16 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     }
 
 
-def _log_final_model(model: torch.nn.Module, register_name: str | None, model_file: Path) -> None:
+def _log_final_model(model: torch.nn.Module, register_name: str | None, model_file: Path, input_size: int) -> None:
     """``mlflow.pytorch.log_model`` (+ registration) and the plain model file as an artifact."""
     import mlflow
+    import numpy as np
 
     mlflow.log_artifact(str(model_file))
     try:
-        mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name)
+        example = np.zeros((1, 3, input_size, input_size), np.float32)
+        mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name,
+                                 input_example=example)
     except Exception as e:  # registry unsupported by the store, or no network for the pip env inference
         log.warning("mlflow.pytorch.log_model failed (%s); model.pt is logged as an artifact instead", e)
 

@@ -1,0 +1,100 @@
+"""The train stage on real Ray Train: 2 CPU workers with gloo, a tiny model, tiny images.
+
+Checks: the loss falls; ranks see disjoint samples and the same multi-scale size at every step; DDP keeps
+the weights identical across ranks; MLflow gets the metrics from rank 0; a worker that fails mid-run is
+restarted from the last checkpoint with the same total step count; a stopped run resumes; checkpoints
+load with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolov2.config import load_config
+from yolov2.engine.checkpoint import load_checkpoint
+from yolov2.inference import load_model_file
+
+from pipelines import prepare, shard, train
+from pipelines.stage import StageResult
+from pipelines.workspace import Workspace
+
+ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
+
+
+def _setup(tmp_path: Path, extra: list[str]):
+    cfg = load_config(None, [
+        f"workspace={tmp_path / 'ws'}", "data.synthetic.num_train=32", "data.synthetic.num_val=4",
+        "data.synthetic.num_test=2", "data.synthetic.image_size=[96, 96]", "shard.max_count=9",
+        "model.name=yolov2_tiny_voc", "model.width_multiplier=0.25", "train.num_workers=2", "train.batch_size=4",
+        "train.effective_batch=16", "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]",
+        "train.multiscale_every=2", "train.burn_in=0", "train.lr=0.0005", "train.log_every=1", "train.amp=off",
+        "train.register_name=null", *extra])
+    ws = Workspace.open(cfg.workspace)
+    prepared = prepare.run(cfg, ws, tracking_enabled=False)
+    sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+    anchors = StageResult("anchors", "a" * 16, "anchors/x", {"anchors": ANCHORS}, cached=True, seconds=0, run_id=None)
+    return cfg, ws, {"shard": sharded, "anchors": anchors}
+
+
+def _trace(trace_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (trace_dir / f"batches-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, tmp_path, monkeypatch):
+    import mlflow
+
+    from pipelines import tracking
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
+    cfg, ws, upstream = _setup(tmp_path, ["train.epochs=8", "train.val_every=8", "train.lr=0.002"])
+    tracking.setup_mlflow(None, "train-test", ws)
+    with mlflow.start_run(run_name="pipeline"):
+        result = train.run(cfg, ws, upstream=upstream)
+    assert result.manifest["steps"] == 8 * 2  # 32 images / (2 ranks x 4) = 4 micro-batches, 2 per step (16 / 8)
+
+    ranks = [_trace(trace, 0), _trace(trace, 1)]
+    for epoch in range(8):
+        per_rank = [[b for b in r if b["epoch"] == epoch] for r in ranks]
+        ids = [[i for b in batches for i in b["ids"]] for batches in per_rank]
+        assert not set(ids[0]) & set(ids[1])  # disjoint samples
+        assert len(ids[0]) + len(ids[1]) == 32 and len(set(ids[0]) | set(ids[1])) == 32  # every sample once
+        assert [b["size"] for b in per_rank[0]] == [b["size"] for b in per_rank[1]]  # same size at each step
+    assert len({b["size"] for b in ranks[0]}) > 1  # multi-scale really changes the size
+    weights = [(trace / f"weights-rank{r}.txt").read_text() for r in (0, 1)]
+    assert weights[0] == weights[1]  # DDP keeps the replicas' parameters identical
+
+    history = mlflow.tracking.MlflowClient().get_metric_history(result.run_id, "loss_total")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(losses) == 16
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4  # the loss falls
+
+    blob = load_checkpoint(ws.local_path(result.output_dir, "model.pt"))  # weights_only
+    assert blob["format"] == "yolov2-pipeline/model"
+    model, spec = load_model_file(ws.local_path(result.output_dir, "model.pt"))
+    assert spec.anchors == ANCHORS and spec.num_classes == 5
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5 * 10, 2, 2)
+
+
+def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_local, tmp_path, monkeypatch):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_DIR", str(markers))
+    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_STEP", "3")  # in epoch 1, after epoch 0's checkpoint
+    cfg, ws, upstream = _setup(tmp_path, ["train.epochs=3", "train.val_every=100", "train.max_failures=1"])
+    recovered = train.run(cfg, ws, upstream=upstream, tracking_enabled=False)
+    assert (markers / "train-step-3.failed").exists()  # the failure really happened
+    assert recovered.manifest["steps"] == 6 and recovered.manifest["epochs"] == 3
+
+    # A run that stops (no retries left) leaves its checkpoint; --resume continues from it.
+    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_STEP", "4")
+    cfg2, ws2, upstream2 = _setup(tmp_path / "second", ["train.epochs=3", "train.val_every=100", "train.max_failures=0"])
+    with pytest.raises(Exception, match="injected training failure"):
+        train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False)
+    resumed = train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False, resume=True)
+    assert resumed.manifest["resumed"] and resumed.manifest["steps"] == 6
