@@ -286,6 +286,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{source}: {key} has an invalid value {value!r}")
     if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in args:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
