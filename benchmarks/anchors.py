@@ -156,50 +156,25 @@ def bench_k(wh: np.ndarray, k: int, repeat: int) -> dict:
 
 
 def bench_ray(wh: np.ndarray, ks: list[int], partitions: int = 2) -> dict:
-    """The same map and reduce as Ray tasks: partitions put once, assignments kept in the object store."""
+    """The same map and reduce as Ray tasks, with the stage's mapper (``pipelines/anchors.py``):
+    partitions put once, each partition's assignment kept in the object store between iterations."""
     import ray
+
+    from pipelines.anchors import RayMapper, RayPartitions
 
     t = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     init_s = time.perf_counter() - t
-
-    @ray.remote(num_cpus=1, num_returns=2)
-    def assign_task(part, centroids, previous, start, collect_values):
-        return A.assign(part, centroids, previous, start=start, collect_values=collect_values, num_threads=1)
-
-    @ray.remote(num_cpus=1)
-    def farthest_task(part, centroids, count, start):
-        return A.farthest_boxes(part, centroids, count, start=start)
-
-    class RayMapper:
-        def __init__(self, wh_f: np.ndarray):
-            self.bounds = A.partition_bounds(len(wh_f), partitions)
-            self.refs = [ray.put(np.asfortranarray(wh_f[lo:hi])) for lo, hi in self.bounds]
-            self.previous = [None] * len(self.bounds)
-
-        def reset(self):
-            self.previous = [None] * len(self.bounds)
-
-        def assign(self, centroids, collect_values=False):
-            outs = [
-                assign_task.remote(ref, centroids, prev, lo, collect_values)
-                for ref, prev, (lo, _) in zip(self.refs, self.previous, self.bounds)
-            ]
-            self.previous = [o[1] for o in outs]  # stays in the object store, passed by reference
-            return ray.get([o[0] for o in outs])
-
-        def farthest(self, centroids, count):
-            return ray.get([farthest_task.remote(ref, centroids, count, lo) for ref, (lo, _) in zip(self.refs, self.bounds)])
-
     try:
         wh_f = A.validate_shapes(wh)
         t = time.perf_counter()
-        mapper = RayMapper(wh_f)
+        parts = RayPartitions.put(wh_f, partitions)
         put_s = time.perf_counter() - t
+        mapper = RayMapper(parts)
         t = time.perf_counter()
         mapper.assign(wh_f[:3])  # start the workers, load the numba cache there
         warmup_s = time.perf_counter() - t
-        out = {"partitions": len(mapper.bounds), "ray_init_s": init_s, "put_s": put_s, "warmup_s": warmup_s}
+        out = {"partitions": len(parts.bounds), "ray_init_s": init_s, "put_s": put_s, "warmup_s": warmup_s}
         for k in ks:
             init = A.kmeans_pp_init(wh_f, k, np.random.default_rng(A.restart_seeds(SEED, 1)[0]))
             single = A.lloyd(init, A.LocalMapper(wh_f))
