@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Parameter names or values that look like credentials are never sent to MLflow.
 _SECRET_NAME = re.compile(r"(secret|token|password|passwd|api[_-]?key|access[_-]?key|credential)", re.I)
+# The password part of a URL's user info (scheme://user:password@host), e.g. a database tracking URI.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
 
 
@@ -53,12 +55,12 @@ def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspa
 
 
 def safe_params(params: dict[str, Any]) -> dict[str, str]:
-    """Stringify params for MLflow, dropping secret-looking names and capping long values."""
+    """Stringify params for MLflow: secret-looking names dropped, URL passwords masked, long values capped."""
     out = {}
     for key, value in params.items():
         if _SECRET_NAME.search(key):
             continue
-        text = str(value)
+        text = _URL_PASSWORD.sub(r"\g<head>:***@", str(value))
         out[key] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
     return out
 
