@@ -1,0 +1,121 @@
+"""Reliability report: the bad-input corpus through the real pipeline, as one JSON object.
+
+Builds the corpus of tests/corpus/generate.py (VOC, COCO and YOLO dataset folders made from
+../shared/data images and the synthetic generator) in a temporary folder, then, on a local Ray
+instance with 2 CPUs:
+
+- one ``prepare`` (``data.root``) + ``shard`` run per layout, every case its own split: what happened
+  to each case (kept, converted, clipped, rejected at image or box level, or an error for a whole
+  file) and whether records in = records sharded + records rejected held for it;
+- every case again with ``data.strict=true`` (one run per case): an error naming the file, or accepted.
+
+Each observation is compared with the case's expected outcome. ``fault_scenarios`` is left for the
+fault-injection scenarios (killed shard task, killed training worker, killed driver, MLflow down, ...).
+
+    python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the corpus generator and its runner live with the tests
+sys.path.insert(0, str(REPO))
+
+from corpus.generate import build_corpus, corpus_layout  # noqa: E402
+from corpus.run import error_message, matches, observe, run_shard  # noqa: E402
+
+LAYOUTS = ("voc", "coco", "yolo")
+
+
+def outcome_label(outcome: str, level: str | None) -> str:
+    return f"rejected_{level}" if outcome == "rejected" else outcome
+
+
+def corpus_report(out_dir: Path, shared_data: Path) -> dict:
+    cases = build_corpus(out_dir / "corpus", shared_data)
+    layout = corpus_layout(out_dir / "corpus")
+    per_case: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+
+    for name in LAYOUTS:  # non-strict: one run per layout, whole-file errors one run each
+        started = time.perf_counter()
+        good = [c for c in cases if c.layout == name and c.outcome != "error"]
+        run = run_shard(out_dir / "ws" / name, name, layout.root(name), [c.split for c in good])
+        for case in cases:
+            if case.layout != name:
+                continue
+            this = run if case.outcome != "error" else run_shard(out_dir / "ws" / case.name, name,
+                                                                  layout.root(name), [case.split])
+            obs = observe(this, case)
+            per_case[case.name] = {
+                "layout": name,
+                "outcome": outcome_label(obs.outcome, obs.level),
+                "accounted": obs.accounted,  # None: the stage failed on the whole file, nothing was sharded
+                "matches_expected": matches(case, obs) == [],
+            }
+        seconds[f"shard_{name}"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    for case in cases:  # strict: one run per case
+        run = run_shard(out_dir / "strict" / case.layout, case.layout, layout.root(case.layout), [case.split],
+                        strict=True)
+        if run.error is None:
+            strict, ok = "accepted", case.strict_error is None
+        else:
+            message = error_message(run.error)
+            strict, ok = "error", case.strict_error is not None and case.strict_error in message
+        per_case[case.name]["strict"] = strict
+        per_case[case.name]["strict_as_expected"] = ok  # an error naming the file, or accepted when it should be
+    seconds["strict_runs"] = round(time.perf_counter() - started, 3)
+
+    outcomes = Counter(c["outcome"] for c in per_case.values())
+    accounted = [c["accounted"] for c in per_case.values() if c["accounted"] is not None]
+    return {
+        "cases": len(cases),
+        "by_layout": dict(Counter(c["layout"] for c in per_case.values())),
+        "outcomes": dict(sorted(outcomes.items())),
+        "error_in_strict": sum(c["strict"] == "error" for c in per_case.values()),
+        "accepted_in_strict": sum(c["strict"] == "accepted" for c in per_case.values()),
+        "strict_as_expected_every_case": all(c["strict_as_expected"] for c in per_case.values()),
+        "records_in_eq_sharded_plus_rejected_every_case": bool(accounted) and all(accounted),
+        "cases_checked_for_accounting": len(accounted),
+        "matches_expected": sum(c["matches_expected"] for c in per_case.values()),
+        "mismatches": sorted(n for n, c in per_case.items() if not c["matches_expected"]),
+        "seconds": seconds,
+        "per_case": {n: c["outcome"] for n, c in per_case.items()},
+        "strict_per_case": {n: c["strict"] for n, c in per_case.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared-data",
+                        default=os.environ.get("YOLOV2_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--keep", default=None, help="write the corpus and workspaces here instead of a temp folder")
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.get([ray.remote(lambda: None).remote() for _ in range(2)])  # workers up before the clock starts
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="yolov2-reliability-") as tmp:
+        out_dir = Path(args.keep) if args.keep else Path(tmp)
+        report = corpus_report(out_dir, Path(args.shared_data))
+    report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    ray.shutdown()
+    print(json.dumps({"benchmark": "reliability", "bad_input_corpus": report, "fault_scenarios": {}},
+                     indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
