@@ -34,14 +34,19 @@ STAGE = "evaluate"
 class DetectActor:
     """Ray Data actor: loads the model once, turns a batch of shard samples into detection rows."""
 
-    def __init__(self, model_path: str, input_size: int, letterbox: bool, conf_thresh: float, nms_thresh: float,
-                 max_det: int, max_candidates: int | None, use_gpu: bool) -> None:
+    def __init__(self, workspace: Workspace, model_path: str, input_size: int, letterbox: bool, conf_thresh: float,
+                 nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool) -> None:
+        import tempfile
+
         import torch
 
         from yolov2.inference import Predictor
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.predictor = Predictor.from_file(model_path, device=device, input_size=input_size, letterbox=letterbox,
+        with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # the workspace may be object storage
+            local.write(workspace.read_bytes(model_path))
+            local.flush()
+            self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size, letterbox=letterbox,
                                              conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
                                              max_candidates=max_candidates)
 
@@ -68,7 +73,8 @@ def _rank_within_image(image_ids: np.ndarray) -> np.ndarray:
     return positions - np.maximum.accumulate(np.where(starts, positions, 0))
 
 
-def run_inference(shard_urls: list[str], model_path: str, cfg: PipelineConfig, image_order: list[str]) -> DetectionTable:
+def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, cfg: PipelineConfig,
+                  image_order: list[str]) -> DetectionTable:
     """Detections of every image in the shards, ordered by ``image_order`` then score (deterministic)."""
     import ray.data
 
@@ -79,7 +85,7 @@ def run_inference(shard_urls: list[str], model_path: str, cfg: PipelineConfig, i
     ds = ray.data.read_webdataset(shard_urls, decoder=None, num_cpus=0.25)
     ds = ds.map_batches(
         DetectActor,
-        fn_constructor_kwargs=dict(model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
+        fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
                                    conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh, max_det=e.max_det,
                                    max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0),
         batch_size=e.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.num_actors),
@@ -108,10 +114,10 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     class_names = shard_result.manifest["class_names"]
     index = ctx.workspace.read_parquet(shard_result.output_dir, split_info["index"])
     records = table_to_records(index)
-    model_path = str(ctx.workspace.local_path(ctx.upstream["train"].output_dir, ctx.upstream["train"].manifest["model"]))
+    model_path = f'{ctx.upstream["train"].output_dir}/{ctx.upstream["train"].manifest["model"]}'
     urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
 
-    detections = run_inference(urls, model_path, cfg, [r.image_id for r in records])
+    detections = run_inference(urls, ctx.workspace, model_path, cfg, [r.image_id for r in records])
     ctx.workspace.write_parquet(detections.to_arrow(), ctx.out("detections.parquet"))
 
     flat, results = compute_metrics(records, detections, class_names, e.metrics, e.coco_backend,

@@ -24,9 +24,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
+    # Plain ray.init() joins the cluster a `ray start` on this machine recorded, else starts a local one
+    # (it never joins some other process's private ray.init() instance, unlike address="auto").
     try:
-        ray.init(address="auto", log_to_driver=True)
-        log.info("joined the running Ray cluster")
-    except ConnectionError:
-        log.info("no Ray cluster running: starting a local one (num_cpus=%s)", num_cpus)
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    except ValueError:  # num_cpus is refused when joining an existing cluster
+        ray.init(log_to_driver=True)

@@ -316,10 +316,10 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "fault": {"step": int(fault_step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"]} if fault_step else None,
         "trace_dir": os.environ.get("YOLOV2_TRAIN_TRACE_DIR"),
     }
-    storage = ctx.workspace.local_path(ctx.output_dir, "ray")
     # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
     # deleted that folder unless resuming), so --resume only has to keep the folder.
-    resume_from = _latest_checkpoint(storage) if resume else None
+    storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
+    resume_from = _latest_checkpoint(Path(storage)) if resume and ctx.workspace.is_local else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
     trainer = TorchTrainer(
@@ -329,7 +329,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
                                                resources_per_worker={"CPU": t.cpus_per_worker,
                                                                      **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name="run", storage_path=str(storage),
+            name="run", storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -344,11 +344,14 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         state = load_checkpoint(Path(folder) / STATE_FILE)
     model = spec.build()
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
-    ctx.workspace.write_bytes(_model_file_bytes(model, spec), ctx.out("model.pt"))
+    model_bytes = _model_file_bytes(model, spec)
+    ctx.workspace.write_bytes(model_bytes, ctx.out("model.pt"))
     has_best = ctx.workspace.exists(ctx.out("best.pt"))
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if ctx.tracking_enabled:
-        _log_final_model(model, t.register_name, ctx.workspace.local_path(ctx.out("model.pt")), t.input_size)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "model.pt").write_bytes(model_bytes)
+            _log_final_model(model, t.register_name, Path(folder) / "model.pt", t.input_size)
     return {
         "model": "model.pt",
         "best": "best.pt" if has_best else None,
