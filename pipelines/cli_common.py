@@ -52,7 +52,8 @@ def run_single_stage(stage: str, run: Callable[..., StageResult], args: argparse
         cfg, workspace = load_from_args(args)
         ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
         if not args.no_mlflow:
-            tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace)
+            tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace,
+                                        cfg.mlflow.fallback_to_local)
         result = run(cfg, workspace, force=args.force, tracking_enabled=not args.no_mlflow)
     except (YoloV2Error, StageError) as e:
         logging.getLogger(stage).error("%s", e)

@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if use_mlflow:
             import mlflow
 
-            uri = tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace)
-            summary["mlflow_tracking_uri"] = uri
+            uri = tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace,
+                                        cfg.mlflow.fallback_to_local)
+            summary["mlflow_tracking_uri"] = tracking.mask_secrets(uri)
             with mlflow.start_run(run_name="pipeline") as parent:
                 summary["mlflow_parent_run_id"] = parent.info.run_id
                 mlflow.set_tags(tracking.environment_tags())

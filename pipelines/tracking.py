@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from yolov2.errors import ConfigError
+
 from pipelines.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,45 @@ def tracking_uri_for(configured: str | None, workspace: Workspace) -> str:
     return f"sqlite:///{workspace.local_path('mlflow.db')}"
 
 
-def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspace) -> str:
-    """Point mlflow at the store and select (or create) the experiment; returns the tracking URI."""
+def mask_secrets(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` (for printing URIs)."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+def server_reachable(uri: str, timeout: float = 5.0) -> bool:
+    """For an http(s) tracking URI: does the MLflow server answer ``/health``? (Other stores: True.)"""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspace,
+                 fallback_to_local: bool = False) -> str:
+    """Point mlflow at the store and select (or create) the experiment; returns the tracking URI.
+
+    An unreachable MLflow server is found out here, before any work starts: a clear error, or with
+    ``fallback_to_local`` a warning and the local SQLite store in the workspace instead.
+    """
     import mlflow
 
     # Alembic and mlflow's store start-up are chatty at INFO on every process.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri_for(configured_uri, workspace)
+    if not server_reachable(uri):
+        if not fallback_to_local:
+            raise ConfigError(
+                f"MLflow server {mask_secrets(uri)} is unreachable (no answer on /health). Start it "
+                "(cluster/mlflow_server.sh), fix mlflow.tracking_uri, or set mlflow.fallback_to_local: true"
+            )
+        uri = tracking_uri_for(None, workspace)
+        log.warning("MLflow server unreachable: logging to the local store %s instead", uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifact_location = None
@@ -60,7 +94,7 @@ def safe_params(params: dict[str, Any]) -> dict[str, str]:
     for key, value in params.items():
         if _SECRET_NAME.search(key):
             continue
-        text = _URL_PASSWORD.sub(r"\g<head>:***@", str(value))
+        text = mask_secrets(str(value))
         out[key] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
     return out
 
