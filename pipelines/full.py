@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                              "their upstream outputs must exist or be runnable")
     parser.add_argument("--force", default=None, metavar="STAGES",
                         help="comma-separated stages to rerun even if cached; everything downstream reruns too")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted train stage from its last checkpoint instead of step 0")
     args = parser.parse_args(argv)
     cli_common.setup_logging(args.log_level)
 
@@ -83,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 upstream[up] = results[up]
             t0 = time.time()
             try:
+                extra = {"resume": True} if stage == "train" and args.resume else {}
                 result = module.run(cfg, workspace, upstream=upstream, force=stage in forced,
-                                    tracking_enabled=use_mlflow)
+                                    tracking_enabled=use_mlflow, **extra)
             except Exception as e:
                 summary["stages"][stage] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                             "seconds": round(time.time() - t0, 2)}
