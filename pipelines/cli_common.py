@@ -45,6 +45,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Workspace]
     return cfg, Workspace.open(cfg.workspace)
 
 
+def stage_main(stage: str, run: Callable[..., StageResult], doc: str | None, argv: list[str] | None = None) -> int:
+    """The ``__main__`` of a stage script: its ``--help`` is the module docstring, then one stage run."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stage_arguments(parser)
+    return run_single_stage(stage, run, parser.parse_args(argv))
+
+
 def run_single_stage(stage: str, run: Callable[..., StageResult], args: argparse.Namespace) -> int:
     """Load config, join Ray, set up MLflow, run one stage, print its manifest; exit code."""
     setup_logging(args.log_level)

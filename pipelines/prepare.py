@@ -10,7 +10,6 @@ Run alone: ``python pipelines/prepare.py --config configs/demo.yaml``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -65,10 +64,7 @@ def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli_common.add_stage_arguments(parser)
-    args = parser.parse_args(argv)
-    return cli_common.run_single_stage(STAGE, run, args)
+    return cli_common.stage_main(STAGE, run, __doc__, argv)
 
 
 if __name__ == "__main__":
