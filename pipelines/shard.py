@@ -100,7 +100,7 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     prepared = ctx.upstream["prepare"].manifest
     options = ShardOptions(
         reencode=cfg.shard.reencode, max_side=cfg.shard.max_side, jpeg_quality=cfg.shard.jpeg_quality,
-        strict=cfg.data.strict,
+        strict=cfg.data.strict, max_pixels=cfg.data.max_image_pixels,
     )
     started = time.time()
     all_rejects: list[Reject] = []

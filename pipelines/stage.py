@@ -36,7 +36,7 @@ STAGES = list(UPSTREAM)
 # code changes what it writes, so old outputs are not reused.
 CONFIG_KEYS: dict[str, list[str]] = {
     "prepare": ["data.kind", "data.root", "data.download", "data.synthetic"],
-    "shard": ["data.splits", "data.class_names", "data.strict", "shard"],
+    "shard": ["data.splits", "data.class_names", "data.strict", "data.max_image_pixels", "shard"],
     "anchors": ["anchors", "train.input_size"],
     "train": ["model", "loss", "train"],
     "evaluate": ["evaluate"],

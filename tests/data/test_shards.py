@@ -93,3 +93,20 @@ def test_write_shard_reject_names_the_file_it_read(tmp_path):
 
 def _loaded(record):
     return record, []
+
+
+def test_write_shard_applies_the_pixel_limit(tmp_path):
+    """ShardOptions.max_pixels (data.max_image_pixels) rejects larger images, naming the file."""
+    import cv2
+
+    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
+
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
+    record = ImageRecord("big", "train", str(path), 30, 20)
+    item = ShardItem("00000000", str(path), lambda: (record, []))
+    kept = write_shard(io.BytesIO(), [item], ShardOptions(max_pixels=600))
+    assert [r.image_id for r in kept.records] == ["big"]
+    refused = write_shard(io.BytesIO(), [item], ShardOptions(max_pixels=599))
+    assert refused.records == [] and len(refused.rejects) == 1
+    assert "limit" in refused.rejects[0].reason and refused.rejects[0].source == str(path)

@@ -156,6 +156,7 @@ class ShardOptions:
     max_side: int | None = None  # downscale images whose longer side exceeds this (boxes follow)
     jpeg_quality: int = 95
     strict: bool = False  # raise DatasetError on the first bad image instead of rejecting it
+    max_pixels: int = 89_478_485  # decompression-bomb guard: larger images are rejected
 
 
 @dataclass
@@ -182,7 +183,7 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
             outcome.rejects.extend(rejects)
             if record is None:
                 continue
-            problem, data = _read_checked_image(record.path, record)
+            problem, data = _read_checked_image(record.path, record, options.max_pixels)
             if problem is None:
                 try:
                     data, record, changed = _maybe_reencode(data, record, options)
@@ -204,7 +205,7 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
     return outcome
 
 
-def _read_checked_image(path: str, record: ImageRecord) -> tuple[str | None, bytes]:
+def _read_checked_image(path: str, record: ImageRecord, max_pixels: int) -> tuple[str | None, bytes]:
     from yolov2.data.images import check_image_against_record, inspect_image
 
     try:
@@ -215,7 +216,7 @@ def _read_checked_image(path: str, record: ImageRecord) -> tuple[str | None, byt
     except OSError as e:
         return f"image file cannot be read ({e.strerror})", b""
     try:
-        info = inspect_image(data, path)
+        info = inspect_image(data, path, max_pixels)
     except DatasetError as e:
         return str(e), b""
     return check_image_against_record(info, record, path), data

@@ -1,0 +1,77 @@
+"""The whole pipeline against a real MLflow server on 127.0.0.1: runs, metrics and artifacts land there,
+summary.json is written, and a rerun is all cached without new stage runs."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_http
+
+from pipelines import full
+from pipelines.stage import STAGES
+
+TINY = [
+    "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
+    "data.synthetic.image_size=[96, 96]", "shard.max_count=8", "anchors.n_init=1",
+    "model.width_multiplier=0.25", "train.epochs=2", "train.batch_size=4", "train.effective_batch=8",
+    "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]", "train.log_every=1", "train.val_every=1",
+    "train.amp=off", "train.register_name=null", "evaluate.input_size=96", "evaluate.batch_size=4",
+]
+
+
+def _post(base: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _get(base: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_path):
+    port = free_port()
+    server = _start_mlflow(tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", server, timeout=120)
+        args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
+                "--set", f"mlflow.tracking_uri={base}", "--set", "mlflow.experiment=full-test"]
+        for item in TINY:
+            args += ["--set", item]
+        assert full.main(args) == 0
+        summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+        assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
+        assert "map50_voc07" in summary["metrics"] and 0.0 <= summary["metrics"]["map50_voc07"] <= 1.0
+
+        experiment = _get(base, "experiments/get-by-name?experiment_name=full-test")["experiment"]
+        runs = _post(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+        by_name = {r["info"]["run_name"]: r for r in runs}
+        parent_id = summary["mlflow_parent_run_id"]
+        assert set(by_name) == {"pipeline", *STAGES}
+        for stage in STAGES:
+            tags = {t["key"]: t["value"] for t in by_name[stage]["data"].get("tags", [])}
+            assert tags["mlflow.parentRunId"] == parent_id
+        metrics = {m["key"] for m in by_name["train"]["data"]["metrics"]}
+        assert {"loss_total", "lr", "map50_voc07"} <= metrics
+        evaluate_metrics = {m["key"]: m["value"] for m in by_name["evaluate"]["data"]["metrics"]}
+        assert abs(evaluate_metrics["map50_voc07"] - summary["metrics"]["map50_voc07"]) < 1e-9
+        artifacts = _get(base, f"artifacts/list?run_id={by_name['evaluate']['info']['run_id']}")
+        assert "metrics.json" in {f["path"] for f in artifacts.get("files", [])}
+        anchor_files = _get(base, f"artifacts/list?run_id={by_name['anchors']['info']['run_id']}")
+        assert "anchors.png" in {f["path"] for f in anchor_files.get("files", [])}
+
+        assert full.main(args) == 0  # the rerun: every stage cached, no new stage runs
+        summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+        assert [summary["stages"][s]["status"] for s in STAGES] == ["cached"] * 5
+        runs = _post(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+        names = sorted(r["info"]["run_name"] for r in runs)
+        assert names == sorted(["pipeline", "pipeline", *STAGES])
+        rerun_parent = next(r for r in runs if r["info"]["run_id"] == summary["mlflow_parent_run_id"])
+        tags = {t["key"]: t["value"] for t in rerun_parent["data"].get("tags", [])}
+        assert tags["stage.train.cached_run_id"] == by_name["train"]["info"]["run_id"]
+    finally:
+        stop_session(server)
