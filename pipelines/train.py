@@ -283,12 +283,9 @@ def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[f
                      cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head)
 
 
-def _latest_checkpoint(storage: Path) -> Any:
-    """The newest checkpoint folder holding our state file under a Ray Train storage folder, if any."""
-    import ray.train
-
-    found = sorted((p for p in storage.rglob(STATE_FILE)), key=lambda p: p.stat().st_mtime)
-    return ray.train.Checkpoint.from_directory(str(found[-1].parent)) if found else None
+def _has_checkpoint(storage: Path) -> bool:
+    """Whether a (local) Ray Train storage folder holds one of our checkpoints."""
+    return any(storage.rglob(STATE_FILE))
 
 
 def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
@@ -319,8 +316,8 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
     # deleted that folder unless resuming), so --resume only has to keep the folder.
     storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
-    resume_from = _latest_checkpoint(Path(storage)) if resume and ctx.workspace.is_local else None
-    if resume and resume_from is None:
+    resumed = resume and (not ctx.workspace.is_local or _has_checkpoint(Path(storage)))
+    if resume and not resumed:
         log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -362,7 +359,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "final_metrics": final_metrics,
         "train_seconds": round(time.time() - started, 1),
         "spec": spec.__dict__,
-        "resumed": resume_from is not None,
+        "resumed": resumed,
     }
 
 
