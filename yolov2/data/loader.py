@@ -28,6 +28,7 @@ network input, label -1 for padding rows.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import tarfile
 import zlib
@@ -678,10 +679,19 @@ def make_dataloader(
     stream: ShardStream, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int = 2
 ) -> DataLoader:
     """A ``DataLoader`` over a :class:`ShardStream`: whole batches (``batch_size=None``), in order, workers
-    re-created each epoch (so :meth:`ShardStream.set_epoch` reaches them), one thread each."""
+    re-created each epoch (so :meth:`ShardStream.set_epoch` reaches them), one thread each.
+
+    Workers start from a fork server, not by forking this process: a process whose OpenCV or OpenMP
+    thread pools are already running deadlocks when a forked child touches them (seen with
+    ``cv2.setNumThreads`` in the child). The fork server preloads this module once, so starting the
+    workers each epoch stays cheap.
+    """
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init, persistent_workers=False)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["yolov2.data.loader"])
+        kwargs.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init, persistent_workers=False,
+                      multiprocessing_context=context)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
