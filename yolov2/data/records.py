@@ -187,6 +187,15 @@ def class_names_of(table_or_schema: pa.Table | pa.Schema) -> list[str]:
     return json.loads(meta[CLASS_NAMES_KEY])
 
 
+def reject_or_raise(
+    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
+) -> Reject:
+    """A reader's answer to a problem: a :class:`Reject`, or with ``strict`` a :class:`DatasetError` naming the file."""
+    if strict:
+        raise DatasetError(f"{source}: {reason}")
+    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
+
+
 def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:
     rows = [
         {"source": r.source, "reason": r.reason, "level": r.level, "image_id": r.image_id, "split": r.split}

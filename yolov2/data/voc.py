@@ -41,7 +41,7 @@ import numpy as np
 from yolov2.data.atomic import atomic_copy, atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
 from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
-from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
+from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_boxes
 from yolov2.errors import DatasetError
 
 # Darknet's data/voc.names order (alphabetical), the label order of every VOC model.
@@ -169,7 +169,7 @@ def read_voc(
     for image_id in voc_split_ids(root, split):
         if image_id in seen:
             rejects.append(
-                _problem(split_file, f"image id {image_id} is listed more than once", "image", image_id, split, strict)
+                reject_or_raise(split_file, f"image id {image_id} is listed more than once", "image", image_id, split, strict)
             )
             continue
         seen.add(image_id)
@@ -204,11 +204,11 @@ def read_voc_item(
     source = str(xml_path)
 
     def image_reject(where: str, reason: str) -> tuple[None, list[Reject]]:
-        return None, [_problem(where, reason, "image", image_id, split_name, strict)]
+        return None, [reject_or_raise(where, reason, "image", image_id, split_name, strict)]
 
     bad_text = not_utf8_reason("image id", image_id)  # a file name's bytes (split=None lists the folder)
     if bad_text:
-        return None, [_problem(printable(source), bad_text, "image", printable(image_id), split_name, strict)]
+        return None, [reject_or_raise(printable(source), bad_text, "image", printable(image_id), split_name, strict)]
     if not _is_plain_name(image_id):
         return image_reject(source, f"image id {image_id!r} is not a plain file name")
     outside = confine_to is not None and outside_root_reason(xml_path, confine_to)
@@ -247,10 +247,10 @@ def read_voc_item(
     for i, obj in enumerate(ann.objects):
         what = f"object {i} ({obj.name or 'no name'})"
         if obj.problem:
-            rejects.append(_problem(source, f"{what}: {obj.problem}", "box", image_id, split_name, strict))
+            rejects.append(reject_or_raise(source, f"{what}: {obj.problem}", "box", image_id, split_name, strict))
         elif obj.name not in label_of:
             reason = f"{what}: unknown class name {obj.name!r} (not among the {len(class_names)} class names)"
-            rejects.append(_problem(source, reason, "box", image_id, split_name, strict))
+            rejects.append(reject_or_raise(source, reason, "box", image_id, split_name, strict))
         else:
             kept.append((i, obj))
     raw = np.array([o.bndbox for _, o in kept], np.float64).reshape(-1, 4)
@@ -260,7 +260,7 @@ def read_voc_item(
     for (i, obj), reason, b in zip(kept, reasons, raw):
         if reason:
             text = f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(b)} in a {width}x{height} image"
-            rejects.append(_problem(source, text, "box", image_id, split_name, strict))
+            rejects.append(reject_or_raise(source, text, "box", image_id, split_name, strict))
     record.boxes = clipped[good]
     record.labels = np.array([label_of[o.name] for (_, o), g in zip(kept, good) if g], np.int32)
     record.difficult = np.array([o.difficult for (_, o), g in zip(kept, good) if g], bool)
@@ -341,14 +341,6 @@ def write_voc(
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _problem(
-    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
-) -> Reject:
-    if strict:
-        raise DatasetError(f"{source}: {reason}")
-    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
 
 
 def _reason(error: DatasetError, source: str) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_image_against_record, inspect_image_file
 from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
-from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
+from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_boxes
 from yolov2.errors import DatasetError
 
 EDGE_TOLERANCE = 1e-5  # normalised units; the writer's 6 decimals are off by at most 1e-6
@@ -92,7 +92,7 @@ def read_yolo_txt(
         stems = {p.stem for p in paths}
         orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
         for p in orphans:
-            reject = _problem(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
+            reject = reject_or_raise(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
             rejects.append(reject)
     else:
         paths = [image_dir / p for p in images]
@@ -104,7 +104,7 @@ def read_yolo_txt(
         if len(by_stem[p.stem]) > 1:
             names = ", ".join(q.name for q in by_stem[p.stem])
             reason = f"several images share the stem {p.stem!r} ({names}), so {p.stem}.txt is ambiguous"
-            rejects.append(_problem(printable(p), printable(reason), "image", printable(p.stem), split, strict))
+            rejects.append(reject_or_raise(printable(p), printable(reason), "image", printable(p.stem), split, strict))
             continue
         record, item_rejects = read_yolo_item(
             p, label_dir / f"{p.stem}.txt", class_names, split, strict, max_pixels, confine_to=confine_to
@@ -133,27 +133,27 @@ def read_yolo_item(
     image_id = image_path.stem
     bad_text = not_utf8_reason("image path", image_path)
     if bad_text:
-        return None, [_problem(printable(image_path), bad_text, "image", printable(image_id), split, strict)]
+        return None, [reject_or_raise(printable(image_path), bad_text, "image", printable(image_id), split, strict)]
     if confine_to is not None:
         for path in (image_path, label_path):
             outside = outside_root_reason(path, confine_to)
             if outside:
-                return None, [_problem(str(path), outside, "image", image_id, split, strict)]
+                return None, [reject_or_raise(str(path), outside, "image", image_id, split, strict)]
     try:
         info = inspect_image_file(image_path, max_pixels)
     except DatasetError as e:
         reason = str(e).removeprefix(f"{image_path}: ")
-        return None, [_problem(str(image_path), reason, "image", image_id, split, strict)]
+        return None, [reject_or_raise(str(image_path), reason, "image", image_id, split, strict)]
     record = ImageRecord(image_id, split, str(image_path), info.width, info.height)
     problem = check_image_against_record(info, record, str(image_path))
     if problem:  # sizes agree by construction: only the extension can be wrong here
-        return None, [_problem(str(image_path), problem, "image", image_id, split, strict)]
+        return None, [reject_or_raise(str(image_path), problem, "image", image_id, split, strict)]
     try:
         text = label_path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return record, []  # no label file: an image with no objects
     except (OSError, UnicodeDecodeError) as e:
-        return None, [_problem(str(label_path), f"cannot read label file ({e})", "image", image_id, split, strict)]
+        return None, [reject_or_raise(str(label_path), f"cannot read label file ({e})", "image", image_id, split, strict)]
 
     rejects: list[Reject] = []
     rows: list[tuple[int, int, list[float]]] = []  # (line number, class, [cx, cy, w, h])
@@ -162,7 +162,7 @@ def read_yolo_item(
             continue
         parsed = _parse_line(line, len(class_names))
         if isinstance(parsed, str):
-            rejects.append(_problem(str(label_path), f"line {n}: {parsed}", "box", image_id, split, strict))
+            rejects.append(reject_or_raise(str(label_path), f"line {n}: {parsed}", "box", image_id, split, strict))
         else:
             rows.append((n, parsed[0], parsed[1]))
     norm = np.array([r[2] for r in rows], np.float64).reshape(-1, 4)
@@ -174,7 +174,7 @@ def read_yolo_item(
     for (n, _, values), reason in zip(rows, reasons):
         if reason:
             text_ = f"line {n}: {reason}: cx cy w h = {' '.join(map(str, values))}"
-            rejects.append(_problem(str(label_path), text_, "box", image_id, split, strict))
+            rejects.append(reject_or_raise(str(label_path), text_, "box", image_id, split, strict))
     record.boxes = clipped[good]
     record.labels = np.array([r[1] for r, g in zip(rows, good) if g], np.int32)
     record.difficult = np.zeros(len(record.boxes), bool)
@@ -230,14 +230,6 @@ def write_yolo_txt(
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _problem(
-    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
-) -> Reject:
-    if strict:
-        raise DatasetError(f"{source}: {reason}")
-    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
 
 
 def _parse_line(line: str, num_classes: int) -> tuple[int, list[float]] | str:
