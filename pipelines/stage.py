@@ -8,10 +8,13 @@ skipped ("cached"), and changing one option reruns exactly that stage and what d
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,6 +47,7 @@ CONFIG_KEYS: dict[str, list[str]] = {
 VERSIONS: dict[str, int] = {"prepare": 1, "shard": 1, "anchors": 1, "train": 1, "evaluate": 1}
 
 MANIFEST = "manifest.json"
+LOCK_WAIT_SECONDS = 6 * 3600.0  # how long a second run waits for a stage output another run is writing
 
 
 class StageError(RuntimeError):
@@ -168,6 +172,7 @@ def run_stage(
     force: bool = False,
     tracking_enabled: bool = True,
     keep_partial_output: bool = False,
+    lock_wait: float = LOCK_WAIT_SECONDS,
 ) -> StageResult:
     """Run ``body`` unless its output exists; write the manifest last; one MLflow run around it.
 
@@ -184,7 +189,55 @@ def run_stage(
             return cached
     if upstream is None:
         upstream = require_upstream(cfg, workspace, stage)
+    with stage_lock(workspace, stage, fp, lock_wait):
+        if not force:  # another run may have finished this output while we waited for the lock
+            cached = load_result(cfg, workspace, stage)
+            if cached is not None:
+                log.info("stage %s: finished by another run meanwhile (%s)", stage, output_dir)
+                return cached
+        return _run_unlocked(stage, cfg, workspace, body, fp, output_dir, upstream, tracking_enabled,
+                             keep_partial_output)
 
+
+@contextmanager
+def stage_lock(workspace: Workspace, stage: str, fp: str, wait_seconds: float) -> Iterator[None]:
+    """One writer per stage output: a second run on the same workspace waits (or fails after ``wait_seconds``).
+
+    An ``flock`` on ``<workspace>/locks/<stage>-<fingerprint>.lock``: the OS releases it when the holder
+    dies, so a killed run never leaves a stale lock. Object-store workspaces have no such lock (documented).
+    """
+    if not workspace.is_local:
+        yield
+        return
+    folder = workspace.local_path("locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage}-{fp}.lock"
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_seconds
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StageError(
+                        f"stage {stage}: its output {stage}/{fp} is being written by another run on this workspace "
+                        f"(lock {path}); gave up after {wait_seconds:.0f}s"
+                    ) from None
+                if not announced:
+                    log.warning("stage %s: another run is writing %s/%s; waiting for it", stage, stage, fp)
+                    announced = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_unlocked(stage: str, cfg: PipelineConfig, workspace: Workspace, body: Callable[[StageContext], dict[str, Any]],
+                  fp: str, output_dir: str, upstream: dict[str, StageResult], tracking_enabled: bool,
+                  keep_partial_output: bool) -> StageResult:
     if not keep_partial_output:
         workspace.delete_dir(output_dir)  # a forced or interrupted earlier attempt starts clean
     workspace.makedirs(output_dir)

@@ -99,3 +99,33 @@ def test_stage_runs_are_logged_to_mlflow_nested_under_parent(tmp_path):
     assert run.data.metrics["answer"] == 42.0
     assert run.data.params["data.kind"] == "synthetic"
     assert load_result(PipelineConfig(), ws, "prepare").run_id == result.run_id
+
+
+def test_a_second_run_waits_for_the_lock_or_fails_clearly(tmp_path):
+    import fcntl
+    import threading
+
+    from pipelines.stage import fingerprint
+
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = PipelineConfig()
+    fp = fingerprint(cfg, "prepare")
+    (tmp_path / "ws" / "locks").mkdir()
+    holder = open(tmp_path / "ws" / "locks" / f"prepare-{fp}.lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # "another run" is writing this output
+    calls = []
+    with pytest.raises(StageError, match="being written by another run"):
+        run_stage("prepare", cfg, ws, lambda ctx: calls.append(1) or {}, tracking_enabled=False, lock_wait=0.5)
+    assert calls == [] and load_result(cfg, ws, "prepare") is None
+
+    def other_run_finishes() -> None:  # the holder completes the stage, then releases the lock
+        ws.makedirs(f"prepare/{fp}")
+        ws.write_json({"by": "other"}, f"prepare/{fp}", MANIFEST)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+
+    timer = threading.Timer(0.5, other_run_finishes)
+    timer.start()
+    result = run_stage("prepare", cfg, ws, lambda ctx: calls.append(1) or {}, tracking_enabled=False, lock_wait=30)
+    timer.join()
+    holder.close()
+    assert result.cached and result.manifest == {"by": "other"} and calls == []  # waited, then reused it
