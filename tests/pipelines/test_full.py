@@ -1,10 +1,19 @@
 """The whole pipeline against a real MLflow server on 127.0.0.1: runs, metrics and artifacts land there,
-summary.json is written, and a rerun is all cached without new stage runs."""
+summary.json is written, and a rerun is all cached without new stage runs. A slow test renders the run's
+page in the MLflow UI with headless Chromium (Debian's `chromium`; skipped with that reason when it is
+missing); YOLOV2_SCREENSHOT_OUT=docs/mlflow-ui.png keeps the picture the README shows."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_http
 
@@ -73,5 +82,42 @@ def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_
         rerun_parent = next(r for r in runs if r["info"]["run_id"] == summary["mlflow_parent_run_id"])
         tags = {t["key"]: t["value"] for t in rerun_parent["data"].get("tags", [])}
         assert tags["stage.train.cached_run_id"] == by_name["train"]["info"]["run_id"]
+    finally:
+        stop_session(server)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_mlflow_ui_shows_the_pipeline_run(ray_local, tmp_path):
+    port = free_port()
+    server = _start_mlflow(tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", server, timeout=120)
+        args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
+                "--set", f"mlflow.tracking_uri={base}", "--set", "mlflow.experiment=ui-test"]
+        for item in TINY:
+            args += ["--set", item]
+        assert full.main(args) == 0
+        summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test") as r:
+            experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
+        url = f"{base}/#/experiments/{experiment_id}/runs/{summary['mlflow_parent_run_id']}"
+        shot = tmp_path / "mlflow-ui.png"
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000", "--virtual-time-budget=20000",
+             f"--screenshot={shot}", url],
+            check=True, capture_output=True, timeout=180,
+        )
+        pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
+        assert pixels.shape == (1000, 1400)
+        assert pixels.std() > 10  # a rendered page, not a blank one
+        if os.environ.get("YOLOV2_SCREENSHOT_OUT"):
+            shutil.copy(shot, os.environ["YOLOV2_SCREENSHOT_OUT"])
     finally:
         stop_session(server)
