@@ -11,6 +11,7 @@ Run alone: ``python pipelines/prepare.py --config configs/demo.yaml``.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
         ctx.log_metrics({"images": s.num_train + s.num_val + s.num_test})
         return {"format": "voc", "root": str(root), "class_names": list(synthetic.SHAPE_CLASSES)}
     if data.root:
-        root = Path(data.root).expanduser().resolve()
+        root = Path(os.path.abspath(Path(data.root).expanduser()))  # absolute, symlinks kept as the user gave them
         if not root.is_dir():
             raise ConfigError(f"data.root: {root} is not a folder")
         return {"format": data.kind, "root": str(root), "class_names": data.class_names}
