@@ -98,7 +98,7 @@ class RayPartitions:
         refs = tuple(ray.put(np.asfortranarray(wh[lo:hi])) for lo, hi in bounds)
         return RayPartitions(
             refs=refs, bounds=tuple(bounds), block_size=block_size, num_boxes=len(wh), backend=backend,
-            assign_task=ray.remote(num_cpus=1, num_returns=2)(_assign_partition),
+            assign_task=ray.remote(num_cpus=1, num_returns=2, scheduling_strategy="SPREAD")(_assign_partition),
             farthest_task=ray.remote(num_cpus=1)(_farthest_partition),
         )
 

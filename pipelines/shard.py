@@ -81,7 +81,8 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
     from tqdm import tqdm
 
     fault_marker = os.environ.get("YOLOV2_FAULT_SHARD_DIR")
-    remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
+    # SPREAD: shard writing is I/O-bound work that should use every node's disks and CPUs, not pack onto one
+    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_remote_write_shard)
     refs = [remote.remote(ctx.workspace, ctx.out(p.name), p.items, options, fault_marker) for p in planned]
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardOutcome | None] = [None] * len(refs)
