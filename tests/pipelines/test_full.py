@@ -5,11 +5,13 @@ missing); YOLOV2_SCREENSHOT_OUT=docs/mlflow-ui.png keeps the picture the README 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -41,18 +43,32 @@ def _get(base: str, path: str) -> dict:
         return json.loads(response.read())
 
 
-def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_path):
+@contextlib.contextmanager
+def mlflow_server(root) -> Iterator[str]:
+    """A real `mlflow server` (cluster/mlflow_server.sh) on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
-    server = _start_mlflow(tmp_path, port)
+    server = _start_mlflow(root, port)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/health", server, timeout=120)
-        args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
-                "--set", f"mlflow.tracking_uri={base}", "--set", "mlflow.experiment=full-test"]
-        for item in TINY:
-            args += ["--set", item]
-        assert full.main(args) == 0
-        summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+        yield base
+    finally:
+        stop_session(server)
+
+
+def run_tiny_pipeline(tmp_path, base: str, experiment: str) -> tuple[list[str], dict]:
+    """full.py at tiny size against the server: its arguments (for a rerun) and the summary it wrote."""
+    args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
+            "--set", f"mlflow.tracking_uri={base}", "--set", f"mlflow.experiment={experiment}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert full.main(args) == 0
+    return args, json.loads((tmp_path / "ws" / "summary.json").read_text())
+
+
+def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_path):
+    with mlflow_server(tmp_path) as base:
+        args, summary = run_tiny_pipeline(tmp_path, base, "full-test")
         assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
         assert "map50_voc07" in summary["metrics"] and 0.0 <= summary["metrics"]["map50_voc07"] <= 1.0
 
@@ -82,8 +98,6 @@ def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_
         rerun_parent = next(r for r in runs if r["info"]["run_id"] == summary["mlflow_parent_run_id"])
         tags = {t["key"]: t["value"] for t in rerun_parent["data"].get("tags", [])}
         assert tags["stage.train.cached_run_id"] == by_name["train"]["info"]["run_id"]
-    finally:
-        stop_session(server)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -92,17 +106,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_mlflow_ui_shows_the_pipeline_run(ray_local, tmp_path):
-    port = free_port()
-    server = _start_mlflow(tmp_path, port)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health", server, timeout=120)
-        args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
-                "--set", f"mlflow.tracking_uri={base}", "--set", "mlflow.experiment=ui-test"]
-        for item in TINY:
-            args += ["--set", item]
-        assert full.main(args) == 0
-        summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+    with mlflow_server(tmp_path) as base:
+        _, summary = run_tiny_pipeline(tmp_path, base, "ui-test")
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test") as r:
             experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
         url = f"{base}/#/experiments/{experiment_id}/runs/{summary['mlflow_parent_run_id']}"
@@ -119,5 +124,3 @@ def test_mlflow_ui_shows_the_pipeline_run(ray_local, tmp_path):
         assert pixels.std() > 10  # a rendered page, not a blank one
         if os.environ.get("YOLOV2_SCREENSHOT_OUT"):
             shutil.copy(shot, os.environ["YOLOV2_SCREENSHOT_OUT"])
-    finally:
-        stop_session(server)
