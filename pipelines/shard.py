@@ -58,32 +58,42 @@ def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: i
 
 
 def _remote_write_shard(workspace: Workspace, shard_path: str, items: list[ShardItem], options: ShardOptions,
-                        fault_marker: str | None) -> ShardOutcome:
+                        fault: tuple[str, str] | None) -> ShardOutcome:
     with workspace.atomic_output(shard_path) as stream:
         outcome = write_shard(stream, items, options, shard_name=shard_path.rsplit("/", 1)[-1])
-        if fault_marker:
-            _inject_first_attempt_fault(fault_marker, shard_path)
+        if fault:
+            _inject_first_attempt_fault(*fault, shard_path)
     return outcome
 
 
-def _inject_first_attempt_fault(marker_dir: str, shard_path: str) -> None:
-    """Test hook (env YOLOV2_FAULT_SHARD_DIR): the first attempt at each shard kills its worker process
-    after writing the data but before the rename, leaving an orphaned temp file behind."""
+def _inject_first_attempt_fault(mode: str, marker_dir: str, shard_path: str) -> None:
+    """Test hooks: the first attempt at each shard dies after writing the data but before the rename,
+    leaving an orphaned temp file behind. Env YOLOV2_FAULT_SHARD_DIR: the task calls ``os._exit``;
+    YOLOV2_FAULT_SHARD_HOLD_DIR: it writes its worker's pid to ``<shard>.pid`` and waits there for the
+    test to kill that process with a signal (giving up after 120 s, so a broken test cannot hang)."""
     marker = os.path.join(marker_dir, shard_path.replace("/", "_") + ".attempted")
-    if not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write("1")
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write("1")
+    if mode == "exit":
         os._exit(1)
+    pid_file = marker[: -len(".attempted")] + ".pid"
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(pid_file + ".tmp", pid_file)
+    time.sleep(120)
+    raise RuntimeError(f"fault hook: worker {os.getpid()} writing {shard_path} was not killed within 120 s")
 
 
 def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions) -> list[ShardOutcome]:
     import ray
     from tqdm import tqdm
 
-    fault_marker = os.environ.get("YOLOV2_FAULT_SHARD_DIR")
+    fault = _fault_hook_from_env()
     # SPREAD: shard writing is I/O-bound work that should use every node's disks and CPUs, not pack onto one
     remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_remote_write_shard)
-    refs = [remote.remote(ctx.workspace, ctx.out(p.name), p.items, options, fault_marker) for p in planned]
+    refs = [remote.remote(ctx.workspace, ctx.out(p.name), p.items, options, fault) for p in planned]
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardOutcome | None] = [None] * len(refs)
     pending = list(refs)
@@ -94,6 +104,15 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
                 outcomes[index_of[ref]] = ray.get(ref)
                 bar.update(1)
     return [o for o in outcomes if o is not None]
+
+
+def _fault_hook_from_env() -> tuple[str, str] | None:
+    """(mode, marker dir) of the test hook named by the environment, if any."""
+    if os.environ.get("YOLOV2_FAULT_SHARD_DIR"):
+        return "exit", os.environ["YOLOV2_FAULT_SHARD_DIR"]
+    if os.environ.get("YOLOV2_FAULT_SHARD_HOLD_DIR"):
+        return "hold", os.environ["YOLOV2_FAULT_SHARD_HOLD_DIR"]
+    return None
 
 
 def shard_body(ctx: StageContext) -> dict[str, Any]:

@@ -7,6 +7,9 @@ The reference for every check is independent of the stage: the dataset readers c
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -121,6 +124,7 @@ def test_bad_images_are_rejected_with_reasons_and_counted(ray_local, tmp_path, s
     assert "missing" in image_rejects[ids[1]]["reason"]
 
 
+@pytest.mark.fault
 def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
     overrides = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
                  "shard.max_count=8"]
@@ -131,5 +135,50 @@ def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path, monkey
     monkeypatch.setenv("YOLOV2_FAULT_SHARD_DIR", str(markers))
     _, _, faulty = _run(tmp_path, overrides, force=True)
     assert len(list(markers.iterdir())) == len(clean_digests) == 5  # every shard's first attempt died
+    assert _shard_digests(ws, faulty) == clean_digests
+    assert not list(ws.local_path(faulty.output_dir).glob(".tmp-*"))
+
+
+def _kill_held_workers(markers: Path, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL every Ray worker that the hold hook reports (``<shard>.pid``), once each."""
+    seen: set[Path] = set()
+    while not stop.is_set():
+        for pid_file in sorted(set(markers.glob("*.pid")) - seen):
+            seen.add(pid_file)
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        stop.wait(0.05)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"  # a zombie not yet reaped is dead too
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.fault
+def test_worker_killed_by_signal_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
+    """The worker process running each shard's first attempt is SIGKILLed from outside, mid-write (data
+    written, temp file not yet renamed): Ray retries the task on a new worker, shards are byte-identical."""
+    overrides = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
+                 "shard.max_count=8"]
+    _, ws, clean = _run(tmp_path, overrides)
+    clean_digests = _shard_digests(ws, clean)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("YOLOV2_FAULT_SHARD_HOLD_DIR", str(markers))
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_held_workers, args=(markers, stop, killed), daemon=True)
+    killer.start()
+    try:
+        _, _, faulty = _run(tmp_path, overrides, force=True)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == len(set(killed)) == len(clean_digests) == 5  # one worker killed per shard
+    assert os.getpid() not in killed and all(_process_gone(pid) for pid in killed)
     assert _shard_digests(ws, faulty) == clean_digests
     assert not list(ws.local_path(faulty.output_dir).glob(".tmp-*"))
