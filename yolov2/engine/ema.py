@@ -8,16 +8,20 @@ import math
 import torch
 from torch import nn
 
+_COPIED_BUFFERS = ("running_mean", "running_var")  # BN statistics: copied, not averaged
+
 
 class ModelEMA:
     """Keeps ``ema = d * ema + (1 - d) * model`` after each optimizer step.
 
     The decay ramps up as ``decay * (1 - exp(-updates / 2000))`` so the average is not dominated by
     the random initial weights early in training. Buffers (BN statistics) are copied, not averaged.
+    The update is two ``torch._foreach_*`` calls over all tensors (one per-tensor Python loop over
+    ``state_dict`` took as long as the SGD step on a 2-core CPU).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, updates: int = 0) -> None:
-        self.module = copy.deepcopy(model).eval()
+        self.module = copy.deepcopy(_unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
@@ -28,15 +32,14 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step towards ``model``'s weights (a DDP wrapper is unwrapped)."""
         self.updates += 1
         d = self.current_decay()
-        model_state = model.state_dict()
-        for name, value in self.module.state_dict().items():
-            source = model_state[name].detach()
-            if value.dtype.is_floating_point and name.rsplit(".", 1)[-1] not in ("running_mean", "running_var"):
-                value.mul_(d).add_(source.to(value.dtype), alpha=1 - d)
-            else:
-                value.copy_(source)
+        averaged, averaged_src, copied, copied_src = _paired_tensors(self.module, _unwrap(model))
+        if averaged:
+            torch._foreach_lerp_(averaged, averaged_src, 1.0 - d)  # ema + (1 - d) (src - ema)
+        if copied:
+            torch._foreach_copy_(copied, copied_src)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
@@ -45,3 +48,26 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state["decay"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _paired_tensors(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:
+    """(averaged, their sources, copied, their sources): floating parameters and buffers other than BN
+    statistics are averaged; BN statistics and integer buffers are copied. Raises if the modules differ."""
+    averaged, averaged_src, copied, copied_src = [], [], [], []
+    source = dict(model.named_parameters())
+    source.update(model.named_buffers())
+    for name, value in [*ema.named_parameters(), *ema.named_buffers()]:
+        if name not in source:
+            raise KeyError(f"EMA: the model has no tensor {name!r} (EMA built from a different model?)")
+        src = source[name].detach()
+        if value.dtype.is_floating_point and name.rsplit(".", 1)[-1] not in _COPIED_BUFFERS:
+            averaged.append(value)
+            averaged_src.append(src.to(value.dtype))
+        else:
+            copied.append(value)
+            copied_src.append(src)
+    return averaged, averaged_src, copied, copied_src

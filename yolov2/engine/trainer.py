@@ -79,6 +79,14 @@ class Hooks:
     before_step: Callable[[TrainState], None] = lambda state: None  # e.g. fault injection in tests
 
 
+LOSS_PARTS = ("total", "coord", "obj", "noobj", "prior", "cls")
+
+
+def _loss_values(losses) -> list[float]:
+    """The logged loss parts as floats with one device-to-host copy (one sync per step on a GPU, not six)."""
+    return torch.stack([getattr(losses, name).detach() for name in LOSS_PARTS]).tolist()
+
+
 def learning_rate(settings: LoopSettings, step: int) -> float:
     if settings.schedule == "cosine":
         return cosine_lr(step, settings.lr, settings.warmup, settings.total_steps)
@@ -161,8 +169,8 @@ def train(
             state.seen = seen_after
             micro += 1
             images_in_window += len(batch.image_ids)
-            for name in ("total", "coord", "obj", "noobj", "prior", "cls"):
-                totals[name] = totals.get(name, 0.0) + float(getattr(losses, name).detach())
+            for name, value in zip(LOSS_PARTS, _loss_values(losses)):
+                totals[name] = totals.get(name, 0.0) + value
             if micro % settings.accumulation == 0:
                 hooks.before_step(state)
                 lr = learning_rate(settings, state.step)
