@@ -24,6 +24,7 @@ from yolov2.errors import YoloV2Error
 
 from pipelines import cli_common, ray_runtime, tracking
 from pipelines.stage import STAGES, UPSTREAM, StageError, StageResult, downstream_of, load_result
+from pipelines.workspace import WorkspaceWriteError
 
 log = logging.getLogger("pipelines.full")
 
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     summary["metrics"] = final_metrics(results)
     summary["seconds"] = round(time.time() - started, 2)
-    workspace.write_json(summary, "summary.json")
+    try:
+        workspace.write_json(summary, "summary.json")
+    except WorkspaceWriteError as e:  # e.g. the disk filled up: say so rather than end on a traceback
+        log.error("%s", e)
+        exit_code = exit_code or 1
     print_summary(summary, workspace)
     return exit_code
 

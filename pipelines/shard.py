@@ -24,7 +24,7 @@ from yolov2.config import PipelineConfig
 from yolov2.data.records import Reject, records_to_table, rejects_to_table
 from yolov2.data.shards import ShardItem, ShardOptions, ShardOutcome, write_shard
 from yolov2.data.sources import list_split_items
-from yolov2.errors import DatasetError
+from yolov2.errors import DatasetError, YoloV2Error
 
 from pipelines import cli_common
 from pipelines.stage import StageContext, StageResult, run_stage
@@ -101,9 +101,25 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                outcomes[index_of[ref]] = ray.get(ref)
+                try:
+                    outcomes[index_of[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    _stop_tasks(pending)
+                    if isinstance(e.cause, YoloV2Error):  # a clear error (bad input, disk full): without Ray's frames
+                        raise e.cause from None
+                    raise
                 bar.update(1)
     return [o for o in outcomes if o is not None]
+
+
+def _stop_tasks(refs: list) -> None:
+    """Cancel the other shard tasks after one failed and wait for them, so none writes after the stage
+    has failed (a cancelled task's atomic write removes its temp file)."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+    ray.wait(refs, num_returns=len(refs), timeout=60)
 
 
 def _fault_hook_from_env() -> tuple[str, str] | None:

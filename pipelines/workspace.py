@@ -7,6 +7,7 @@ because a stage is only taken as done once its ``manifest.json`` exists, and tha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -18,6 +19,28 @@ from typing import Any, BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from yolov2.errors import YoloV2Error
+
+# errno values that mean the disk refused a write (not a bad input read by the writer's caller)
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_HINTS = {
+    errno.ENOSPC: "free space on that disk or point workspace= at a bigger one, then rerun",
+    errno.EDQUOT: "the disk quota is exhausted; free space or point workspace= elsewhere, then rerun",
+    errno.EROFS: "the workspace's filesystem is mounted read-only; point workspace= at a writable folder",
+}
+
+
+class WorkspaceWriteError(YoloV2Error, OSError):
+    """A write into the workspace failed (disk full, read-only, ...); names the file and the problem."""
+
+
+def write_error(target: str, cause: OSError) -> WorkspaceWriteError:
+    """``cause`` as a WorkspaceWriteError naming ``target`` (the final path, not the temp name)."""
+    problem = os.strerror(cause.errno) if cause.errno else str(cause)
+    hint = _HINTS.get(cause.errno or 0)
+    message = f"cannot write {target}: {problem}" + (f" ({hint})" if hint else "")
+    return WorkspaceWriteError(cause.errno, message)
 
 
 @dataclass(frozen=True)
@@ -79,21 +102,32 @@ class Workspace:
 
     @contextmanager
     def atomic_output(self, *parts: str) -> Iterator[BinaryIO]:
-        """Open ``parts`` for writing via a temp name; renamed into place only on success."""
+        """Open ``parts`` for writing via a temp name; renamed into place only on success.
+
+        A failed write removes the temp file and raises WorkspaceWriteError naming the file and the
+        problem (e.g. "No space left on device"); other errors from the caller's own code pass unchanged.
+        """
         final = self.path(*parts)
         parent = final.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         temp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
         fs = self.fs
+        phase = "open"
         try:
+            fs.create_dir(parent, recursive=True)
             with fs.open_output_stream(temp) as stream:
+                phase = "write"
                 yield stream
+                phase = "close"  # leaving the with-block flushes the last buffered bytes
+            phase = "rename"
             fs.move(temp, final)
-        except BaseException:
+        except BaseException as e:
             try:
                 fs.delete_file(temp)
             except (FileNotFoundError, OSError):
                 pass
+            ours = phase != "write" or getattr(e, "errno", None) in _DISK_ERRNOS
+            if isinstance(e, OSError) and not isinstance(e, WorkspaceWriteError) and ours:
+                raise write_error(self.uri_of(*parts), e) from e
             raise
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
