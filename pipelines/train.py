@@ -51,7 +51,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from yolov2.data.loader import ShardStream, make_dataloader, shard_specs_from_index
     from yolov2.engine.checkpoint import load_checkpoint
     from yolov2.engine.ema import ModelEMA
     from yolov2.engine.optim import build_sgd
@@ -78,21 +77,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_sgd(model, t.lr, t.momentum, t.weight_decay)
     ema = ModelEMA(model.module if hasattr(model, "module") else model, t.ema_decay) if t.ema else None
 
-    import pyarrow.parquet as pq
-
-    shard_dir = workspace.uri_of(config["shard_dir"])
-    train_shards = shard_specs_from_index(pq.read_table(workspace.path(config["shard_dir"], config["train_index"]),
-                                                       filesystem=workspace.fs), shard_dir)
     accumulation = accumulation_for(t.effective_batch, t.batch_size, world)
-    stream = ShardStream.from_config(train_shards, t, world, rank, accumulation=accumulation)
-    loader = make_dataloader(stream, num_workers=t.loader_workers)
+    if t.ingest == "ray_data":
+        batches, micro_batches = _ray_data_batches(t, config["train_total"], world, accumulation)
+    else:
+        batches, micro_batches = _webdataset_batches(t, workspace, config, world, rank, accumulation)
 
     def batches_for_epoch(epoch: int, first_micro: int):
-        stream.set_epoch(epoch, first_micro)
+        loader = batches(epoch, first_micro)
         return _traced(loader, config.get("trace_dir"), rank, epoch) if config.get("trace_dir") else loader
 
     settings = LoopSettings(
-        epochs=t.epochs, steps_per_epoch=steps_per_epoch(stream.batches_per_epoch(t.loader_workers), accumulation),
+        epochs=t.epochs, steps_per_epoch=steps_per_epoch(micro_batches, accumulation),
         accumulation=accumulation, images_per_micro_batch=t.batch_size * world,
         anchors=torch.tensor(spec.anchors, dtype=torch.float32), num_classes=spec.num_classes,
         loss_kwargs=region_loss_kwargs(cfg.loss), lr=t.lr, schedule=t.schedule, burn_in=t.burn_in,
@@ -142,6 +138,51 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # parameters only: BN running statistics are per-rank between DDP's buffer broadcasts
         digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in inner.parameters()))
         (Path(config["trace_dir"]) / f"weights-rank{rank}.txt").write_text(digest.hexdigest())
+
+
+def _webdataset_batches(t, workspace: Workspace, config: dict[str, Any], world: int, rank: int, accumulation: int):
+    """Single-node ingest: this rank's part of the WebDataset shards through a DataLoader.
+
+    Returns ``(batches(epoch, first_micro) -> iterable of Batch, micro-batches per epoch)``."""
+    import pyarrow.parquet as pq
+
+    from yolov2.data.loader import ShardStream, make_dataloader, shard_specs_from_index
+
+    shard_dir = workspace.uri_of(config["shard_dir"])
+    train_shards = shard_specs_from_index(pq.read_table(workspace.path(config["shard_dir"], config["train_index"]),
+                                                       filesystem=workspace.fs), shard_dir)
+    stream = ShardStream.from_config(train_shards, t, world, rank, accumulation=accumulation)
+    loader = make_dataloader(stream, num_workers=t.loader_workers)
+
+    def batches(epoch: int, first_micro: int):
+        stream.set_epoch(epoch, first_micro)
+        return loader
+
+    return batches, stream.batches_per_epoch(t.loader_workers)
+
+
+def _ray_data_batches(t, total: int, world: int, accumulation: int):
+    """Cluster ingest: this rank's stream of the Ray Dataset the driver built (:func:`ray_data_train_dataset`),
+    decoded and augmented by Ray Data's CPU tasks, each batch resized here to its multi-scale step's size.
+
+    The split is Ray Train's ``streaming_split(equal=True)`` of a dataset padded to a multiple of ``world``, so
+    every rank gets ``total / world`` rows, the same batch count, and each sample once per epoch."""
+    import ray.train
+
+    from yolov2.data.loader import MultiScaleSchedule, batches_per_epoch, iter_row_batches
+
+    shard = ray.train.get_dataset_shard("train")
+    schedule = MultiScaleSchedule.from_config(t)
+
+    def batches(epoch: int, first_micro: int):
+        def size_of(position: int) -> int:
+            return schedule.size_at((first_micro + position) // accumulation) if schedule else t.input_size
+
+        rows = shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", drop_last=False,
+                                  local_shuffle_buffer_size=4 * t.batch_size)
+        return iter_row_batches(rows, size_of)
+
+    return batches, batches_per_epoch(total, world, t.batch_size)
 
 
 def _traced(batches, trace_dir: str, rank: int, epoch: int):
@@ -283,6 +324,45 @@ def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[f
                      cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head)
 
 
+RAY_DATA_CPUS = 0.25  # per Ray Data read/decode task; ray_data trainers leave this much of their CPUs to them
+
+
+def ray_data_train_dataset(t, shard_urls: list[str], total: int, world: int):
+    """The training shards as a Ray Dataset: ``read_webdataset`` (raw bytes, file order shuffled each epoch),
+    padded to a multiple of ``world`` by repeating samples (flagged ``repeated``; ``streaming_split(equal=True)``
+    would otherwise drop the remainder), then decode + Darknet augmentation in ``map_batches`` on CPU tasks.
+
+    Images come out at the schedule's largest size (the input size without multi-scale); each trainer resizes
+    a batch to its step's size, which only the shared schedule knows. The augmentation draws are fresh each
+    epoch (a Ray Data plan cannot see the epoch), so this path is not bit-reproducible, unlike the WebDataset one.
+    """
+    import ray.data
+
+    from yolov2.data.loader import Augmentation, MultiScaleSchedule, decode_and_augment_batch
+
+    def read():
+        return ray.data.read_webdataset(shard_urls, decoder=None, shuffle="files", num_cpus=RAY_DATA_CPUS)
+
+    ds = read().map_batches(_flag_repeated, fn_kwargs={"repeated": False}, batch_format="numpy",
+                            num_cpus=RAY_DATA_CPUS)
+    pad = -total % world
+    if pad:
+        ds = ds.union(read().limit(pad).map_batches(_flag_repeated, fn_kwargs={"repeated": True},
+                                                    batch_format="numpy", num_cpus=RAY_DATA_CPUS))
+    schedule = MultiScaleSchedule.from_config(t)
+    size = max(schedule.sizes) if schedule else t.input_size
+    return ds.map_batches(decode_and_augment_batch, batch_size=t.batch_size, batch_format="numpy",
+                          num_cpus=RAY_DATA_CPUS,
+                          fn_kwargs=dict(size=size, seed=t.seed, epoch=None, train=True,
+                                         augmentation=Augmentation.from_config(t)))
+
+
+def _flag_repeated(batch: dict[str, Any], repeated: bool) -> dict[str, Any]:
+    import numpy as np
+
+    return {**batch, "repeated": np.full(len(batch["__key__"]), repeated)}
+
+
 def _has_checkpoint(storage: Path) -> bool:
     """Whether a (local) Ray Train storage folder holds one of our checkpoints."""
     return any(storage.rglob(STATE_FILE))
@@ -312,7 +392,13 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "run_id": run_id,
         "fault": {"step": int(fault_step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"]} if fault_step else None,
         "trace_dir": os.environ.get("YOLOV2_TRAIN_TRACE_DIR"),
+        "train_total": splits["train"]["images"],
     }
+    datasets, worker_cpus = {}, t.cpus_per_worker
+    if t.ingest == "ray_data":
+        urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in splits["train"]["shards"]]
+        datasets = {"train": ray_data_train_dataset(t, urls, splits["train"]["images"], t.num_workers)}
+        worker_cpus = max(t.cpus_per_worker - RAY_DATA_CPUS, RAY_DATA_CPUS)
     # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
     # deleted that folder unless resuming), so --resume only has to keep the folder.
     storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
@@ -323,13 +409,14 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker,
+                                               resources_per_worker={"CPU": worker_cpus,
                                                                      **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name="run", storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
+        datasets=datasets or None,
     )
     started = time.time()
     result = trainer.fit()

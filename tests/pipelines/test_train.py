@@ -98,3 +98,31 @@ def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_loca
         train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False)
     resumed = train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False, resume=True)
     assert resumed.manifest["resumed"] and resumed.manifest["steps"] == 6
+
+
+def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, tmp_path, monkeypatch):
+    """train.ingest=ray_data: Ray Data decodes and augments, each trainer gets its get_dataset_shard stream.
+    31 images on 2 ranks: one repeat pads the split; every image once per epoch; same size per step."""
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
+    epochs = 3
+    cfg, ws, upstream = _setup(tmp_path, ["train.ingest=ray_data", "data.synthetic.num_train=31",
+                                          f"train.epochs={epochs}", "train.val_every=100", "train.lr=0.002"])
+    result = train.run(cfg, ws, upstream=upstream, tracking_enabled=False)
+    assert result.manifest["steps"] == epochs * 2  # 32 padded / (2 ranks x 4) = 4 micro-batches, 2 per step
+
+    ranks = [_trace(trace, 0), _trace(trace, 1)]
+    all_ids = {f"train_{i:06d}" for i in range(31)}
+    for epoch in range(epochs):
+        per_rank = [[b for b in r if b["epoch"] == epoch] for r in ranks]
+        assert [len(b) for b in per_rank] == [4, 4]
+        ids = [[i for b in batches for i, rep in zip(b["ids"], b["repeated"]) if not rep] for batches in per_rank]
+        repeats = sum(rep for batches in per_rank for b in batches for rep in b["repeated"])
+        assert repeats == 1 and not set(ids[0]) & set(ids[1])  # disjoint, one padding repeat
+        assert sorted(ids[0] + ids[1]) == sorted(all_ids)  # every sample exactly once
+        sizes = [[b["size"] for b in batches] for batches in per_rank]
+        assert sizes[0] == sizes[1]  # the shared multi-scale schedule, step by step
+    assert len({b["size"] for b in ranks[0]}) > 1
+    weights = [(trace / f"weights-rank{r}.txt").read_text() for r in (0, 1)]
+    assert weights[0] == weights[1]
