@@ -15,6 +15,7 @@ from PIL import Image
 from yolov2.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
+    _plain_jpeg_header,
     check_image_against_record,
     decode_rgb,
     inspect_image,
@@ -244,3 +245,76 @@ def test_size_disagreement_names_both_sizes() -> None:
     assert reason is not None
     assert "Annotations/a.xml gives the size 48x64" in reason and "a.jpg is 64x48" in reason
     assert check_image_against_record(info, record_for("/data/a.jpeg", 64, 48), "x") is None
+
+
+def pil_header(data: bytes) -> tuple[int, int, str] | None:
+    """The reference: PIL's own reading of a JPEG header (None when PIL refuses or it is not a plain JPEG)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or "exif" in im.info:
+                return None
+            return im.size[0], im.size[1], im.mode
+    except Exception:
+        return None
+
+
+def jpeg_variants() -> list[bytes]:
+    arr = smooth_rgb(96, 64, seed=3)
+    return [
+        encode(arr, "JPEG"),
+        encode(arr, "JPEG", "L"),
+        encode(arr, "JPEG", "CMYK"),
+        encode(arr, "JPEG", progressive=True, optimize=True),
+        encode(arr, "JPEG", quality=100, subsampling=0),
+        encode(arr, "JPEG", exif=Image.Exif().tobytes()),
+        encode(arr, "JPEG", icc_profile=b"\0" * 300),
+        encode(arr, "JPEG", comment=b"hello"),
+        encode(arr, "JPEG", dpi=(300, 300)),
+    ]
+
+
+def test_plain_jpeg_header_agrees_with_pil_on_every_real_and_made_jpeg(shared_data: Path) -> None:
+    files = [p.read_bytes() for p in sorted(shared_data.glob("**/*.jpg"))]
+    assert len(files) > 100
+    fast = 0
+    for data in files + jpeg_variants():
+        ours = _plain_jpeg_header(data)
+        if ours is not None:  # when the fast path answers, it answers exactly as PIL
+            assert ours == pil_header(data)
+            fast += 1
+        else:  # and it answers for every ordinary file: only EXIF (orientation) is left to PIL
+            with Image.open(io.BytesIO(data)) as im:
+                assert "exif" in im.info
+    assert fast > len(files) // 2
+
+
+def test_plain_jpeg_header_never_accepts_what_pil_reads_differently() -> None:
+    """Corrupt header bytes at random: whatever the fast path still accepts, PIL reads the same way."""
+    rng = np.random.default_rng(0)
+    accepted = 0
+    for base in jpeg_variants():
+        header_end = base.index(b"\xff\xda") + 20
+        for _ in range(300):
+            data = bytearray(base)
+            for pos in rng.integers(2, header_end, rng.integers(1, 4)):
+                data[pos] = int(rng.integers(0, 256))
+            data = bytes(data[: int(rng.integers(header_end - 30, len(data) + 1))])
+            ours = _plain_jpeg_header(data)
+            if ours is not None:
+                assert ours == pil_header(data), data[:header_end].hex()
+                accepted += 1
+    assert accepted > 100  # the mutations did exercise the accepting path
+
+
+def test_inspect_image_fast_path_gives_the_same_info_and_errors_as_pil() -> None:
+    arr = smooth_rgb(80, 60, seed=5)
+    for mode in (None, "L", "CMYK"):
+        data = encode(arr, "JPEG", mode)
+        assert _plain_jpeg_header(data) is not None
+        info = inspect_image(data, "x.jpg")
+        with Image.open(io.BytesIO(data)) as im:
+            assert info == ImageInfo("JPEG", im.size[0], im.size[1], im.mode, None, len(data))
+        with pytest.raises(DatasetError, match="truncated JPEG"):
+            inspect_image(data[:-200], "x.jpg")
+        with pytest.raises(DatasetError, match="above the limit"):
+            inspect_image(data, "x.jpg", max_pixels=80 * 60 - 1)

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from yolov2.data.paths import OUTSIDE_ROOT, is_utf8_text, not_utf8_reason, outside_root_reason, printable
+import pickle
+
+from yolov2.data.paths import (
+    OUTSIDE_ROOT,
+    RootConfinement,
+    is_utf8_text,
+    not_utf8_reason,
+    outside_root_reason,
+    printable,
+)
 
 
 def test_name_bytes_that_are_not_utf8_print_as_escapes_and_encode(tmp_path: Path) -> None:
@@ -64,3 +73,27 @@ def test_links_inside_the_root_are_fine_and_links_out_are_named(tmp_path: Path) 
     # a root reached through a symlink is resolved the same way, so its own files stay inside
     os.symlink(root, tmp_path / "link_to_root")
     assert outside_root_reason(tmp_path / "link_to_root" / "JPEGImages" / "a.jpg", tmp_path / "link_to_root") is None
+
+
+def test_root_confinement_answers_exactly_as_outside_root_reason(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "JPEGImages" / "a.jpg").write_bytes(b"x")
+    os.symlink("a.jpg", root / "JPEGImages" / "inside.jpg")
+    (tmp_path / "secret.txt").write_text("token")
+    os.symlink(tmp_path / "secret.txt", root / "JPEGImages" / "out.jpg")
+    outside_dir = tmp_path / "elsewhere"
+    outside_dir.mkdir()
+    (outside_dir / "b.jpg").write_bytes(b"x")
+    os.symlink(outside_dir, root / "Annotations")  # a whole folder linked out
+    os.symlink(root, tmp_path / "link_to_root")
+    paths = [root / "JPEGImages" / n for n in ("a.jpg", "inside.jpg", "out.jpg", "missing.jpg", ".", "..")]
+    paths += [root / "Annotations" / "b.jpg", root / "Annotations" / "missing.xml", tmp_path / "secret.txt"]
+    for base in (root, tmp_path / "link_to_root"):
+        guard = RootConfinement(base)
+        for path in paths + [Path(str(p).replace(str(root), str(base))) for p in paths]:
+            for _ in range(2):  # the second answer comes from the resolved-folder cache
+                assert guard.outside_reason(path) == outside_root_reason(path, base), path
+        copy = pickle.loads(pickle.dumps(guard))
+        assert copy.root == str(base) and copy._real_dirs == {}  # caches are not shipped to other nodes
+    assert RootConfinement(root).outside_reason(root / "Annotations" / "b.jpg") is not None

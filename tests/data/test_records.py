@@ -22,6 +22,7 @@ from yolov2.data.records import (
     record_schema,
     records_to_table,
     rejects_to_table,
+    sanitize_box,
     sanitize_boxes,
     table_to_records,
     validate_record,
@@ -175,3 +176,23 @@ def test_sanitize_boxes_matches_a_plain_loop() -> None:
     assert all(n > 0 for n in kinds.values()), kinds  # every branch was exercised
     assert reasons[5] == reasons[6] == "box entirely outside the image"
     assert reasons[8] == "" and not was_clipped[8]
+
+
+def test_sanitize_box_gives_exactly_what_sanitize_boxes_gives() -> None:
+    rng = np.random.default_rng(1)
+    width, height = 100, 80
+    boxes = np.round(rng.uniform(-40, 140, (3000, 4)), int(rng.integers(0, 3)))
+    boxes[::5, 2] = boxes[::5, 0]  # zero width
+    boxes[::9, 3] = boxes[::9, 1] - 0.5  # inverted
+    boxes[::13, 1] = np.nan
+    boxes[::17, 2] = np.inf
+    boxes[::19, 0] = -np.inf
+    boxes[::23] = [0.0, -0.0, 100.0, 80.0]  # exactly the image, with a negative zero
+    clipped, was_clipped, reasons = sanitize_boxes(boxes, width, height)
+    for i, box in enumerate(boxes.tolist()):
+        one, one_clipped, one_reason = sanitize_box(tuple(box), width, height)
+        assert one_reason == reasons[i], (i, box)
+        if not one_reason:
+            assert one_clipped == was_clipped[i], (i, box)
+            assert np.array(one, np.float32).tobytes() == clipped[i].tobytes(), (i, box)  # bit for bit
+    assert len(set(reasons.tolist())) == 5  # every outcome was exercised

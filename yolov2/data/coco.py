@@ -38,7 +38,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
@@ -169,6 +168,8 @@ def read_coco(
 
     images = _valid_images(data["images"], source, problem)
     anns = _valid_annotations(data["annotations"], data["images"], images, cat_name, label_of_cat, source, problem)
+
+    from pycocotools.coco import COCO  # here: shard tasks import this module but never build a COCO index
 
     coco = COCO()
     coco.dataset = {"images": list(images.values()), "annotations": anns, "categories": data["categories"]}

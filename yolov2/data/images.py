@@ -17,13 +17,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from yolov2.data.records import ImageRecord
 from yolov2.errors import DatasetError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # PIL's own default for Image.MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -68,6 +70,16 @@ def inspect_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS
     """
     if not data:
         raise DatasetError(f"{source}: image file is empty (zero bytes)")
+    plain = _plain_jpeg_header(data)
+    if plain is not None and plain[0] * plain[1] <= max_pixels:
+        width, height, mode = plain
+        problem = _truncation_problem("JPEG", data)
+        if problem:
+            raise DatasetError(f"{source}: truncated JPEG: {problem}")
+        return ImageInfo("JPEG", width, height, mode, None, len(data))
+    # Imported here: a shard task that only meets plain JPEGs never pays for loading PIL (or cv2).
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "")
@@ -135,6 +147,8 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     Grayscale, CMYK, palette, 16-bit and alpha images are converted to 8-bit RGB by OpenCV
     (``IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION``); alpha is dropped, not composited.
     """
+    import cv2
+
     buf = np.frombuffer(data, np.uint8)
     if buf.size == 0:
         raise DatasetError(f"{source}: cannot decode an empty image")
@@ -142,6 +156,91 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if bgr is None:
         raise DatasetError(f"{source}: OpenCV cannot decode this image (corrupt or unsupported format)")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+# Markers a plain JPEG header may hold before its scan: segments PIL only stores or skips.
+_SKIPPED_JPEG_SEGMENTS = frozenset((0xC4, 0xCC, 0xDD, 0xFE))  # DHT DAC DRI COM
+_LAYER_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
+
+def _plain_jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, PIL mode) of a JPEG whose header PIL would read without a question, else None.
+
+    Why: :func:`inspect_image` runs once per image in the shard stage, and PIL's open costs more than
+    reading the file. This walks the marker segments up to the scan with the same reads PIL does,
+    but accepts only the common, unambiguous layout: SOI, then whole segments of the kinds PIL just
+    stores or skips (APPn other than EXIF/MPF, DQT tables checked as PIL checks them, DHT, DRI,
+    COM), one baseline/extended/progressive frame (SOF0-2) of 8-bit samples with 1, 3 or 4
+    components, then a complete SOS segment. Anything else (EXIF, MPF, fill bytes, other frame
+    types, a short segment, ...) returns None and the caller asks PIL, so every unusual or broken
+    file still gets PIL's answer and message.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    end, pos, frame = len(data), 2, None
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        body, pos = pos + 4, pos + 2 + length
+        if length < 2 or pos > end:
+            return None
+        if marker == 0xDA:  # start of scan: the header is complete
+            return frame
+        if marker in (0xC0, 0xC1, 0xC2):
+            if frame is not None or length < 8 or data[body] != 8:
+                return None
+            mode = _LAYER_MODES.get(data[body + 5])
+            height, width = (data[body + 1] << 8) | data[body + 2], (data[body + 3] << 8) | data[body + 4]
+            if mode is None or not width or not height:
+                return None
+            frame = (width, height, mode)
+        elif marker == 0xDB:
+            table = body
+            while table < pos:
+                table += 1 + (64 if data[table] < 16 else 128)
+            if table != pos:  # PIL: "bad quantization table marker" (or a ragged end)
+                return None
+        elif 0xE0 <= marker <= 0xEF:
+            if not _plain_app_segment(marker, data[body:pos]):
+                return None
+        elif marker not in _SKIPPED_JPEG_SEGMENTS:
+            return None
+    return None
+
+
+def _plain_app_segment(marker: int, s: bytes) -> bool:
+    """Whether PIL only stores this APPn segment: EXIF (orientation, dpi) and MPF (MPO) are read
+    further, and JFIF, ICC, Photoshop and Adobe fields too short for PIL's unguarded reads are not plain."""
+    if marker == 0xE0:
+        return not s.startswith(b"JFIF") or len(s) >= 14
+    if marker == 0xE1:
+        return not s.startswith(b"Exif\0\0")
+    if marker == 0xE2:
+        return not s.startswith(b"MPF\0") and (not s.startswith(b"ICC_PROFILE\0") or len(s) >= 14)
+    if marker == 0xED:
+        return not s.startswith(b"Photoshop 3.0\0") or _plain_photoshop_blocks(s)
+    if marker == 0xEE:
+        return not s.startswith(b"Adobe") or len(s) >= 12
+    return True
+
+
+def _plain_photoshop_blocks(s: bytes) -> bool:
+    """Whether PIL's walk over the "8BIM" resource blocks of a Photoshop APP13 segment ends cleanly
+    (it catches short sizes, but a segment cut right after a block's code would raise IndexError)."""
+    offset = 14
+    while s[offset : offset + 4] == b"8BIM":
+        offset += 6  # signature, resource code
+        if offset + 1 > len(s):
+            return False
+        offset += 1 + s[offset]  # name
+        offset += offset & 1
+        if offset + 4 > len(s):
+            return True  # PIL stops on the short size field (struct.error, caught)
+        offset += 4 + int.from_bytes(s[offset : offset + 4], "big")
+        offset += offset & 1
+    return True
 
 
 def _exif_orientation(im: Image.Image) -> int | None:

@@ -63,3 +63,41 @@ def outside_root_reason(path: str | Path, root: str | Path) -> str | None:
         f"{printable(path)} {OUTSIDE_ROOT} {printable(real_root)}: a symbolic link leads to {printable(real)}; "
         "copy the file into the dataset instead"
     )
+
+
+class RootConfinement:
+    """:func:`outside_root_reason` for many files in a few folders: each folder is resolved once.
+
+    Why: resolving a path costs one ``lstat`` per component; a shard task checks thousands of files in
+    the same two folders. A file that is not itself a symlink resolves to its resolved folder plus its
+    name, so after the first file of a folder each check is one ``lstat``. Symlinked files (and odd
+    names) take the full :func:`outside_root_reason`. The cache lives in this object only (it is not
+    pickled), so a task on another node resolves the folders again on its own file system.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root)
+        self._real_root: str | None = None
+        self._real_dirs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
+
+    def outside_reason(self, path: str | Path) -> str | None:
+        """Same answer as ``outside_root_reason(path, self.root)``."""
+        path = str(path)
+        folder, name = os.path.split(path)
+        if name in ("", ".", "..") or os.path.islink(path):
+            return outside_root_reason(path, self.root)
+        real_dir = self._real_dirs.get(folder)
+        if real_dir is None:
+            real_dir = self._real_dirs[folder] = os.path.realpath(folder)
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        real, real_root = os.path.join(real_dir, name), self._real_root
+        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return None
+        return outside_root_reason(path, self.root)  # the full message

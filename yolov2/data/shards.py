@@ -44,20 +44,17 @@ def tar_header(name: str, size: int) -> bytes:
     encoded = name.encode("utf-8")
     if len(encoded) > 100:
         raise ValueError(f"tar member name too long ({len(encoded)} > 100 bytes): {name!r}")
-    header = bytearray(BLOCK)
-    header[0:100] = encoded.ljust(100, b"\0")
-    header[100:108] = _octal(0o444, 8)  # mode
-    header[108:116] = _octal(0, 8)  # uid
-    header[116:124] = _octal(0, 8)  # gid
-    header[124:136] = _octal(size, 12)  # size (< 8 GiB)
-    header[136:148] = _octal(0, 12)  # mtime
-    header[148:156] = b" " * 8  # checksum placeholder: spaces while summing
-    header[156:157] = b"0"  # regular file
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    checksum = sum(header)
-    header[148:156] = _octal(checksum, 7) + b" "
-    return bytes(header)
+    size_field = _octal(size, 12)  # < 8 GiB
+    # Only the name and size vary: the checksum is the fixed fields' sum (spaces in its own field) plus theirs.
+    checksum = _FIXED_HEADER_SUM + sum(encoded) + sum(size_field)
+    return b"".join((encoded.ljust(100, b"\0"), _HEADER_MODE_IDS, size_field, _HEADER_MTIME,
+                     _octal(checksum, 7), b" ", _HEADER_TAIL))
+
+
+_HEADER_MODE_IDS = _octal(0o444, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid: bytes 100..124
+_HEADER_MTIME = _octal(0, 12)  # bytes 136..148
+_HEADER_TAIL = (b"0" + b"\0" * 100 + b"ustar\0" + b"00").ljust(BLOCK - 156, b"\0")  # type, link name, magic, version
+_FIXED_HEADER_SUM = sum(_HEADER_MODE_IDS) + sum(_HEADER_MTIME) + 8 * ord(" ") + sum(_HEADER_TAIL)
 
 
 def member_bytes(name: str, data: bytes) -> tuple[bytes, bytes, bytes]:
@@ -86,8 +83,13 @@ class TarShardWriter:
     def write_sample(self, key: str, image_bytes: bytes, record: ImageRecord, image_ext: str = "jpg") -> None:
         if not _KEY_PATTERN.match(key):
             raise ValueError(f"invalid sample key {key!r}: use letters, digits, '_', '-' (no dots)")
-        self.write_member(f"{key}.{image_ext}", image_bytes)
-        self.write_member(f"{key}.json", record_json(record))
+        header, data, padding = member_bytes(f"{key}.{image_ext}", image_bytes)
+        # Three writes per sample (the image's header, its bytes, then everything small after it):
+        # each write call costs about as much as copying a few KB.
+        rest = padding + b"".join(member_bytes(f"{key}.json", record_json(record)))
+        for part in (header, data, rest):
+            self._stream.write(part)
+        self.bytes_written += len(header) + len(data) + len(rest)
         self.count += 1
 
     def close(self) -> None:
@@ -104,7 +106,11 @@ class TarShardWriter:
 
 def record_json(record: ImageRecord) -> bytes:
     """The record as compact, key-sorted UTF-8 JSON (deterministic bytes)."""
-    return json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _RECORD_ENCODER.encode(record.to_dict()).encode()
+
+
+# json.dumps with options builds a new encoder per call; this one is immutable configuration.
+_RECORD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def write_shard_bytes(samples: Iterable[tuple[str, bytes, ImageRecord]]) -> bytes:

@@ -30,7 +30,7 @@ from yolov2.data.shards import ShardItem
 from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
 from yolov2.data.yolo_txt import read_names, read_yolo_item
 from yolov2.data.images import IMAGE_EXTENSIONS
-from yolov2.data.paths import outside_root_reason, printable
+from yolov2.data.paths import RootConfinement, outside_root_reason, printable
 from yolov2.errors import DatasetError
 
 
@@ -78,8 +78,11 @@ def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool,
     voc_root = (root / sub) if sub else root
     listing.class_names = names
     source = str(voc_root / "ImageSets" / "Main" / f"{imageset}.txt")
+    # One confinement and one names tuple shared by every item: pickled once per shard task, and the
+    # task resolves the dataset folders once instead of once per file.
+    confine, names_tuple = RootConfinement(root), tuple(names)
     for image_id in voc_split_ids(voc_root, imageset):
-        load = functools.partial(read_voc_item, voc_root, image_id, split, tuple(names), False, strict, confine_to=root)
+        load = functools.partial(read_voc_item, voc_root, image_id, split, names_tuple, False, strict, confine_to=confine)
         _add(listing, seen, image_id, voc_root / "JPEGImages" / f"{image_id}.jpg", load, source, split)
 
 

@@ -10,8 +10,9 @@ so a VOC box covers ``[xmin-1, xmax] x [ymin-1, ymax]``: records get ``x1 = xmin
 x2 = xmax, y2 = ymax`` (0-based continuous, the record convention), and the width ``x2 - x1`` equals
 the devkit's ``xmax - xmin + 1``. The writer applies the exact inverse.
 
-XML files are untrusted: they are parsed with ``defusedxml`` (entity declarations are refused, not
-expanded, so a "billion laughs" file is a reject, not an out-of-memory).
+XML files are untrusted: :mod:`yolov2.data.voc_xml` parses them with defusedxml's guards (entity
+declarations and external references are refused, not expanded, so a "billion laughs" file is a
+reject, not an out-of-memory), streaming, without building a tree.
 
 Rejects: a problem with the whole image (missing file, malformed XML, size disagreement, truncated
 image, ...) is an image-level :class:`Reject`; a bad object (unknown class name, missing or
@@ -28,20 +29,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pyexpat
 import shutil
 import xml.etree.ElementTree as std_et
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-import defusedxml
-import defusedxml.ElementTree as safe_et
 import numpy as np
 
 from yolov2.data.atomic import atomic_copy, atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
-from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
-from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_boxes
+from yolov2.data.paths import RootConfinement, not_utf8_reason, printable
+from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_box
+from yolov2.data.voc_xml import XmlRefused, parse_voc_texts
 from yolov2.errors import DatasetError
 
 # Darknet's data/voc.names order (alphabetical), the label order of every VOC model.
@@ -94,27 +95,28 @@ class VocAnnotation:
 
 def parse_voc_xml(path: str | Path) -> VocAnnotation:
     """Parse one VOC annotation file safely; raises :class:`DatasetError` naming the file."""
-    path = Path(path)
     try:
-        root = safe_et.parse(str(path)).getroot()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: annotation file is missing") from e
-    except defusedxml.DefusedXmlException as e:
-        raise DatasetError(
-            f"{path}: XML declares entities or external references ({type(e).__name__}); "
-            "refused without expanding them (possible entity-expansion attack)"
-        ) from e
-    except std_et.ParseError as e:
-        raise DatasetError(f"{path}: malformed XML ({e})") from e
     except OSError as e:
         raise DatasetError(f"{path}: cannot read annotation file ({e.strerror})") from e
-    if root.tag != "annotation":
-        raise DatasetError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    filename = (root.findtext("filename") or "").strip() or None
-    width = _positive_int(root.findtext("size/width"))
-    height = _positive_int(root.findtext("size/height"))
-    objects = [_parse_object(obj) for obj in root.findall("object")]
-    return VocAnnotation(filename, width, height, objects)
+    try:
+        texts = parse_voc_texts(data)
+    except XmlRefused as e:
+        raise DatasetError(
+            f"{path}: XML declares entities or external references ({e.kind}); "
+            "refused without expanding them (possible entity-expansion attack)"
+        ) from e
+    except pyexpat.ExpatError as e:
+        raise DatasetError(f"{path}: malformed XML ({e})") from e
+    if texts.root_tag != "annotation":
+        raise DatasetError(f"{path}: root element is <{texts.root_tag}>, expected <annotation>")
+    filename = (texts.root.get("filename") or "").strip() or None
+    width = _positive_int(texts.root.get("size/width"))
+    height = _positive_int(texts.root.get("size/height"))
+    return VocAnnotation(filename, width, height, [_parse_object(obj) for obj in texts.objects])
 
 
 def voc_split_ids(root: str | Path, split: str | None) -> list[str]:
@@ -148,7 +150,7 @@ def read_voc(
     check_images: bool = True,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    confine_to: str | Path | None = None,
+    confine_to: str | Path | RootConfinement | None = None,
 ) -> tuple[list[ImageRecord], list[Reject]]:
     """Read one split of a VOC root: ``(records, rejects)``, records in split-file order.
 
@@ -162,6 +164,8 @@ def read_voc(
     root = Path(os.path.abspath(root))
     if not (root / "JPEGImages").is_dir():
         raise DatasetError(f"{root}: not a VOC root, no JPEGImages/ folder")
+    if confine_to is not None and not isinstance(confine_to, RootConfinement):
+        confine_to = RootConfinement(confine_to)  # one per call: each folder is resolved once
     records: list[ImageRecord] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
@@ -190,18 +194,22 @@ def read_voc_item(
     check_images: bool = True,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    confine_to: str | Path | None = None,
+    confine_to: str | Path | RootConfinement | None = None,
 ) -> tuple[ImageRecord | None, list[Reject]]:
     """Read one image's annotation (the unit the shard stage parallelises).
 
     Returns ``(record, box_rejects)`` for a usable image, or ``(None, [one image-level reject])``.
-    ``confine_to``: as in :func:`read_voc`.
+    ``confine_to``: as in :func:`read_voc`; pass one :class:`RootConfinement` to many calls (the
+    shard stage does) so that its folders are resolved once.
     """
-    root = Path(os.path.abspath(root))
+    root = os.path.abspath(root)  # plain strings: pathlib costs more than the rest of a small file
     label_of = _label_index(class_names)
     split_name = split if split is not None else ALL_SPLIT
-    xml_path = root / "Annotations" / f"{image_id}.xml"
-    source = str(xml_path)
+    xml_name = f"{image_id}.xml"  # pathlib's normalisation only matters for ids that are rejected below
+    xml_path = source = os.path.join(root, "Annotations", xml_name) if _is_plain_name(image_id) else str(
+        Path(root, "Annotations", xml_name))
+    if confine_to is not None and not isinstance(confine_to, RootConfinement):
+        confine_to = RootConfinement(confine_to)
 
     def image_reject(where: str, reason: str) -> tuple[None, list[Reject]]:
         return None, [reject_or_raise(where, reason, "image", image_id, split_name, strict)]
@@ -211,7 +219,7 @@ def read_voc_item(
         return None, [reject_or_raise(printable(source), bad_text, "image", printable(image_id), split_name, strict)]
     if not _is_plain_name(image_id):
         return image_reject(source, f"image id {image_id!r} is not a plain file name")
-    outside = confine_to is not None and outside_root_reason(xml_path, confine_to)
+    outside = confine_to is not None and confine_to.outside_reason(xml_path)
     if outside:
         return image_reject(source, outside)
     try:
@@ -220,10 +228,10 @@ def read_voc_item(
         return image_reject(source, _reason(e, source))
     image_path = _image_path(root, image_id, ann.filename)
     if image_path is None:
-        return image_reject(source, f"image file is missing: {root / 'JPEGImages' / (image_id + '.jpg')}")
-    outside = confine_to is not None and outside_root_reason(image_path, confine_to)
+        return image_reject(source, f"image file is missing: {os.path.join(root, 'JPEGImages', image_id + '.jpg')}")
+    outside = confine_to is not None and confine_to.outside_reason(image_path)
     if outside:
-        return image_reject(str(image_path), outside)
+        return image_reject(image_path, outside)
 
     width, height = ann.width, ann.height
     info = None
@@ -231,12 +239,12 @@ def read_voc_item(
         try:
             info = inspect_image_file(image_path, max_pixels)
         except DatasetError as e:
-            return image_reject(str(image_path), _reason(e, str(image_path)))
+            return image_reject(image_path, _reason(e, image_path))
     if width is None or height is None:
         if info is None:
             return image_reject(source, "<size> is missing or not positive integers (enable check_images to use the image header)")
         width, height = info.width, info.height
-    record = ImageRecord(image_id, split_name, str(image_path), width, height)
+    record = ImageRecord(image_id, split_name, image_path, width, height)
     if info is not None:
         problem = check_image_against_record(info, record, source)
         if problem:
@@ -253,19 +261,26 @@ def read_voc_item(
             rejects.append(reject_or_raise(source, reason, "box", image_id, split_name, strict))
         else:
             kept.append((i, obj))
-    raw = np.array([o.bndbox for _, o in kept], np.float64).reshape(-1, 4)
-    boxes = raw + np.array([-1.0, -1.0, 0.0, 0.0])  # 1-based inclusive -> 0-based continuous
-    clipped, was_clipped, reasons = sanitize_boxes(boxes, width, height)
-    good = reasons == ""
-    for (i, obj), reason, b in zip(kept, reasons, raw):
+    # Plain Python per box: with a handful of boxes, NumPy's per-call cost would dominate the reader.
+    boxes, labels, difficult, iscrowd, clipped_count = [], [], [], [], 0
+    for i, obj in kept:
+        xmin, ymin, xmax, ymax = obj.bndbox
+        box = (xmin - 1.0, ymin - 1.0, xmax + 0.0, ymax + 0.0)  # 1-based inclusive -> 0-based continuous
+        clipped, was_clipped, reason = sanitize_box(box, width, height)
         if reason:
-            text = f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(b)} in a {width}x{height} image"
+            text = f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(obj.bndbox)} in a {width}x{height} image"
             rejects.append(reject_or_raise(source, text, "box", image_id, split_name, strict))
-    record.boxes = clipped[good]
-    record.labels = np.array([label_of[o.name] for (_, o), g in zip(kept, good) if g], np.int32)
-    record.difficult = np.array([o.difficult for (_, o), g in zip(kept, good) if g], bool)
-    record.iscrowd = np.array([o.iscrowd for (_, o), g in zip(kept, good) if g], bool)
-    record.clipped_boxes = int(was_clipped.sum())
+            continue
+        boxes.append(clipped)
+        labels.append(label_of[obj.name])
+        difficult.append(obj.difficult)
+        iscrowd.append(obj.iscrowd)
+        clipped_count += was_clipped
+    record.boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    record.labels = np.array(labels, np.int32)
+    record.difficult = np.array(difficult, bool)
+    record.iscrowd = np.array(iscrowd, bool)
+    record.clipped_boxes = clipped_count
     return record, rejects
 
 
@@ -365,16 +380,17 @@ def _positive_int(text: str | None) -> int | None:
     return int(value) if np.isfinite(value) and value.is_integer() and value > 0 else None
 
 
-def _parse_object(obj: std_et.Element) -> VocObject:
-    name = (obj.findtext("name") or "").strip()
-    difficult, bad_flag = _flag(obj.findtext("difficult"), "difficult")
-    iscrowd, bad_crowd = _flag(obj.findtext("iscrowd"), "iscrowd")
+def _parse_object(obj: dict[str, str]) -> VocObject:
+    """One ``<object>`` from its texts (keys as in :data:`yolov2.data.voc_xml.OBJECT_FIELDS`)."""
+    name = (obj.get("name") or "").strip()
+    difficult, bad_flag = _flag(obj.get("difficult"), "difficult")
+    iscrowd, bad_crowd = _flag(obj.get("iscrowd"), "iscrowd")
     problem = "" if name else "no <name>"
     problem = problem or bad_flag or bad_crowd
     bndbox = None
     values = []
     for tag in ("xmin", "ymin", "xmax", "ymax"):
-        text = obj.findtext(f"bndbox/{tag}")
+        text = obj.get(f"bndbox/{tag}")
         if text is None:
             problem = problem or f"<bndbox> has no <{tag}>"
             break
@@ -399,13 +415,13 @@ def _is_plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
 
 
-def _image_path(root: Path, image_id: str, filename: str | None) -> Path | None:
-    candidate = root / "JPEGImages" / f"{image_id}.jpg"
-    if candidate.is_file():
+def _image_path(root: str, image_id: str, filename: str | None) -> str | None:
+    candidate = os.path.join(root, "JPEGImages", f"{image_id}.jpg")
+    if os.path.isfile(candidate):
         return candidate
     if filename and _is_plain_name(filename):
-        candidate = root / "JPEGImages" / filename
-        if candidate.is_file():
+        candidate = os.path.join(root, "JPEGImages", filename)
+        if os.path.isfile(candidate):
             return candidate
     return None
 
@@ -434,5 +450,5 @@ def _fmt_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _fmt_box(box: np.ndarray) -> str:
+def _fmt_box(box: Sequence[float]) -> str:
     return ",".join(_fmt_number(v) if np.isfinite(v) else str(v) for v in box)
