@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from pipelines.workspace import Workspace
 log = logging.getLogger(__name__)
 STAGE = "train"
 STATE_FILE = "state.pt"
+RUN_NAME = "run"  # Ray Train's run folder under <output>/ray
 
 
 def accumulation_for(effective_batch: int, batch_size: int, world_size: int) -> int:
@@ -96,11 +98,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         channels_last=t.channels_last, log_every=t.log_every, val_every=t.val_every,
         checkpoint_every=t.checkpoint_every,
     )
-    resume_from = None
+    restored = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume_from = load_checkpoint(Path(folder) / STATE_FILE)
+            restored = load_checkpoint(Path(folder) / STATE_FILE)
+    resume_from = _newest_checkpoint(workspace, config["checkpoint_dir"], restored, rank, world)
+    if resume_from is not None:
         log.info("rank %d: resuming from epoch %d, step %d", rank, resume_from["state"]["epoch"],
                  resume_from["state"]["step"])
 
@@ -185,6 +189,47 @@ def _ray_data_batches(t, total: int, world: int, accumulation: int):
     return batches, batches_per_epoch(total, world, t.batch_size)
 
 
+def _newest_checkpoint(workspace: Workspace, checkpoint_dir: str, restored: dict[str, Any] | None,
+                       rank: int, world: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from: the one Ray restored, or a newer one it had not registered yet.
+
+    Ray Train's controller registers a reported checkpoint a moment after the report; a worker killed in
+    between (seen with SIGKILL) makes it restart from the checkpoint before, or from step 0. Our
+    checkpoints are plain ``checkpoint_<time>/state.pt`` folders under the run's storage, so rank 0 picks
+    the newest one that loads (a half-uploaded one does not) and every rank resumes from that same one.
+    """
+    import torch.distributed as dist
+
+    choice: list[str | None] = [None]
+    if rank == 0:
+        restored_step = restored["state"]["step"] if restored else -1
+        for name in reversed(workspace.list_dir(checkpoint_dir)):  # names sort by time
+            if not name.startswith("checkpoint_"):
+                continue
+            try:
+                step = _load_state(workspace, checkpoint_dir, name)["state"]["step"]
+            except Exception as e:  # FileNotFoundError, a truncated file: an upload the kill interrupted
+                log.warning("skipping incomplete checkpoint %s/%s (%s)", checkpoint_dir, name, e)
+                continue
+            if step > restored_step:
+                log.warning("Ray Train restored %s; resuming from the newer checkpoint %s (step %d) instead",
+                            f"step {restored_step}" if restored else "no checkpoint", name, step)
+                choice = [name]
+            break
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return _load_state(workspace, checkpoint_dir, choice[0]) if choice[0] else restored
+
+
+def _load_state(workspace: Workspace, checkpoint_dir: str, name: str) -> dict[str, Any]:
+    from yolov2.engine.checkpoint import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / STATE_FILE
+        path.write_bytes(workspace.read_bytes(checkpoint_dir, name, STATE_FILE))
+        return load_checkpoint(path)
+
+
 def _traced(batches, trace_dir: str, rank: int, epoch: int):
     """Test hook (env YOLOV2_TRAIN_TRACE_DIR): record each micro-batch's image ids and input size per rank."""
     with open(Path(trace_dir) / f"batches-rank{rank}.jsonl", "a") as f:
@@ -223,14 +268,30 @@ def _freeze_backbone(model: torch.nn.Module, num_layers: int) -> None:
 
 
 def _maybe_inject_fault(fault: dict[str, Any] | None, rank: int, step: int) -> None:
-    """Test hook (env YOLOV2_FAULT_TRAIN_STEP + YOLOV2_FAULT_TRAIN_DIR): rank 0 raises once at that step."""
-    if not fault or rank != 0 or step != fault["step"]:
+    """Test hook (env YOLOV2_FAULT_TRAIN_STEP + YOLOV2_FAULT_TRAIN_DIR): one rank fails once at that step.
+
+    YOLOV2_FAULT_TRAIN_RANK picks the rank (default 0); YOLOV2_FAULT_TRAIN_KIND=sigkill makes the worker
+    process die by SIGKILL (no Python cleanup, no exception for Ray to catch) instead of raising.
+    """
+    if not fault or rank != fault.get("rank", 0) or step != fault["step"]:
         return
     marker = Path(fault["marker_dir"]) / f"train-step-{step}.failed"
     if marker.exists():
         return
-    marker.write_text("1")
+    marker.write_text(f"rank {rank} pid {os.getpid()}")
+    if fault.get("kind") == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected training failure at step {step}")
+
+
+def _fault_from_env() -> dict[str, Any] | None:
+    """The fault-injection hook's settings from the environment (tests only), or None."""
+    step = os.environ.get("YOLOV2_FAULT_TRAIN_STEP")
+    if not step:
+        return None
+    return {"step": int(step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"],
+            "rank": int(os.environ.get("YOLOV2_FAULT_TRAIN_RANK", "0")),
+            "kind": os.environ.get("YOLOV2_FAULT_TRAIN_KIND", "raise")}
 
 
 def _model_file_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
@@ -379,7 +440,6 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     spec = model_spec(cfg, class_names, anchors_result.manifest["anchors"])
     splits = shard_result.manifest["splits"]
     run_id = mlflow.active_run().info.run_id if ctx.tracking_enabled and mlflow.active_run() else None
-    fault_step = os.environ.get("YOLOV2_FAULT_TRAIN_STEP")
     config = {
         "cfg": to_dict(cfg),
         "workspace": ctx.workspace.uri,
@@ -390,7 +450,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "spec": spec.__dict__,
         "tracking_uri": mlflow.get_tracking_uri() if run_id else None,
         "run_id": run_id,
-        "fault": {"step": int(fault_step), "marker_dir": os.environ["YOLOV2_FAULT_TRAIN_DIR"]} if fault_step else None,
+        "fault": _fault_from_env(),
         "trace_dir": os.environ.get("YOLOV2_TRAIN_TRACE_DIR"),
         "train_total": splits["train"]["images"],
     }
@@ -402,6 +462,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
     # deleted that folder unless resuming), so --resume only has to keep the folder.
     storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
+    config["checkpoint_dir"] = ctx.out("ray", RUN_NAME)
     resumed = resume and (not ctx.workspace.is_local or _has_checkpoint(Path(storage)))
     if resume and not resumed:
         log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
@@ -412,7 +473,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
                                                resources_per_worker={"CPU": worker_cpus,
                                                                      **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name="run", storage_path=storage,
+            name=RUN_NAME, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
