@@ -375,3 +375,22 @@ def test_decode_and_augment_batch_eval_matches_the_stream(shards):
     assert np.array_equal(out["image"], first.images.permute(0, 2, 3, 1).numpy())
     assert torch.allclose(L.batch_from_numpy(out).targets, first.targets)
     assert out["orig_size"].tolist() == first.orig_sizes.tolist()
+
+
+def test_row_batches_take_the_scheduled_size_keep_targets_and_flags(shards):
+    """The Ray Data path augments at one size; the trainer resizes each batch to its step's size (cv2, per
+    image), the normalised targets unchanged; padding flags pass through; identity colour rows mean no colour."""
+    rows = ray_rows(shards, limit=4)
+    rows["repeated"] = np.array([False, False, False, True])
+    out = L.decode_and_augment_batch(rows, 64, seed=1, epoch=None)
+    assert out["repeated"].tolist() == [False, False, False, True]
+    sizes = {0: 32, 1: 64}
+    batches = list(L.iter_row_batches([out, out], sizes.__getitem__))
+    assert [b.images.shape[-1] for b in batches] == [32, 64] and [b.index for b in batches] == [0, 1]
+    small = batches[0]
+    expected = np.stack([cv2.resize(im, (32, 32), interpolation=cv2.INTER_AREA) for im in out["image"]])
+    assert np.array_equal(small.images.permute(0, 2, 3, 1).numpy(), expected)
+    assert torch.equal(small.targets, batches[1].targets) and small.repeated.tolist() == [False, False, False, True]
+    assert small.color is None  # colour applied on the CPU: nothing left for the device
+    again = L.decode_and_augment_batch({k: v for k, v in rows.items() if k != "repeated"}, 64, seed=1, epoch=None)
+    assert "repeated" not in again and not np.array_equal(again["image"], out["image"])  # fresh draws per call
