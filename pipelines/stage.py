@@ -247,6 +247,8 @@ def _run_unlocked(stage: str, cfg: PipelineConfig, workspace: Workspace, body: C
     if tracking_enabled:
         import mlflow
 
+        if workspace.is_local:  # we hold this output's lock, so a run of it still RUNNING is a dead one's
+            tracking.end_stale_stage_runs(cfg.mlflow.experiment, stage, fp, workspace.uri_of(output_dir))
         active = mlflow.active_run()
         with mlflow.start_run(run_name=stage, nested=active is not None) as run:
             run_id = run.info.run_id

@@ -131,6 +131,42 @@ def log_figure(figure: Any, name: str) -> None:
     mlflow.log_figure(figure, name)
 
 
+def end_stale_stage_runs(experiment: str, stage: str, fingerprint: str, output_uri: str) -> list[str]:
+    """Mark as KILLED the runs of this stage output left RUNNING by a process that died, and their parents.
+
+    Call only while holding the stage output's lock (``stage.stage_lock``): a live run of this output
+    holds that lock, so a run of it still RUNNING was left by a killed driver (or a lost machine). Without
+    this, a killed ``full.py`` leaves its pipeline and stage runs RUNNING forever. Returns the ids marked.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    active = mlflow.active_run()
+    experiment_id = active.info.experiment_id if active else getattr(mlflow.get_experiment_by_name(experiment),
+                                                                      "experiment_id", None)
+    if experiment_id is None:
+        return []
+    client = MlflowClient()
+    query = f"tags.stage = '{stage}' and tags.fingerprint = '{fingerprint}' and attributes.status = 'RUNNING'"
+    stale = [r for r in client.search_runs([experiment_id], query, max_results=1000)
+             if r.data.tags.get("workspace") == output_uri]
+    marked: list[str] = []
+    for run in stale:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        ids = [run.info.run_id]
+        if parent and (active is None or parent != active.info.run_id) \
+                and client.get_run(parent).info.status == "RUNNING":
+            ids.append(parent)
+        for run_id in ids:
+            client.set_tag(run_id, "ended_by", f"a later run of {stage} found it left RUNNING by a dead process")
+            client.set_terminated(run_id, "KILLED")
+            marked.append(run_id)
+    if marked:
+        log.warning("stage %s: marked %d run(s) left RUNNING by a killed earlier run as KILLED: %s",
+                    stage, len(marked), ", ".join(marked))
+    return marked
+
+
 def environment_tags() -> dict[str, str]:
     """Git commit and library versions, recorded on the parent run."""
     import subprocess

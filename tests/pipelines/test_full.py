@@ -18,17 +18,10 @@ import pytest
 from PIL import Image
 
 from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_http
+from tiny_pipeline import TINY, set_args
 
 from pipelines import full
 from pipelines.stage import STAGES
-
-TINY = [
-    "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-    "data.synthetic.image_size=[96, 96]", "shard.max_count=8", "anchors.n_init=1",
-    "model.width_multiplier=0.25", "train.epochs=2", "train.batch_size=4", "train.effective_batch=8",
-    "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]", "train.log_every=1", "train.val_every=1",
-    "train.amp=off", "train.register_name=null", "evaluate.input_size=96", "evaluate.batch_size=4",
-]
 
 
 def _post(base: str, path: str, body: dict) -> dict:
@@ -59,9 +52,7 @@ def mlflow_server(root) -> Iterator[str]:
 def run_tiny_pipeline(tmp_path, base: str, experiment: str) -> tuple[list[str], dict]:
     """full.py at tiny size against the server: its arguments (for a rerun) and the summary it wrote."""
     args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
-            "--set", f"mlflow.tracking_uri={base}", "--set", f"mlflow.experiment={experiment}"]
-    for item in TINY:
-        args += ["--set", item]
+            "--set", f"mlflow.tracking_uri={base}", "--set", f"mlflow.experiment={experiment}", *set_args(TINY)]
     assert full.main(args) == 0
     return args, json.loads((tmp_path / "ws" / "summary.json").read_text())
 
