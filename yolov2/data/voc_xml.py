@@ -76,14 +76,36 @@ def _refuse_external_reference(*_args: object) -> None:
     raise XmlRefused("ExternalReferenceForbidden")
 
 
+def _walk_tables() -> tuple[dict[tuple[str, str], str], dict[str, tuple[bool, str]]]:
+    """(state, child tag) -> state, and the wanted states -> (inside an object?, field name).
+
+    A state is the path from the root (``""``); ``object`` is a direct child of the root. A child
+    with no entry (an unused tag, a namespaced one, an ``<object>`` deeper down) starts a dead
+    subtree, so the walker spends one dictionary lookup per element.
+    """
+    table: dict[tuple[str, str], str] = {("", "object"): "object"}
+    wanted: dict[str, tuple[bool, str]] = {}
+    for in_object, fields in ((False, ROOT_FIELDS), (True, OBJECT_FIELDS)):
+        for name in fields:
+            state = "object" if in_object else ""
+            for tag in name.split("/"):
+                table[(state, tag)] = child = f"{state}/{tag}" if state else tag
+                state = child
+            wanted[state] = (in_object, name)
+    return table, wanted
+
+
+_NEXT_STATE, _WANTED_STATE = _walk_tables()
+
+
 class _Walker:
-    """pyexpat callbacks: a stack of (fields dict, path below the root or the current object)."""
+    """pyexpat callbacks: a stack of states (None inside an unused subtree), the texts found so far."""
 
     __slots__ = ("parser", "stack", "root_tag", "root", "objects", "capture")
 
     def __init__(self, parser: pyexpat.XMLParserType) -> None:
         self.parser: pyexpat.XMLParserType | None = parser
-        self.stack: list[tuple[dict[str, list[str]], str]] = []
+        self.stack: list[str | None] = []
         self.root_tag: str | None = None
         self.root: dict[str, list[str]] = {}
         self.objects: list[dict[str, list[str]]] = []
@@ -91,32 +113,28 @@ class _Walker:
 
     def start(self, tag: str, _attrs: list[str]) -> None:
         if self.capture is not None:  # a child element ends its parent's text (ElementTree .text)
-            self._stop_capture()
-        if "}" in tag:
-            tag = "{" + tag
+            self.capture = self.parser.CharacterDataHandler = None  # pyexpat flushes to the old handler first
         stack = self.stack
         if not stack:
-            self.root_tag = tag
-            stack.append((self.root, ""))
+            self.root_tag = "{" + tag if "}" in tag else tag
+            stack.append("")
             return
-        fields, path = stack[-1]
-        if len(stack) == 1 and tag == "object":
-            fields = {}
-            self.objects.append(fields)
-            stack.append((fields, ""))
+        parent = stack[-1]
+        state = None if parent is None else _NEXT_STATE.get((parent, tag))
+        stack.append(state)
+        if state is None:
             return
-        path = f"{path}/{tag}" if path else tag
-        stack.append((fields, path))
-        wanted = ROOT_FIELDS if fields is self.root else OBJECT_FIELDS
-        if path in wanted and path not in fields:  # the first one in document order wins
-            self.capture = fields[path] = []
-            self.parser.CharacterDataHandler = self.capture.append
+        if state == "object":
+            self.objects.append({})
+            return
+        found = _WANTED_STATE.get(state)
+        if found is not None:
+            fields = self.objects[-1] if found[0] else self.root
+            if found[1] not in fields:  # the first one in document order wins
+                self.capture = fields[found[1]] = []
+                self.parser.CharacterDataHandler = self.capture.append
 
     def end(self, _tag: str) -> None:
         if self.capture is not None:
-            self._stop_capture()
+            self.capture = self.parser.CharacterDataHandler = None
         self.stack.pop()
-
-    def _stop_capture(self) -> None:
-        self.capture = None
-        self.parser.CharacterDataHandler = None  # pyexpat flushes buffered text to the old handler first
