@@ -1,11 +1,18 @@
 """Shard throughput against `tar cf` of the same files (the I/O limit), with 1 and 2 Ray workers.
 
-Prints one JSON object. The dataset is the generated one at 640x480 (2,000 images by default),
-written once to a cache folder; every timing runs on a warm page cache. The stage is timed whole
-(listing, annotation parsing, image reads and header checks, tar writing, index and rejects files),
-with Ray already started (its start-up is not part of a stage).
+Prints one JSON object. The dataset is the generated one at 640x480, written once to a cache folder;
+every timing runs on a warm page cache. The stage is timed whole (listing, annotation parsing, image
+reads and header checks, tar writing, index and rejects files, and the workers' first import of the
+library), with Ray already started (its start-up is not part of a stage).
 
-    python benchmarks/shard.py [--images 2000] [--cache /tmp/yolov2-bench-shard]
+10,000 images by default (the issue asks for at least 2,000): a stage has fixed costs that do not
+grow with the dataset (16 Ray tasks to schedule, each worker importing the library once, the index
+and rejects files), which at 2,000 images would be a large part of the figure. The 2,000 generated
+images are copied under new ids up to that count (as the issue's "raccoon repeated" would be);
+``--images 2000`` gives the small-set figure. For reference the JSON also has the library alone
+(listing + ``write_shard`` of every image into one tar, in this process, no Ray).
+
+    python benchmarks/shard.py [--images 10000] [--cache /tmp/yolov2-bench-shard]
 """
 
 from __future__ import annotations
@@ -20,12 +27,39 @@ import time
 from pathlib import Path
 
 
+GENERATED = 2000  # images generated; larger sets are copies of these under new ids
+
+
 def make_dataset(cache: Path, images: int) -> Path:
+    """The generated set (up to 2,000 images); beyond that, copies of it under new ids (``r<k>_<id>``).
+
+    Copies, not links: tar would store a hard link as a link entry, and both tar and the stage must
+    read every file. Generating 10,000 textured images here takes much longer than any timing.
+    """
     from yolov2.data.synthetic import write_synthetic_dataset
 
-    root = cache / f"synthetic-{images}"
-    write_synthetic_dataset(root, seed=1, width=640, height=480, splits={"train": images}, write_coco=False,
-                            progress=True)
+    base = cache / f"synthetic-{min(images, GENERATED)}"
+    write_synthetic_dataset(base, seed=1, width=640, height=480, splits={"train": min(images, GENERATED)},
+                            write_coco=False, progress=True)
+    if images <= GENERATED:
+        return base
+    root = cache / f"synthetic-{GENERATED}-copied-to-{images}"
+    if (root / "complete").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    base_ids = (base / "ImageSets" / "Main" / "train.txt").read_text().split()
+    ids = []
+    for i in range(images):
+        src, new = base_ids[i % GENERATED], f"r{i // GENERATED}_{base_ids[i % GENERATED]}"
+        shutil.copyfile(base / "JPEGImages" / f"{src}.jpg", root / "JPEGImages" / f"{new}.jpg")
+        xml = (base / "Annotations" / f"{src}.xml").read_text(encoding="utf-8")
+        xml = xml.replace(f"<filename>{src}.jpg</filename>", f"<filename>{new}.jpg</filename>")
+        (root / "Annotations" / f"{new}.xml").write_text(xml, encoding="utf-8")
+        ids.append(new)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    (root / "complete").write_text("1")
     return root
 
 
@@ -73,9 +107,26 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
     return seconds
 
 
+def time_library(root: Path, out_dir: Path) -> float:
+    """Listing + write_shard of every image into one local tar, in this process (no Ray, no stage)."""
+    from yolov2.data.shards import ShardOptions, write_shard
+    from yolov2.data.sources import list_split_items
+
+    target = out_dir / "library.tar"
+    started = time.perf_counter()
+    listing = list_split_items({"format": "voc", "root": str(root)}, "train", ["train"],
+                               ["circle", "square", "triangle", "star", "cross"])
+    with open(target, "wb") as f:
+        outcome = write_shard(f, listing.items, ShardOptions())
+    seconds = time.perf_counter() - started
+    assert len(outcome.records) == len(listing.items) and not outcome.rejects
+    target.unlink()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000, help="number of 640x480 images (default 2000)")
+    parser.add_argument("--images", type=int, default=10000, help="number of 640x480 images (default 10000)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "yolov2-bench-shard"),
                         help="where the generated dataset is kept between runs")
     parser.add_argument("--repeats", type=int, default=3, help="timings per configuration; the best is reported")
@@ -87,15 +138,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         tar_s = min(time_tar(root, out) for _ in range(args.repeats))
+        library_s = min(time_library(root, out) for _ in range(args.repeats))
         one = min(time_stage(root, out, 1, max_count) for _ in range(args.repeats))
         two = min(time_stage(root, out, 2, max_count) for _ in range(args.repeats))
     n = args.images
     print(json.dumps({
         "benchmark": "shard",
         "images": n,
+        "images_note": "more than the issue's minimum of 2,000 to amortise the stage's fixed costs (see docstring)"
+        if n > 2000 else "the issue's minimum",
         "dataset_mb": round(dataset_bytes / 1e6, 1),
         "shards": 16,
         "tar_images_per_s": round(n / tar_s, 1),
+        "library_1_process_images_per_s": round(n / library_s, 1),
         "stage_1_worker_images_per_s": round(n / one, 1),
         "stage_2_workers_images_per_s": round(n / two, 1),
         "ratio_1_worker_vs_tar": round(tar_s / one, 3),
