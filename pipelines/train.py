@@ -36,6 +36,8 @@ from pipelines.workspace import Workspace
 log = logging.getLogger(__name__)
 STAGE = "train"
 STATE_FILE = "state.pt"
+DELIVERY_REPORT = "mlflow_delivery.json"  # rank 0's account of the metrics it sent to MLflow
+UNSENT_METRICS = "mlflow_unsent_metrics.jsonl"  # metric values MLflow never took (server down to the end)
 RUN_NAME = "run"  # Ray Train's run folder under <output>/ray
 
 
@@ -108,7 +110,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d: resuming from epoch %d, step %d", rank, resume_from["state"]["epoch"],
                  resume_from["state"]["step"])
 
-    logger = _RankZeroLogger(config.get("tracking_uri"), config.get("run_id"), rank, settings.total_steps)
+    logger = _RankZeroLogger(config.get("tracking_uri"), config.get("run_id"), rank, settings.total_steps,
+                             workspace, config["output_dir"], cfg.mlflow.flush_timeout)
     validator = _Validator(cfg, workspace, config, spec) if rank == 0 and config.get("val_index") else None
 
     def validate(eval_model: torch.nn.Module, state) -> dict[str, float]:
@@ -302,19 +305,34 @@ def _model_file_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
 
 
 class _RankZeroLogger:
-    """Metrics to MLflow (rank 0 only) and a live console line; MLflow failures never stop training."""
+    """Metrics to MLflow (rank 0 only) and a live console line; MLflow failures never stop training.
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, rank: int, total_steps: int) -> None:
+    Values go through a :class:`MetricSender`: buffered while the server is unreachable, sent when it
+    answers again. At the end the sender gets ``flush_timeout`` seconds; values still unsent are written
+    to ``<output>/mlflow_unsent_metrics.jsonl``, and ``mlflow_delivery.json`` says what happened (the
+    driver reports it in the stage's log and manifest).
+    """
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, rank: int, total_steps: int,
+                 workspace: Workspace | None = None, output_dir: str | None = None,
+                 flush_timeout: float = 120.0) -> None:
         self.enabled = rank == 0
-        self.client = None
-        self.run_id = run_id
-        self.buffer: list[tuple[str, float, int]] = []
+        self.sender = None
         self.started = time.time()
         self.total_steps = total_steps
+        self.workspace, self.output_dir, self.flush_timeout = workspace, output_dir, flush_timeout
         if self.enabled and tracking_uri and run_id:
+            from mlflow.entities import Metric
             from mlflow.tracking import MlflowClient
 
-            self.client = MlflowClient(tracking_uri)
+            from pipelines.metric_sender import MetricSender
+            from pipelines.tracking import server_reachable
+
+            client = MlflowClient(tracking_uri)
+            self.sender = MetricSender(
+                send=lambda chunk: client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk]),
+                reachable=lambda: server_reachable(tracking_uri, timeout=2.0),
+            )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -322,25 +340,23 @@ class _RankZeroLogger:
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss/total", "lr", "images_per_s",
                                                                             "map50_voc07", "input_size", "epoch"))
         print(f"[train] step {step}/{self.total_steps} {shown} ({time.time() - self.started:.0f}s)", flush=True)
-        self.buffer.extend((k.replace("/", "_"), float(v), step) for k, v in metrics.items())
-        self.flush()
-
-    def flush(self) -> None:
-        if self.client is None or not self.buffer:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        try:
-            for start in range(0, len(self.buffer), 500):
-                chunk = self.buffer[start : start + 500]
-                self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, s) for k, v, s in chunk])
-            self.buffer.clear()
-        except Exception as e:  # server down: keep the metrics and retry at the next flush
-            log.warning("MLflow unreachable (%s); %d metric values buffered", e, len(self.buffer))
+        if self.sender is not None:
+            self.sender.add({k.replace("/", "_"): v for k, v in metrics.items()}, step)
 
     def close(self, step: int) -> None:
-        self.flush()
+        if self.sender is None:
+            return
+        unsent = self.sender.close(self.flush_timeout)
+        report = self.sender.delivery.to_dict()
+        if unsent and self.workspace is not None and self.output_dir:
+            lines = "".join(json.dumps({"key": k, "value": v, "timestamp": t, "step": s}) + "\n"
+                            for k, v, t, s in unsent)
+            self.workspace.write_bytes(lines.encode(), self.output_dir, UNSENT_METRICS)
+            report["unsent_file"] = self.workspace.uri_of(self.output_dir, UNSENT_METRICS)
+            log.warning("MLflow still unreachable after %.0fs: %d metric values kept in %s", self.flush_timeout,
+                        len(unsent), report["unsent_file"])
+        if self.workspace is not None and self.output_dir:
+            self.workspace.write_json(report, self.output_dir, DELIVERY_REPORT)
 
 
 class _Validator:
@@ -476,6 +492,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
             name=RUN_NAME, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": _fail_fast_mlflow_env()} if run_id else None,
         ),
         datasets=datasets or None,
     )
@@ -493,6 +510,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     ctx.workspace.write_bytes(model_bytes, ctx.out("model.pt"))
     has_best = ctx.workspace.exists(ctx.out("best.pt"))
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    delivery = _report_delivery(ctx.workspace, ctx.output_dir)
     if ctx.tracking_enabled:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "model.pt").write_bytes(model_bytes)
@@ -508,7 +526,36 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "train_seconds": round(time.time() - started, 1),
         "spec": spec.__dict__,
         "resumed": resumed,
+        "mlflow_delivery": delivery,
     }
+
+
+def _fail_fast_mlflow_env() -> dict[str, str]:
+    """Environment for the train workers: MLflow requests fail at once instead of retrying for minutes.
+
+    Rank 0's MetricSender retries on its own (every second, values kept in memory), so a dead server
+    costs nothing; inside MLflow's retries the values would wait behind a back-off of up to minutes.
+    Settings the user made in the environment are kept.
+    """
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    return {k: os.environ.get(k, v) for k, v in wanted.items()}
+
+
+def _report_delivery(workspace: Workspace, output_dir: str) -> dict[str, Any] | None:
+    """Rank 0's account of its MLflow metrics, said in the stage's log (an outage is worth a warning)."""
+    if not workspace.exists(output_dir, DELIVERY_REPORT):
+        return None
+    report = workspace.read_json(output_dir, DELIVERY_REPORT)
+    if report.get("unsent"):
+        log.warning("train: MLflow was unreachable at the end; %d metric values were not sent and are kept in %s",
+                    report["unsent"], report.get("unsent_file"))
+    elif report.get("outages"):
+        log.warning("train: MLflow was unreachable %d time(s) during training; the %d metric values logged "
+                    "meanwhile were buffered and sent afterwards (%d sent in all, none lost)",
+                    report["outages"], report["sent_late"], report["sent"])
+    else:
+        log.info("train: %d metric values sent to MLflow", report["sent"])
+    return report
 
 
 def _log_final_model(model: torch.nn.Module, register_name: str | None, model_file: Path, input_size: int) -> None:

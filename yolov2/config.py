@@ -182,6 +182,7 @@ class MlflowConfig:
     tracking_uri: str | None = None
     experiment: str = "yolov2"
     fallback_to_local: bool = False  # server unreachable at start: log locally instead of failing
+    flush_timeout: float = 120.0  # seconds training waits at its end for an unreachable server (then: local file)
 
 
 @dataclass

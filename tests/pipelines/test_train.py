@@ -10,6 +10,11 @@ load with weights_only=True.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +194,92 @@ def test_resume_takes_the_newest_complete_checkpoint_ray_had_not_registered(tmp_
     assert train._newest_checkpoint(ws, "run", None, rank=0, world=1)["state"]["step"] == 4
     assert train._newest_checkpoint(ws, "run", {"state": {"step": 6}}, rank=0, world=1)["state"]["step"] == 6
     assert train._newest_checkpoint(ws, "missing", None, rank=0, world=1) is None
+
+
+def _wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _start_server_on(root: Path, port: int, timeout: float = 120):
+    """`mlflow server` (cluster/mlflow_server.sh) on that port; retried while the killed one's port is not free yet."""
+    from test_cluster_scripts import _start_mlflow, stop_session, wait_http
+
+    deadline = time.monotonic() + timeout
+    while True:
+        server = _start_mlflow(root, port)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", server, timeout=max(1.0, deadline - time.monotonic()))
+            return server
+        except AssertionError:
+            stop_session(server)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.mark.slow  # ~200 s on 2 busy cores (Ray's worker start-up, two MLflow server start-ups)
+@pytest.mark.fault
+def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(ray_local, tmp_path, monkeypatch,
+                                                                                caplog):
+    """A real MLflow server is SIGKILLed while training logs, and restarted on the same port and store:
+    training goes on meanwhile, the stage completes, and every step's metrics are in the run, once."""
+    import mlflow
+
+    from test_cluster_scripts import free_port, stop_session
+
+    from pipelines import tracking
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
+    cfg, ws, upstream = _setup(tmp_path, ["train.epochs=6", "train.val_every=100"])  # 12 steps, 2 micro-batches each
+    root, port = tmp_path / "server", free_port()
+    root.mkdir()
+    base = f"http://127.0.0.1:{port}"
+    servers = [_start_server_on(root, port)]
+    outage: dict = {}
+
+    def micro_batches() -> int:  # rank 0's micro-batches so far (the trace hook writes one line each)
+        path = trace / "batches-rank0.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def kill_and_restart() -> None:
+        try:
+            _wait_until(lambda: micro_batches() >= 4, 300, "two training steps")
+            os.killpg(servers[0].pid, signal.SIGKILL)
+            servers[0].wait(timeout=30)
+            outage["down_ms"], at_kill = time.time() * 1000, micro_batches()
+            _wait_until(lambda: micro_batches() >= at_kill + 4, 120, "two more steps with the server down")
+            outage["steps_while_down"] = True
+            servers.append(_start_server_on(root, port))
+            outage["up_ms"] = time.time() * 1000
+        except BaseException as e:  # reported by the main thread
+            outage["error"] = e
+
+    try:
+        tracking.setup_mlflow(base, "train-outage", ws)
+        killer = threading.Thread(target=kill_and_restart)
+        killer.start()
+        with caplog.at_level(logging.INFO, logger="pipelines.train"), mlflow.start_run(run_name="pipeline"):
+            result = train.run(cfg, ws, upstream=upstream)
+        killer.join(timeout=300)
+        assert "error" not in outage, outage.get("error")
+        assert outage["steps_while_down"] and result.manifest["steps"] == 12  # training went on and finished
+
+        client = mlflow.tracking.MlflowClient(base)  # the restarted server, same store
+        history = client.get_metric_history(result.run_id, "loss_total")
+        assert sorted(m.step for m in history) == list(range(1, 13))  # every step, each once
+        measured_while_down = [m for m in history if outage["down_ms"] <= m.timestamp <= outage["up_ms"]]
+        assert len(measured_while_down) >= 2  # values logged while the server was dead reached it afterwards
+        assert client.get_run(result.run_id).info.status == "FINISHED"
+        delivery = result.manifest["mlflow_delivery"]
+        assert delivery["outages"] >= 1 and delivery["sent_late"] >= 2 * 11 and delivery["unsent"] == 0
+        assert not ws.exists(result.output_dir, train.UNSENT_METRICS)
+        assert any("buffered and sent afterwards" in r.getMessage() for r in caplog.records)  # the stage says so
+    finally:
+        for server in servers:
+            stop_session(server)
