@@ -9,10 +9,12 @@ instance with 2 CPUs:
   file) and whether records in = records sharded + records rejected held for it;
 - every case again with ``data.strict=true`` (one run per case): an error naming the file, or accepted.
 
-Each observation is compared with the case's expected outcome. ``fault_scenarios`` is left for the
-fault-injection scenarios (killed shard task, killed training worker, killed driver, MLflow down, ...).
+Each observation is compared with the case's expected outcome. ``fault_scenarios`` runs the tests
+marked ``fault`` (killed shard task and Ray worker, killed training worker, killed driver, MLflow down,
+disk full or read-only, ...; slow ones included) in a pytest subprocess and reports each scenario by
+name: survived (its test passed), null where it was skipped (with the reason), and its time.
 
-    python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR]
+    python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR] [--faults "fault and not slow"]
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
@@ -96,11 +100,53 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
     }
 
 
+def fault_report(marker_expr: str, junit_xml: Path) -> dict:
+    """Run the tests selected by ``-m marker_expr`` in a pytest subprocess; each one's outcome and time."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", marker_expr, "-q", "-p", "no:cacheprovider",
+                           "--continue-on-collection-errors", f"--junitxml={junit_xml}", "tests"],
+                          cwd=REPO, capture_output=True, text=True)
+    scenarios = scenarios_from_junit(junit_xml) if junit_xml.exists() else {}
+    broken = sorted(n for n, s in scenarios.items() if s.get("reason") == "collection failure")
+    scenarios = {n: s for n, s in scenarios.items() if n not in broken}
+    return {
+        "marker": marker_expr,
+        "count": len(scenarios),
+        "survived": sum(s["survived"] is True for s in scenarios.values()),
+        "failed": sorted(n for n, s in scenarios.items() if s["survived"] is False),
+        "skipped": sorted(n for n, s in scenarios.items() if s["survived"] is None),
+        "collection_errors": broken,  # test files pytest could not import (their scenarios are missing)
+        "pytest_exit_code": done.returncode,  # 0: all passed; 5: none selected
+        "seconds_total": round(time.perf_counter() - started, 3),
+        "scenarios": scenarios,
+    }
+
+
+def scenarios_from_junit(path: Path) -> dict[str, dict]:
+    """``{scenario: {survived, seconds, test, [reason]}}`` from pytest's JUnit XML; a scenario's name is its
+    test's name without ``test_``; survived is null for a skipped test."""
+    out: dict[str, dict] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        skipped = case.find("skipped")
+        entry: dict = {
+            "survived": None if skipped is not None else problem is None,
+            "seconds": round(float(case.get("time", 0.0)), 3),
+            "test": f"{case.get('classname', '')}::{case.get('name', '')}",
+        }
+        if problem is not None or skipped is not None:
+            entry["reason"] = ((problem if problem is not None else skipped).get("message") or "")[:300]
+        out[case.get("name", "").removeprefix("test_")] = entry
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-data",
                         default=os.environ.get("YOLOV2_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--keep", default=None, help="write the corpus and workspaces here instead of a temp folder")
+    parser.add_argument("--faults", default="fault", metavar="MARKERS",
+                        help='pytest -m expression selecting the fault scenarios (default "fault"; "none": skip them)')
     args = parser.parse_args()
 
     import ray
@@ -112,8 +158,12 @@ def main() -> None:
         out_dir = Path(args.keep) if args.keep else Path(tmp)
         report = corpus_report(out_dir, Path(args.shared_data))
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    ray.shutdown()
-    print(json.dumps({"benchmark": "reliability", "bad_input_corpus": report, "fault_scenarios": {}},
+    ray.shutdown()  # the fault tests start their own Ray instances
+    faults: dict = {}
+    if args.faults != "none":
+        with tempfile.TemporaryDirectory(prefix="yolov2-faults-") as tmp:
+            faults = fault_report(args.faults, Path(tmp) / "faults.xml")
+    print(json.dumps({"benchmark": "reliability", "bad_input_corpus": report, "fault_scenarios": faults},
                      indent=1, ensure_ascii=False))
 
 

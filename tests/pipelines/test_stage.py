@@ -48,6 +48,7 @@ def test_run_stage_caches_and_force_reruns(tmp_path):
     assert ws.read_bytes(forced.output_dir, "file.bin") == b"data"
 
 
+@pytest.mark.fault
 def test_crashed_body_leaves_no_manifest_and_rerun_starts_clean(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     cfg = PipelineConfig()
@@ -101,6 +102,7 @@ def test_stage_runs_are_logged_to_mlflow_nested_under_parent(tmp_path):
     assert load_result(PipelineConfig(), ws, "prepare").run_id == result.run_id
 
 
+@pytest.mark.fault
 def test_a_second_run_waits_for_the_lock_or_fails_clearly(tmp_path):
     import fcntl
     import threading
