@@ -4,8 +4,9 @@ Each worker reads its share of the training shards (split by rank and DataLoader
 once per epoch), trains with :func:`yolov2.engine.trainer.train`, and reports a checkpoint through
 ``ray.train.report`` at the end of every ``checkpoint_every`` epochs (model, optimizer, EMA, step, ``seen``,
 RNG state). ``FailureConfig(max_failures)`` restarts failed workers from the last checkpoint; ``--resume``
-continues a stopped run. Rank 0 logs to MLflow (into this stage's run), validates (VOC07 mAP@0.5 on the
-val split) and keeps ``best.pt``. At the end the driver writes ``model.pt`` (EMA weights when enabled),
+continues a stopped run; a restart takes the newest complete checkpoint, also one Ray had not registered
+when the worker died. Rank 0 logs to MLflow (into this stage's run; buffered while the server is
+unreachable, see ``_RankZeroLogger``), validates (VOC07 mAP@0.5 on the val split) and keeps ``best.pt``. At the end the driver writes ``model.pt`` (EMA weights when enabled),
 logs it with ``mlflow.pytorch.log_model`` and registers it.
 
 Run alone: ``python pipelines/train.py --config configs/demo.yaml [--resume]``.
