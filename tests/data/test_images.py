@@ -16,6 +16,7 @@ from yolov2.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     _plain_jpeg_header,
+    _plain_suffix,
     check_image_against_record,
     decode_rgb,
     inspect_image,
@@ -318,3 +319,12 @@ def test_inspect_image_fast_path_gives_the_same_info_and_errors_as_pil() -> None
             inspect_image(data[:-200], "x.jpg")
         with pytest.raises(DatasetError, match="above the limit"):
             inspect_image(data, "x.jpg", max_pixels=80 * 60 - 1)
+
+
+@pytest.mark.parametrize(
+    "path", ["a/b.jpg", "a/b.JPEG", "b.tar.gz", "a/b.", "a/.jpg", "a/b", "a.d/b", "a/b.jpg/", "a/b.jpg/.", "a/..", "é.Png", "x/y..jpg"]
+)
+def test_plain_suffix_is_pathlib_suffix_or_declines(path: str) -> None:
+    fast = _plain_suffix(path)
+    assert fast is None or fast == Path(path).suffix.lower()
+    assert fast is not None or path.endswith(("/", "/.", ".."))

@@ -15,6 +15,7 @@ caller can see which images carry one.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,11 +135,22 @@ def check_image_against_record(info: ImageInfo, record: ImageRecord, source: str
             f"{source} gives the size {int(record.width)}x{int(record.height)} but the image "
             f"{Path(path).name} is {info.width}x{info.height} (WxH)"
         )
+    if _plain_suffix(path) in FORMAT_EXTENSIONS[info.format]:  # the common answer, without pathlib's cost
+        return None
     ext = Path(path).suffix.lower()
     if ext not in FORMAT_EXTENSIONS[info.format]:
         named = f"named {Path(path).suffix}" if ext else "has no extension"
         return f"content is {info.format} but the file {Path(path).name} is {named}"
     return None
+
+
+def _plain_suffix(path: str) -> str | None:
+    """``Path(path).suffix.lower()`` for a path whose last part is a plain file name, else None."""
+    name = os.path.basename(path)
+    if name in ("", ".", ".."):
+        return None
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from yolov2.data.images import check_image_against_record, inspect_image
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.errors import DatasetError
 
@@ -212,8 +213,6 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
 
 
 def _read_checked_image(path: str, record: ImageRecord, max_pixels: int) -> tuple[str | None, bytes]:
-    from yolov2.data.images import check_image_against_record, inspect_image
-
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -230,14 +229,14 @@ def _read_checked_image(path: str, record: ImageRecord, max_pixels: int) -> tupl
 
 def _maybe_reencode(data: bytes, record: ImageRecord, options: ShardOptions) -> tuple[bytes, ImageRecord, bool]:
     """Re-encode as JPEG when asked, when downscaling, or when the source is not a JPEG."""
-    import cv2
-
-    from yolov2.data.images import decode_rgb
-
     longest = max(record.width, record.height)
     downscale = options.max_side is not None and longest > options.max_side
     if not (options.reencode or downscale or not data.startswith(_JPEG_SOI)):
         return data, record, False
+    import cv2  # only here: a task that keeps the original bytes never loads OpenCV
+
+    from yolov2.data.images import decode_rgb
+
     image = decode_rgb(data, record.path)
     if downscale:
         scale = options.max_side / longest

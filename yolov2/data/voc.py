@@ -28,6 +28,7 @@ symlink, are image-level rejects too (:mod:`yolov2.data.paths`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pyexpat
 import shutil
@@ -377,7 +378,7 @@ def _positive_int(text: str | None) -> int | None:
         value = float((text or "").strip())
     except ValueError:
         return None
-    return int(value) if np.isfinite(value) and value.is_integer() and value > 0 else None
+    return int(value) if math.isfinite(value) and value.is_integer() and value > 0 else None
 
 
 def _parse_object(obj: dict[str, str]) -> VocObject:
