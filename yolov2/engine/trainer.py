@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,22 @@ def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def small_ops_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on CPU for the region loss's forward and backward: hundreds of ops on tensors of a
+    few thousand elements, where thread hand-offs cost more than they save. Measured on the 2-core machine under
+    load: 64 ms of CPU with two threads, 4.5 ms with one (``benchmarks/train.py``). No effect on other devices."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -162,10 +178,13 @@ def train(
             with autocast(settings.amp, device):
                 output = model(images)
             seen_after = state.seen + settings.images_per_micro_batch
-            losses = region_loss(output.float(), batch.targets.to(device), anchors, settings.num_classes, seen_after,
-                                 **settings.loss_kwargs)
-            scaled = losses.total / settings.accumulation
-            (scaler.scale(scaled) if scaler else scaled).backward()
+            head = output.detach().float().requires_grad_(True)  # the loss and its backward, on their own
+            with small_ops_threads(device):
+                losses = region_loss(head, batch.targets.to(device), anchors, settings.num_classes, seen_after,
+                                     **settings.loss_kwargs)
+                scaled = losses.total / settings.accumulation
+                (scaler.scale(scaled) if scaler else scaled).backward()
+            output.backward(head.grad.to(output.dtype))
             state.seen = seen_after
             micro += 1
             images_in_window += len(batch.image_ids)

@@ -1,0 +1,44 @@
+"""One step of the training loop against the same step written out plainly (forward, region loss, backward,
+SGD): the loop's split backward (loss on its own thread budget, then the network) must give the same weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from yolov2.data.loader import Batch, to_model_input
+from yolov2.engine.optim import build_sgd
+from yolov2.engine.trainer import LoopSettings, train
+from yolov2.loss import region_loss
+from yolov2.models import build_model
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_step_matches_the_plain_step(threads):
+    torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model("yolov2_tiny_voc", 3, width_multiplier=0.25)
+        reference = copy.deepcopy(model)
+        anchors = torch.tensor(model.default_anchors, dtype=torch.float32)
+        images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+        targets = torch.tensor([[[0, 0.5, 0.5, 0.4, 0.3], [2, 0.2, 0.7, 0.2, 0.2]],
+                                [[1, 0.6, 0.4, 0.5, 0.6], [-1, -1, -1, -1, -1]]])
+        batch = Batch(images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0)
+        settings = LoopSettings(epochs=1, steps_per_epoch=1, accumulation=1, images_per_micro_batch=2, anchors=anchors,
+                                num_classes=3, lr=0.01, burn_in=0)
+        train(model, build_sgd(model, 0.01, 0.9, 0.0005), lambda epoch, first: [batch], settings, torch.device("cpu"))
+
+        optimizer = build_sgd(reference, 0.01, 0.9, 0.0005)
+        reference.train()
+        output = reference(to_model_input(images))
+        region_loss(output.float(), targets, anchors, 3, seen=2).total.backward()
+        optimizer.step()
+        for (name, got), want in zip(model.state_dict().items(), reference.state_dict().values()):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.get_num_threads() == threads  # the loss's single thread is given back
+    finally:
+        torch.set_num_threads(previous)
