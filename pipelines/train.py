@@ -6,8 +6,9 @@ once per epoch), trains with :func:`yolov2.engine.trainer.train`, and reports a 
 RNG state). ``FailureConfig(max_failures)`` restarts failed workers from the last checkpoint; ``--resume``
 continues a stopped run; a restart takes the newest complete checkpoint, also one Ray had not registered
 when the worker died. Rank 0 logs to MLflow (into this stage's run; buffered while the server is
-unreachable, see ``_RankZeroLogger``), validates (VOC07 mAP@0.5 on the val split) and keeps ``best.pt``. At the end the driver writes ``model.pt`` (EMA weights when enabled),
-logs it with ``mlflow.pytorch.log_model`` and registers it.
+unreachable, see ``_RankZeroLogger``), validates (VOC07 mAP@0.5 on the val split) and keeps ``best.pt``.
+At the end the driver writes ``model.pt`` (EMA weights when enabled), logs it with
+``mlflow.pytorch.log_model`` and registers it.
 
 Run alone: ``python pipelines/train.py --config configs/demo.yaml [--resume]``.
 """

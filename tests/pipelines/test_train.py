@@ -3,8 +3,9 @@
 Checks: the loss falls; ranks see disjoint samples and the same multi-scale size at every step; DDP keeps
 the weights identical across ranks; MLflow gets the metrics from rank 0; a worker that fails mid-run is
 restarted from the last checkpoint with the same total step count, also when killed by SIGKILL (the metrics
-go on in the stage's one MLflow run); a stopped run resumes; checkpoints
-load with weights_only=True.
+go on in the stage's one MLflow run); a stopped run resumes; checkpoints load with weights_only=True; a
+real MLflow server killed mid-training and restarted gets every step's metrics afterwards, and metrics
+that never reach a server are kept in a file and reported.
 """
 
 from __future__ import annotations
