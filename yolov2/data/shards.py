@@ -181,7 +181,7 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
     """Read, check and write ``items`` into one tar stream; bad images become rejects (or errors).
 
     Images keep their original bytes unless they are not JPEG, or re-encoding/downscaling is asked
-    for. Only the image header is parsed (no full decode), which keeps sharding as fast as ``tar``.
+    for. Only the image header is parsed (no full decode).
     """
     outcome = ShardOutcome()
     with TarShardWriter(stream) as writer:
