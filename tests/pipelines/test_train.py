@@ -113,7 +113,7 @@ def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, 
     trace = tmp_path / "trace"
     trace.mkdir()
     monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
-    epochs = 3
+    epochs = 2
     cfg, ws, upstream = _setup(tmp_path, ["train.ingest=ray_data", "data.synthetic.num_train=31",
                                           f"train.epochs={epochs}", "train.val_every=100", "train.lr=0.002"])
     result = train.run(cfg, ws, upstream=upstream, tracking_enabled=False)
