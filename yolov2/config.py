@@ -32,6 +32,8 @@ class SyntheticConfig:
     num_test: int = 60
     image_size: tuple[int, int] = (320, 240)  # width, height
     max_objects: int = 8
+    min_object_size: float = 14.0  # pixels: the smallest shape's nominal size (sizes are log-uniform up to 45%)
+    min_visible: float = 0.4  # every object keeps at least this fraction of its area visible under later ones
     seed: int = 0
     write_coco: bool = True
 
@@ -122,8 +124,9 @@ class TrainConfig:
     multiscale: bool = True
     multiscale_sizes: tuple[int, int, int] = (320, 608, 32)  # min, max, step
     multiscale_every: int = 10
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # Darknet's SGD, or AdamW (faster from scratch; yolov2/engine/optim.py)
     lr: float = 0.001
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
     weight_decay: float = 0.0005
     schedule: Literal["steps", "cosine"] = "steps"
     burn_in: int = 1000

@@ -18,7 +18,7 @@ import pytest
 
 from yolov2.config import SyntheticConfig
 from yolov2.data.records import validate_record
-from yolov2.errors import DatasetError
+from yolov2.errors import ConfigError, DatasetError
 from yolov2.data.synthetic import (
     IN_PROGRESS_NAME,
     MIN_VISIBLE,
@@ -285,3 +285,25 @@ def test_from_config(tmp_path):
     ann = ET.parse(root / "Annotations" / "val_000001.xml").getroot()
     assert (ann.findtext("size/width"), ann.findtext("size/height")) == ("96", "64")
     assert (root / "annotations" / "instances_train.json").is_file()
+
+
+
+def _short_sides(min_size: float) -> np.ndarray:
+    boxes = np.concatenate([generate_image(0, i, "train", 320, 240, 8, min_size=min_size)[1].boxes for i in range(40)])
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def test_difficulty_knobs_change_the_objects_and_the_marker(tmp_path):
+    """A larger min_object_size removes the small objects and writes a new dataset (the marker holds the knob);
+    at the defaults the marker is the one earlier versions wrote, so existing datasets are not regenerated."""
+    default_sides, big_sides = _short_sides(14.0), _short_sides(40.0)
+    assert default_sides.min() < 20 <= big_sides.min()
+    assert np.median(big_sides) > np.median(default_sides)
+
+    default = write_synthetic_dataset(tmp_path / "default", width=320, height=240, splits={"train": 2}, write_coco=False)
+    big = write_synthetic_dataset(tmp_path / "big", width=320, height=240, splits={"train": 2}, write_coco=False,
+                                  min_size=40.0)
+    assert json.loads((big / "synthetic.json").read_text())["min_size"] == 40.0
+    assert "min_size" not in json.loads((default / "synthetic.json").read_text())
+    with pytest.raises(ConfigError, match="min_visible"):
+        write_synthetic_from_config(SyntheticConfig(min_visible=1.5), tmp_path / "bad")

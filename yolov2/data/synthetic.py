@@ -2,8 +2,8 @@
 
 Why generated: ``make demo`` must run with no download, and a small YOLOv2 must learn it on a CPU in
 minutes. It is not trivial: five shape classes (:data:`SHAPE_CLASSES`) whose colour is drawn
-independently of the class (colour says nothing about the class), sizes from ~14 px to 45% of the
-shorter image side, random rotation and aspect, overlaps (each object stays at least
+independently of the class (colour says nothing about the class), log-uniform sizes from ``min_size``
+(14 px by default; the demo config sets its own) to 45% of the shorter image side, random rotation and aspect, overlaps (each object stays at least
 ``min_visible`` visible), textured backgrounds (smooth colour blobs or gradients, sometimes stripes)
 and Gaussian pixel noise, 0 to ``max_objects`` objects per image.
 
@@ -36,7 +36,7 @@ from yolov2.data import coco as coco_io
 from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data.records import ImageRecord
 from yolov2.data.voc import write_voc_annotation
-from yolov2.errors import DatasetError
+from yolov2.errors import ConfigError, DatasetError
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
@@ -184,10 +184,18 @@ def generate_scene(
 
 
 def generate_image(
-    seed: int, index: int, split: str, width: int, height: int, max_objects: int
+    seed: int,
+    index: int,
+    split: str,
+    width: int,
+    height: int,
+    max_objects: int,
+    *,
+    min_size: float = MIN_OBJECT_SIZE,
+    min_visible: float = MIN_VISIBLE,
 ) -> tuple[np.ndarray, ImageRecord]:
     """Image ``index`` of ``split`` as (uint8[H, W, 3] RGB, its record with xyxy pixel boxes)."""
-    scene = generate_scene(seed, index, split, width, height, max_objects)
+    scene = generate_scene(seed, index, split, width, height, max_objects, min_size=min_size, min_visible=min_visible)
     return scene.image, scene.record
 
 
@@ -313,6 +321,8 @@ def write_images(
     width: int,
     height: int,
     max_objects: int,
+    min_size: float = MIN_OBJECT_SIZE,
+    min_visible: float = MIN_VISIBLE,
 ) -> list[ImageRecord]:
     """Generate and write ``JPEGImages/<id>.jpg`` and ``Annotations/<id>.xml`` for some indices.
 
@@ -322,7 +332,8 @@ def write_images(
     out_root = Path(out_root)
     records = []
     for index in indices:
-        image, record = generate_image(seed, index, split, width, height, max_objects)
+        image, record = generate_image(seed, index, split, width, height, max_objects, min_size=min_size,
+                                       min_visible=min_visible)
         ok, jpeg = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"OpenCV failed to encode {record.image_id}.jpg")
@@ -344,6 +355,8 @@ def write_synthetic_dataset(
     splits: Mapping[str, int] | None = None,
     write_coco: bool = True,
     progress: bool = False,
+    min_size: float = MIN_OBJECT_SIZE,
+    min_visible: float = MIN_VISIBLE,
 ) -> Path:
     """Write the whole dataset as a VOC layout (+ COCO JSON) under ``out_root``; returns ``out_root``.
 
@@ -359,7 +372,7 @@ def write_synthetic_dataset(
     """
     out_root = Path(out_root)
     splits = dict(splits if splits is not None else {"train": 400, "val": 60, "test": 60})
-    marker = _marker_text(seed, width, height, max_objects, splits, write_coco)
+    marker = _marker_text(seed, width, height, max_objects, splits, write_coco, min_size, min_visible)
     marker_path = out_root / MARKER_NAME
     if marker_path.is_file() and marker_path.read_text(encoding="utf-8") == marker:
         return out_root
@@ -377,7 +390,8 @@ def write_synthetic_dataset(
         if progress:
             indices = tqdm(indices, desc=f"synthetic {split}", unit="img")
         records = write_images(
-            out_root, seed=seed, split=split, indices=indices, width=width, height=height, max_objects=max_objects
+            out_root, seed=seed, split=split, indices=indices, width=width, height=height, max_objects=max_objects,
+            min_size=min_size, min_visible=min_visible,
         )
         ids = [r.image_id for r in records]
         keep.update(ids)
@@ -394,6 +408,11 @@ def write_synthetic_dataset(
 def write_synthetic_from_config(cfg: SyntheticConfig, out_root: str | Path, *, progress: bool = False) -> Path:
     """:func:`write_synthetic_dataset` from a ``yolov2.config.SyntheticConfig`` (the stage's edge)."""
     width, height = cfg.image_size
+    if not (0 < cfg.min_object_size <= min(width, height)) or not (0.0 <= cfg.min_visible <= 1.0):
+        raise ConfigError(
+            f"data.synthetic: min_object_size must be in (0, {min(width, height)}] and min_visible in [0, 1], "
+            f"got {cfg.min_object_size} and {cfg.min_visible}"
+        )
     return write_synthetic_dataset(
         out_root,
         seed=cfg.seed,
@@ -403,11 +422,20 @@ def write_synthetic_from_config(cfg: SyntheticConfig, out_root: str | Path, *, p
         splits={"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test},
         write_coco=cfg.write_coco,
         progress=progress,
+        min_size=cfg.min_object_size,
+        min_visible=cfg.min_visible,
     )
 
 
 def _marker_text(
-    seed: int, width: int, height: int, max_objects: int, splits: Mapping[str, int], write_coco: bool
+    seed: int,
+    width: int,
+    height: int,
+    max_objects: int,
+    splits: Mapping[str, int],
+    write_coco: bool,
+    min_size: float = MIN_OBJECT_SIZE,
+    min_visible: float = MIN_VISIBLE,
 ) -> str:
     params = {
         "generator_version": GENERATOR_VERSION,
@@ -420,6 +448,8 @@ def _marker_text(
         "class_names": list(SHAPE_CLASSES),
         "jpeg_quality": JPEG_QUALITY,
     }
+    if (min_size, min_visible) != (MIN_OBJECT_SIZE, MIN_VISIBLE):  # absent at the defaults: older markers still match
+        params.update(min_size=float(min_size), min_visible=float(min_visible))
     return json.dumps(params, indent=2, sort_keys=True) + "\n"
 
 
