@@ -59,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from yolov2.engine.checkpoint import load_checkpoint
     from yolov2.engine.ema import ModelEMA
-    from yolov2.engine.optim import build_sgd
+    from yolov2.engine.optim import build_optimizer
     from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
     from yolov2.loss import region_loss_kwargs
 
@@ -80,7 +80,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    optimizer = build_sgd(model, t.lr, t.momentum, t.weight_decay)
+    optimizer = build_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay)
     ema = ModelEMA(model.module if hasattr(model, "module") else model, t.ema_decay) if t.ema else None
 
     accumulation = accumulation_for(t.effective_batch, t.batch_size, world)
