@@ -72,6 +72,9 @@ def _rank_within_image(image_ids: np.ndarray) -> np.ndarray:
     return positions - np.maximum.accumulate(np.where(starts, positions, 0))
 
 
+POOL_START_TIMEOUT_S = 600  # generous: GPU nodes of an autoscaling cluster take minutes to start
+
+
 def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, cfg: PipelineConfig,
                   image_order: list[str]) -> DetectionTable:
     """Detections of every image in the shards, ordered by ``image_order`` then score (deterministic)."""
@@ -82,6 +85,10 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
     # decoder=None keeps the raw JPEG bytes (decoder=False still decodes images in Ray 2.60), so the actors
     # decode exactly as every other path does (OpenCV, yolov2.data.images.decode_rgb).
     ds = ray.data.read_webdataset(shard_urls, decoder=None, num_cpus=0.25)
+    # Feed the pool once every actor holds the model, so batches spread over all of them (and their nodes):
+    # otherwise the first actor ready takes every batch of a small split. An undersized cluster fails
+    # after POOL_START_TIMEOUT_S with Ray's "not enough resources for the requested actor pool".
+    ds.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     ds = ds.map_batches(
         DetectActor,
         fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,

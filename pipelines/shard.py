@@ -86,14 +86,32 @@ def _inject_first_attempt_fault(mode: str, marker_dir: str, shard_path: str) -> 
     raise RuntimeError(f"fault hook: worker {os.getpid()} writing {shard_path} was not killed within 120 s")
 
 
+def _spread_strategies(count: int) -> list[Any]:
+    """Ray scheduling strategies for ``count`` shard tasks: the first task on each alive node that has a CPU
+    is pinned there (softly: it moves if that node goes), every other task uses SPREAD.
+
+    Shard writing is I/O-bound work that should use every node's disks and CPUs. SPREAD alone is decided per
+    worker lease, and Ray reuses a busy lease for the next queued task of the same function while the lease
+    is younger than 0.5 s (worker_lease_timeout_milliseconds): shard tasks shorter than a worker's start-up
+    on another node (small datasets) all ran, back to back, on the driver's node. A pinned task waits for its
+    own node's worker instead; the SPREAD rest still balances over whichever workers are free.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
+    pinned: list[Any] = [NodeAffinitySchedulingStrategy(node, soft=True) for node in nodes[:count]]
+    return pinned + ["SPREAD"] * (count - len(pinned))
+
+
 def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions) -> list[ShardOutcome]:
     import ray
     from tqdm import tqdm
 
     fault = _fault_hook_from_env()
-    # SPREAD: shard writing is I/O-bound work that should use every node's disks and CPUs, not pack onto one
-    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_remote_write_shard)
-    refs = [remote.remote(ctx.workspace, ctx.out(p.name), p.items, options, fault) for p in planned]
+    remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
+    refs = [remote.options(scheduling_strategy=strategy).remote(ctx.workspace, ctx.out(p.name), p.items, options, fault)
+            for p, strategy in zip(planned, _spread_strategies(len(planned)))]
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardOutcome | None] = [None] * len(refs)
     pending = list(refs)
