@@ -18,6 +18,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when the with-block ends: nothing listens there
 
 
+@pytest.mark.fault
 def test_unreachable_server_is_a_clear_error(tmp_path):
     uri = f"http://user:hunter2@127.0.0.1:{_closed_port()}"
     with pytest.raises(ConfigError, match="unreachable") as info:
@@ -25,6 +26,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     assert "hunter2" not in str(info.value)  # the password is masked in the message
 
 
+@pytest.mark.fault
 def test_unreachable_server_falls_back_to_the_local_store(tmp_path):
     uri = tracking.setup_mlflow(f"http://127.0.0.1:{_closed_port()}", "x", Workspace.open(tmp_path),
                                 fallback_to_local=True)

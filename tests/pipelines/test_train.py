@@ -88,6 +88,7 @@ def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, t
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5 * 10, 2, 2)
 
 
+@pytest.mark.fault
 def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_local, tmp_path, monkeypatch):
     markers = tmp_path / "markers"
     markers.mkdir()
