@@ -251,9 +251,9 @@ def test_mlflow_server_defaults_to_loopback():
     assert "def test_mlflow_server_answers_on_loopback_only_and_uses_the_workspace_store" in scripts_test
 
 
-def test_local_ray_is_started_without_a_dashboard(monkeypatch):
-    """connect() with no address and no cluster to join starts a local instance with include_dashboard=False
-    (or a dashboard on 127.0.0.1); ray.init is replaced, so nothing starts here."""
+def test_local_ray_dashboard_listens_on_loopback_only(monkeypatch):
+    """connect() with no address and no cluster to join starts a local instance whose dashboard (if any) binds
+    127.0.0.1; ray.init is replaced, so nothing starts here."""
     import ray
 
     from pipelines import ray_runtime
@@ -329,8 +329,9 @@ def local_ray_probe():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_real_local_ray_runs_no_dashboard(local_ray_probe):
-    assert local_ray_probe["webui_url"] == ""
+def test_real_local_ray_dashboard_is_on_loopback(local_ray_probe):
+    """The dashboard (it serves the state API Ray Train polls) answers on 127.0.0.1 only."""
+    assert local_ray_probe["webui_url"].startswith("127.0.0.1:"), local_ray_probe
     assert local_ray_probe["listening"], "the probe found the instance's sockets"
 
 
