@@ -27,8 +27,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     # Plain ray.init() joins the cluster a `ray start` on this machine recorded, else starts a local one
     # (it never joins some other process's private ray.init() instance, unlike address="auto").
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls every second:
-    # without it the train stage prints "Failed to query Ray Train Controller actor state" each time.
-    # It listens on 127.0.0.1 only.
+    # without it the train stage prints "Failed to query Ray Train Controller actor state" each time, and a
+    # lookup that finds nothing is taken for a dead controller: the cleaner removed the workers' placement
+    # group mid-run (seen in the demo under load; the run restarted from its checkpoint). 127.0.0.1 only.
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     except ValueError:  # num_cpus is refused when joining an existing cluster

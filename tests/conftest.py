@@ -25,10 +25,16 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray instance (2 CPUs) shared by every test that needs one."""
+    """A local Ray instance (2 CPUs) shared by every test that needs one.
+
+    With its dashboard (on 127.0.0.1), as pipelines/ray_runtime.py starts it: the dashboard serves the state
+    API, and Ray Train's placement-group cleaner takes a failed actor lookup for a dead controller and removes
+    the workers' placement group (seen under load: a training run lost its workers and restarted).
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                 configure_logging=False)
     yield ray
     ray.shutdown()
