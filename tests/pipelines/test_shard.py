@@ -124,16 +124,23 @@ def test_bad_images_are_rejected_with_reasons_and_counted(ray_local, tmp_path, s
     assert "missing" in image_rejects[ids[1]]["reason"]
 
 
-@pytest.mark.fault
-def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
-    overrides = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-                 "shard.max_count=8"]
-    _, ws, clean = _run(tmp_path, overrides)
-    clean_digests = _shard_digests(ws, clean)
+FAULT_OVERRIDES = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
+                   "shard.max_count=8"]  # 5 shards
+
+
+def _clean_run_and_marker_dir(tmp_path: Path):
+    """A clean shard run (its workspace and shard digests) and an empty folder for a fault hook's markers."""
+    _, ws, clean = _run(tmp_path, FAULT_OVERRIDES)
     markers = tmp_path / "markers"
     markers.mkdir()
+    return ws, _shard_digests(ws, clean), markers
+
+
+@pytest.mark.fault
+def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
+    ws, clean_digests, markers = _clean_run_and_marker_dir(tmp_path)
     monkeypatch.setenv("YOLOV2_FAULT_SHARD_DIR", str(markers))
-    _, _, faulty = _run(tmp_path, overrides, force=True)
+    _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True)
     assert len(list(markers.iterdir())) == len(clean_digests) == 5  # every shard's first attempt died
     assert _shard_digests(ws, faulty) == clean_digests
     assert not list(ws.local_path(faulty.output_dir).glob(".tmp-*"))
@@ -163,18 +170,13 @@ def _process_gone(pid: int) -> bool:
 def test_worker_killed_by_signal_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
     """The worker process running each shard's first attempt is SIGKILLed from outside, mid-write (data
     written, temp file not yet renamed): Ray retries the task on a new worker, shards are byte-identical."""
-    overrides = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-                 "shard.max_count=8"]
-    _, ws, clean = _run(tmp_path, overrides)
-    clean_digests = _shard_digests(ws, clean)
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    ws, clean_digests, markers = _clean_run_and_marker_dir(tmp_path)
     monkeypatch.setenv("YOLOV2_FAULT_SHARD_HOLD_DIR", str(markers))
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_held_workers, args=(markers, stop, killed), daemon=True)
     killer.start()
     try:
-        _, _, faulty = _run(tmp_path, overrides, force=True)
+        _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True)
     finally:
         stop.set()
         killer.join()
