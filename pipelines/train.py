@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -341,7 +342,9 @@ class _RankZeroLogger:
             return
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss/total", "lr", "images_per_s",
                                                                             "map50_voc07", "input_size", "epoch"))
-        print(f"[train] step {step}/{self.total_steps} {shown} ({time.time() - self.started:.0f}s)", flush=True)
+        # To the process's real stdout: Ray Train patches print() to log *and* echo each line (shown twice).
+        print(f"[train] step {step}/{self.total_steps} {shown} ({time.time() - self.started:.0f}s)",
+              file=sys.__stdout__, flush=True)
         if self.sender is not None:
             self.sender.add({k.replace("/", "_"): v for k, v in metrics.items()}, step)
 
