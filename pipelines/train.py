@@ -58,7 +58,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from yolov2.engine.checkpoint import load_checkpoint
+    from yolov2.engine.checkpoint import load_checkpoint, unwrap
     from yolov2.engine.ema import ModelEMA
     from yolov2.engine.optim import build_optimizer
     from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
@@ -82,7 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay)
-    ema = ModelEMA(model.module if hasattr(model, "module") else model, t.ema_decay) if t.ema else None
+    ema = ModelEMA(unwrap(model), t.ema_decay) if t.ema else None
 
     accumulation = accumulation_for(t.effective_batch, t.batch_size, world)
     if t.ingest == "ray_data":
@@ -123,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def end_epoch(state, metrics: dict[str, float], ckpt: dict[str, Any] | None) -> None:
         if rank == 0 and "map50_voc07" in metrics and metrics["map50_voc07"] > state.best_metric:
             state.best_metric = metrics["map50_voc07"]
-            best = ema.module if ema else (model.module if hasattr(model, "module") else model)
+            best = ema.module if ema else unwrap(model)
             workspace.write_bytes(_model_file_bytes(best, spec), config["output_dir"], "best.pt")
             if ckpt is not None:
                 ckpt["state"]["best_metric"] = state.best_metric
@@ -144,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   ema=ema, resume_from=resume_from)
     logger.close(final.step)
     if config.get("trace_dir"):
-        inner = model.module if hasattr(model, "module") else model
+        inner = unwrap(model)
         # parameters only: BN running statistics are per-rank between DDP's buffer broadcasts
         digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in inner.parameters()))
         (Path(config["trace_dir"]) / f"weights-rank{rank}.txt").write_text(digest.hexdigest())

@@ -61,7 +61,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise WeightsError(f"{path}: not a safe checkpoint (weights_only load refused it: {e})") from e
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DDP wrapper (its ``.module``), or the model itself."""
+    return model.module if hasattr(model, "module") else model
+
+
 def model_state_for_export(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the bare model, unwrapped from DDP (``module.``) if needed."""
-    inner = model.module if hasattr(model, "module") else model
-    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from yolov2.engine.checkpoint import unwrap
+
 _COPIED_BUFFERS = ("running_mean", "running_var")  # BN statistics: copied, not averaged
 
 
@@ -21,7 +23,7 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, updates: int = 0) -> None:
-        self.module = copy.deepcopy(_unwrap(model)).eval()
+        self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
@@ -35,7 +37,7 @@ class ModelEMA:
         """One step towards ``model``'s weights (a DDP wrapper is unwrapped)."""
         self.updates += 1
         d = self.current_decay()
-        averaged, averaged_src, copied, copied_src = _paired_tensors(self.module, _unwrap(model))
+        averaged, averaged_src, copied, copied_src = _paired_tensors(self.module, unwrap(model))
         if averaged:
             torch._foreach_lerp_(averaged, averaged_src, 1.0 - d)  # ema + (1 - d) (src - ema)
         if copied:
@@ -48,10 +50,6 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state["decay"])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def _paired_tensors(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from yolov2.data.loader import Batch, to_model_input
-from yolov2.engine.checkpoint import restore_rng_state, rng_state
+from yolov2.engine.checkpoint import model_state_for_export, restore_rng_state, rng_state, unwrap
 from yolov2.engine.ema import ModelEMA
 from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
 from yolov2.loss import region_loss
@@ -117,15 +117,11 @@ def small_ops_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
                      scaler: torch.amp.GradScaler | None, state: TrainState) -> dict[str, Any]:
     """Everything to resume exactly, as weights_only-loadable values."""
     return {
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "model": model_state_for_export(model),
         "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict() if ema else None,
         "scaler": scaler.state_dict() if scaler else None,
