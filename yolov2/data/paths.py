@@ -57,7 +57,7 @@ def outside_root_reason(path: str | Path, root: str | Path) -> str | None:
     """
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
-    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+    if _inside(real, real_root):
         return None
     return (
         f"{printable(path)} {OUTSIDE_ROOT} {printable(real_root)}: a symbolic link leads to {printable(real)}; "
@@ -97,7 +97,11 @@ class RootConfinement:
             real_dir = self._real_dirs[folder] = os.path.realpath(folder)
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)
-        real, real_root = os.path.join(real_dir, name), self._real_root
-        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        if _inside(os.path.join(real_dir, name), self._real_root):
             return None
         return outside_root_reason(path, self.root)  # the full message
+
+
+def _inside(real: str, real_root: str) -> bool:
+    """Whether resolved ``real`` is ``real_root`` or below it (as paths: ``/data/voc2`` is not in ``/data/voc``)."""
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)

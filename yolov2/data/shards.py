@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from yolov2.data.images import check_image_against_record, inspect_image
+from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.errors import DatasetError
 
@@ -163,7 +163,7 @@ class ShardOptions:
     max_side: int | None = None  # downscale images whose longer side exceeds this (boxes follow)
     jpeg_quality: int = 95
     strict: bool = False  # raise DatasetError on the first bad image instead of rejecting it
-    max_pixels: int = 89_478_485  # decompression-bomb guard: larger images are rejected
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard: larger images are rejected
 
 
 @dataclass

@@ -28,7 +28,7 @@ from yolov2.data.coco import read_coco, read_coco_categories
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.data.shards import ShardItem
 from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
-from yolov2.data.yolo_txt import read_names, read_yolo_item
+from yolov2.data.yolo_txt import orphan_label_rejects, read_names, read_yolo_item
 from yolov2.data.images import IMAGE_EXTENSIONS
 from yolov2.data.paths import RootConfinement, outside_root_reason, printable
 from yolov2.errors import DatasetError
@@ -120,13 +120,7 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
         load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict,
                                  confine_to=root)
         _add(listing, seen, path.stem, path, load, str(image_dir), split)
-    stems = {p.stem for p in images}
-    orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
-    for label in orphans:
-        if strict:
-            raise DatasetError(f"{printable(label)}: label file without an image")
-        reject = Reject(printable(label), "label file without an image", "image", printable(label.stem), split)
-        listing.rejects.append(reject)
+    listing.rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in images}, split, strict))
 
 
 def _yolo_names_file(root: Path) -> Path:

@@ -89,11 +89,7 @@ def read_yolo_txt(
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir}: image folder not found")
         paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        stems = {p.stem for p in paths}
-        orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems) if label_dir.is_dir() else []
-        for p in orphans:
-            reject = reject_or_raise(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
-            rejects.append(reject)
+        rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in paths}, split, strict))
     else:
         paths = [image_dir / p for p in images]
     by_stem: dict[str, list[Path]] = {}
@@ -113,6 +109,14 @@ def read_yolo_txt(
             records.append(record)
         rejects.extend(item_rejects)
     return records, rejects
+
+
+def orphan_label_rejects(label_dir: Path, image_stems: set[str], split: str, strict: bool) -> list[Reject]:
+    """An image-level reject (or, ``strict``, an error) for each label file in ``label_dir`` without an image:
+    it counts as an input, so nothing is dropped silently."""
+    orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in image_stems) if label_dir.is_dir() else []
+    return [reject_or_raise(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
+            for p in orphans]
 
 
 def read_yolo_item(
