@@ -65,7 +65,6 @@ class MetricSender:
         self._thread.join(timeout)
         with self._cond:
             left, self._pending = self._pending, []
-            self._closing = True
             self.delivery.unsent = len(left)
         return left
 

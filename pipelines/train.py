@@ -207,24 +207,27 @@ def _newest_checkpoint(workspace: Workspace, checkpoint_dir: str, restored: dict
     import torch.distributed as dist
 
     choice: list[str | None] = [None]
+    newer = None  # rank 0's loaded copy of the chosen checkpoint (the other ranks load it below)
     if rank == 0:
         restored_step = restored["state"]["step"] if restored else -1
         for name in reversed(workspace.list_dir(checkpoint_dir)):  # names sort by time
             if not name.startswith("checkpoint_"):
                 continue
             try:
-                step = _load_state(workspace, checkpoint_dir, name)["state"]["step"]
+                state = _load_state(workspace, checkpoint_dir, name)
             except Exception as e:  # FileNotFoundError, a truncated file: an upload the kill interrupted
                 log.warning("skipping incomplete checkpoint %s/%s (%s)", checkpoint_dir, name, e)
                 continue
-            if step > restored_step:
+            if state["state"]["step"] > restored_step:
                 log.warning("Ray Train restored %s; resuming from the newer checkpoint %s (step %d) instead",
-                            f"step {restored_step}" if restored else "no checkpoint", name, step)
-                choice = [name]
+                            f"step {restored_step}" if restored else "no checkpoint", name, state["state"]["step"])
+                choice, newer = [name], state
             break
     if world > 1 and dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(choice, src=0)
-    return _load_state(workspace, checkpoint_dir, choice[0]) if choice[0] else restored
+    if choice[0] is None:
+        return restored
+    return newer if newer is not None else _load_state(workspace, checkpoint_dir, choice[0])
 
 
 def _load_state(workspace: Workspace, checkpoint_dir: str, name: str) -> dict[str, Any]:
