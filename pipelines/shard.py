@@ -2,7 +2,8 @@
 
 Output per split: ``<split>-%06d.tar`` shards, ``<split>-index.parquet`` (every record with its shard
 and key: the anchors stage reads only this), and one ``rejects.parquet`` with the reason for every
-skipped image or box. The shard plan (which image goes to which shard) is made on the driver from
+skipped image or box. Each task sends back its part of the index as an Arrow table (not Python records),
+so the driver only concatenates: its serial share of the stage stays small. The shard plan (which image goes to which shard) is made on the driver from
 the config and file sizes alone, so shard names and contents never depend on task scheduling: a
 rerun, a retried task or ``--force`` gives byte-identical shards. Each task writes its shard to a
 temporary name and renames it, so a killed task leaves no partial shard.
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from yolov2.config import PipelineConfig
-from yolov2.data.records import Reject, records_to_table, rejects_to_table
-from yolov2.data.shards import ShardItem, ShardOptions, ShardOutcome, write_shard
+from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_to_table
+from yolov2.data.shards import ShardItem, ShardOptions, write_shard
 from yolov2.data.sources import list_split_items
 from yolov2.errors import DatasetError, YoloV2Error
 
@@ -57,13 +59,34 @@ def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: i
     return shards
 
 
-def _remote_write_shard(workspace: Workspace, shard_path: str, items: list[ShardItem], options: ShardOptions,
-                        fault: tuple[str, str] | None) -> ShardOutcome:
+@dataclass
+class ShardIndexPart:
+    """What a shard task reports back: its rows of the split index (records + ``shard`` + ``key``, as Arrow:
+    cheap to send and to concatenate), its rejects and the bytes it wrote."""
+
+    index: pa.Table
+    rejects: list[Reject]
+    bytes_written: int
+
+
+def index_table(records: list[ImageRecord], keys: list[str], shard_name: str, class_names: list[str]) -> pa.Table:
+    """Records of one shard -> index rows: the records table plus the ``shard`` and ``key`` columns."""
+    table = records_to_table(records, class_names)
+    table = table.append_column("shard", pa.array([shard_name] * len(keys), pa.string()))
+    return table.append_column("key", pa.array(keys, pa.string()))
+
+
+def _remote_write_shard(workspace: Workspace, shard_path: str, plan: PlannedShard, options: ShardOptions,
+                        class_names: list[str], fault: tuple[str, str] | None) -> ShardIndexPart:
+    """One shard task. ``plan`` travels as one object, not as a list: Ray pickles a list argument element by
+    element, which would repeat the items' shared parts (root, class names, reader) once per image."""
+    shard_name = shard_path.rsplit("/", 1)[-1]
     with workspace.atomic_output(shard_path) as stream:
-        outcome = write_shard(stream, items, options, shard_name=shard_path.rsplit("/", 1)[-1])
+        outcome = write_shard(stream, plan.items, options, shard_name=shard_name)
         if fault:
             _inject_first_attempt_fault(*fault, shard_path)
-    return outcome
+    index = index_table(outcome.records, outcome.keys, shard_name, class_names)
+    return ShardIndexPart(index, outcome.rejects, outcome.bytes_written)
 
 
 def _inject_first_attempt_fault(mode: str, marker_dir: str, shard_path: str) -> None:
@@ -104,16 +127,18 @@ def _spread_strategies(count: int) -> list[Any]:
     return pinned + ["SPREAD"] * (count - len(pinned))
 
 
-def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions) -> list[ShardOutcome]:
+def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions,
+                     class_names: list[str]) -> list[ShardIndexPart]:
     import ray
     from tqdm import tqdm
 
     fault = _fault_hook_from_env()
     remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
-    refs = [remote.options(scheduling_strategy=strategy).remote(ctx.workspace, ctx.out(p.name), p.items, options, fault)
+    refs = [remote.options(scheduling_strategy=strategy).remote(ctx.workspace, ctx.out(p.name), p, options,
+                                                                class_names, fault)
             for p, strategy in zip(planned, _spread_strategies(len(planned)))]
     index_of = {ref: i for i, ref in enumerate(refs)}
-    outcomes: list[ShardOutcome | None] = [None] * len(refs)
+    outcomes: list[ShardIndexPart | None] = [None] * len(refs)
     pending = list(refs)
     with tqdm(total=len(refs), desc="shards", unit="shard", disable=None) as bar:
         while pending:
@@ -169,7 +194,7 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
         planned.extend(plan_shards(split, listing.items, cfg.shard.max_count, cfg.shard.max_bytes))
     assert class_names is not None
 
-    outcomes = _run_shard_tasks(ctx, planned, options)
+    outcomes = _run_shard_tasks(ctx, planned, options, class_names)
     orphans = ctx.workspace.remove_temp_files(ctx.output_dir)  # left by killed attempts
     if orphans:
         log.warning("removed %d temp file(s) left by interrupted shard tasks", orphans)
@@ -179,34 +204,30 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     total_bytes = 0
     for split in cfg.data.splits:
         shard_outcomes = [(p, o) for p, o in zip(planned, outcomes) if p.split == split]
-        records, shard_col, key_col, bytes_written = [], [], [], 0
-        for plan, outcome in shard_outcomes:
-            records.extend(outcome.records)
-            shard_col.extend([plan.name] * len(outcome.records))
-            key_col.extend(outcome.keys)
+        parts = [o.index for _, o in shard_outcomes] or [index_table([], [], "", class_names)]
+        table = pa.concat_tables(parts).combine_chunks()  # one chunk: the Parquet layout never depends on the plan
+        for _, outcome in shard_outcomes:
             all_rejects.extend(outcome.rejects)
-            bytes_written += outcome.bytes_written
-        table = records_to_table(records, class_names)
-        table = table.append_column("shard", pa.array(shard_col, pa.string()))
-        table = table.append_column("key", pa.array(key_col, pa.string()))
+        bytes_written = sum(o.bytes_written for _, o in shard_outcomes)
         ctx.workspace.write_parquet(table, ctx.out(f"{split}-index.parquet"))
+        images = table.num_rows
         image_rejects = sum(r.level == "image" and r.split == split for r in all_rejects)
-        if items_in[split] != len(records) + image_rejects:  # nothing may be lost silently
+        if items_in[split] != images + image_rejects:  # nothing may be lost silently
             raise DatasetError(
-                f"split {split}: {items_in[split]} images in, but {len(records)} sharded + {image_rejects} rejected"
+                f"split {split}: {items_in[split]} images in, but {images} sharded + {image_rejects} rejected"
             )
         summary["splits"][split] = {
             "images_in": items_in[split],
-            "images": len(records),
-            "boxes": int(sum(r.num_boxes for r in records)),
-            "clipped_boxes": int(sum(r.clipped_boxes for r in records)),
+            "images": images,
+            "boxes": int(pc.sum(pc.list_value_length(table["boxes"])).as_py() or 0),
+            "clipped_boxes": int(pc.sum(table["clipped_boxes"]).as_py() or 0),
             "rejected_images": image_rejects,
             "rejected_boxes": sum(r.level == "box" and r.split == split for r in all_rejects),
             "shards": [p.name for p, _ in shard_outcomes],
             "bytes": bytes_written,
             "index": f"{split}-index.parquet",
         }
-        total_images += len(records)
+        total_images += images
         total_bytes += bytes_written
     ctx.workspace.write_parquet(rejects_to_table(all_rejects), ctx.out("rejects.parquet"))
     seconds = time.time() - started

@@ -20,6 +20,7 @@ image-level reject (counted as an input), as :func:`yolov2.data.yolo_txt.read_yo
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,7 +64,7 @@ def list_split_items(
     return listing
 
 
-def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: Path, load, source: str, split: str) -> None:
+def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: str | Path, load, source: str, split: str) -> None:
     if image_id in seen:
         image_id = printable(image_id)  # a YOLO stem is a file name: maybe not UTF-8
         reason = f"image id {image_id} appears twice in split {split}"
@@ -81,9 +82,10 @@ def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool,
     # One confinement and one names tuple shared by every item: pickled once per shard task, and the
     # task resolves the dataset folders once instead of once per file.
     confine, names_tuple = RootConfinement(root), tuple(names)
+    image_dir = os.path.join(voc_root, "JPEGImages")  # strings: pathlib per item cost more than the listing
     for image_id in voc_split_ids(voc_root, imageset):
         load = functools.partial(read_voc_item, voc_root, image_id, split, names_tuple, False, strict, confine_to=confine)
-        _add(listing, seen, image_id, voc_root / "JPEGImages" / f"{image_id}.jpg", load, source, split)
+        _add(listing, seen, image_id, os.path.join(image_dir, f"{image_id}.jpg"), load, source, split)
 
 
 def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
