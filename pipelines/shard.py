@@ -2,11 +2,12 @@
 
 Output per split: ``<split>-%06d.tar`` shards, ``<split>-index.parquet`` (every record with its shard
 and key: the anchors stage reads only this), and one ``rejects.parquet`` with the reason for every
-skipped image or box. Each task sends back its part of the index as an Arrow table (not Python records),
-so the driver only concatenates: its serial share of the stage stays small. The shard plan (which image goes to which shard) is made on the driver from
+skipped image or box. The shard plan (which image goes to which shard) is made on the driver from
 the config and file sizes alone, so shard names and contents never depend on task scheduling: a
 rerun, a retried task or ``--force`` gives byte-identical shards. Each task writes its shard to a
-temporary name and renames it, so a killed task leaves no partial shard.
+temporary name and renames it, so a killed task leaves no partial shard. Each task sends back its
+rows of the index as an Arrow table, not as Python records: the driver only concatenates them, so
+its serial share of the stage stays small.
 
 Run alone: ``python pipelines/shard.py --config configs/demo.yaml``.
 """
