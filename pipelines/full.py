@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, StageResult] = {}
     started = time.time()
     exit_code = 0
+    guard: tracking.TrackingGuard | None = None  # the parent run's, when MLflow is on
 
     def run_all() -> None:
         nonlocal exit_code
@@ -102,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                 "output": workspace.uri_of(result.output_dir),
                 "mlflow_run_id": result.run_id,
             }
-            if use_mlflow and result.cached and result.run_id:
+            if guard is not None and result.cached and result.run_id:
                 import mlflow
 
-                mlflow.set_tag(f"stage.{stage}.cached_run_id", result.run_id)
+                guard.call(f"tag stage.{stage}.cached_run_id", mlflow.set_tag, f"stage.{stage}.cached_run_id",
+                           result.run_id)
             print(f"[{stage}] {summary['stages'][stage]['status']} ({result.seconds:.1f}s) -> "
                   f"{workspace.uri_of(result.output_dir)}", flush=True)
 
@@ -116,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             uri = tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace,
                                         cfg.mlflow.fallback_to_local)
             summary["mlflow_tracking_uri"] = tracking.mask_secrets(uri)
-            with mlflow.start_run(run_name="pipeline") as parent:
-                summary["mlflow_parent_run_id"] = parent.info.run_id
-                mlflow.set_tags(tracking.environment_tags())
-                tracking.log_params(flatten(to_dict(cfg)))
+            with tracking.guarded_run("pipeline") as guard:
+                summary["mlflow_parent_run_id"] = guard.run_id
+                guard.call("tags", mlflow.set_tags, tracking.environment_tags())
+                guard.call("params", tracking.log_params, flatten(to_dict(cfg)))
                 run_all()
-                tracking.log_metrics(final_metrics(results))
+                guard.call("metrics", tracking.log_metrics, final_metrics(results))
+            if guard.skipped:
+                summary["mlflow_not_logged"] = guard.skipped
         else:
             run_all()
     except (YoloV2Error, StageError) as e:

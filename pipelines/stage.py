@@ -115,26 +115,32 @@ class StageContext:
     output_dir: str
     upstream: dict[str, StageResult] = field(default_factory=dict)
     tracking_enabled: bool = True
+    tracker: tracking.TrackingGuard | None = None  # set while the stage's MLflow run is open
 
     def out(self, *parts: str) -> str:
         """A path relative to the workspace root, inside this stage's output folder."""
         return "/".join([self.output_dir, *parts])
 
+    def track(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """An MLflow call of the stage, through its guard (skipped, and named, while the server is down)."""
+        if not self.tracking_enabled:
+            return
+        if self.tracker is None:
+            fn(*args, **kwargs)
+        else:
+            self.tracker.call(what, fn, *args, **kwargs)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.tracking_enabled:
-            tracking.log_metrics(metrics, step)
+        self.track(f"metrics {', '.join(sorted(metrics))}", tracking.log_metrics, metrics, step)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.tracking_enabled:
-            tracking.log_params(params)
+        self.track("params", tracking.log_params, params)
 
     def log_artifact_bytes(self, data: bytes, name: str, artifact_path: str | None = None) -> None:
-        if self.tracking_enabled:
-            tracking.log_artifact_bytes(data, name, artifact_path)
+        self.track(f"artifact {name}", tracking.log_artifact_bytes, data, name, artifact_path)
 
     def log_figure(self, figure: Any, name: str) -> None:
-        if self.tracking_enabled:
-            tracking.log_figure(figure, name)
+        self.track(f"figure {name}", tracking.log_figure, figure, name)
 
 
 def load_result(cfg: PipelineConfig, workspace: Workspace, stage: str) -> StageResult | None:
@@ -250,13 +256,19 @@ def _run_unlocked(stage: str, cfg: PipelineConfig, workspace: Workspace, body: C
         if workspace.is_local:  # we hold this output's lock, so a run of it still RUNNING is a dead one's
             tracking.end_stale_stage_runs(cfg.mlflow.experiment, stage, fp, workspace.uri_of(output_dir))
         active = mlflow.active_run()
-        with mlflow.start_run(run_name=stage, nested=active is not None) as run:
-            run_id = run.info.run_id
-            mlflow.set_tags({"stage": stage, "fingerprint": fp, "workspace": workspace.uri_of(output_dir)})
-            tracking.log_params(flatten(stage_config(cfg, stage)))
+        with tracking.guarded_run(stage, nested=active is not None) as guard:
+            run_id, ctx.tracker = guard.run_id, guard
+            ctx.track("tags", mlflow.set_tags, {"stage": stage, "fingerprint": fp,
+                                                "workspace": workspace.uri_of(output_dir)})
+            ctx.track("params", tracking.log_params, flatten(stage_config(cfg, stage)))
             manifest = body(ctx)
             seconds = time.time() - started
-            tracking.log_metrics({"stage_seconds": seconds})
+            ctx.log_metrics({"stage_seconds": seconds})
+        if guard.skipped:
+            log.warning("stage %s: its output is complete, but the MLflow server was down for %d logging call(s), "
+                        "listed in its manifest (mlflow_not_logged); its run may still show RUNNING there",
+                        stage, len(guard.skipped))
+            manifest = {**manifest, "mlflow_not_logged": guard.skipped}
     else:
         manifest = body(ctx)
         seconds = time.time() - started

@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,82 @@ def server_reachable(uri: str, timeout: float = 5.0) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+class TrackingGuard:
+    """Keeps a driver's MLflow calls from holding finished work hostage to a dead tracking server.
+
+    MLflow retries a failed request for minutes with back-off and then raises: a server that dies during
+    a stage and stays down would hold the finished stage that long and then fail it, its manifest
+    unwritten and its work lost to the rerun. The guard asks an http(s) server's ``/health`` before each
+    call (other stores always pass, at no cost); with no answer the call is skipped and named in
+    ``skipped`` (the stage records the list in its manifest) with one warning. A server that comes back
+    is used again from the next call on.
+    """
+
+    def __init__(self, uri: str, run_id: str | None = None, health_timeout: float = 5.0) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.health_timeout = health_timeout
+        self.skipped: list[str] = []
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """``fn(*args, **kwargs)`` when the server answers, else skipped and ``what`` noted; True if it ran."""
+        if server_reachable(self.uri, self.health_timeout):
+            fn(*args, **kwargs)
+            return True
+        if not self.skipped:
+            log.warning("MLflow server %s is not answering: MLflow logging is skipped until it answers again "
+                        "(first skipped: %s)", mask_secrets(self.uri), what)
+        self.skipped.append(what)
+        return False
+
+    def end_run(self, status: str) -> None:
+        """End the active run; with the server down, without MLflow's retries (the run stays RUNNING there)."""
+        import mlflow
+
+        if self.call(f"end of run ({status})", mlflow.end_run, status):
+            return
+        with _mlflow_requests_without_retries():
+            try:
+                mlflow.end_run(status)  # takes the run off this process's stack, then asks the server
+            except Exception as e:  # noqa: BLE001  the server is down: just found out, already warned
+                log.debug("ending the MLflow run failed as expected: %s", e)
+
+
+@contextmanager
+def guarded_run(run_name: str, nested: bool = False) -> Iterator[TrackingGuard]:
+    """Start an MLflow run and yield its :class:`TrackingGuard`; the run ends FINISHED, FAILED (an error) or
+    KILLED (Ctrl-C), and a dead server does not hold the ending up."""
+    import mlflow
+
+    run = mlflow.start_run(run_name=run_name, nested=nested)
+    guard = TrackingGuard(mlflow.get_tracking_uri(), run.info.run_id)
+    status = "FAILED"
+    try:
+        yield guard
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        guard.end_run(status)
+
+
+@contextmanager
+def _mlflow_requests_without_retries() -> Iterator[None]:
+    """MLflow requests made inside fail at once (no retries, 5 s timeout) instead of backing off for minutes."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspace,

@@ -522,7 +522,8 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     if ctx.tracking_enabled:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "model.pt").write_bytes(model_bytes)
-            _log_final_model(model, t.register_name, Path(folder) / "model.pt", t.input_size)
+            ctx.track("final model", _log_final_model, model, t.register_name, Path(folder) / "model.pt",
+                      t.input_size)
     return {
         "model": "model.pt",
         "best": "best.pt" if has_best else None,

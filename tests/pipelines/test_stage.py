@@ -131,3 +131,58 @@ def test_a_second_run_waits_for_the_lock_or_fails_clearly(tmp_path):
     timer.join()
     holder.close()
     assert result.cached and result.manifest == {"by": "other"} and calls == []  # waited, then reused it
+
+
+@pytest.mark.fault
+def test_mlflow_server_dying_during_a_stage_skips_the_logging_instead_of_failing_the_finished_stage(tmp_path, caplog):
+    """A real MLflow server is stopped while a stage body runs and stays down. Unguarded, MLflow retries each call
+    for minutes and then raises: the finished stage fails and its work is redone. Guarded, the stage ends in
+    seconds, its manifest names the calls it could not log, a rerun is a cache hit, and once a server is back on
+    the same store the run holds what was logged before the outage."""
+    import time
+
+    import mlflow
+    from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_http
+
+    from pipelines import tracking
+
+    def start_server() -> tuple[object, str]:
+        port = free_port()
+        server = _start_mlflow(tmp_path, port)  # the store is tmp_path/ws, kept across restarts
+        wait_http(f"http://127.0.0.1:{port}/health", server, timeout=120)
+        return server, f"http://127.0.0.1:{port}"
+
+    server, base = start_server()
+    try:
+        ws = Workspace.open(tmp_path / "stage-ws")
+        tracking.setup_mlflow(base, "server-dies", ws)
+
+        def body(ctx):
+            ctx.log_metrics({"before": 1.0})
+            stop_session(server)
+            ctx.log_metrics({"after": 2.0})
+            ctx.log_artifact_bytes(b"late", "late.txt")
+            return {"work": "done"}
+
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="pipelines"):
+            result = run_stage("prepare", PipelineConfig(), ws, body)
+        elapsed = time.monotonic() - started
+    finally:
+        stop_session(server)
+    assert elapsed < 60, f"the stage took {elapsed:.0f}s: it waited on the dead server"
+    assert result.manifest["work"] == "done"
+    assert result.manifest["mlflow_not_logged"] == [
+        "metrics after", "artifact late.txt", "metrics stage_seconds", "end of run (FINISHED)"]
+    assert "is not answering" in caplog.text and "its output is complete" in caplog.text
+    assert mlflow.active_run() is None  # nothing left open for the next stage to nest under
+    assert load_result(PipelineConfig(), ws, "prepare").manifest == result.manifest
+
+    server, base = start_server()
+    try:
+        run = mlflow.MlflowClient(base).get_run(result.run_id)
+    finally:
+        stop_session(server)
+    assert run.data.metrics == {"before": 1.0}
+    assert run.data.tags["stage"] == "prepare"
+    assert run.info.status == "RUNNING"
