@@ -260,7 +260,7 @@ def _run_unlocked(stage: str, cfg: PipelineConfig, workspace: Workspace, body: C
             run_id, ctx.tracker = guard.run_id, guard
             ctx.track("tags", mlflow.set_tags, {"stage": stage, "fingerprint": fp,
                                                 "workspace": workspace.uri_of(output_dir)})
-            ctx.track("params", tracking.log_params, flatten(stage_config(cfg, stage)))
+            ctx.log_params(flatten(stage_config(cfg, stage)))
             manifest = body(ctx)
             seconds = time.time() - started
             ctx.log_metrics({"stage_seconds": seconds})
