@@ -120,10 +120,16 @@ def guarded_run(run_name: str, nested: bool = False) -> Iterator[TrackingGuard]:
         guard.end_run(status)
 
 
+def fail_fast_mlflow_env(timeout_s: int) -> dict[str, str]:
+    """MLflow's HTTP settings for requests that fail at once (no retries, ``timeout_s`` per request) instead
+    of backing off for minutes against a dead server."""
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+
+
 @contextmanager
 def _mlflow_requests_without_retries() -> Iterator[None]:
     """MLflow requests made inside fail at once (no retries, 5 s timeout) instead of backing off for minutes."""
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    wanted = fail_fast_mlflow_env(5)
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:

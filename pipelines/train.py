@@ -32,7 +32,7 @@ import torch
 from yolov2.config import PipelineConfig, from_dict, to_dict
 from yolov2.inference import ModelSpec, save_model_file
 
-from pipelines import cli_common
+from pipelines import cli_common, tracking
 from pipelines.stage import StageContext, StageResult, run_stage
 from pipelines.workspace import Workspace
 
@@ -546,8 +546,7 @@ def _fail_fast_mlflow_env() -> dict[str, str]:
     costs nothing; inside MLflow's retries the values would wait behind a back-off of up to minutes.
     Settings the user made in the environment are kept.
     """
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    return {k: os.environ.get(k, v) for k, v in wanted.items()}
+    return {k: os.environ.get(k, v) for k, v in tracking.fail_fast_mlflow_env(10).items()}
 
 
 def _report_delivery(workspace: Workspace, output_dir: str) -> dict[str, Any] | None:
