@@ -289,7 +289,8 @@ def test_from_config(tmp_path):
 
 
 def _short_sides(min_size: float) -> np.ndarray:
-    boxes = np.concatenate([generate_image(0, i, "train", 320, 240, 8, min_size=min_size)[1].boxes for i in range(40)])
+    boxes = np.concatenate([generate_scene(0, i, "train", 320, 240, 8, min_size=min_size).record.boxes
+                            for i in range(40)])
     return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 

@@ -3,8 +3,8 @@
 Why generated: ``make demo`` must run with no download, and a small YOLOv2 must learn it on a CPU in
 minutes. It is not trivial: five shape classes (:data:`SHAPE_CLASSES`) whose colour is drawn
 independently of the class (colour says nothing about the class), log-uniform sizes from ``min_size``
-(14 px by default; the demo config sets its own) to 45% of the shorter image side, random rotation and aspect, overlaps (each object stays at least
-``min_visible`` visible), textured backgrounds (smooth colour blobs or gradients, sometimes stripes)
+(14 px by default; the demo config sets its own) to 45% of the shorter image side, random rotation and
+aspect, overlaps (each object stays at least ``min_visible`` visible), textured backgrounds (smooth colour blobs or gradients, sometimes stripes)
 and Gaussian pixel noise, 0 to ``max_objects`` objects per image.
 
 Determinism: image ``index`` of ``split`` is drawn from its own generator
@@ -184,18 +184,11 @@ def generate_scene(
 
 
 def generate_image(
-    seed: int,
-    index: int,
-    split: str,
-    width: int,
-    height: int,
-    max_objects: int,
-    *,
-    min_size: float = MIN_OBJECT_SIZE,
-    min_visible: float = MIN_VISIBLE,
+    seed: int, index: int, split: str, width: int, height: int, max_objects: int
 ) -> tuple[np.ndarray, ImageRecord]:
-    """Image ``index`` of ``split`` as (uint8[H, W, 3] RGB, its record with xyxy pixel boxes)."""
-    scene = generate_scene(seed, index, split, width, height, max_objects, min_size=min_size, min_visible=min_visible)
+    """Image ``index`` of ``split`` as (uint8[H, W, 3] RGB, its record with xyxy pixel boxes), at the default
+    difficulty (:func:`generate_scene` takes the size and visibility knobs)."""
+    scene = generate_scene(seed, index, split, width, height, max_objects)
     return scene.image, scene.record
 
 
@@ -332,9 +325,10 @@ def write_images(
     out_root = Path(out_root)
     records = []
     for index in indices:
-        image, record = generate_image(seed, index, split, width, height, max_objects, min_size=min_size,
-                                       min_visible=min_visible)
-        ok, jpeg = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        scene = generate_scene(seed, index, split, width, height, max_objects, min_size=min_size,
+                               min_visible=min_visible)
+        record = scene.record
+        ok, jpeg = cv2.imencode(".jpg", scene.image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"OpenCV failed to encode {record.image_id}.jpg")
         image_path = out_root / "JPEGImages" / f"{record.image_id}.jpg"
