@@ -8,6 +8,7 @@ import logging
 from typing import Callable
 
 from yolov2.config import PipelineConfig, load_config
+from yolov2.engine.precision import detect_hardware, slow_path_warnings
 from yolov2.errors import YoloV2Error
 
 from pipelines import ray_runtime, tracking
@@ -15,6 +16,7 @@ from pipelines.stage import StageError, StageResult
 from pipelines.workspace import Workspace
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+log = logging.getLogger(__name__)
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser, single_stage: bool = True) -> None:
@@ -39,10 +41,25 @@ def setup_logging(level: str) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Workspace]:
+    """The config with its overrides, checked (slow precision choices warned about) before Ray starts."""
     cfg = load_config(args.config, args.overrides)
     if args.workspace:
         cfg.workspace = args.workspace
+    for warning in precision_warnings(cfg):
+        log.warning("%s", warning)
     return cfg, Workspace.open(cfg.workspace)
+
+
+def precision_warnings(cfg: PipelineConfig) -> list[str]:
+    """Explicit train/evaluate precision settings that are slow on this machine's CPU. GPU runs are checked
+    by their workers, on the GPU they get (the driver may run on a CPU-only head node)."""
+    hardware = detect_hardware("cpu")
+    warnings = []
+    if not cfg.train.use_gpu:
+        warnings += slow_path_warnings(hardware, cfg.train.amp, cfg.train.channels_last, "train")
+    if not cfg.evaluate.gpus_per_actor:
+        warnings += slow_path_warnings(hardware, cfg.evaluate.amp, cfg.evaluate.channels_last, "evaluate")
+    return warnings
 
 
 def stage_main(stage: str, run: Callable[..., StageResult], doc: str | None, argv: list[str] | None = None) -> int:

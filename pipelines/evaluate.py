@@ -34,20 +34,23 @@ class DetectActor:
     """Ray Data actor: loads the model once, turns a batch of shard samples into detection rows."""
 
     def __init__(self, workspace: Workspace, model_path: str, input_size: int, letterbox: bool, conf_thresh: float,
-                 nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool) -> None:
+                 nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool,
+                 amp: str = "auto", channels_last: bool | str = "auto") -> None:
         import tempfile
 
         import torch
 
+        from yolov2.engine.precision import choose_precision, detect_hardware
         from yolov2.inference import Predictor
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        precision = choose_precision(detect_hardware(device), amp, channels_last)
         with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # the workspace may be object storage
             local.write(workspace.read_bytes(model_path))
             local.flush()
             self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size, letterbox=letterbox,
                                              conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
-                                             max_candidates=max_candidates)
+                                             max_candidates=max_candidates, precision=precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from yolov2.data.images import decode_rgb
@@ -93,7 +96,8 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
         DetectActor,
         fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
                                    conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh, max_det=e.max_det,
-                                   max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0),
+                                   max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0,
+                                   amp=e.amp, channels_last=e.channels_last),
         batch_size=e.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.num_actors),
         num_gpus=e.gpus_per_actor or None, num_cpus=e.cpus_per_actor,
     )

@@ -16,6 +16,7 @@ Run alone: ``python pipelines/train.py --config configs/demo.yaml [--resume]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,6 +62,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from yolov2.engine.checkpoint import load_checkpoint, unwrap
     from yolov2.engine.ema import ModelEMA
     from yolov2.engine.optim import build_optimizer
+    from yolov2.engine.precision import choose_precision, detect_hardware, slow_path_warnings
+    from yolov2.engine.progress import TrainProgress, Ticker
     from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
     from yolov2.loss import region_loss_kwargs
 
@@ -73,14 +76,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     workspace = Workspace(config["workspace"])
     spec = ModelSpec(**config["spec"])
+    hardware = detect_hardware(device)
+    precision = choose_precision(hardware, t.amp, t.channels_last)
 
     model = spec.build()
     if t.init_weights:
         _load_initial_weights(model, t.init_weights, t.init_layers)
     _freeze_backbone(model, t.freeze_backbone_layers)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model.to(memory_format=precision.memory_format))
     optimizer = build_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay)
     ema = ModelEMA(unwrap(model), t.ema_decay) if t.ema else None
 
@@ -99,8 +102,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         accumulation=accumulation, images_per_micro_batch=t.batch_size * world,
         anchors=torch.tensor(spec.anchors, dtype=torch.float32), num_classes=spec.num_classes,
         loss_kwargs=region_loss_kwargs(cfg.loss), lr=t.lr, schedule=t.schedule, burn_in=t.burn_in,
-        steps=tuple(t.steps), scales=tuple(t.scales), warmup=t.warmup, max_steps=t.max_steps, amp=t.amp,
-        channels_last=t.channels_last, log_every=t.log_every, val_every=t.val_every,
+        steps=tuple(t.steps), scales=tuple(t.scales), warmup=t.warmup, max_steps=t.max_steps, amp=precision.amp,
+        channels_last=precision.channels_last, log_every=t.log_every, val_every=t.val_every,
         checkpoint_every=t.checkpoint_every,
     )
     restored = None
@@ -115,7 +118,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     logger = _RankZeroLogger(config.get("tracking_uri"), config.get("run_id"), rank, settings.total_steps,
                              workspace, config["output_dir"], cfg.mlflow.flush_timeout)
-    validator = _Validator(cfg, workspace, config, spec) if rank == 0 and config.get("val_index") else None
+    logger.precision(precision, hardware, slow_path_warnings(hardware, t.amp, t.channels_last, "train"))
+    start_step = resume_from["state"]["step"] if resume_from else 0
+    progress = TrainProgress(settings.total_steps, settings.epochs, t.log_every, start_step=start_step,
+                             emit=_console) if rank == 0 else None
+    validator = (_Validator(cfg, workspace, config, spec, precision)
+                 if rank == 0 and config.get("val_index") else None)
 
     def validate(eval_model: torch.nn.Module, state) -> dict[str, float]:
         return validator(eval_model) if validator else {}
@@ -127,6 +135,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             workspace.write_bytes(_model_file_bytes(best, spec), config["output_dir"], "best.pt")
             if ckpt is not None:
                 ckpt["state"]["best_metric"] = state.best_metric
+        if ckpt is not None:
+            ckpt["precision"] = {"amp": precision.amp, "channels_last": precision.channels_last,
+                                 "reason": precision.reason, "hardware": hardware.describe()}
         logger.log(metrics, state.step)
         report = {**metrics, "step": state.step, "epoch": state.epoch, "seen": state.seen}
         if ckpt is not None and rank == 0:
@@ -139,9 +150,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def before_step(state) -> None:
         _maybe_inject_fault(config.get("fault"), rank, state.step)
 
-    final = train(model, optimizer, batches_for_epoch, settings, device,
-                  Hooks(log=logger.log, validate=validate, end_epoch=end_epoch, before_step=before_step),
-                  ema=ema, resume_from=resume_from)
+    hooks = Hooks(log=logger.log, validate=validate, end_epoch=end_epoch, before_step=before_step,
+                  **({"step_end": progress.step_done} if progress else {}))
+    with Ticker(progress.heartbeat) if progress else contextlib.nullcontext():
+        final = train(model, optimizer, batches_for_epoch, settings, device, hooks, ema=ema, resume_from=resume_from)
     logger.close(final.step)
     if config.get("trace_dir"):
         inner = unwrap(model)
@@ -324,30 +336,45 @@ class _RankZeroLogger:
                  flush_timeout: float = 120.0) -> None:
         self.enabled = rank == 0
         self.sender = None
+        self.log_params: Callable[[dict[str, Any]], None] | None = None
         self.started = time.time()
         self.total_steps = total_steps
         self.workspace, self.output_dir, self.flush_timeout = workspace, output_dir, flush_timeout
         if self.enabled and tracking_uri and run_id:
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
 
             from pipelines.metric_sender import MetricSender
             from pipelines.tracking import server_reachable
 
             client = MlflowClient(tracking_uri)
+            self.log_params = lambda params: client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
             self.sender = MetricSender(
                 send=lambda chunk: client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk]),
                 reachable=lambda: server_reachable(tracking_uri, timeout=2.0),
             )
 
+    def precision(self, precision, hardware, warnings: list[str]) -> None:
+        """Say once what precision and layout training runs in and why; record it as MLflow params."""
+        if not self.enabled:
+            return
+        _console(f"[train] precision: {precision.describe()} on {hardware.describe()} ({precision.reason})")
+        for warning in warnings:
+            _console(f"[train] warning: {warning}")
+        if self.log_params is not None:
+            params = {"precision.amp": precision.amp, "precision.channels_last": precision.channels_last,
+                      "precision.hardware": hardware.describe()}
+            try:
+                self.log_params(params)
+            except Exception as e:  # an unreachable server must not stop training
+                log.warning("could not log the precision params to MLflow (%s): %s", e, params)
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss/total", "lr", "images_per_s",
-                                                                            "map50_voc07", "input_size", "epoch"))
-        # To the process's real stdout: Ray Train patches print() to log *and* echo each line (shown twice).
-        print(f"[train] step {step}/{self.total_steps} {shown} ({time.time() - self.started:.0f}s)",
-              file=sys.__stdout__, flush=True)
+        if "epoch" in metrics:  # the end of an epoch; per-step progress is TrainProgress's
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step")
+            _console(f"[train] end of epoch {int(metrics['epoch'])}: {shown} ({time.time() - self.started:.0f}s)")
         if self.sender is not None:
             self.sender.add({k.replace("/", "_"): v for k, v in metrics.items()}, step)
 
@@ -367,17 +394,23 @@ class _RankZeroLogger:
             self.workspace.write_json(report, self.output_dir, DELIVERY_REPORT)
 
 
+def _console(line: str) -> None:
+    """To the process's real stdout: Ray Train patches print() to log *and* echo each line (shown twice)."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
 class _Validator:
     """VOC07 mAP@0.5 on the val split, on rank 0, with the same predictor the evaluate stage uses."""
 
-    def __init__(self, cfg: PipelineConfig, workspace: Workspace, config: dict[str, Any], spec: ModelSpec) -> None:
+    def __init__(self, cfg: PipelineConfig, workspace: Workspace, config: dict[str, Any], spec: ModelSpec,
+                 precision) -> None:
         from yolov2.data.loader import shard_specs_from_index
         from yolov2.data.records import table_to_records
 
         index = workspace.read_parquet(config["shard_dir"], config["val_index"])
         self.records = table_to_records(index)
         self.shards = shard_specs_from_index(index, workspace.uri_of(config["shard_dir"]))
-        self.cfg, self.spec = cfg, spec
+        self.cfg, self.spec, self.precision = cfg, spec, precision
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         from yolov2.data.loader import read_samples
@@ -389,7 +422,7 @@ class _Validator:
         predictor = Predictor(model, self.spec, input_size=self.cfg.train.input_size, letterbox=self.cfg.evaluate.letterbox,
                               conf_thresh=self.cfg.evaluate.conf_thresh, nms_thresh=self.cfg.evaluate.nms_thresh,
                               max_det=self.cfg.evaluate.max_det, max_candidates=self.cfg.evaluate.max_candidates or 2000,
-                              device=device)
+                              device=device, precision=self.precision)
         total = sum(s.num_samples for s in self.shards)
         samples = ((raw.image_bytes, raw.record) for raw in read_samples(self.shards, 0, total))
         detections, records = predict_samples(predictor, samples, batch_size=self.cfg.evaluate.batch_size)
@@ -535,6 +568,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
         "train_seconds": round(time.time() - started, 1),
         "spec": spec.__dict__,
         "resumed": resumed,
+        "precision": state.get("precision"),
         "mlflow_delivery": delivery,
     }
 

@@ -133,8 +133,8 @@ class TrainConfig:
     steps: list[int] = field(default_factory=lambda: [40000, 60000])
     scales: list[float] = field(default_factory=lambda: [0.1, 0.1])
     warmup: int = 0
-    amp: Literal["off", "bf16", "fp16"] = "bf16"
-    channels_last: bool = True
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: from the hardware (yolov2/engine/precision.py)
+    channels_last: bool | Literal["auto"] = "auto"  # auto: where it measured faster (yolov2/engine/precision.py)
     ema: bool = False
     ema_decay: float = 0.9998
     freeze_backbone_layers: int = 0
@@ -169,6 +169,8 @@ class EvaluateConfig:
     max_det: int = 100
     max_candidates: int | None = None  # best (box, class) pairs per image kept before NMS; None: all (Darknet)
     batch_size: int = 8
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # as train.amp: auto picks from the hardware
+    channels_last: bool | Literal["auto"] = "auto"
     num_actors: int = 2
     cpus_per_actor: float = 0.75  # below 1 so a pool holding every CPU leaves room for the shard readers
     gpus_per_actor: float = 0.0
@@ -288,7 +290,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
                 return _coerce(arg, value, source, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{source}: {key} has an invalid value {value!r}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{source}: {key} must be {' or '.join(_describe_type(a) for a in args)}, got {value!r}")
     if origin is Literal:
         if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false
             return "off"
@@ -317,6 +321,15 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{source}: {key} must be {tp.__name__}, got {value!r}")
     return value
+
+
+def _describe_type(tp: Any) -> str:
+    """A type as a config error names it: ``bool``, ``one of 'auto', 'off'``, ``null``."""
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
 def to_dict(cfg: Any) -> Any:

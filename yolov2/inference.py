@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from yolov2.engine.checkpoint import load_checkpoint, save_checkpoint
+from yolov2.engine.precision import FLOAT32, Precision
 from yolov2.errors import WeightsError
 from yolov2.models import build_model
 from yolov2.postprocess import Detections, letterbox_params, postprocess
@@ -105,8 +106,12 @@ class Predictor:
         max_det: int = 100,
         max_candidates: int | None = None,
         device: str | torch.device = "cpu",
+        precision: Precision | None = None,
     ) -> None:
+        self.precision = precision or FLOAT32
         self.model = model.to(device).eval()
+        if self.precision.channels_last:  # never back to NCHW: the model may be one being trained
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.input_size = input_size or spec.input_size
         self.letterbox = letterbox
@@ -125,7 +130,8 @@ class Predictor:
         if not images:
             return []
         batch = images_to_tensor(images, self.input_size, self.letterbox).to(self.device)
-        output = self.model(batch)
+        with self.precision.autocast(self.device):
+            output = self.model(batch.contiguous(memory_format=self.precision.memory_format)).float()
         sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in images], device=self.device)
         return postprocess(
             output, self.anchors, self.spec.num_classes, (self.input_size, self.input_size), sizes,

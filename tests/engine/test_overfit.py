@@ -17,6 +17,7 @@ from yolov2.data.loader import Batch
 from yolov2.data.synthetic import SHAPE_CLASSES, write_synthetic_dataset
 from yolov2.data.voc import read_voc
 from yolov2.engine.optim import build_optimizer
+from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.engine.trainer import Hooks, LoopSettings, train
 from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor, letterbox_image
@@ -57,19 +58,20 @@ def test_yolov2_tiny_overfits_eight_generated_images(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     spec = ModelSpec("yolov2_tiny_voc", len(SHAPE_CLASSES), TINY_VOC_ANCHORS, list(SHAPE_CLASSES), INPUT)
-    model = spec.build().to(memory_format=torch.channels_last)
+    precision = choose_precision(detect_hardware("cpu"))  # bf16 only where it is native: emulated, it is 10x slower
+    model = spec.build().to(memory_format=precision.memory_format)
     optimizer = build_optimizer(model, "adamw", lr=1e-3, momentum=0.9, weight_decay=0.05)
     settings = LoopSettings(epochs=STEPS, steps_per_epoch=1, accumulation=1, images_per_micro_batch=8,
                             anchors=torch.tensor(TINY_VOC_ANCHORS), num_classes=len(SHAPE_CLASSES),
                             loss_kwargs={"mode": "modern"}, lr=1e-3, schedule="cosine", warmup=20,
-                            amp="bf16", channels_last=True, log_every=25, val_every=10**9, checkpoint_every=10**9)
+                            amp=precision.amp, channels_last=precision.channels_last, log_every=25, val_every=10**9, checkpoint_every=10**9)
     losses: list[float] = []
     final = train(model, optimizer, lambda epoch, first: [batch], settings, torch.device("cpu"),
                   Hooks(log=lambda metrics, step: losses.append(metrics["loss/total"])))
     assert final.step == STEPS
     assert losses[-1] < 0.25 * losses[0], f"the loss should fall on 8 images, got {losses}"
 
-    predictor = Predictor(model, spec, input_size=INPUT, letterbox=True)
+    predictor = Predictor(model, spec, input_size=INPUT, letterbox=True, precision=precision)
     samples = [((Path(root) / r.path).read_bytes(), r) for r in records]
     detections, seen = predict_samples(predictor, samples)
     flat, _ = compute_metrics(seen, detections, SHAPE_CLASSES, ["voc07"])

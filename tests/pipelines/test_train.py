@@ -38,7 +38,7 @@ def _setup(tmp_path: Path, extra: list[str]):
         "data.synthetic.num_test=2", "data.synthetic.image_size=[96, 96]", "shard.max_count=9",
         "model.name=yolov2_tiny_voc", "model.width_multiplier=0.25", "train.num_workers=2", "train.batch_size=4",
         "train.effective_batch=16", "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]",
-        "train.multiscale_every=2", "train.burn_in=0", "train.lr=0.0005", "train.log_every=1", "train.amp=off",
+        "train.multiscale_every=2", "train.burn_in=0", "train.lr=0.0005", "train.log_every=1",
         "train.register_name=null", *extra])
     ws = Workspace.open(cfg.workspace)
     prepared = prepare.run(cfg, ws, tracking_enabled=False)

@@ -26,6 +26,8 @@ from yolov2.data.loader import Batch, to_model_input
 from yolov2.engine.checkpoint import model_state_for_export, restore_rng_state, rng_state, unwrap
 from yolov2.engine.ema import ModelEMA
 from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
+from yolov2.engine.precision import Amp, autocast
+from yolov2.engine.progress import StepReport
 from yolov2.loss import region_loss
 
 
@@ -47,7 +49,7 @@ class LoopSettings:
     scales: tuple[float, ...] = (0.1, 0.1)
     warmup: int = 0
     max_steps: int | None = None
-    amp: str = "off"  # off | bf16 | fp16
+    amp: Amp = "off"  # resolved (yolov2.engine.precision.choose_precision): the loss is always float32
     channels_last: bool = False
     log_every: int = 10
     val_every: int = 1
@@ -77,6 +79,7 @@ class Hooks:
     validate: Callable[[nn.Module, TrainState], dict[str, float]] = lambda model, state: {}
     end_epoch: Callable[[TrainState, dict[str, float], dict[str, Any] | None], None] = lambda state, metrics, ckpt: None
     before_step: Callable[[TrainState], None] = lambda state: None  # e.g. fault injection in tests
+    step_end: Callable[[StepReport], None] = lambda report: None  # after every optimizer step: progress lines
 
 
 LOSS_PARTS = ("total", "coord", "obj", "noobj", "prior", "cls")
@@ -91,14 +94,6 @@ def learning_rate(settings: LoopSettings, step: int) -> float:
     if settings.schedule == "cosine":
         return cosine_lr(step, settings.lr, settings.warmup, settings.total_steps)
     return darknet_steps_lr(step, settings.lr, settings.burn_in, settings.steps, settings.scales)
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the model's device; the loss is always computed in float32."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -167,9 +162,12 @@ def train(
         first_micro = state.step * settings.accumulation
         totals: dict[str, float] = {}
         window_start, data_wait, images_in_window, micro = time.perf_counter(), 0.0, 0, 0
+        step_start, step_wait, step_loss = window_start, 0.0, 0.0
         wait_start = time.perf_counter()
         for batch in batches_for_epoch(state.epoch, first_micro):
-            data_wait += time.perf_counter() - wait_start
+            waited = time.perf_counter() - wait_start
+            data_wait += waited
+            step_wait += waited
             images = to_model_input(batch.images, device, torch.float32, batch.color).contiguous(memory_format=memory_format)
             with autocast(settings.amp, device):
                 output = model(images)
@@ -184,7 +182,9 @@ def train(
             state.seen = seen_after
             micro += 1
             images_in_window += len(batch.image_ids)
-            for name, value in zip(LOSS_PARTS, _loss_values(losses)):
+            loss_values = _loss_values(losses)
+            step_loss += loss_values[0]
+            for name, value in zip(LOSS_PARTS, loss_values):
                 totals[name] = totals.get(name, 0.0) + value
             if micro % settings.accumulation == 0:
                 hooks.before_step(state)
@@ -199,6 +199,12 @@ def train(
                 if ema is not None:
                     ema.update(model)
                 state.step += 1
+                step_end = time.perf_counter()
+                hooks.step_end(StepReport(step=state.step, epoch=state.epoch,
+                                          images=settings.images_per_micro_batch * settings.accumulation,
+                                          seconds=step_end - step_start, data_wait=step_wait,
+                                          loss=step_loss / settings.accumulation))
+                step_start, step_wait, step_loss = step_end, 0.0, 0.0
                 if state.step % settings.log_every == 0:
                     elapsed = time.perf_counter() - window_start
                     metrics = {f"loss/{k}": v / micro for k, v in totals.items()}
