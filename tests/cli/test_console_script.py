@@ -15,5 +15,5 @@ def test_yolov2_help() -> None:
         pytest.skip(f"{script} not installed (pip install -e . puts it there)")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for command in ("model-summary", "predict", "export", "convert-weights"):
+    for command in ("model-summary", "predict", "export", "convert-weights", "env"):
         assert command in result.stdout

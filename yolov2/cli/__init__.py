@@ -5,6 +5,7 @@
     yolov2 export --weights W --format onnx|darknet --out FILE
     yolov2 convert-weights --input F --output G      # Darknet .weights <-> PyTorch checkpoint
     yolov2 eval-dets --gt GT --dets DETS --metric voc07|voc12|coco
+    yolov2 env [--json] [--bench]                    # versions, devices, precision choice: for bug reports
 
 Each subcommand lives in its own module here with ``add_parser(subparsers)`` and ``run(args) -> int``.
 """
@@ -22,6 +23,7 @@ COMMANDS = {
     "export": "yolov2.cli.export",
     "convert-weights": "yolov2.cli.convert_weights",
     "eval-dets": "yolov2.cli.eval_dets",
+    "env": "yolov2.cli.env",
 }
 
 
