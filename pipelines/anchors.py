@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -32,6 +32,7 @@ import numpy as np
 from yolov2 import anchors as A
 from yolov2.config import PipelineConfig
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.progress import Progress
 
 from pipelines import cli_common
 from pipelines.stage import StageContext, StageResult, run_stage
@@ -137,14 +138,16 @@ class RayMapper:
 
 
 def parallel_kmeans(wh: np.ndarray, partitions: RayPartitions, ks: Sequence[int], seed: int = 0, n_init: int = 3,
-                    max_iter: int = 300, update: A.Update = "mean") -> dict[int, A.AnchorResult]:
+                    max_iter: int = 300, update: A.Update = "mean",
+                    progress: bool = False) -> dict[int, A.AnchorResult]:
     """``kmeans_anchors(wh, k, seed, n_init, ...)`` for every k in ``ks``, all restarts at once.
 
     wh (float64[N, 2], normalised) is the same array ``partitions`` holds (the k-means++ draws run
     on the driver over all of it, as the library does). Each (k, restart) Lloyd loop runs on its own
     driver thread with its own :class:`RayMapper`; restart i of every k starts from the library's
     ``restart_seeds(seed, n_init)[i]``, and the winner is chosen by ``best_result`` in restart order,
-    so each result equals the sequential single-process one bit for bit.
+    so each result equals the sequential single-process one bit for bit. ``progress``: progress lines,
+    counting finished Lloyd loops (the number of iterations of each is not known in advance).
     """
     wh = A.validate_shapes(wh)
     if len(wh) != partitions.num_boxes:
@@ -159,11 +162,16 @@ def parallel_kmeans(wh: np.ndarray, partitions: RayPartitions, ks: Sequence[int]
 
     if not jobs:
         return {}
-    with ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool:
-        results = list(pool.map(one_restart, jobs))
+    results: dict[int, A.AnchorResult] = {}  # by position in jobs
+    with (ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool,
+          Progress(STAGE, len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar):
+        position = {pool.submit(one_restart, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(position):
+            results[position[future]] = future.result()
+            bar.advance()
     by_k: dict[int, list[A.AnchorResult]] = {}
-    for (k, _), result in zip(jobs, results):
-        by_k.setdefault(k, []).append(result)
+    for i, (k, _) in enumerate(jobs):
+        by_k.setdefault(k, []).append(results[i])
     return {k: A.best_result(rs) for k, rs in by_k.items()}
 
 
@@ -282,7 +290,7 @@ def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[A.AnchorResult, dict[
     block_size = stage_block_size(len(wh), a.partitions)
     partitions = RayPartitions.put(wh, a.partitions, block_size)
     started = time.time()
-    results = parallel_kmeans(wh, partitions, ks, a.seed, a.n_init, a.max_iter, a.update)
+    results = parallel_kmeans(wh, partitions, ks, a.seed, a.n_init, a.max_iter, a.update, progress=True)
     info = {"partitions": len(partitions.bounds), "block_size": block_size, "distinct_shapes": distinct,
             "table_skipped_ks": [k for k in TABLE_KS if k > distinct], "lloyd_runs": len(ks) * a.n_init,
             "clustering_seconds": round(time.time() - started, 3)}

@@ -21,6 +21,7 @@ from yolov2.config import PipelineConfig
 from yolov2.data.records import ImageRecord, table_to_records
 from yolov2.evaluation import compute_metrics, detections_table
 from yolov2.metrics import DetectionTable
+from yolov2.progress import Progress
 
 from pipelines import cli_common
 from pipelines.stage import StageContext, StageResult, run_stage
@@ -58,13 +59,26 @@ class DetectActor:
         records = [ImageRecord.from_dict(json.loads(r) if isinstance(r, (bytes, str)) else r) for r in batch["json"]]
         images = [decode_rgb(bytes(data), rec.path) for data, rec in zip(batch["jpg"], records)]
         table = detections_table([r.image_id for r in records], self.predictor(images))
-        return {
+        return _with_tally({
             "image_id": np.asarray(table.image_id, dtype=object),
             "label": table.label.astype(np.int32),
             "score": table.score,
             "x1": table.boxes[:, 0], "y1": table.boxes[:, 1], "x2": table.boxes[:, 2], "y2": table.boxes[:, 3],
             "rank": _rank_within_image(table.image_id),
-        }
+        }, len(records))
+
+
+TALLY_LABEL = -1  # the label of a batch's tally row, never a class
+
+
+def _with_tally(rows: dict[str, np.ndarray], images: int) -> dict[str, np.ndarray]:
+    """Detection rows plus an ``images`` column: 0 on them, and the batch's image count on one extra tally
+    row (label :data:`TALLY_LABEL`, dropped by the driver). Images with no detection give no row, so the
+    tally is how the driver counts the images done for its progress lines."""
+    tally = {"image_id": "", "label": TALLY_LABEL}  # every other column: 0
+    out = {name: np.append(column, tally.get(name, 0)).astype(column.dtype) for name, column in rows.items()}
+    out["images"] = np.append(np.zeros(len(rows["label"]), np.int32), np.int32(images))
+    return out
 
 
 def _rank_within_image(image_ids: np.ndarray) -> np.ndarray:
@@ -101,10 +115,16 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
         batch_size=e.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.num_actors),
         num_gpus=e.gpus_per_actor or None, num_cpus=e.cpus_per_actor,
     )
-    table = ds.to_arrow_refs()
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    parts = [t for t in ray.get(table) if t.num_rows]
+    parts = []
+    with Progress(STAGE, len(image_order), "images", desc="inference", heartbeat=True) as progress:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # each block as it is produced
+            progress.advance(pc.sum(block["images"]).as_py() or 0)
+            detections = block.filter(pc.not_equal(block["label"], TALLY_LABEL))
+            if detections.num_rows:
+                parts.append(detections)
     if not parts:
         return DetectionTable.empty()
     merged = pa.concat_tables(parts)
@@ -130,8 +150,15 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     detections = run_inference(urls, ctx.workspace, model_path, cfg, [r.image_id for r in records])
     ctx.workspace.write_parquet(detections.to_arrow(), ctx.out("detections.parquet"))
 
-    flat, results = compute_metrics(records, detections, class_names, e.metrics, e.coco_backend,
-                                    coco_chunks=e.coco_workers, map_fn=ray_map)
+    flat: dict[str, float] = {}
+    results: dict[str, Any] = {}
+    with Progress(STAGE, len(e.metrics), "metrics", desc="scoring", heartbeat=True) as progress:  # one by one
+        for name in e.metrics:
+            one_flat, one_result = compute_metrics(records, detections, class_names, [name], e.coco_backend,
+                                                   coco_chunks=e.coco_workers, map_fn=ray_map)
+            flat.update(one_flat)
+            results.update(one_result)
+            progress.advance()
     report = {name: result.to_dict() for name, result in results.items()}
     ctx.workspace.write_json({"metrics": flat, "results": report}, ctx.out("metrics.json"))
     ctx.log_metrics(flat)

@@ -45,8 +45,8 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
     downloads = ctx.workspace.local_path("downloads")
     extracted = ctx.workspace.local_path(ctx.out("raw"))
     for name in data.download:
-        archive = download.download(name, downloads)
-        download.extract(archive, extracted)
+        archive = download.download(name, downloads, progress=True)
+        download.extract(archive, extracted, progress=True)
     return {"format": data.kind, "root": str(_dataset_root(extracted, data.kind)), "class_names": data.class_names,
             "archives": list(data.download)}
 

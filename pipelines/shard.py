@@ -28,6 +28,7 @@ from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_t
 from yolov2.data.shards import ShardItem, ShardOptions, write_shard
 from yolov2.data.sources import list_split_items
 from yolov2.errors import DatasetError, YoloV2Error
+from yolov2.progress import Progress
 
 from pipelines import cli_common
 from pipelines.stage import StageContext, StageResult, run_stage
@@ -131,7 +132,6 @@ def _spread_strategies(count: int) -> list[Any]:
 def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions,
                      class_names: list[str]) -> list[ShardIndexPart]:
     import ray
-    from tqdm import tqdm
 
     fault = _fault_hook_from_env()
     remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
@@ -141,7 +141,7 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardIndexPart | None] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc="shards", unit="shard", disable=None) as bar:
+    with Progress(STAGE, sum(len(p.items) for p in planned), "images", heartbeat=True) as progress:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -152,7 +152,7 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
                     if isinstance(e.cause, YoloV2Error):  # a clear error (bad input, disk full): without Ray's frames
                         raise e.cause from None
                     raise
-                bar.update(1)
+                progress.advance(len(planned[index_of[ref]].items))
     return [o for o in outcomes if o is not None]
 
 

@@ -6,13 +6,16 @@ instead, at most one per ``interval`` seconds, each with the rate and, when the 
 
     [shard] 800/1720 images (46%) 12.3 images/s, elapsed 0:01:05, ETA 0:01:15
 
-Not thread-safe: update it from one thread (the driver loop that collects the results).
+Work that finishes in big pieces (a shard task, a k-means run, an actor's model load) can leave a minute
+between updates: ``heartbeat=True`` then repeats the current line from a thread when ``interval`` seconds
+passed without one, so the terminal never goes silent while the stage is alive.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -20,6 +23,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 DEFAULT_INTERVAL_S = 5.0
+MIN_HEARTBEAT_S = 1.0  # the heartbeat thread wakes at most this often, even with a shorter interval
 BYTES_UNIT = "B"
 
 
@@ -65,11 +69,14 @@ class Progress:
     The rate counts only the work done since the first update, so a resumed download (first update at its
     offset) gets an honest ETA. ``unit="B"`` prints amounts in KiB/MiB/GiB. As a context manager it starts
     with :meth:`start` and closes on a normal exit (not after an error: the error is the last word).
+    ``heartbeat``: from :meth:`start` to :meth:`close`, a thread calls :meth:`tick` twice per ``interval``.
+    Safe to update from several threads.
     """
 
     def __init__(self, label: str, total: int | float | None, unit: str = "items", *, desc: str = "",
                  interval: float = DEFAULT_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 emit: Callable[[str], None] = print_to_stderr, enabled: bool = True) -> None:
+                 emit: Callable[[str], None] = print_to_stderr, enabled: bool = True,
+                 heartbeat: bool = False) -> None:
         self.label = label
         self.total = total
         self.unit = unit
@@ -78,42 +85,63 @@ class Progress:
         self.done: float = 0
         self._clock = clock
         self._emit = emit
-        self.enabled = enabled
+        self._enabled = enabled
         self._started: float | None = None  # clock at the first update
         self._start_done: float = 0  # work already done at the first update
         self._last_emit: float | None = None
         self._emitted_done: float | None = None  # `done` shown by the last line
         self._closed = False
+        self._lock = threading.RLock()
+        self._heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def start(self) -> "Progress":
-        """Start the clock and print the first line, unless an update already did."""
-        if self._started is None:
-            self.update(self.done)
+        """Start the clock and print the first line, unless an update already did; start the heartbeat."""
+        with self._lock:
+            if self._started is None:
+                self.update(self.done)
+            if self._heartbeat and self._ticker is None and not self._closed:
+                self._ticker = threading.Thread(target=self._beat, name=f"progress-{self.label}", daemon=True)
+                self._ticker.start()
         return self
 
     def update(self, done: int | float) -> None:
         """Set the amount done so far; prints when this is the first update or ``interval`` has passed."""
-        now = self._clock()
-        self.done = done
-        if self._started is None:
-            self._started, self._start_done = now, done
-        if self._last_emit is None or now - self._last_emit >= self.interval:
-            self._print(now)
+        with self._lock:
+            now = self._clock()
+            self.done = done
+            if self._started is None:
+                self._started, self._start_done = now, done
+            if self._last_emit is None or now - self._last_emit >= self.interval:
+                self._print(now)
 
     def advance(self, n: int | float = 1) -> None:
         """Add ``n`` to the amount done (see :meth:`update`)."""
-        self.update(self.done + n)
+        with self._lock:
+            self.update(self.done + n)
+
+    def tick(self) -> None:
+        """Repeat the current line if none was printed for ``interval`` (what the heartbeat calls)."""
+        with self._lock:
+            if self._last_emit is not None and not self._closed:
+                now = self._clock()
+                if now - self._last_emit >= self.interval:
+                    self._print(now)
 
     def close(self) -> None:
-        """Print the final line (unless the last line already showed this state); later calls do nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        now = self._clock()
-        if self._started is None:
-            self._started, self._start_done = now, self.done
-        if self._emitted_done != self.done:
-            self._print(now)
+        """Stop the heartbeat; print the final line (unless the last line already showed this state). Later
+        calls do nothing."""
+        self._stop_heartbeat()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            now = self._clock()
+            if self._started is None:
+                self._started, self._start_done = now, self.done
+            if self._emitted_done != self.done:
+                self._print(now)
 
     def line(self, now: float) -> str:
         """The progress line for the state at clock ``now``."""
@@ -127,15 +155,15 @@ class Progress:
             share = 100.0 if self.total <= 0 else min(100.0, 100.0 * self.done / self.total)
             counts = f"{amount}/{total}" if self.unit == BYTES_UNIT else f"{amount}/{total} {self.unit}"
             parts.append(f"{counts} ({math.floor(share)}%)")
-        text = " ".join(parts)
         stats = []
         rate = (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
         if rate > 0:
-            stats.append(f"{format_bytes(rate)}/s" if self.unit == BYTES_UNIT else f"{_format_rate(rate)} {self.unit}/s")
+            per_second = format_bytes(rate) if self.unit == BYTES_UNIT else f"{_format_rate(rate)} {self.unit}"
+            stats.append(f"{per_second}/s")
         stats.append(f"elapsed {format_duration(elapsed)}")
         if self.total is not None and rate > 0 and self.done < self.total:
             stats.append(f"ETA {format_duration((self.total - self.done) / rate)}")
-        return f"{text} {stats[0]}" + "".join(f", {s}" for s in stats[1:])
+        return " ".join(parts) + " " + ", ".join(stats)
 
     def __enter__(self) -> "Progress":
         return self.start()
@@ -145,16 +173,27 @@ class Progress:
         if exc_type is None:
             self.close()
         else:
-            self._closed = True
+            self._stop_heartbeat()
+            with self._lock:
+                self._closed = True
 
     def _amount(self, value: float) -> str:
         if self.unit == BYTES_UNIT:
             return format_bytes(value)
         return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.interval / 2, MIN_HEARTBEAT_S)):  # silences of 1.5 intervals at most
+            self.tick()
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._ticker is not None and self._ticker is not threading.current_thread():
+            self._ticker.join()
+
     def _print(self, now: float) -> None:
         self._last_emit, self._emitted_done = now, self.done
-        if self.enabled:
+        if self._enabled:
             self._emit(self.line(now))
 
 

@@ -119,7 +119,7 @@ def test_interrupted_download_resumes_from_the_part_file(server, tmp_path):
     assert not part.exists()
 
 
-def test_interruption_is_retried_within_one_call(server, tmp_path):
+def test_interruption_is_retried_within_one_call(server, tmp_path, capsys):
     data = _payload(seed=1)
     archive = _serve(server, "a.zip", data, size=len(data))
     _, state = server
@@ -127,6 +127,10 @@ def test_interruption_is_retried_within_one_call(server, tmp_path):
     path = download(archive, tmp_path, progress=True, retries=2, retry_wait=0)
     assert path.read_bytes() == data
     assert [r for _, r in state.requests] == [None, "bytes=12345-"]
+    lines = capsys.readouterr().err.splitlines()  # progress lines, a resumed attempt starting at its offset
+    assert lines[0].startswith("[download] a.zip 0 B/293.0 KiB (0%)")
+    assert "[download] a.zip 12.1 KiB/293.0 KiB (4%) elapsed 0:00:00" in lines
+    assert lines[-1].startswith("[download] a.zip 293.0 KiB/293.0 KiB (100%)")
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
@@ -317,6 +321,22 @@ def test_extract_zip_and_idempotent(tmp_path):
     (dest / "val2017" / "1.jpg").unlink()
     extract(archive, dest)
     assert not (dest / "val2017" / "1.jpg").exists(), "a second call must be a no-op"
+
+
+def test_extract_progress_lines(tmp_path, capsys):
+    tar = _tar(tmp_path / "a.tar", [("a/1.jpg", b"1" * 3000, None)])
+    tgz = _tar(tmp_path / "b.tar.gz", [("b/1.jpg", b"1" * 3000, None)], "w:gz")
+    zipped = _zip(tmp_path / "c.zip", [("c/1.jpg", b"1" * 3000, False), ("c/2.jpg", b"2" * 1000, False)])
+    for archive in (tar, tgz, zipped):
+        extract(archive, tmp_path / "out", progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    size = f"{tar.stat().st_size / 1024:.1f} KiB"
+    assert [line.split(" elapsed")[0].split(" (100%)")[0] for line in lines[::2]] == [
+        f"[extract] a.tar 0 B/{size} (0%)", "[extract] b.tar.gz 0 B", "[extract] c.zip 0 B/3.9 KiB (0%)"]
+    assert lines[1].startswith(f"[extract] a.tar {size}/{size} (100%)")  # uncompressed: against its size
+    assert lines[3].startswith("[extract] b.tar.gz 3.5 KiB ") and "ETA" not in lines[3]  # compressed: no total
+    # (3.5 KiB: the tar stream up to the end of its one member, a 512-byte header and 3000 bytes padded to 3072)
+    assert lines[5].startswith("[extract] c.zip 3.9 KiB/3.9 KiB (100%)")
 
 
 UNSAFE_ZIP_MEMBERS = {

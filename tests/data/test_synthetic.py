@@ -278,9 +278,12 @@ def test_refuses_a_folder_it_did_not_write_but_resumes_a_killed_run(tmp_path):
     assert _tree_bytes(out) == reference
 
 
-def test_from_config(tmp_path):
+def test_from_config(tmp_path, capsys):
     cfg = SyntheticConfig(num_train=3, num_val=2, num_test=1, image_size=(96, 64), max_objects=3, seed=9)
-    root = write_synthetic_from_config(cfg, tmp_path / "syn")
+    root = write_synthetic_from_config(cfg, tmp_path / "syn", progress=True)
+    lines = capsys.readouterr().err.splitlines()  # one progress over every split
+    assert lines[0] == "[synthetic] 0/6 images (0%) elapsed 0:00:00"
+    assert lines[-1].startswith("[synthetic] 6/6 images (100%) ")
     assert (root / "ImageSets" / "Main" / "test.txt").read_text().split() == ["test_000000"]
     ann = ET.parse(root / "Annotations" / "val_000001.xml").getroot()
     assert (ann.findtext("size/width"), ann.findtext("size/height")) == ("96", "64")

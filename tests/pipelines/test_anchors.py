@@ -8,7 +8,9 @@ tasks, and must give the very same floats).
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
 import time
 
@@ -20,6 +22,7 @@ from PIL import Image
 from yolov2 import anchors as A
 from yolov2.config import load_config
 from yolov2.errors import ConfigError
+from yolov2.progress import Progress
 
 from pipelines import anchors as stage
 from pipelines import prepare, shard
@@ -110,11 +113,17 @@ def _check_stage_equals_single_process(cfg, ws, sharded, result) -> dict:
     return doc
 
 
-def test_generated_equals_single_process_cached_and_forced(ray_local, tmp_path):
+def test_generated_equals_single_process_cached_and_forced(ray_local, tmp_path, monkeypatch, capsys):
     overrides = [*GENERATED, "anchors.partitions=3", "anchors.n_init=2", "train.input_size=416"]
+    monkeypatch.setattr(stage, "Progress", functools.partial(Progress, interval=0))  # a line per finished run
     cfg, ws, sharded, result = _run(tmp_path / "ws", overrides)
     doc = _check_stage_equals_single_process(cfg, ws, sharded, result)
     assert doc["partitions"] == 3  # the map really ran over several partitions
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[anchors]")]
+    assert lines[0] == "[anchors] k-means 0/20 runs (0%) elapsed 0:00:00"  # k = 1..10, two restarts each
+    assert any(re.fullmatch(r"\[anchors\] k-means \d+/20 runs \(\d+%\) [\d.]+ runs/s, elapsed 0:00:\d\d, "
+                            r"ETA 0:\d\d:\d\d", line) for line in lines), lines
+    assert lines[-1].startswith("[anchors] k-means 20/20 runs (100%)")
 
     _, _, _, cached = _run(tmp_path / "ws", overrides)
     assert cached.cached and cached.fingerprint == result.fingerprint

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 
 import numpy as np
 import torch
@@ -13,16 +15,19 @@ from yolov2.data.shards import iter_shard_samples
 from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor, save_model_file
 from yolov2.metrics import DetectionTable
+from yolov2.progress import Progress
 
 from pipelines import evaluate, prepare, shard
 from pipelines.stage import StageResult
 from pipelines.workspace import Workspace
 
 
-def test_stage_detections_equal_plain_loop(ray_local, tmp_path):
+def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, capsys):
     cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", "data.synthetic.num_train=2", "data.synthetic.num_val=2",
                              "data.synthetic.num_test=13", "shard.max_count=5", "evaluate.input_size=96",
-                             "evaluate.batch_size=4", "evaluate.metrics=[voc07, voc12, coco]", "evaluate.coco_workers=2"])
+                             "evaluate.batch_size=4", "evaluate.metrics=[voc07, voc12, coco]",
+                             "evaluate.coco_workers=2", "evaluate.amp=off",  # float32, as the plain loop below
+                             "evaluate.channels_last=false"])
     ws = Workspace.open(cfg.workspace)
     prepared = prepare.run(cfg, ws, tracking_enabled=False)
     sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
@@ -35,7 +40,15 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path):
     save_model_file(model_dir / "model.pt", spec.build(), spec)
     trained = StageResult("train", "f" * 16, "fake-train", {"model": "model.pt"}, cached=True, seconds=0, run_id=None)
 
+    monkeypatch.setattr(evaluate, "Progress", functools.partial(Progress, interval=0))  # a line per block
     result = evaluate.run(cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[evaluate]")]
+    inference = [line for line in lines if line.startswith("[evaluate] inference ")]
+    assert inference[0] == "[evaluate] inference 0/13 images (0%) elapsed 0:00:00"
+    assert any(re.fullmatch(r"\[evaluate\] inference \d+/13 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
+                            r"ETA 0:\d\d:\d\d", line) for line in inference), inference
+    assert inference[-1].startswith("[evaluate] inference 13/13 images (100%)")  # every image counted, once
+    assert lines[-1].startswith("[evaluate] scoring 3/3 metrics (100%)")
     stage_dets = DetectionTable.from_arrow(ws.read_parquet(result.output_dir, "detections.parquet"))
 
     folder = ws.local_path(sharded.output_dir)

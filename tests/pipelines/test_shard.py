@@ -7,7 +7,9 @@ The reference for every check is independent of the stage: the dataset readers c
 from __future__ import annotations
 
 import hashlib
+import functools
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -19,6 +21,7 @@ from yolov2.config import load_config
 from yolov2.data.coco import read_coco
 from yolov2.data.shards import iter_shard_samples
 from yolov2.data.voc import read_voc
+from yolov2.progress import Progress
 
 from pipelines import prepare, shard
 from pipelines.workspace import Workspace
@@ -51,10 +54,16 @@ def _assert_shards_match(ws: Workspace, result, split: str, expected_records) ->
     assert index.column("key").to_pylist() == [k for k, _, _ in samples]
 
 
-def test_generated_dataset_round_trip_cache_and_force(ray_local, tmp_path):
+def test_generated_dataset_round_trip_cache_and_force(ray_local, tmp_path, monkeypatch, capsys):
     overrides = ["data.synthetic.num_train=24", "data.synthetic.num_val=6", "data.synthetic.num_test=6",
                  "shard.max_count=10"]
+    monkeypatch.setattr(shard, "Progress", functools.partial(Progress, interval=0))  # a line per finished shard
     cfg, ws, result = _run(tmp_path, overrides)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[shard]")]
+    assert lines[0] == "[shard] 0/36 images (0%) elapsed 0:00:00"
+    assert any(re.fullmatch(r"\[shard\] \d+/36 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
+                            r"ETA 0:\d\d:\d\d", line) for line in lines), lines
+    assert lines[-1].startswith("[shard] 36/36 images (100%)")
     root = result.manifest and prepare.run(cfg, ws, tracking_enabled=False).manifest["root"]
     for split, n in [("train", 24), ("val", 6), ("test", 6)]:
         records, rejects = read_voc(root, split, class_names=result.manifest["class_names"])

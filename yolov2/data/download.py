@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import lzma
 import os
@@ -35,10 +36,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from yolov2.data.atomic import atomic_write_text
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.progress import BYTES_UNIT, Progress
 
 _CHUNK = 1 << 20
 _USER_AGENT = "yolov2-pipeline/0.1 (python urllib)"
@@ -132,13 +132,20 @@ def archive_url(archive: Archive, base_url: str | None = None) -> str:
     return f"{base_url.rstrip('/')}/{archive.filename}"
 
 
-def md5_file(path: str | Path, chunk_size: int = _CHUNK) -> str:
+def md5_file(path: str | Path, chunk_size: int = _CHUNK, *, progress: bool = False) -> str:
     """Hex MD5 of a file, read in chunks."""
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
+    _hash_into(h, Path(path), chunk_size, progress)
     return h.hexdigest()
+
+
+def _hash_into(hasher: "hashlib._Hash", path: Path, chunk_size: int, progress: bool) -> None:
+    """Feed the file into ``hasher``; with ``progress``, progress lines (hashing 18 GB takes a while)."""
+    with open(path, "rb") as f, Progress("verify", path.stat().st_size, BYTES_UNIT, desc=path.name,
+                                         enabled=progress) as bar:
+        while chunk := f.read(chunk_size):
+            hasher.update(chunk)
+            bar.advance(len(chunk))
 
 
 def download(
@@ -165,7 +172,7 @@ def download(
     if final.is_file():
         if _is_verified(final, archive.md5):
             return final
-        actual = md5_file(final)
+        actual = md5_file(final, progress=progress)
         if actual == archive.md5:
             _stamp_verified(final, actual)
             return final
@@ -210,7 +217,7 @@ def _fetch_into(url: str, part: Path, size: int | None, *, progress: bool, timeo
         part.unlink()
         offset = 0
     if size is not None and offset == size:
-        return md5_file(part)
+        return md5_file(part, progress=progress)
     headers = {"User-Agent": _USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -218,7 +225,7 @@ def _fetch_into(url: str, part: Path, size: int | None, *, progress: bool, timeo
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset and _range_total(e.headers.get("Content-Range")) == offset:
-            return md5_file(part)  # the part already holds the whole file
+            return md5_file(part, progress=progress)  # the part already holds the whole file
         if e.code == 416:
             part.unlink(missing_ok=True)
             raise _Interrupted(f"server refused to resume at byte {offset} (HTTP 416); restarting") from e
@@ -235,9 +242,7 @@ def _fetch_into(url: str, part: Path, size: int | None, *, progress: bool, timeo
             if start != offset:
                 part.unlink()
                 raise _Interrupted(f"server answered the range request at byte {start}, not {offset}; restarting")
-            with open(part, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    hasher.update(chunk)
+            _hash_into(hasher, part, _CHUNK, progress)
             mode = "ab"
         else:  # 200: full content (the server ignored Range, or this is a fresh start)
             offset, mode = 0, "wb"
@@ -245,10 +250,9 @@ def _fetch_into(url: str, part: Path, size: int | None, *, progress: bool, timeo
         expected = int(length) if length is not None else None
         total = offset + expected if expected is not None else size
         received = 0
-        with open(part, mode) as f, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
-            disable=not progress,
-        ) as bar:
+        bar = Progress("download", total, BYTES_UNIT, desc=part.name[: -len(".part")], enabled=progress)
+        bar.update(offset)
+        with open(part, mode) as f:
             while True:
                 try:
                     chunk = response.read(_CHUNK)
@@ -259,9 +263,10 @@ def _fetch_into(url: str, part: Path, size: int | None, *, progress: bool, timeo
                 f.write(chunk)  # a write error (disk full) is not retried: it propagates as is
                 hasher.update(chunk)
                 received += len(chunk)
-                bar.update(len(chunk))
+                bar.advance(len(chunk))
             f.flush()
             os.fsync(f.fileno())
+        bar.close()
         if expected is not None and received < expected:
             raise _Interrupted(f"connection closed after {offset + received} of {offset + expected} bytes")
     return hasher.hexdigest()
@@ -314,7 +319,7 @@ def _is_verified(final: Path, md5: str) -> bool:
 # Extraction
 
 
-def extract(archive_path: str | Path, dest: str | Path) -> Path:
+def extract(archive_path: str | Path, dest: str | Path, *, progress: bool = False) -> Path:
     """Safely extract a tar (any compression) or zip into ``dest``; returns ``dest``.
 
     Members are extracted into ``dest/.extract-<name>.tmp`` and then moved into ``dest``, merging
@@ -337,9 +342,9 @@ def extract(archive_path: str | Path, dest: str | Path) -> Path:
     try:
         try:
             if zipfile.is_zipfile(archive_path):
-                _extract_zip(archive_path, tmp)
+                _extract_zip(archive_path, tmp, progress)
             elif tarfile.is_tarfile(archive_path):
-                _extract_tar(archive_path, tmp)
+                _extract_tar(archive_path, tmp, progress)
             else:
                 raise DatasetError(f"{archive_path}: not a tar or zip archive (a truncated or wrong download?)")
         except _CORRUPT_ARCHIVE_ERRORS as e:
@@ -364,7 +369,7 @@ def download_and_extract(
     archive = resolve_archive(name_or_archive)
     root = Path(root)
     path = download(archive, root / "downloads", progress=progress, base_url=base_url)
-    extract(path, root)
+    extract(path, root, progress=progress)
     return root / archive.content
 
 
@@ -380,8 +385,11 @@ def _unsafe_member_reason(name: str) -> str | None:
     return None
 
 
-def _extract_tar(archive_path: Path, tmp: Path) -> None:
+def _extract_tar(archive_path: Path, tmp: Path, progress: bool) -> None:
+    """Progress counts the bytes of the tar stream before each member: against the archive's size when it
+    is uncompressed (VOC's), with no total (so no ETA) when compressed."""
     def checked(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        bar.update(member.offset)
         reason = _unsafe_member_reason(member.name)
         if reason is None and (member.issym() or member.islnk()):
             target = member.linkname.replace("\\", "/")
@@ -395,10 +403,14 @@ def _extract_tar(archive_path: Path, tmp: Path) -> None:
             raise DatasetError(f"{archive_path}: refusing to extract member {member.name!r}: {e}") from e
 
     with tarfile.open(archive_path) as tar:
-        tar.extractall(tmp, filter=checked)
+        compressed = not isinstance(tar.fileobj, io.BufferedReader)
+        total = None if compressed else archive_path.stat().st_size
+        with Progress("extract", total, BYTES_UNIT, desc=archive_path.name, enabled=progress) as bar:
+            tar.extractall(tmp, filter=checked)
+            bar.update(tar.offset if compressed else total)
 
 
-def _extract_zip(archive_path: Path, tmp: Path) -> None:
+def _extract_zip(archive_path: Path, tmp: Path, progress: bool) -> None:
     root = tmp.resolve()
     with zipfile.ZipFile(archive_path) as zf:
         members = zf.infolist()
@@ -410,8 +422,11 @@ def _extract_zip(archive_path: Path, tmp: Path) -> None:
                 reason = "path outside the destination"
             if reason is not None:
                 raise DatasetError(f"{archive_path}: refusing to extract member {info.filename!r}: {reason}")
-        for info in members:
-            zf.extract(info, tmp)
+        total = sum(info.file_size for info in members)
+        with Progress("extract", total, BYTES_UNIT, desc=archive_path.name, enabled=progress) as bar:
+            for info in members:
+                zf.extract(info, tmp)
+                bar.advance(info.file_size)
 
 
 def _merge_move(src: Path, dst: Path) -> None:

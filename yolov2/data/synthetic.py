@@ -29,7 +29,6 @@ from typing import Iterable, Mapping
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from yolov2.config import SyntheticConfig
 from yolov2.data import coco as coco_io
@@ -37,6 +36,7 @@ from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data.records import ImageRecord
 from yolov2.data.voc import write_voc_annotation
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.progress import Progress, track
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
@@ -379,10 +379,9 @@ def write_synthetic_dataset(
     atomic_write_text(in_progress, marker)  # this folder is ours, even if the run is killed from here on
     marker_path.unlink(missing_ok=True)
     keep: set[str] = set()
+    images = Progress("synthetic", sum(splits.values()), "images") if progress else None
     for split, count in splits.items():
-        indices: Iterable[int] = range(count)
-        if progress:
-            indices = tqdm(indices, desc=f"synthetic {split}", unit="img")
+        indices: Iterable[int] = range(count) if images is None else track(range(count), images)
         records = write_images(
             out_root, seed=seed, split=split, indices=indices, width=width, height=height, max_objects=max_objects,
             min_size=min_size, min_visible=min_visible,
@@ -393,6 +392,8 @@ def write_synthetic_dataset(
         if write_coco:
             coco_path = out_root / "annotations" / f"instances_{split}.json"
             coco_io.write_coco(records, SHAPE_CLASSES, coco_path, image_dir=out_root / "JPEGImages")
+    if images is not None:
+        images.close()
     _remove_stale(out_root, keep, set(splits), write_coco)
     atomic_write_text(marker_path, marker)
     in_progress.unlink()
