@@ -23,6 +23,7 @@ import torch
 
 from yolov2.config import load_config
 from yolov2.engine.checkpoint import load_checkpoint
+from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.inference import load_model_file
 
 from pipelines import prepare, shard, train
@@ -80,6 +81,13 @@ def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, t
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4  # the loss falls
+
+    # the precision auto picked on this CPU: in the manifest and the run's params
+    expected = choose_precision(detect_hardware("cpu"))
+    assert result.manifest["precision"]["amp"] == expected.amp
+    assert result.manifest["precision"]["channels_last"] == expected.channels_last
+    params = mlflow.tracking.MlflowClient().get_run(result.run_id).data.params
+    assert params["precision.amp"] == expected.amp and params["precision.channels_last"] == str(expected.channels_last)
 
     blob = load_checkpoint(ws.local_path(result.output_dir, "model.pt"))  # weights_only
     assert blob["format"] == "yolov2-pipeline/model"
