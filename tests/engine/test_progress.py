@@ -35,7 +35,7 @@ def test_first_line_right_after_the_first_step_with_step_time_and_eta() -> None:
     assert lines == [line]
     assert line.startswith("[train] step 1/100 epoch 1/4 ")
     assert "3.2 img/s" in line and "data 10%" in line and "loss 10" in line and "5.00 s/step" in line
-    assert "ETA 0:13:12" in line  # 99 steps left at the first step's 8 s
+    assert line.endswith("ETA 0:13:12 (from the first step, warm-up included)")  # 99 steps left at its 8 s
 
 
 def test_every_log_every_steps_and_eta_from_the_mean_since_the_first_step() -> None:

@@ -84,7 +84,8 @@ class TrainProgress:
         return (f"[train] step {report.step}/{self.total_steps} epoch {report.epoch + 1}/{self.epochs} "
                 f"| {images / max(seconds, 1e-9):.1f} img/s | data {100 * wait / max(seconds, 1e-9):.0f}% "
                 f"| loss {report.loss:.4g} | {seconds / len(self.window):.2f} s/step "
-                f"| elapsed {format_duration(now - self.started)} | ETA {format_duration(eta or 0.0)}")
+                f"| elapsed {format_duration(now - self.started)} | ETA {format_duration(eta or 0.0)}"
+                + (" (from the first step, warm-up included)" if report.step == self.first_done[0] else ""))
 
     def _eta(self, now: float) -> float | None:
         """Seconds left: the remaining steps at the mean wall time per step since the first one (which pays
