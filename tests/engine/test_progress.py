@@ -75,6 +75,16 @@ def test_heartbeat_while_a_slow_step_runs() -> None:
     assert progress.heartbeat() is None  # printed 5 s ago
 
 
+def test_no_heartbeat_while_steps_keep_finishing() -> None:
+    progress, clock, lines = make(log_every=1000)
+    step(progress, clock, 1)
+    for n in range(2, 5):
+        step(progress, clock, n, seconds=9.0)  # 27 s without a line, but each step finishes within seconds
+    clock.now += 4.0
+    assert progress.heartbeat() is None  # 31 s since the last line, 4 s into the running step: not stuck
+    assert len(lines) == 1
+
+
 def test_last_step_always_printed_and_resumed_runs_count_from_their_step() -> None:
     progress, clock, lines = make(total=50, log_every=1000, start_step=40)
     step(progress, clock, 41)

@@ -64,10 +64,11 @@ class TrainProgress:
             return self._print(line, now)
 
     def heartbeat(self) -> str | None:
-        """Print a 'still running' line when nothing was printed for ``interval`` seconds (a slow step)."""
+        """Print a 'still running' line when one step has run, and nothing was printed, for ``interval`` seconds.
+        (Steps that finish are reported by :meth:`step_done`, which keeps to the same interval.)"""
         with self.lock:
             now = self.clock()
-            if now - self.last_line < self.interval:
+            if now - max(self.last_line, self.last_step_time) < self.interval:
                 return None
             running = format_duration(now - self.last_step_time)
             eta = self._eta(now)
