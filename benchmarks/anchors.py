@@ -20,6 +20,8 @@ same with this checkout's cache (what every later process pays). With ``--ray``,
 reduce run as Ray tasks over 2 partitions on ``ray.init(num_cpus=2)``; the result must be
 bit-identical to the single-process one.
 
+The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``) and the numba threads the kernel ran on.
+
 Run: ``python benchmarks/anchors.py [--ray] [--repeat 3]``. Timings on a shared machine vary
 with its load: the baseline is measured in the same run so the ratio stays meaningful.
 """
@@ -39,6 +41,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import NO_MODEL, machine_facts  # noqa: E402
 
 from yolov2 import anchors as A  # noqa: E402
 
@@ -229,6 +234,8 @@ def main() -> None:
     report["machine"]["load_avg_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.ray:
         report["ray"] = bench_ray(wh, [5, 9])
+    threads_are = "numba threads (the k-means kernel)" + ("; the Ray run: 2 CPUs" if args.ray else "")
+    report.update(machine_facts(numba.get_num_threads(), NO_MODEL, threads_are))
     print(json.dumps(report, indent=2))
 
 

@@ -22,7 +22,8 @@ Timings are medians of ``--repeats`` runs (pycocotools: one run). On a shared ma
 times depend on what else runs; CPU seconds do not: for ours with workers the CPU figure is the
 critical path (this process plus the slowest chunk in its worker), the wall time it would take with
 the cores to itself. ``identical``: max |difference| of the 12 stats (ours vs faster-coco-eval is
-exact; faster-coco-eval vs pycocotools differs by float rounding, ~1e-16).
+exact; faster-coco-eval vs pycocotools differs by float rounding, ~1e-16). The JSON states the CPU's kind
+(``cpu_capability``, ``native_bf16``) and the worker processes ours ran with (``threads``).
 
     python benchmarks/evaluate.py [--images 5000] [--workers 2] [--repeats 3] [--skip-pycocotools]
 """
@@ -45,6 +46,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import NO_MODEL, machine_facts  # noqa: E402  (no torch: the baseline subprocesses import this file)
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
@@ -290,6 +294,7 @@ def main() -> None:
         out["identical"]["faster_vs_pycocotools_max_abs_diff"] = float(np.abs(fast_stats - np.array(pyc["stats"])).max())
     out["stats"] = dict(zip(STAT_NAMES, ours_stats.tolist()))
     out["machine"]["load_avg_1min_at_end"] = os.getloadavg()[0]
+    out.update(machine_facts(args.workers, NO_MODEL, "worker processes of ours (the baselines: one process)"))
     print(json.dumps(out, indent=2))
 
 

@@ -20,6 +20,8 @@ process CPU time. The target is ``pipeline / baseline >= 0.75``.
 colour step at the target (the budget minus the rest of our pipeline) against the step measured and against
 OpenCV's bare uint8 RGB->HSV->RGB round trip, the floor of any exact HSV hue shift on the CPU.
 
+The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``) and the thread count.
+
     python benchmarks/input_pipeline.py [--rounds 5] [--size 416] [--batch 8]
 """
 
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import NO_MODEL, machine_facts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +170,7 @@ def main() -> None:
         "source_pixels_median": int(np.median(sizes[:, 0] * sizes[:, 1])),
         "size": args.size,
         "batch": args.batch,
-        "threads": 1,
+        **machine_facts(torch.get_num_threads(), NO_MODEL, "torch and OpenCV threads (one each)"),
         "rounds": args.rounds,
         "timing": "process CPU time, median over rounds (wall-clock figures alongside)",
         "images_per_cpu_s": {k: round(v, 1) for k, v in rate.items()},

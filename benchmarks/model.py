@@ -1,7 +1,10 @@
-"""Where the time of a YOLOv2 step goes on CPU, and ONNX Runtime against torch eager inference.
+"""Where the time of a YOLOv2 step goes on CPU, ONNX Runtime against torch eager inference, and the network in
+each precision and layout.
 
-Prints one JSON object. yolov2_voc (Darknet-19 + passthrough, 20 classes), batch 16 at 416x416,
-float32, torch and ONNX Runtime both limited to the same number of threads (2 by default).
+Prints one JSON object. yolov2_voc (Darknet-19 + passthrough, 20 classes; ``--model``), batch 16 at 416x416,
+torch and ONNX Runtime both limited to the same number of threads (2 by default). The JSON states the CPU's
+kind (``cpu_capability``) and whether it computes bf16 natively. The loss, postprocess and ONNX Runtime figures
+are in float32, NCHW; ``precisions`` covers the others.
 
 Measurements are interleaved: each round times the model, then right after it the part compared
 with it (loss after the training step; postprocess and ONNX Runtime after the eval forward), so
@@ -23,8 +26,14 @@ oversubscribed threads slow small operations far more than large convolutions.
   candidates per image pass. Share = postprocess / (eval forward + postprocess).
 - ONNX Runtime: the same network exported by ``yolov2.export.export_onnx`` (dynamic axes, raw
   output), CPU provider, all graph optimisations, ``intra_op_num_threads`` = torch's threads.
+- precisions (last, after everything above): the bare network's training forward + backward (``--iters``
+  rounds) and eval forward (``--infer-iters`` rounds) in float32 and bf16 autocast, each in NCHW and
+  channels_last; which one ``auto`` picks on this machine (:func:`yolov2.engine.precision.choose_precision`)
+  and its time against the fastest, with the target ``auto`` within 5% of it. A variant over 5x the fastest so
+  far in process CPU time on its first timed iteration (emulated bf16 on CPUs without native bf16) keeps that
+  one iteration and is marked ``capped`` (see ``machine.py``).
 
-    python benchmarks/model.py [--batch 16] [--size 416] [--threads 2] [--iters 3] [--warmup 1]
+    python benchmarks/model.py [--model yolov2_voc] [--batch 16] [--size 416] [--threads 2] [--iters 3] [--warmup 1]
 """
 
 from __future__ import annotations
@@ -34,12 +43,18 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import Timing, machine_facts, precision_section, precision_table, timed  # noqa: E402
+
+from yolov2.engine.precision import Precision  # noqa: E402
 
 CONF_THRESH = 0.005  # Darknet's validation threshold, as in our evaluation
 CANDIDATE_TARGETS = (None, 1000, 100)  # postprocess inputs: the random head as is, then ~1000 and ~100 per image
@@ -97,6 +112,34 @@ def stats(times: list[float]) -> dict[str, float | list[float]]:
 
 def median_ratio(parts: list[float], wholes: list[float]) -> float:
     return round(statistics.median(p / w for p, w in zip(parts, wholes)), 5)
+
+
+def precision_tables(model: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, train_rounds: int,
+                     infer_rounds: int) -> dict:
+    """Training forward + backward and eval forward of the bare network in each precision and layout."""
+
+    def train_iters(precision: Precision, n: int) -> list[Timing]:
+        model.train().to(memory_format=precision.memory_format)
+        xp = x.contiguous(memory_format=precision.memory_format)
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with precision.autocast("cpu"):
+                out = model(xp)
+            out.backward(grad.to(out.dtype))
+
+        return [timed(step) for _ in range(n)]
+
+    def eval_iters(precision: Precision, n: int) -> list[Timing]:
+        model.eval().to(memory_format=precision.memory_format)
+        xp = x.contiguous(memory_format=precision.memory_format)
+        with torch.inference_mode(), precision.autocast("cpu"):
+            return [timed(lambda: model(xp)) for _ in range(n)]
+
+    tables = {"train_forward_backward": precision_table("cpu", train_iters, train_rounds, 1),
+              "eval_forward": precision_table("cpu", eval_iters, infer_rounds, 1)}
+    model.zero_grad(set_to_none=True)
+    return precision_section("cpu", tables)
 
 
 def main() -> None:
@@ -206,7 +249,8 @@ def main() -> None:
         "num_classes": args.classes,
         "dtype": "float32",
         "device": "cpu",
-        "threads": args.threads,
+        **machine_facts(args.threads, "float32, NCHW (loss, postprocess, ONNX Runtime); 'precisions': each variant",
+                        "torch intra-op threads = ONNX Runtime intra_op_num_threads"),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": round(load_at_start, 2),
         "cpu": platform.processor() or platform.machine(),
@@ -231,8 +275,9 @@ def main() -> None:
         "onnxruntime_speedup_min_times": round(min(forward_times) / min(ort_times), 3),
         "onnxruntime_target_speedup": 1.3,
         "onnxruntime_max_abs_diff": max_abs_diff,
-        "total_s": round(time.perf_counter() - started, 1),
     }
+    result["precisions"] = precision_tables(model, x, grad, args.iters, args.infer_iters)
+    result["total_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))
 
 

@@ -12,7 +12,8 @@ instance with 2 CPUs:
 Each observation is compared with the case's expected outcome. ``fault_scenarios`` runs the tests
 marked ``fault`` (killed shard task and Ray worker, killed training worker, killed driver, MLflow down,
 disk full or read-only, ...; slow ones included) in a pytest subprocess and reports each scenario by
-name: survived (its test passed), null where it was skipped (with the reason), and its time.
+name: survived (its test passed), null where it was skipped (with the reason), and its time. The JSON states the
+CPU's kind (``cpu_capability``, ``native_bf16``) and the Ray CPUs of the corpus runs (``threads``).
 
     python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR] [--faults "fault and not slow"]
 """
@@ -33,11 +34,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the corpus generator and its runner live with the tests
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import NO_MODEL, machine_facts  # noqa: E402
 
 from corpus.generate import build_corpus, corpus_layout  # noqa: E402
 from corpus.run import error_message, matches, observe, run_shard  # noqa: E402
 
 LAYOUTS = ("voc", "coco", "yolo")
+RAY_CPUS = 2
 
 
 def outcome_label(outcome: str, level: str | None) -> str:
@@ -151,8 +156,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray.get([ray.remote(lambda: None).remote() for _ in range(2)])  # workers up before the clock starts
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.get([ray.remote(lambda: None).remote() for _ in range(RAY_CPUS)])  # workers up before the clock starts
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="yolov2-reliability-") as tmp:
         out_dir = Path(args.keep) if args.keep else Path(tmp)
@@ -163,7 +168,8 @@ def main() -> None:
     if args.faults != "none":
         with tempfile.TemporaryDirectory(prefix="yolov2-faults-") as tmp:
             faults = fault_report(args.faults, Path(tmp) / "faults.xml")
-    print(json.dumps({"benchmark": "reliability", "bad_input_corpus": report, "fault_scenarios": faults},
+    facts = machine_facts(RAY_CPUS, NO_MODEL, "Ray CPUs of the corpus runs (the fault tests start their own)")
+    print(json.dumps({"benchmark": "reliability", **facts, "bad_input_corpus": report, "fault_scenarios": faults},
                      indent=1, ensure_ascii=False))
 
 

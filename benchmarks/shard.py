@@ -14,6 +14,8 @@ images are copied under new ids up to that count (as the issue's "raccoon repeat
 (read each XML and JPEG and write them after a tar-sized header, nothing else): the gap between that floor
 and ``tar`` is all the time a one-worker stage has for parsing, checking and describing each image.
 
+The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``) and the most Ray workers timed (``threads``).
+
     python benchmarks/shard.py [--images 10000] [--cache /tmp/yolov2-bench-shard]
 """
 
@@ -24,9 +26,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import NO_MODEL, machine_facts  # noqa: E402
 
 
 GENERATED = 2000  # images generated; larger sets are copies of these under new ids
@@ -188,6 +194,7 @@ def main() -> None:
         "ratio_library_vs_tar": round(tar_s / library_s, 3),
         "targets": {"ratio_1_worker_vs_tar": ">= 1.0", "ratio_2_workers_vs_1": ">= 1.8"},
         "cpus": os.cpu_count(),
+        **machine_facts(2, NO_MODEL, "Ray workers, the most timed (stages with 1 and 2; tar, library: one process)"),
     }, indent=2))
 
 
