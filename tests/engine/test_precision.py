@@ -56,6 +56,13 @@ def test_explicit_settings_are_honoured(hw: Hardware) -> None:
     assert choose_precision(hw, "fp16", True).channels_last is True
 
 
+def test_hardware_in_words() -> None:
+    assert AMX.describe() == "CPU (AVX512, AVX512_BF16, AMX; bf16 native)"
+    assert AVX2.describe() == "CPU (AVX2; bf16 emulated)"
+    assert CAPPED_TO_AVX2.describe() == "CPU (AVX2, AVX512_BF16 unused at this capability; bf16 emulated)"
+    assert CUDA_OLD.describe() == "CUDA V100 (without bf16)"
+
+
 def test_slow_path_warnings() -> None:
     [warning] = slow_path_warnings(AVX2, "bf16", "auto")
     assert warning.startswith("train.amp=bf16 on a CPU without native bf16 (AVX2)") and "use train.amp=auto" in warning

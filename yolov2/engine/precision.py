@@ -59,6 +59,8 @@ class Hardware:
         if self.device_type == "cuda":
             return f"CUDA {self.device_name or 'GPU'} ({'with' if self.cuda_bf16 else 'without'} bf16)"
         extras = [name for name, present in (("AVX512_BF16", self.avx512_bf16), ("AMX", self.amx)) if present]
+        if extras and not self.cpu_capability.startswith("AVX512"):  # ATEN_CPU_CAPABILITY caps torch below them
+            extras = [f"{' and '.join(extras)} unused at this capability"]
         flags = f"{self.cpu_capability}{', ' + ', '.join(extras) if extras else ''}"
         return f"CPU ({flags}; bf16 {'native' if self.native_bf16 else 'emulated'})"
 
