@@ -62,12 +62,10 @@ def torch_device_type(device: torch.device | str) -> str:
 
 
 def precision_variants(device: torch.device | str) -> list[Precision]:
-    """float32 and bf16 autocast (and fp16 on CUDA), each in NCHW and channels_last; float32 first."""
-    from yolov2.engine.precision import choose_precision, detect_hardware
+    """The precisions and layouts worth timing on ``device`` (:func:`yolov2.engine.precision.timeable_precisions`)."""
+    from yolov2.engine.precision import detect_hardware, timeable_precisions
 
-    hw = detect_hardware(device)
-    amps = ["off", "bf16"] + (["fp16"] if torch_device_type(device) == "cuda" else [])
-    return [choose_precision(hw, amp, channels_last) for amp in amps for channels_last in (False, True)]
+    return timeable_precisions(detect_hardware(device))
 
 
 def auto_precision(device: torch.device | str) -> Precision:

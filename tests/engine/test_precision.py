@@ -12,6 +12,7 @@ from yolov2.engine.precision import (
     choose_precision,
     detect_hardware,
     slow_path_warnings,
+    timeable_precisions,
 )
 from yolov2.errors import ConfigError
 
@@ -101,3 +102,11 @@ def test_config_accepts_auto_and_rejects_unknown_values() -> None:
         load_config(None, ["train.amp=fast"])
     with pytest.raises(ConfigError, match=r"train\.channels_last must be bool or one of 'auto', got 'maybe'"):
         load_config(None, ["train.channels_last=maybe"])
+
+
+def test_timeable_precisions() -> None:
+    names = lambda hw: [p.describe() for p in timeable_precisions(hw)]  # noqa: E731
+    cpu = ["float32, NCHW", "float32, channels_last", "bf16 autocast, NCHW", "bf16 autocast, channels_last"]
+    assert names(AVX2) == cpu and names(AMX) == cpu  # emulated bf16 is timed too: that is the point
+    assert names(CUDA_BF16) == cpu + ["fp16 autocast, NCHW", "fp16 autocast, channels_last"]
+    assert names(CUDA_OLD) == cpu[:2] + ["fp16 autocast, NCHW", "fp16 autocast, channels_last"]

@@ -23,7 +23,15 @@ from typing import Any
 
 import torch
 
-from yolov2.engine.precision import Amp, Precision, autocast, choose_precision, detect_hardware
+from yolov2.engine.precision import (
+    Amp,
+    Hardware,
+    Precision,
+    autocast,
+    choose_precision,
+    detect_hardware,
+    timeable_precisions,
+)
 
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "numpy")
 # environment variables that change which kernels torch and oneDNN run, or how many threads they use
@@ -127,14 +135,9 @@ def collect(device: str) -> dict[str, Any]:
 # --- the micro-benchmark ----------------------------------------------------------------------------------
 
 def bench_variants(device_type: str, cuda_bf16: bool = False) -> list[tuple[Amp, bool]]:
-    """(amp, channels_last) pairs worth timing: fp16 only on CUDA, where it is a real option; bf16 everywhere
-    torch runs it (emulated on some CPUs: timing that is the point)."""
-    amps: list[Amp] = ["off"]
-    if device_type == "cpu" or cuda_bf16:
-        amps.append("bf16")
-    if device_type == "cuda":
-        amps.append("fp16")
-    return [(amp, channels_last) for amp in amps for channels_last in (False, True)]
+    """(amp, channels_last) pairs worth timing on such a device (:func:`timeable_precisions`)."""
+    hw = Hardware(device_type, torch.backends.cpu.get_cpu_capability(), cuda_bf16=cuda_bf16)
+    return [(p.amp, p.channels_last) for p in timeable_precisions(hw)]
 
 
 def variant_name(amp: Amp, channels_last: bool) -> str:

@@ -145,6 +145,18 @@ def choose_precision(hw: Hardware, amp: AmpSetting = "auto", channels_last: Layo
     return Precision(amp, bool(channels_last), "; ".join(reasons))
 
 
+def timeable_precisions(hw: Hardware) -> list[Precision]:
+    """Every precision and layout worth timing on ``hw`` (``yolov2 env --bench``, ``benchmarks/``): float32, bf16
+    (emulated on some CPUs: timing that is the point; on CUDA only where supported) and fp16 on CUDA, each in
+    NCHW and channels_last, float32 first."""
+    amps: list[Amp] = ["off"]
+    if hw.device_type == "cpu" or hw.cuda_bf16:
+        amps.append("bf16")
+    if hw.device_type == "cuda":
+        amps.append("fp16")
+    return [choose_precision(hw, amp, channels_last) for amp in amps for channels_last in (False, True)]
+
+
 def slow_path_warnings(hw: Hardware, amp: AmpSetting, channels_last: LayoutSetting = "auto",
                        setting: str = "train") -> list[str]:
     """Warnings for explicit choices that are slow on ``hw`` (empty for ``auto``). ``setting``: the config section."""
