@@ -22,6 +22,7 @@ from yolov2.inference import ModelSpec
 from yolov2.models import LoadReport, build_from_darknet_cfg, build_model, load_darknet_weights
 from yolov2.models.darknet_cfg_writer import DARKNET_MODELS
 from yolov2.models.darknet_io import model_darknet_layers
+from yolov2.models.layers import BatchNormFormula
 
 CHECK_INPUT = 64  # side of the random image both networks run to confirm they compute the same function
 
@@ -40,7 +41,10 @@ def _shapes(model: nn.Module) -> list[tuple[tuple[int, ...], bool]]:
 
 
 def match_named_model(
-    cfg_net: nn.Module, width_multiplier: float = 1.0, names: Sequence[str] = DARKNET_MODELS
+    cfg_net: nn.Module,
+    width_multiplier: float = 1.0,
+    names: Sequence[str] = DARKNET_MODELS,
+    batch_norm: BatchNormFormula = "darknet",
 ) -> tuple[str, nn.Module]:
     """The named model (of ``names``) whose conv layers have ``cfg_net``'s shapes, built (randomly
     initialised) with the cfg's classes and anchor count. When several fit (yolov2_voc and yolov2_coco
@@ -49,7 +53,8 @@ def match_named_model(
     target = _shapes(cfg_net)
     fits = []
     for name in names:
-        model = build_model(name, int(cfg_net.num_classes), int(cfg_net.num_anchors), width_multiplier)
+        model = build_model(name, int(cfg_net.num_classes), int(cfg_net.num_anchors), width_multiplier,
+                            batch_norm=batch_norm)
         if _shapes(model) == target:
             fits.append((name, model))
     if not fits:
@@ -84,21 +89,23 @@ def darknet_to_model(
     width_multiplier: float = 1.0,
     class_names: Sequence[str] = (),
     input_size: int | None = None,
+    batch_norm: BatchNormFormula = "darknet",
 ) -> tuple[nn.Module, ModelSpec, LoadReport]:
     """Load a Darknet ``.weights`` file into a named model; returns (model in eval mode, spec, load report).
 
     With ``cfg``: the network, anchors (grid cells at stride 32), classes and [net] input size come
     from the cfg; ``name`` (optional) restricts the match. Without: ``name`` and ``num_classes`` are
     required and the anchors are the named model's defaults. The file size must match exactly.
-    ``class_names`` (optional) must have one name per class.
+    ``class_names`` (optional) must have one name per class. ``batch_norm``: the Darknet the weights were
+    trained with, ``"darknet"`` (pjreddie's, its published weights) or ``"alexeyab"`` (AlexeyAB's fork).
     """
     if cfg is not None:
-        cfg_net = build_from_darknet_cfg(cfg)
+        cfg_net = build_from_darknet_cfg(cfg, batch_norm)
         if cfg_net.region is None:
             raise ConfigError(f"{cfg}: no [region] section; the anchors and classes come from it")
         if name is not None and name not in DARKNET_MODELS:
             raise ConfigError(f"model {name!r} has no Darknet cfg; choose one of {', '.join(DARKNET_MODELS)}")
-        name, model = match_named_model(cfg_net, width_multiplier, [name] if name else DARKNET_MODELS)
+        name, model = match_named_model(cfg_net, width_multiplier, [name] if name else DARKNET_MODELS, batch_norm)
         load_darknet_weights(cfg_net, weights)
         report = load_darknet_weights(model, weights)
         _check_same_function(cfg_net, model, str(cfg), name)
@@ -110,7 +117,7 @@ def darknet_to_model(
     else:
         if name is None or num_classes is None:
             raise ConfigError("convert Darknet weights: give --cfg, or --model and --num-classes")
-        model = build_model(name, num_classes, width_multiplier=width_multiplier)
+        model = build_model(name, num_classes, width_multiplier=width_multiplier, batch_norm=batch_norm)
         if getattr(model, "default_anchors", None) is None:
             raise ConfigError(f"model {name} has no default anchors; convert with --cfg to take them from [region]")
         report = load_darknet_weights(model, weights)
@@ -120,5 +127,5 @@ def darknet_to_model(
     if report.layers_loaded != report.layers_total:
         raise WeightsError(f"{weights}: only {report.layers_loaded}/{report.layers_total} conv layers loaded")
     spec = ModelSpec(name=name, num_classes=num_classes, anchors=anchors, class_names=list(class_names),
-                     input_size=input_size or 416, width_multiplier=width_multiplier)
+                     input_size=input_size or 416, width_multiplier=width_multiplier, batch_norm=batch_norm)
     return model.eval(), spec, report

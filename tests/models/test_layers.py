@@ -15,6 +15,7 @@ from yolov2.models.layers import (
     Reorg,
     darknet_reorg,
     scaled_channels,
+    set_batch_norm_formula,
 )
 
 
@@ -113,23 +114,65 @@ def test_tiny_maxpool_keeps_13x13() -> None:
     assert DarknetMaxPool(2, 1)(torch.randn(1, 2, 13, 13)).shape == (1, 2, 13, 13)
 
 
-def test_conv_bn_leaky_follows_darknet_formula() -> None:
+def _conv_bn_with_small_variances(formula: str = "darknet") -> DarknetConv:
     torch.manual_seed(0)
-    block = DarknetConv(4, 6, 3).eval()
-    assert block.conv.bias is None  # the BN shift is Darknet's bias
-    assert block.conv.padding == (1, 1)
+    block = DarknetConv(4, 6, 3, bn_formula=formula).eval()
     with torch.no_grad():
         block.bn.running_mean.uniform_(-0.5, 0.5)
-        block.bn.running_var.uniform_(1e-5, 1e-4)  # small variances: the epsilon matters
+        block.bn.running_var.uniform_(1e-5, 1e-4)  # small variances: the epsilon and its place matter
         block.bn.weight.uniform_(0.5, 1.5)
         block.bn.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(2, 4, 5, 7)
+    return block
+
+
+def _darknet_conv_bn_leaky(block: DarknetConv, x: torch.Tensor, denominator) -> torch.Tensor:
     y = F.conv2d(x, block.conv.weight, padding=1)
     mean, var = block.bn.running_mean[:, None, None], block.bn.running_var[:, None, None]
-    # Darknet: normalize_cpu (x - mean) / sqrt(var + .000001f), scale_bias, add_bias, leaky 0.1
-    y = (y - mean) / torch.sqrt(var + 0.000001) * block.bn.weight[:, None, None] + block.bn.bias[:, None, None]
-    y = torch.where(y > 0, y, 0.1 * y)
-    assert torch.allclose(block(x), y, rtol=1e-5, atol=1e-5)
+    y = (y - mean) / denominator(var) * block.bn.weight[:, None, None] + block.bn.bias[:, None, None]
+    return torch.where(y > 0, y, 0.1 * y)  # scale_bias, add_bias, then leaky 0.1
+
+
+# pjreddie's normalize_cpu (src/blas.c): x = (x - mean[f]) / (sqrt(variance[f]) + .000001f)
+def _pjreddie(var: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(var) + 0.000001
+
+
+# AlexeyAB's fork: x = (x - mean[f]) / sqrt(variance[f] + .00001f)
+def _alexeyab(var: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(var + 0.00001)
+
+
+def test_conv_bn_leaky_follows_darknet_formula() -> None:
+    block = _conv_bn_with_small_variances()
+    assert block.conv.bias is None  # the BN shift is Darknet's bias
+    assert block.conv.padding == (1, 1)
+    x = torch.randn(2, 4, 5, 7)
+    torch.testing.assert_close(block(x), _darknet_conv_bn_leaky(block, x, _pjreddie), rtol=1e-5, atol=1e-5)
+    # PyTorch's own sqrt(var + 1e-6) is measurably another function on these variances
+    torch_formula = _darknet_conv_bn_leaky(block, x, lambda var: torch.sqrt(var + 0.000001))
+    assert (block(x) - torch_formula).abs().max() > 1e-2
+
+
+def test_conv_bn_alexeyab_formula() -> None:
+    block = _conv_bn_with_small_variances("alexeyab")
+    x = torch.randn(2, 4, 5, 7)
+    torch.testing.assert_close(block(x), _darknet_conv_bn_leaky(block, x, _alexeyab), rtol=1e-5, atol=1e-5)
+    set_batch_norm_formula(block, "darknet")
+    torch.testing.assert_close(block(x), _darknet_conv_bn_leaky(block, x, _pjreddie), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_trains_on_batch_statistics() -> None:
+    block = _conv_bn_with_small_variances().train()
+    x = torch.randn(4, 4, 5, 7)
+    y = F.conv2d(x, block.conv.weight, padding=1)
+    mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
+    y = (y - mean) / torch.sqrt(var + 1e-6) * block.bn.weight[:, None, None] + block.bn.bias[:, None, None]
+    torch.testing.assert_close(block(x), torch.where(y > 0, y, 0.1 * y), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_batch_norm_formula_is_refused() -> None:
+    with pytest.raises(ValueError, match="alexeyab"):
+        DarknetConv(4, 6, 3, bn_formula="torch")
 
 
 def test_linear_conv_has_bias_and_no_bn() -> None:

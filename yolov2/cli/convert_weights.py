@@ -32,6 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width-multiplier", type=float, default=1.0, help="from Darknet: channel multiplier (default 1)")
     p.add_argument("--names", help="from Darknet: a .names file (one class name per line)")
     p.add_argument("--input-size", type=int, default=None, help="the model's input side (default: cfg's, or 416)")
+    p.add_argument("--batch-norm", choices=["darknet", "alexeyab"], default="darknet",
+                   help="from Darknet: which Darknet trained the weights, for its batch-norm arithmetic at inference: "
+                        "darknet = pjreddie's, (x - mean) / (sqrt(var) + 1e-6), as yolov2-voc.weights (default); "
+                        "alexeyab = AlexeyAB's fork, (x - mean) / sqrt(var + 1e-5)")
     p.add_argument("--seen", type=int, default=0, help="to Darknet: images-seen count for the header (default 0)")
     p.set_defaults(run=run)
 
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         model, spec, report = darknet_to_model(
             source, cfg=args.cfg, name=args.model, num_classes=args.num_classes,
             width_multiplier=args.width_multiplier, class_names=names, input_size=args.input_size,
+            batch_norm=args.batch_norm,
         )
         save_model_file(args.output, model, spec)
         print(report)

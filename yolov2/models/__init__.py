@@ -29,6 +29,7 @@ from yolov2.errors import ConfigError
 from yolov2.models.darknet19 import Darknet19
 from yolov2.models.darknet_cfg import DarknetNet, build_from_cfg
 from yolov2.models.darknet_io import LoadReport, load_darknet_weights, save_darknet_weights
+from yolov2.models.layers import BATCH_NORM_FORMULAS, BatchNormFormula, set_batch_norm_formula
 from yolov2.models.resnet import ResNetBackbone
 from yolov2.models.summary import model_summary
 from yolov2.models.tiny import TINY_VOC_ANCHORS, TinyYOLOv2
@@ -120,13 +121,16 @@ def build_model(
     reorg: str = "darknet",
     sppf: bool = False,
     decoupled_head: bool = False,
+    batch_norm: BatchNormFormula = "darknet",
 ) -> nn.Module:
     """Build the named model (see :data:`MODELS`), randomly initialised.
 
     ``width_multiplier`` narrows every Darknet layer's channels (multiples of 8; not the prediction
     conv); ``reorg`` is ``"darknet"`` (needed for Darknet weights) or ``"pixel_unshuffle"``; ``sppf``
     adds an SPPF neck on the stride-32 map; ``decoupled_head`` splits the prediction into box/objectness
-    and class towers (same output layout). The last two are off in Darknet's models.
+    and class towers (same output layout). The last two are off in Darknet's models. ``batch_norm`` is the
+    inference formula of the Darknet batch norms (:class:`~yolov2.models.layers.DarknetBatchNorm2d`):
+    ``"darknet"`` (pjreddie's, which its published weights need) or ``"alexeyab"``.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model name {name!r}; choose one of {', '.join(MODELS)}")
@@ -136,11 +140,23 @@ def build_model(
         raise ConfigError(f"model.reorg must be 'darknet' or 'pixel_unshuffle', got {reorg!r}")
     if width_multiplier <= 0:
         raise ConfigError(f"model.width_multiplier must be > 0, got {width_multiplier}")
-    return MODELS[name](num_classes, num_anchors, width_multiplier, reorg, sppf, decoupled_head)
+    _check_batch_norm(batch_norm)
+    model = MODELS[name](num_classes, num_anchors, width_multiplier, reorg, sppf, decoupled_head)
+    return set_batch_norm_formula(model, batch_norm)
 
 
-def build_from_darknet_cfg(path: str | Path) -> DarknetNet:
+def build_from_darknet_cfg(path: str | Path, batch_norm: BatchNormFormula = "darknet") -> DarknetNet:
     """Build the network a Darknet ``.cfg`` describes; its ``region`` attribute holds the ``[region]``
     options (LossConfig fields thresh/object_scale/noobject_scale/class_scale/coord_scale/rescore,
-    plus anchors, classes, num). Raises ConfigError naming the line for unsupported content."""
-    return build_from_cfg(path)
+    plus anchors, classes, num). Raises ConfigError naming the line for unsupported content.
+    ``batch_norm`` as in :func:`build_model` (a cfg does not say which Darknet it was trained with)."""
+    _check_batch_norm(batch_norm)
+    return set_batch_norm_formula(build_from_cfg(path), batch_norm)  # type: ignore[return-value]
+
+
+def _check_batch_norm(formula: str) -> None:
+    if formula not in BATCH_NORM_FORMULAS:
+        raise ConfigError(
+            f"model.batch_norm must be 'darknet' (pjreddie's Darknet: sqrt(var) + 1e-6) or 'alexeyab' "
+            f"(AlexeyAB's fork: sqrt(var + 1e-5)), got {formula!r}"
+        )

@@ -14,21 +14,79 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Darknet's CPU batch norm divides by sqrt(variance + .000001f) (``normalize_cpu`` in src/blas.c).
-# (Its CUDA kernel uses .00001f; we follow the CPU reference, which is what the tests port.)
-DARKNET_BN_EPS = 1e-6
+DARKNET_BN_EPS = 1e-6  # pjreddie's normalize_cpu: (x - mean) / (sqrt(variance) + .000001f)
+ALEXEYAB_BN_EPS = 1e-5  # AlexeyAB's fork: (x - mean) / sqrt(variance + .00001f)
 LEAKY_SLOPE = 0.1
 
 Activation = Literal["leaky", "linear", "relu", "logistic"]
 ReorgMode = Literal["darknet", "pixel_unshuffle"]
+BatchNormFormula = Literal["darknet", "alexeyab"]
+BATCH_NORM_FORMULAS: tuple[str, ...] = ("darknet", "alexeyab")
 ConvPair = tuple[nn.Conv2d, "nn.BatchNorm2d | None"]
+
+
+class DarknetBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that, at inference, divides the way the chosen Darknet does.
+
+    With rolling statistics (eval mode) the output is ``(x - mean) / d * scale + shift`` with
+    ``d = sqrt(var) + 1e-6`` for ``formula="darknet"`` (pjreddie's ``normalize_cpu``, ``src/blas.c``: what
+    ``yolov2-voc.weights`` and ``darknet19_448.conv.23`` were trained with) or ``d = sqrt(var + 1e-5)`` for
+    ``"alexeyab"`` (AlexeyAB's fork). PyTorch's ``sqrt(var + eps)`` equals neither, and filters with a small
+    rolling variance (a few in every trained network) then give other outputs than Darknet.
+
+    Training mode is PyTorch's: the batch mean and variance, ``sqrt(var + 1e-6)``, rolling statistics with
+    momentum 0.1. pjreddie's Darknet trains on the CPU with the batch mean and unbiased variance (1 / (N - 1)),
+    the same ``sqrt(var) + 1e-6`` as at inference, and rolling statistics .99 old + .01 new
+    (``forward_batchnorm_layer``, ``src/batchnorm_layer.c``; ``mean_cpu``/``variance_cpu``, ``src/blas.c``); its
+    GPU path since 2017 uses ``sqrt(var + 1e-5)`` in training (``blas_kernels.cu``, or cuDNN). Only the inference
+    arithmetic has to be Darknet's for its weights to give its outputs; the state dict is ``nn.BatchNorm2d``'s.
+    """
+
+    def __init__(self, num_features: int, formula: BatchNormFormula = "darknet") -> None:
+        super().__init__(num_features, eps=DARKNET_BN_EPS)
+        self.formula = check_batch_norm_formula(formula)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.running_var is None:
+            return super().forward(x)
+        # torch's kernel computes sqrt(v + 0); v is chosen so that root is this formula's denominator.
+        return F.batch_norm(x, self.running_mean, self.inference_variance(), self.weight, self.bias, False, 0.0, 0.0)
+
+    def inference_variance(self) -> torch.Tensor:
+        """The variance whose square root is the formula's denominator (eps included)."""
+        assert self.running_var is not None
+        if self.formula == "darknet":
+            return (self.running_var.sqrt() + DARKNET_BN_EPS).square()
+        return self.running_var + ALEXEYAB_BN_EPS
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, formula={self.formula}"
+
+
+def check_batch_norm_formula(formula: str) -> BatchNormFormula:
+    if formula not in BATCH_NORM_FORMULAS:
+        raise ValueError(
+            f"unknown batch-norm formula {formula!r}; use 'darknet' (pjreddie's sqrt(var) + 1e-6) "
+            "or 'alexeyab' (AlexeyAB's sqrt(var + 1e-5))"
+        )
+    return formula  # type: ignore[return-value]
+
+
+def set_batch_norm_formula(model: nn.Module, formula: BatchNormFormula) -> nn.Module:
+    """Make every Darknet batch norm in ``model`` use ``formula`` at inference; returns ``model``."""
+    formula = check_batch_norm_formula(formula)
+    for module in model.modules():
+        if isinstance(module, DarknetBatchNorm2d):
+            module.formula = formula
+    return model
 
 
 class DarknetConv(nn.Module):
     """Darknet's ``[convolutional]`` layer: conv, then batch norm (if any), then the activation.
 
     Padding is ``size // 2`` (Darknet's ``pad=1``). With batch norm the conv has no bias: Darknet's
-    ``biases`` then play the role of the BN shift (``bn.bias``), as in its ``.weights`` layout.
+    ``biases`` then play the role of the BN shift (``bn.bias``), as in its ``.weights`` layout; the batch
+    norm is a :class:`DarknetBatchNorm2d`.
     x (Tensor[B, in_channels, H, W]) -> Tensor[B, out_channels, H', W'] with H' = (H + 2*(size//2) - size)//stride + 1.
     """
 
@@ -42,7 +100,7 @@ class DarknetConv(nn.Module):
         activation: Activation = "leaky",
         groups: int = 1,
         padding: int | None = None,
-        bn_eps: float = DARKNET_BN_EPS,
+        bn_formula: BatchNormFormula = "darknet",
     ) -> None:
         super().__init__()
         if activation not in ("leaky", "linear", "relu", "logistic"):
@@ -51,7 +109,7 @@ class DarknetConv(nn.Module):
         self.conv = nn.Conv2d(
             in_channels, out_channels, size, stride, pad, groups=groups, bias=not batch_normalize
         )
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps) if batch_normalize else None
+        self.bn = DarknetBatchNorm2d(out_channels, bn_formula) if batch_normalize else None
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
