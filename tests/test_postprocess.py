@@ -56,6 +56,40 @@ def _darknet_letterbox(image_w: int, image_h: int, net_w: int, net_h: int) -> tu
     return new_w, new_h, (net_w - new_w) // 2, (net_h - new_h) // 2
 
 
+def _darknet_correct_box(box, image_w: int, image_h: int, net: int) -> list[float]:
+    """region_layer.c correct_region_boxes (relative=0): a box xyxy normalised to the network input into
+    original-image pixels; the letterbox padding is the float (net - new) / 2., not the pasted integer."""
+    new_w, new_h, _, _ = _darknet_letterbox(image_w, image_h, net, net)
+    off_x, off_y = (net - new_w) / 2.0, (net - new_h) / 2.0
+    x1, y1, x2, y2 = box
+    return [(x1 * net - off_x) * image_w / new_w, (y1 * net - off_y) * image_h / new_h,
+            (x2 * net - off_x) * image_w / new_w, (y2 * net - off_y) * image_h / new_h]
+
+
+def _box_iou(a, b) -> float:
+    """box.c box_iou, on xyxy: overlap of the two intervals per axis, 0 when they do not meet."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w < 0 or h < 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _do_nms_sort(boxes, scores, thresh: float) -> list[int]:
+    """box.c do_nms_sort for one class: by decreasing score, each surviving box zeroes every later box
+    whose IoU with it is above ``thresh``. Returns the indices that keep a non-zero score."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    prob = [scores[i] for i in order]
+    for i in range(len(order)):
+        if prob[i] == 0:
+            continue
+        for j in range(i + 1, len(order)):
+            if _box_iou(boxes[order[i]], boxes[order[j]]) > thresh:
+                prob[j] = 0
+    return [order[i] for i in range(len(order)) if prob[i] != 0]
+
+
 def _random_output(seed: int, batch: int, num_classes: int, grid: int, spread: float = 1.0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     out = torch.randn(batch, len(ANCHORS), 5 + num_classes, grid, grid, generator=gen, dtype=torch.float64)
@@ -121,9 +155,9 @@ def test_boxes_map_back_to_the_original_image(letterbox):
     labels = [[2, 0], [1]]
     net_boxes = []
     for (w, h), boxes in zip(image_sizes, originals):
-        if letterbox:
-            new_w, new_h, pad_x, pad_y = _darknet_letterbox(w, h, net, net)
-            sx, sy = new_w / w, new_h / h
+        if letterbox:  # correct_region_boxes' inverse: the float padding (333 x 500 has an odd one, 69.5)
+            new_w, new_h, _, _ = _darknet_letterbox(w, h, net, net)
+            sx, sy, pad_x, pad_y = new_w / w, new_h / h, (net - new_w) / 2, (net - new_h) / 2
         else:
             sx, sy, pad_x, pad_y = net / w, net / h, 0, 0
         net_boxes.append([((x1 * sx + pad_x) / net, (y1 * sy + pad_y) / net, (x2 * sx + pad_x) / net,
@@ -140,28 +174,23 @@ def test_boxes_map_back_to_the_original_image(letterbox):
 
 
 def _reference_postprocess(output, num_classes, net_size, image_sizes, conf, iou, max_det, max_candidates=None):
-    """Per image, per class: loop-decoded boxes, letterbox undone by Darknet's geometry, clipped, then
-    torchvision.ops.nms; merged by score and cut at max_det. ``max_candidates``: only the image's best
-    (box, class) pairs by score enter NMS."""
+    """Darknet's order, per image and class: loop-decoded boxes, letterbox undone as correct_region_boxes does,
+    threshold, do_nms_sort on the unclipped boxes, then clipped (print_detector_detections); merged by score
+    and cut at max_det. ``max_candidates``: only the image's best (box, class) pairs by score enter NMS."""
     decoded = _loop_decode(output, ANCHORS, num_classes)
     results = []
     for preds, (w, h) in zip(decoded, image_sizes):
-        new_w, new_h, pad_x, pad_y = _darknet_letterbox(w, h, net_size, net_size)
-        boxes = []
-        for (x1, y1, x2, y2), _, _ in preds:
-            mapped = [(x1 * net_size - pad_x) * w / new_w, (y1 * net_size - pad_y) * h / new_h,
-                      (x2 * net_size - pad_x) * w / new_w, (y2 * net_size - pad_y) * h / new_h]
-            boxes.append([min(max(mapped[0], 0), w), min(max(mapped[1], 0), h),
-                          min(max(mapped[2], 0), w), min(max(mapped[3], 0), h)])
-        boxes = torch.tensor(boxes, dtype=torch.float64)
+        boxes = [_darknet_correct_box(box, w, h, net_size) for box, _, _ in preds]
         all_scores = sorted((obj * probs[c] for _, obj, probs in preds for c in range(num_classes)), reverse=True)
         floor = all_scores[max_candidates - 1] if max_candidates is not None else -1.0
         rows = []
         for c in range(num_classes):
-            scores = torch.tensor([obj * probs[c] for _, obj, probs in preds], dtype=torch.float64)
-            idx = torch.nonzero((scores > conf) & (scores >= floor)).flatten()
-            for k in nms(boxes[idx], scores[idx], iou).tolist():
-                rows.append((scores[idx[k]].item(), c, boxes[idx[k]].tolist()))
+            scores = [float(obj * probs[c]) for _, obj, probs in preds]
+            idx = [i for i, score in enumerate(scores) if score > conf and score >= floor]
+            for k in _do_nms_sort([boxes[i] for i in idx], [scores[i] for i in idx], iou):
+                x1, y1, x2, y2 = boxes[idx[k]]
+                clipped = [min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)]
+                rows.append((scores[idx[k]], c, clipped))
         rows.sort(key=lambda r: -r[0])
         results.append(rows[:max_det])
     return results
@@ -201,6 +230,25 @@ def test_max_candidates_keeps_the_best_pairs_per_image_before_nms():
             assert det.labels.tolist() == [r[1] for r in rows]
         if cap == 10:
             assert all(len(det.scores) <= 10 for det in dets)
+
+
+def test_nms_runs_on_unclipped_boxes_then_clips():
+    """Two boxes of one class, one cell, on a 128 x 128 image: one inside, one reaching far off both sides.
+    Unclipped their IoU is 0.9 / 3.1, so Darknet keeps both; clipped first their IoU would be 0.9 and the
+    second would be suppressed."""
+    net, grid = 128, 4
+    inside, wide = (0.0, 0.1, 0.9, 0.8), (-1.1, 0.1, 2.0, 0.8)  # normalised to the (square) network input
+    output = _output_for_boxes([[inside]], [[1]], num_classes=2, grid=grid)
+    second = _output_for_boxes([[wide]], [[1]], num_classes=2, grid=grid)  # decoded by the same cell's anchor 1
+    output = output.view(1, len(ANCHORS), 7, grid, grid)
+    output[:, 1] = second.view(1, len(ANCHORS), 7, grid, grid)[:, 0]
+    output[:, 1, 4] = torch.where(output[:, 1, 4] > 0, 20.0, -30.0)  # a slightly lower score
+    anchors = torch.tensor([ANCHORS[0], ANCHORS[0], *ANCHORS[2:]], dtype=torch.float64)
+    (det,) = postprocess(output.view(1, -1, grid, grid), anchors, 2, (net, net), torch.tensor([[net, net]]),
+                         conf_thresh=0.5)
+    assert det.labels.tolist() == [1, 1]
+    expected = torch.tensor([[0.0, 0.1, 0.9, 0.8], [0.0, 0.1, 1.0, 0.8]], dtype=torch.float64) * net
+    torch.testing.assert_close(det.boxes, expected)
 
 
 def test_nothing_above_threshold_gives_empty_detections():
@@ -274,17 +322,15 @@ def test_postprocess_diou_matches_slow_reference():
     boxes, objectness, probs = decode(output, torch.tensor(ANCHORS, dtype=torch.float64), num_classes)
     for b, det in enumerate(dets):
         w, h = image_sizes[b].tolist()
-        new_w, new_h, pad_x, pad_y = _darknet_letterbox(w, h, net, net)
-        px = boxes[b] * net
-        px = (px - torch.tensor([pad_x, pad_y, pad_x, pad_y])) * torch.tensor([w / new_w, h / new_h] * 2)
-        px = torch.minimum(px.clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float64))
+        px = torch.tensor([_darknet_correct_box(box, w, h, net) for box in boxes[b].tolist()], dtype=torch.float64)
         scores = objectness[b][:, None] * probs[b]
         box_idx, labels = torch.nonzero(scores > 0.05, as_tuple=True)
-        kept = _slow_diou_nms(px[box_idx], scores[box_idx, labels], labels, 0.45)
+        kept = _slow_diou_nms(px[box_idx], scores[box_idx, labels], labels, 0.45)  # on unclipped boxes
         assert len(kept) > 5
         torch.testing.assert_close(det.scores, scores[box_idx, labels][kept])
         assert det.labels.tolist() == labels[kept].tolist()
-        torch.testing.assert_close(det.boxes, px[box_idx][kept])
+        clipped = torch.minimum(px[box_idx][kept].clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float64))
+        torch.testing.assert_close(det.boxes, clipped)
 
 
 def test_pairwise_distance_box_iou_matches_torchvision():

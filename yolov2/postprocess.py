@@ -5,9 +5,11 @@ Batched end to end: one ``nonzero`` picks every (image, box, class) candidate of
 ``image * C + class``), and the per-image top-k is a stable sort plus a rank within each image. The only
 per-image step is splitting the final tensor into the returned list.
 
-Like Darknet's ``get_region_boxes`` + ``do_nms_sort``, every (box, class) pair whose score
-objectness x p(class) is above ``conf_thresh`` is a candidate, so one box can give several class detections.
-Boxes are clipped to the image before NMS (as torchvision's detectors do; Darknet clips when it writes them).
+In Darknet's order (``get_network_boxes``, ``do_nms_sort``, then ``print_detector_detections``): decode, map to
+image pixels with ``correct_region_boxes``' letterbox inverse, threshold, NMS on the unclipped boxes, and only
+then clip to the image. Every (box, class) pair whose score objectness x p(class) is above ``conf_thresh`` is a
+candidate, so one box can give several class detections. Clipping before NMS (as torchvision's detectors do)
+changes which boxes survive: a box reaching far outside the image overlaps its neighbours less once clipped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "letterbox_geometry",
     "decode",
     "to_image_pixels",
+    "clip_to_image",
     "batched_diou_nms",
     "postprocess",
 ]
@@ -62,10 +65,8 @@ def letterbox_geometry(image_sizes: torch.Tensor, input_w: int, input_h: int) ->
 
     image_sizes (Tensor[B, 2]) original (w, h) -> (new_wh (Tensor[B, 2] int64), pad_xy (Tensor[B, 2] int64)):
     the side that limits the scale fills the input exactly, the other is ``size * input / limiting_size`` rounded
-    down, and the image is centred with the left/top padding rounded down. Integers, so the transform that makes
-    the input image and this module's inverse agree to the pixel (the transforms must call this function).
-    Darknet's ``correct_region_boxes`` undoes it with a float padding ``(netw - new_w) / 2.``, half a pixel off
-    the pasted image when the difference is odd; we invert the pasted geometry exactly.
+    down, and the image is pasted at ``(input - new) // 2``. The transforms call this function, so the pixels
+    and the inverse (:func:`to_image_pixels`) share one geometry.
     """
     sizes = torch.as_tensor(image_sizes).to(torch.int64).reshape(-1, 2)
     w, h = sizes[:, 0], sizes[:, 1]
@@ -114,19 +115,26 @@ def to_image_pixels(
     """Map boxes (Tensor[B, N, 4]) xyxy normalised to the network input into each original image's pixels.
 
     input_size (w, h) of the network input; image_sizes (Tensor[B, 2]) original (w, h). ``letterbox=True``
-    undoes :func:`letterbox_geometry`, ``False`` a plain resize. Boxes are clipped to [0, w] x [0, h].
+    undoes :func:`letterbox_geometry` as Darknet's ``correct_region_boxes`` does, with the padding
+    ``(input - new) / 2`` as a float: half a pixel from where an odd padding pasted the image (``91`` rows,
+    undone with ``91.5``), which is what Darknet's detections are. ``False`` undoes a plain resize. Not clipped
+    (:func:`clip_to_image`).
     """
     input_w, input_h = input_size
     sizes = torch.as_tensor(image_sizes, device=boxes.device).reshape(-1, 2).to(boxes.dtype)
     pixels = boxes * boxes.new_tensor([input_w, input_h, input_w, input_h])
     if letterbox:
-        new_wh, pad = letterbox_geometry(sizes.round(), input_w, input_h)
-        new_wh, pad = new_wh.to(boxes), pad.to(boxes)
-        pixels = (pixels - pad.repeat(1, 2)[:, None, :]) * (sizes / new_wh).repeat(1, 2)[:, None, :]
-    else:
-        pixels = pixels * (sizes / sizes.new_tensor([input_w, input_h])).repeat(1, 2)[:, None, :]
-    limits = sizes.repeat(1, 2)[:, None, :]
-    return torch.minimum(pixels.clamp(min=0), limits)
+        new_wh, _ = letterbox_geometry(sizes.round(), input_w, input_h)
+        new_wh = new_wh.to(boxes)
+        pad = (new_wh.new_tensor([input_w, input_h]) - new_wh) / 2
+        return (pixels - pad.repeat(1, 2)[:, None, :]) * (sizes / new_wh).repeat(1, 2)[:, None, :]
+    return pixels * (sizes / sizes.new_tensor([input_w, input_h])).repeat(1, 2)[:, None, :]
+
+
+def clip_to_image(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Boxes (Tensor[K, 4]) xyxy clipped to [0, w] x [0, h] of image_sizes (Tensor[K, 2]) (w, h), one per box."""
+    limits = image_sizes.to(boxes).repeat(1, 2)
+    return torch.minimum(boxes.clamp(min=0), limits)
 
 
 def batched_diou_nms(
@@ -188,7 +196,7 @@ def postprocess(
     letterbox: bool = True,
     conf_thresh: float = 0.005,
     nms_thresh: float = 0.45,
-    max_det: int = 100,
+    max_det: int | None = 100,
     nms: Literal["standard", "diou"] = "standard",
     max_candidates: int | None = None,
 ) -> list[Detections]:
@@ -197,7 +205,8 @@ def postprocess(
     output (Tensor[B, A*(5+C), H, W]) anchor-major; anchors (Tensor[A, 2]) grid cells; input_size (w, h) of the
     network input in pixels; image_sizes (Tensor[B, 2]) original (w, h). Score = objectness x p(class); every
     (box, class) with score > ``conf_thresh`` is a candidate; per-class NMS (``"standard"`` IoU via
-    ``torchvision.ops.batched_nms``, or ``"diou"``) at ``nms_thresh``; at most ``max_det`` per image by score.
+    ``torchvision.ops.batched_nms``, or ``"diou"``) at ``nms_thresh`` on the unclipped boxes; at most ``max_det``
+    per image by score (None: all, as Darknet); the boxes returned are clipped to the image.
     ``max_candidates``: keep only that many best (box, class) candidates per image before NMS (None: all, as
     Darknet). An untrained network puts nearly every pair above 0.005 (B x A*H*W x C candidates), and NMS
     time grows with the square of that; a cap such as 3000 bounds it.
@@ -230,11 +239,14 @@ def postprocess(
     kept_image = image[keep]
     counts = torch.bincount(kept_image, minlength=batch)
     rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[kept_image]
-    keep = keep[rank < max_det]
-    counts = counts.clamp(max=max_det).tolist()
+    if max_det is not None:
+        keep = keep[rank < max_det]
+        counts = counts.clamp(max=max_det)
+    kept_boxes = clip_to_image(candidates[keep], sizes[image[keep]])
+    counts_list = counts.tolist()
     return [
         Detections(b, s, lab)
         for b, s, lab in zip(
-            candidates[keep].split(counts), candidate_scores[keep].split(counts), label[keep].split(counts)
+            kept_boxes.split(counts_list), candidate_scores[keep].split(counts_list), label[keep].split(counts_list)
         )
     ]

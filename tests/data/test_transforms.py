@@ -269,9 +269,12 @@ def test_letterbox_pixels_and_round_trip(width, height):
     assert (out[mask] == T.LETTERBOX_FILL).all()
     for i, label in enumerate(labels):
         np.testing.assert_allclose(out_boxes[i], pixel_box(out, COLOURS[label]), atol=1.5)
-    # postprocess undoes it: normalised input boxes -> original pixels
+    # postprocess undoes it as Darknet's correct_region_boxes does: with the float padding (size - new) / 2,
+    # half a pixel of the input from where an odd padding pasted the image
     back = to_image_pixels(torch.from_numpy(out_boxes / size)[None], (size, size), torch.tensor([[width, height]]))
-    np.testing.assert_allclose(back[0].numpy(), boxes, atol=1e-3)
+    shift_x = (p.pad_x - (size - p.new_w) / 2) * width / p.new_w
+    shift_y = (p.pad_y - (size - p.new_h) / 2) * height / p.new_h
+    np.testing.assert_allclose(back[0].numpy(), boxes + np.array([shift_x, shift_y] * 2), atol=1e-3)
 
 
 def test_plain_resize_pixels_and_round_trip():

@@ -490,8 +490,9 @@ def letterbox(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Darknet's ``letterbox_image``: keep the aspect ratio, centre, pad with grey.
 
-    The geometry is :func:`yolov2.postprocess.letterbox_params` (integer sizes and offsets), so
-    ``postprocess.to_image_pixels(..., letterbox=True)`` inverts it exactly. Returns the image and boxes
+    The geometry is :func:`yolov2.postprocess.letterbox_params` (integer sizes and offsets), the one
+    ``postprocess.to_image_pixels(..., letterbox=True)`` inverts (with Darknet's float padding, so half a
+    pixel off when the padding is odd, as Darknet). Returns the image and boxes
     (float32[N, 4] xyxy pixels of the letterboxed image). Channel order is kept.
     """
     out_w, out_h = (size, size) if isinstance(size, int) else size
