@@ -34,7 +34,8 @@ STAGE = "evaluate"
 class DetectActor:
     """Ray Data actor: loads the model once, turns a batch of shard samples into detection rows."""
 
-    def __init__(self, workspace: Workspace, model_path: str, input_size: int, letterbox: bool, conf_thresh: float,
+    def __init__(self, workspace: Workspace, model_path: str, input_size: int, letterbox: bool, resize: str,
+                 conf_thresh: float,
                  nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool,
                  amp: str = "auto", channels_last: bool | str = "auto") -> None:
         import tempfile
@@ -50,7 +51,7 @@ class DetectActor:
             local.write(workspace.read_bytes(model_path))
             local.flush()
             self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size, letterbox=letterbox,
-                                             conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
+                                             resize=resize, conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
                                              max_candidates=max_candidates, precision=precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -109,6 +110,7 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
     ds = ds.map_batches(
         DetectActor,
         fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
+                                   resize=e.resize,
                                    conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh, max_det=e.max_det,
                                    max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0,
                                    amp=e.amp, channels_last=e.channels_last),

@@ -420,7 +420,7 @@ class _Validator:
         was_training = model.training
         device = next(model.parameters()).device
         predictor = Predictor(model, self.spec, input_size=self.cfg.train.input_size, letterbox=self.cfg.evaluate.letterbox,
-                              conf_thresh=self.cfg.evaluate.conf_thresh, nms_thresh=self.cfg.evaluate.nms_thresh,
+                              resize=self.cfg.evaluate.resize, conf_thresh=self.cfg.evaluate.conf_thresh, nms_thresh=self.cfg.evaluate.nms_thresh,
                               max_det=self.cfg.evaluate.max_det, max_candidates=self.cfg.evaluate.max_candidates or 2000,
                               device=device, precision=self.precision)
         total = sum(s.num_samples for s in self.shards)
@@ -439,7 +439,7 @@ class _Validator:
 def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[float]]) -> ModelSpec:
     m = cfg.model
     return ModelSpec(m.name, len(class_names), [list(map(float, a)) for a in anchors], list(class_names),
-                     cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head)
+                     cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head, m.batch_norm)
 
 
 RAY_DATA_CPUS = 0.25  # per Ray Data read/decode task; ray_data trainers leave this much of their CPUs to them

@@ -90,6 +90,9 @@ class ModelConfig:
     reorg: Literal["darknet", "pixel_unshuffle"] = "darknet"
     sppf: bool = False
     decoupled_head: bool = False
+    # batch norm at inference: darknet = pjreddie's (x - mean) / (sqrt(var) + 1e-6), the one yolov2-voc.weights
+    # was trained with; alexeyab = AlexeyAB's fork, (x - mean) / sqrt(var + 1e-5)
+    batch_norm: Literal["darknet", "alexeyab"] = "darknet"
 
 
 @dataclass
@@ -106,7 +109,7 @@ class LossConfig:
     prior_seen: int = 12800
     rescore: bool = True
     box_loss: Literal["mse", "ciou", "eiou"] = "mse"  # modern mode only
-    coord_wh_weight: bool = False  # coord scale x (2 - w*h), as pjreddie's 2018 region_layer.c; off = YOLOv2 release
+    coord_wh_weight: bool = False  # coord scale x (2 - w*h), pjreddie's region_layer.c since 60e952ba (2017); off = YOLOv2 release
 
 
 @dataclass
@@ -164,6 +167,9 @@ class EvaluateConfig:
     split: str = "test"
     input_size: int = 416
     letterbox: bool = True
+    # darknet: Darknet's float bilinear resize_image (its input to the pixel rounding); opencv: INTER_LINEAR on
+    # uint8, faster and a few grey levels off (benchmarks/preprocess.py measures both)
+    resize: Literal["darknet", "opencv"] = "darknet"
     conf_thresh: float = 0.005
     nms_thresh: float = 0.45
     max_det: int = 100

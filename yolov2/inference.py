@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -21,10 +20,10 @@ from yolov2.engine.checkpoint import load_checkpoint, save_checkpoint
 from yolov2.engine.precision import FLOAT32, Precision
 from yolov2.errors import WeightsError
 from yolov2.models import build_model
-from yolov2.postprocess import Detections, letterbox_params, postprocess
+from yolov2.postprocess import Detections, postprocess
+from yolov2.preprocess import Resize, images_to_tensor
 
 MODEL_FORMAT = "yolov2-pipeline/model"
-LETTERBOX_FILL = 127  # Darknet pads letterboxed images with 0.5 gray
 
 
 @dataclass
@@ -40,10 +39,11 @@ class ModelSpec:
     reorg: str = "darknet"
     sppf: bool = False
     decoupled_head: bool = False
+    batch_norm: str = "darknet"  # the inference formula (yolov2.models.layers.DarknetBatchNorm2d)
 
     def build(self) -> nn.Module:
         return build_model(self.name, self.num_classes, len(self.anchors), self.width_multiplier, self.reorg,
-                           self.sppf, self.decoupled_head)
+                           self.sppf, self.decoupled_head, self.batch_norm)  # type: ignore[arg-type]
 
 
 def save_model_file(path: str | Path, model: nn.Module, spec: ModelSpec) -> None:
@@ -66,33 +66,13 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), spec
 
 
-def letterbox_image(image: np.ndarray, input_w: int, input_h: int) -> np.ndarray:
-    """image (uint8[H, W, 3]) -> uint8[input_h, input_w, 3]: resized keeping its aspect, centred on gray.
-
-    The geometry is :func:`yolov2.postprocess.letterbox_params`, so boxes map back exactly.
-    """
-    h, w = image.shape[:2]
-    p = letterbox_params(w, h, input_w, input_h)
-    out = np.full((input_h, input_w, 3), LETTERBOX_FILL, np.uint8)
-    out[p.pad_y : p.pad_y + p.new_h, p.pad_x : p.pad_x + p.new_w] = cv2.resize(
-        image, (p.new_w, p.new_h), interpolation=cv2.INTER_LINEAR
-    )
-    return out
-
-
-def images_to_tensor(images: Sequence[np.ndarray], input_size: int, letterbox: bool) -> torch.Tensor:
-    """RGB uint8 images of any sizes -> float Tensor[B, 3, S, S] in [0, 1] (letterboxed or resized)."""
-    prepared = [
-        letterbox_image(im, input_size, input_size) if letterbox
-        else cv2.resize(im, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-        for im in images
-    ]
-    batch = torch.from_numpy(np.stack(prepared)).permute(0, 3, 1, 2)
-    return batch.float().div_(255.0)
-
-
 class Predictor:
-    """Batched inference: RGB images in, :class:`Detections` in original-image pixels out."""
+    """Batched inference: RGB images in, :class:`Detections` in original-image pixels out.
+
+    Darknet's pipeline end to end by default: its letterbox with its float resize (``resize="darknet"``;
+    ``"opencv"`` is the faster approximation, :mod:`yolov2.preprocess`), then decode, threshold, NMS on
+    unclipped boxes and clipping (:func:`yolov2.postprocess.postprocess`).
+    """
 
     def __init__(
         self,
@@ -101,9 +81,10 @@ class Predictor:
         *,
         input_size: int | None = None,
         letterbox: bool = True,
+        resize: Resize = "darknet",
         conf_thresh: float = 0.005,
         nms_thresh: float = 0.45,
-        max_det: int = 100,
+        max_det: int | None = 100,
         max_candidates: int | None = None,
         device: str | torch.device = "cpu",
         precision: Precision | None = None,
@@ -114,7 +95,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.input_size = input_size or spec.input_size
-        self.letterbox = letterbox
+        self.letterbox, self.resize = letterbox, resize
         self.conf_thresh, self.nms_thresh, self.max_det = conf_thresh, nms_thresh, max_det
         self.max_candidates = max_candidates
         self.device = torch.device(device)
@@ -129,7 +110,7 @@ class Predictor:
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        batch = images_to_tensor(images, self.input_size, self.letterbox).to(self.device)
+        batch = images_to_tensor(images, self.input_size, self.letterbox, self.resize).to(self.device)
         with self.precision.autocast(self.device):
             output = self.model(batch.contiguous(memory_format=self.precision.memory_format)).float()
         sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in images], device=self.device)

@@ -15,12 +15,13 @@ import torch
 
 from yolov2.data.loader import Batch
 from yolov2.data.synthetic import SHAPE_CLASSES, write_synthetic_dataset
+from yolov2.data.transforms import letterbox
 from yolov2.data.voc import read_voc
 from yolov2.engine.optim import build_optimizer
 from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.engine.trainer import Hooks, LoopSettings, train
 from yolov2.evaluation import compute_metrics, predict_samples
-from yolov2.inference import ModelSpec, Predictor, letterbox_image
+from yolov2.inference import ModelSpec, Predictor
 from yolov2.loss import targets_from_boxes
 from yolov2.postprocess import letterbox_params
 
@@ -36,7 +37,7 @@ def letterboxed_batch(records, images: list[np.ndarray]) -> Batch:
     for record, image in zip(records, images):
         p = letterbox_params(record.width, record.height, INPUT, INPUT)
         sx, sy = p.new_w / record.width, p.new_h / record.height
-        tensors.append(torch.from_numpy(letterbox_image(image, INPUT, INPUT)).permute(2, 0, 1))
+        tensors.append(torch.from_numpy(letterbox(image, record.boxes, INPUT)[0]).permute(2, 0, 1))  # uint8
         boxes = torch.from_numpy(record.boxes) * torch.tensor([sx, sy, sx, sy])
         boxes += torch.tensor([p.pad_x, p.pad_y, p.pad_x, p.pad_y], dtype=torch.float32)
         samples.append((boxes, torch.from_numpy(record.labels.astype(np.int64))))

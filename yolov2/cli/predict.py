@@ -37,6 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="autocast precision (default auto: bf16 where the device computes it natively, else float32)")
+    p.add_argument("--resize", default="darknet", choices=["darknet", "opencv"],
+                   help="how the image is resized into the letterbox: darknet = Darknet's float bilinear "
+                        "resize_image, its pixels to float rounding (default); opencv = INTER_LINEAR on uint8, "
+                        "faster, a few grey levels off")
     p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
                    help="channels_last memory layout (default auto: where it measured faster)")
     p.set_defaults(run=run)
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in slow_path_warnings(hardware, args.amp, layout, setting="predict"):
         print(f"warning: {warning}", file=sys.stderr)
     predictor = Predictor.from_file(args.weights, device=args.device, input_size=args.input_size,
-                                    conf_thresh=args.conf, nms_thresh=args.nms, max_det=args.max_det,
+                                    resize=args.resize, conf_thresh=args.conf, nms_thresh=args.nms, max_det=args.max_det,
                                     precision=choose_precision(hardware, args.amp, layout))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
