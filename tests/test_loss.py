@@ -1,9 +1,13 @@
 """The region loss against a direct, loop-by-loop port of Darknet's forward_region_layer (region_layer.c).
 
-The port below follows the C code of the YOLOv2 release line for line (its loops over images, cells, anchors
-and truths, ``get_region_box``, ``delta_region_box``, ``delta_region_class``, the 12800-image prior, bias_match,
-rescore) and produces Darknet's ``delta`` array. Darknet back-propagates ``delta`` as the negative gradient of the
-raw layer input; our loss is a per-image mean, so its autograd gradient must be ``-delta / B``.
+The port below follows pjreddie's C code (line numbers: src/region_layer.c at HEAD f6afaabc) loop for loop: its
+loops over images, cells, anchors and the truth buffer (at most 30 rows, stopping at the first row with x == 0),
+``get_region_box``, ``delta_region_box``, ``delta_region_class``, the 12800-image prior, bias_match, rescore. It
+produces the delta that reaches the previous layer, target - prediction times the logistic gradient s(1 - s) for
+x, y and objectness: the YOLOv2 release (c6afc7ff) multiplies by s(1 - s) inside forward_region_layer, HEAD in
+backward_region_layer_gpu (region_layer.c:478-494); the numbers are the same. Darknet's SGD adds that delta
+(``weights += learning_rate / batch * updates``), i.e. it is the negative gradient of the raw layer input; our loss
+is a per-image mean, so its autograd gradient must be ``-delta / B``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from yolov2.loss import region_loss, targets_from_boxes
 # ------------------------------------------------------------------------------------------------------------
 # Darknet port (slow, plain Python floats; x is indexed [b, n, entry, j, i])
 # ------------------------------------------------------------------------------------------------------------
+
+
+MAX_TRUTHS = 30  # region_layer.c:33 l.truths = 30*(l.coords + 1); loops t < 30 (lines 238, 265); cfg "max" = 30
 
 
 def _logistic(v: float) -> float:
@@ -43,6 +50,7 @@ def _box_iou(a: tuple, b: tuple) -> float:
 
 
 def _get_region_box(x, biases, n, b, i, j, w, h):
+    """region_layer.c:76-84, x and y through the logistic (applied in the forward pass, region_layer.c:167)."""
     return (
         (i + _logistic(x[b, n, 0, j, i])) / w,
         (j + _logistic(x[b, n, 1, j, i])) / h,
@@ -52,6 +60,7 @@ def _get_region_box(x, biases, n, b, i, j, w, h):
 
 
 def _delta_region_box(truth, x, biases, n, b, i, j, w, h, delta, scale):
+    """region_layer.c:86-101, times the logistic gradient for x and y (region_layer.c:484)."""
     pred = _get_region_box(x, biases, n, b, i, j, w, h)
     iou = _box_iou(pred, truth)
     tx = truth[0] * w - i
@@ -68,6 +77,7 @@ def _delta_region_box(truth, x, biases, n, b, i, j, w, h, delta, scale):
 
 
 def _delta_region_class(x, delta, n, b, i, j, class_id, classes, scale):
+    """region_layer.c:129-138 (no hierarchy; softmax=1 so tag = !l.softmax = 0) on blas.c:305-321's softmax."""
     logits = [x[b, n, 5 + c, j, i] for c in range(classes)]
     top = max(logits)
     exps = [math.exp(v - top) for v in logits]
@@ -91,9 +101,11 @@ def darknet_region_delta(
     rescore=True,
     coord_wh_weight=False,
 ):
-    """forward_region_layer's delta. truths[b]: Darknet truth rows (x, y, w, h, class) in order, None = padding.
+    """forward_region_layer's delta. truths[b]: image b's Darknet truth buffer, MAX_TRUTHS rows (x, y, w, h, class)
+    as the loader fills it (packed, then rows of zeros); the loops stop at the first row with x == 0.
 
-    ``coord_wh_weight`` switches on pjreddie's 2018 call ``delta_region_box(..., l.coord_scale * (2 - w*h))``.
+    ``coord_wh_weight`` switches on pjreddie's call ``delta_region_box(..., l.coord_scale * (2 - truth.w*truth.h))``,
+    present since commit 60e952ba (2017-03-26) and at HEAD (region_layer.c:293), not in the YOLOv2 release.
     Returns (delta, stats) with counts of ignored predictions and overwritten truths, so the tests can check that
     those paths were exercised.
     """
@@ -108,9 +120,10 @@ def darknet_region_delta(
                 for n in range(num):
                     pred = _get_region_box(x, biases, n, b, i, j, lw, lh)
                     best_iou = 0.0
-                    for truth in truths[b]:
-                        if truth is None:
-                            continue
+                    for t in range(MAX_TRUTHS):  # region_layer.c:238-245
+                        truth = truths[b][t]
+                        if not truth[0]:
+                            break
                         iou = _box_iou(pred, truth[:4])
                         if iou > best_iou:
                             best_iou = iou
@@ -119,12 +132,13 @@ def darknet_region_delta(
                     if best_iou > thresh:
                         delta[b, n, 4, j, i] = 0
                         ignored += 1
-                    if seen < 12800:
+                    if seen < 12800:  # region_layer.c:254-261
                         truth = ((i + 0.5) / lw, (j + 0.5) / lh, biases[n][0] / lw, biases[n][1] / lh)
                         _delta_region_box(truth, x, biases, n, b, i, j, lw, lh, delta, 0.01)
-        for truth in truths[b]:
-            if truth is None:
-                continue
+        for t in range(MAX_TRUTHS):  # region_layer.c:265-317
+            truth = truths[b][t]
+            if not truth[0]:
+                break
             best_iou = 0.0
             best_n = 0
             i = int(truth[0] * lw)
@@ -209,11 +223,17 @@ def _make_case(seed: int, batch: int = 3, num_classes: int = 4, grid_h: int = 6,
     return output, targets, torch.tensor(ANCHORS, dtype=torch.float64), num_classes
 
 
-def _darknet_truths(targets: torch.Tensor) -> list[list[tuple | None]]:
-    """Our padded rows [label, cx, cy, w, h] -> Darknet truth rows (x, y, w, h, class), None for padding."""
+def _darknet_truths(targets: torch.Tensor) -> list[list[tuple]]:
+    """Our padded rows [label, cx, cy, w, h] -> Darknet's truth buffer per image: the real rows (x, y, w, h, class)
+    in order, packed, then rows of zeros up to MAX_TRUTHS, as data.c fill_truth_detection (HEAD, lines 458-485)
+    leaves it. Real rows are the ones region_loss keeps (label >= 0, w > 0, h > 0); more than MAX_TRUTHS is an
+    error here, since Darknet would never see the rest."""
     truths = []
     for image in targets.tolist():
-        truths.append([None if row[0] < 0 else (row[1], row[2], row[3], row[4], row[0]) for row in image])
+        rows = [(x, y, w, h, label) for label, x, y, w, h in image if label >= 0 and w > 0 and h > 0]
+        if len(rows) > MAX_TRUTHS:
+            raise ValueError(f"{len(rows)} truths in one image; Darknet's region layer reads at most {MAX_TRUTHS}")
+        truths.append(rows + [(0.0, 0.0, 0.0, 0.0, 0.0)] * (MAX_TRUTHS - len(rows)))
     return truths
 
 
@@ -251,6 +271,23 @@ def test_gradients_with_non_default_scales_and_wh_weight():
     region_loss(output, targets, anchors, num_classes, 100, coord_wh_weight=True, **scales).total.backward()
     expected, _ = _reference_grad(output, targets, anchors, num_classes, 100, coord_wh_weight=True, **scales)
     torch.testing.assert_close(output.grad, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_port_reads_the_truth_buffer_like_darknet():
+    """The port stops at the first truth row with x == 0 (region_layer.c:240, 268), as Darknet does; the YOLOv2
+    release's loader (data.c fill_truth_detection at c6afc7ff) left such a row in the middle for boxes under
+    0.01, hiding the truths after it. Our targets (padding anywhere) go through _darknet_truths, which packs."""
+    output, targets, anchors, num_classes = _make_case(12, batch=1)
+    batch, _, grid_h, grid_w = output.shape
+    x = output.numpy().reshape(batch, len(ANCHORS), 5 + num_classes, grid_h, grid_w)
+    (packed,) = _darknet_truths(targets)
+    holed = [packed[:2] + [(0.0, 0.0, 0.0, 0.0, 0.0)] + packed[2:-1]]
+    first_two = [packed[:2] + [(0.0, 0.0, 0.0, 0.0, 0.0)] * (MAX_TRUTHS - 2)]
+    got, _ = darknet_region_delta(x, holed, ANCHORS, num_classes, 0)
+    expected, _ = darknet_region_delta(x, first_two, ANCHORS, num_classes, 0)
+    np.testing.assert_array_equal(got, expected)
+    full, _ = darknet_region_delta(x, [packed], ANCHORS, num_classes, 0)
+    assert not np.array_equal(full, expected)
 
 
 def test_components_sum_to_total_and_own_their_channels():

@@ -1,8 +1,11 @@
 """Darknet's YOLOv2 region loss (``forward_region_layer`` in region_layer.c), vectorised over batch and truths.
 
-Darknet does not compute a loss: it writes a *delta* per output, the negative gradient of its cost with respect
-to the layer's raw input (the 1x1 conv's output), and back-propagates it as is. This module writes the scalar
-whose autograd gradient is exactly ``-delta / B`` (B = images in the batch), element by element:
+Darknet does not compute a loss: it writes a *delta* per output (target - prediction, times a scale) and
+back-propagates it as the negative gradient with respect to the layer's raw input (the 1x1 conv's output). For
+tx, ty and objectness the delta that reaches the conv is multiplied by the logistic gradient s(1-s): inside
+forward_region_layer in the YOLOv2 release (c6afc7ff), in backward_region_layer_gpu at pjreddie's HEAD
+(f6afaabc region_layer.c:478-494; the CPU backward there is commented out). This module writes the scalar whose
+autograd gradient is exactly ``-delta / B`` (B = images in the batch), element by element:
 
 ====================  ======================================  ==========================================
 output                Darknet's delta                         our term (summed, then divided by B)
@@ -14,8 +17,9 @@ class logits z        scale * (onehot - softmax(z))           scale * cross_entr
 ====================  ======================================  ==========================================
 
 The sigmoid factor s(1-s) comes from the chain rule, and the softmax + cross-entropy gradient is (p - onehot),
-so these are the only scalars with Darknet's gradients. (Darknet's printed ``cost`` is sum(delta^2), a different
-number; it is not what is minimised.)
+so these are the only scalars with Darknet's gradients. (Darknet's printed ``cost`` is sum(delta^2) over the
+layer's deltas, region_layer.c:319, divided by the images in the batch when printed, network.c:327: a different
+number, not what is minimised.)
 
 Why divide by B: Darknet sums deltas over its whole batch (64 images, all subdivisions) and its SGD step is
 ``w += learning_rate / batch * sum``, i.e. the per-image mean. With ``total`` = per-image mean, a plain
@@ -34,9 +38,10 @@ Rules (yolov2-voc.cfg [region], the region_layer.c of the YOLOv2 release, also A
    softmax class term with ``class_scale``. These replace rule 1 and 2 for that prediction. When several truths
    land on the same (image, cell, anchor), the last one in ``targets`` order wins (Darknet overwrites).
 
-The coordinate scale is ``coord_scale`` as in that release. pjreddie's later master (2018) calls
-``delta_region_box`` with ``coord_scale * (2 - w*h)`` and applies the sigmoid gradient in the GPU backward only;
-``coord_wh_weight=True`` gives the ``(2 - w*h)`` weighting (default off, to match REFERENCE.md).
+The coordinate scale is ``coord_scale`` as in that release. From commit 60e952ba (2017-03-26) on, and at HEAD
+f6afaabc (region_layer.c:293), pjreddie's code calls ``delta_region_box`` with ``coord_scale * (2 - w*h)``
+(truth w, h normalised) and applies the sigmoid gradient in the GPU backward only; ``coord_wh_weight=True`` gives
+the ``(2 - w*h)`` weighting (default off, to match REFERENCE.md).
 
 ``seen``: Darknet increments ``net.seen`` by the batch size *before* the forward pass, so pass the number of
 images seen including this batch.
@@ -138,8 +143,10 @@ def region_loss(
 
     output (Tensor[B, A*(5+C), H, W]): the raw head output, anchor-major: for each anchor in turn
     [tx, ty, tw, th, to, C class scores]. targets (Tensor[B, T, 5]): rows [label, cx, cy, w, h], normalised to
-    [0, 1] relative to the network input; rows with label < 0 (or zero width/height, which Darknet's loader drops)
-    are padding and may sit anywhere. anchors (Tensor[A, 2]): (pw, ph) in grid cells (Darknet's ``anchors=``).
+    [0, 1] relative to the network input; rows with label < 0 or a width/height <= 0 are padding and may sit
+    anywhere (Darknet's loader packs the truths and drops boxes under 0.001 wide or high, data.c:475; its region
+    layer reads at most 30 and stops at the first row with x == 0; here the caller's loader does the dropping).
+    anchors (Tensor[A, 2]): (pw, ph) in grid cells (Darknet's ``anchors=``).
     seen: images seen so far including this batch. Half-precision outputs are promoted to float32.
     """
     if mode not in ("darknet", "modern"):
