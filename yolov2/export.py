@@ -7,7 +7,10 @@ float32 RGB in [0, 1], H and W divisible by 32) and gives either the raw head ``
 (Tensor[B, A*(5+C), H/32, W/32], anchor-major) or, with the decode head, ``boxes`` (Tensor[B, N, 4]
 xyxy normalised to the network input), ``objectness`` (Tensor[B, N]) and ``class_probs``
 (Tensor[B, N, C]), N = A*(H/32)*(W/32), exactly :func:`yolov2.postprocess.decode`. Batch, height
-and width are dynamic axes, so one file serves every batch size and input size.
+and width are dynamic axes, so one file serves every batch size and input size. Feed it what the
+project's own inference does: :func:`yolov2.preprocess.images_to_tensor` (Darknet's letterbox), and map the
+decoded boxes back with :func:`yolov2.postprocess.to_image_pixels` (or run :func:`~yolov2.postprocess.postprocess`
+on the raw output).
 
 Darknet: :func:`export_darknet` writes the ``.weights`` file (:func:`save_darknet_weights`), the
 matching ``.cfg`` (:func:`yolov2.models.darknet_cfg_writer.darknet_cfg_text`, checked by building

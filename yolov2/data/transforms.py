@@ -86,7 +86,7 @@ __all__ = [
     "darknet_compose",
 ]
 
-LETTERBOX_FILL = 127  # Darknet fills letterbox borders with 0.5 grey
+LETTERBOX_FILL = 127  # Darknet's 0.5 grey in uint8 (training); eval's float letterbox has 0.5 (yolov2.preprocess)
 DARKNET_MIN_BOX = 0.001  # fill_truth_detection drops boxes with w or h < .001 of the input
 
 
