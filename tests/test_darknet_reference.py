@@ -89,6 +89,10 @@ def run_network(model_file: Path, case: Case) -> torch.Tensor:
         return model(torch.from_numpy(case.arrays["input"])[None])
 
 
+def model_anchors(model_file: Path) -> torch.Tensor:
+    return torch.tensor(load_model_file(model_file)[1].anchors, dtype=torch.float32)
+
+
 def conv_difference(model_file: Path, case: Case) -> float:
     return float((run_network(model_file, case)[0].numpy() - case.arrays["conv_out"]).__abs__().max())
 
@@ -201,9 +205,7 @@ def compare_detections(ours, theirs, case: Case, thresh: float, bound: float, ti
 def test_detections_match_darknet(reference, model_files, network, image, thresh) -> None:
     """Our network and post-processing: the same detections up to decisions at a threshold."""
     case = load_case(reference, network, image)
-    _, spec = load_model_file(model_files[network])
-    anchors = torch.tensor(spec.anchors, dtype=torch.float32)
-    ours = detection_pairs(run_network(model_files[network], case), anchors, case, thresh)
+    ours = detection_pairs(run_network(model_files[network], case), model_anchors(model_files[network]), case, thresh)
     theirs = darknet_pairs(case, thresh)
     assert len(theirs) > 100
     compare_detections(ours, theirs, case, thresh, case.bound, ties_allowed=True)
@@ -214,10 +216,8 @@ def test_detections_match_darknet(reference, model_files, network, image, thresh
 def test_postprocess_of_darknets_own_output_is_darknets(reference, model_files, network, image, thresh) -> None:
     """Our post-processing alone, on Darknet's conv output: exactly Darknet's detection set."""
     case = load_case(reference, network, image)
-    _, spec = load_model_file(model_files[network])
-    anchors = torch.tensor(spec.anchors, dtype=torch.float32)
     output = torch.from_numpy(case.arrays["conv_out"])[None]
-    ours = detection_pairs(output, anchors, case, thresh)
+    ours = detection_pairs(output, model_anchors(model_files[network]), case, thresh)
     compare_detections(ours, darknet_pairs(case, thresh), case, thresh, 1e-6, ties_allowed=False)
 
 
