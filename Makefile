@@ -4,11 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
-# Tests never join a Ray cluster the user may have running, and Ray asks for no auth token locally.
-export RAY_AUTH_MODE ?= disabled
+# Ray runs with token authentication everywhere (pipelines/ray_auth.py); a local instance's token file is
+# ~/.yolov2-pipeline/ray_auth_token. `export RAY_AUTH_MODE=disabled` turns it off, with a warning.
+# The cloud cluster's token file: ray_cluster.yaml copies this path to every node.
+CLUSTER_TOKEN := $(HOME)/.yolov2-pipeline/cluster_auth_token
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench install clean cluster-token
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,9 @@ test-slow: $(STAMP)  ## the long tests only
 
 bench: $(STAMP)  ## every benchmark, one JSON object each
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+cluster-token:  ## the cloud cluster's Ray token file, once, before `ray up` (mode 0600; the token is never printed)
+	$(PYTHON) -m pipelines.ray_auth token-file $(CLUSTER_TOKEN)
 
 clean:
 	rm -rf workspace .pytest_cache

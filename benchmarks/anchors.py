@@ -165,8 +165,10 @@ def bench_ray(wh: np.ndarray, ks: list[int], partitions: int = 2) -> dict:
     partitions put once, each partition's assignment kept in the object store between iterations."""
     import ray
 
+    from pipelines import ray_auth
     from pipelines.anchors import RayMapper, RayPartitions
 
+    ray_auth.configure(starts_local=True)  # token authentication, as the pipeline's own local instance
     t = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     init_s = time.perf_counter() - t

@@ -93,11 +93,12 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
 
     from yolov2.config import load_config
 
-    from pipelines import prepare, shard
+    from pipelines import prepare, ray_auth, shard
     from pipelines.workspace import Workspace
 
     if ray.is_initialized():
         ray.shutdown()
+    ray_auth.configure(starts_local=True)  # token authentication, as the pipeline's own local instance
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     # one throw-away task per worker so worker processes exist before the clock starts
     ray.get([ray.remote(lambda: None).remote() for _ in range(workers)])

@@ -4,9 +4,10 @@
 # show that it really spreads over nodes. The dashboard (job server) binds 127.0.0.1; Ray's own GCS,
 # raylet and object-manager ports listen on every interface and the nodes advertise the machine's
 # IP (Ray rewrites a 127.0.0.1 --node-ip-address: services.resolve_ip_for_localhost), so keep the
-# machine's firewall closed to the ports below.
+# machine's firewall closed to the ports below. Every port asks for the cluster's token (Ray's token
+# authentication): a token file, mode 0600, in the cluster's temp dir, made by `up`.
 #
-#   cluster/local_cluster.sh up      [--port 23000] [--cpus 1] [--object-store-mb 200]
+#   cluster/local_cluster.sh up      [--port 23000] [--cpus 1] [--object-store-mb 200] [--token-file FILE]
 #   cluster/local_cluster.sh status  [--port 23000]
 #   cluster/local_cluster.sh down    [--port 23000]
 #
@@ -23,7 +24,8 @@ Usage: cluster/local_cluster.sh up|down|status [options]
 A two-node Ray cluster on this machine (head + worker, separate `ray start` processes) with custom
 resources {"node_head": 1} on the head and {"node_worker": 1} on the worker. The dashboard (job
 server) binds 127.0.0.1; Ray's core ports listen on every interface (Ray does not bind them to
-loopback), so keep this machine's firewall closed to P..P+299.
+loopback), so keep this machine's firewall closed to P..P+299. Ray's token authentication is on:
+every client (drivers, `ray job submit`, the dashboard) must present the cluster's token.
 
 Commands:
   up        start the head, then the worker; prints the addresses to use
@@ -38,19 +40,24 @@ Options:
   --temp-dir DIR       Ray's temp dir for both nodes (default: /tmp/yolov2-ray-P; keep it short:
                        Ray's socket paths under it must stay below 108 characters)
   --no-dashboard       do not start the dashboard (then `ray job submit` is not available)
+  --token-file FILE    the cluster's Ray token file (default: <temp dir>/auth_token); `up` creates it
+                       with a fresh token, mode 0600, if it is missing, and never prints the token
   -h, --help           show this help
 
 Jobs from `ray job submit` start in the repository root with the Python that runs Ray (the
 project's .venv, or RAY_BIN's), so `-- python pipelines/full.py --config ...` works as is.
 
-Environment: RAY_AUTH_MODE is exported as "disabled" for every `ray` command here (override by
-exporting RAY_AUTH_MODE yourself); drivers and `ray job submit` must use the same mode.
+Authentication: every `ray` command here runs with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH set
+to the token file (a RAY_AUTH_TOKEN in the environment is ignored). Drivers and `ray job submit` pass
+the same two variables (`up` and `status` print them); jobs inherit them from the cluster. To run
+without authentication, export RAY_AUTH_MODE=disabled yourself: the script then warns what that exposes.
 RAY_BIN: the `ray` executable (default: the project's .venv, else PATH).
 
 Examples:
   cluster/local_cluster.sh up --port 23000
-  RAY_AUTH_MODE=disabled ray job submit --address http://127.0.0.1:23001 -- python -c 'import ray; ray.init(); print(ray.nodes())'
-  RAY_AUTH_MODE=disabled python -c 'import ray; ray.init(address="127.0.0.1:23000"); print(ray.cluster_resources())'
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/tmp/yolov2-ray-23000/auth_token
+  ray job submit --address http://127.0.0.1:23001 -- python -c 'import ray; ray.init(); print(ray.nodes())'
+  python -c 'import ray; ray.init(address="127.0.0.1:23000"); print(ray.cluster_resources())'
   cluster/local_cluster.sh down --port 23000
 EOF
 }
@@ -65,6 +72,7 @@ port="${YOLOV2_RAY_PORT:-23000}"
 cpus=1
 object_store_mb=200
 temp_dir=""
+token_file=""
 dashboard=true
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -78,6 +86,8 @@ while [[ $# -gt 0 ]]; do
         --temp-dir) temp_dir="${2:?--temp-dir needs a value}"; shift ;;
         --temp-dir=*) temp_dir="${1#*=}" ;;
         --no-dashboard) dashboard=false ;;
+        --token-file) token_file="${2:?--token-file needs a value}"; shift ;;
+        --token-file=*) token_file="${1#*=}" ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -93,11 +103,22 @@ temp_dir="${temp_dir:-/tmp/yolov2-ray-$port}"
 [[ "$temp_dir" == /* ]] || temp_dir="$PWD/$temp_dir"
 temp_dir="${temp_dir%/}"
 ((${#temp_dir} <= 40)) || die "--temp-dir '$temp_dir' is too long (Ray's socket paths under it must stay short; use <= 40 characters)"
+token_file="${token_file:-$temp_dir/auth_token}"
+[[ "$token_file" == /* ]] || token_file="$PWD/$token_file"
 
-# One auth mode for the cluster, its drivers and `ray job submit`. A `ray start` with RAY_AUTH_MODE
-# unset turns token auth on by itself when ~/.ray/auth_token exists (written by any earlier local
-# `ray.init()`), and clients that disagree then fail with an authentication error.
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+# One auth mode for the cluster, its drivers and `ray job submit`: token, unless the user exported
+# RAY_AUTH_MODE=disabled. The token comes from the token file only (Ray would prefer RAY_AUTH_TOKEN).
+case "${RAY_AUTH_MODE:-token}" in
+    token)
+        export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
+        unset RAY_AUTH_TOKEN
+        ;;
+    disabled)
+        export RAY_AUTH_MODE=disabled
+        unset RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+        ;;
+    *) die "RAY_AUTH_MODE='$RAY_AUTH_MODE' is not a Ray authentication mode: unset it (token) or export RAY_AUTH_MODE=disabled" ;;
+esac
 export RAY_USAGE_STATS_ENABLED=0
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -114,6 +135,8 @@ fi
 # head: put the Python that has Ray (and this project) first.
 ray_bin_dir="$(cd "$(dirname "$ray_bin")" && pwd)"
 export PATH="$ray_bin_dir:$PATH"
+python_bin="$ray_bin_dir/python"
+[[ -x "$python_bin" ]] || python_bin="$(command -v python3 || true)"
 
 host=127.0.0.1
 dashboard_port=$((port + 1))
@@ -152,12 +175,46 @@ is_up() {
     [[ -n "$(cluster_pids)" ]]
 }
 
+# What a client sets to join: the token file's path, never the token.
+client_env() {
+    if [[ "$RAY_AUTH_MODE" == token ]]; then
+        echo "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+    else
+        echo "RAY_AUTH_MODE=disabled"
+    fi
+}
+
 print_addresses() {
-    echo "Ray GCS address:  $address   (ray.init(address=\"$address\") with RAY_AUTH_MODE=$RAY_AUTH_MODE)"
+    echo "Ray GCS address:  $address   (ray.init(address=\"$address\") with $(client_env))"
     if $dashboard || [[ -f "$temp_dir/yolov2-dashboard" ]]; then
-        echo "Job submission:   RAY_AUTH_MODE=$RAY_AUTH_MODE ray job submit --address http://$host:$dashboard_port -- python your_script.py"
+        echo "Job submission:   $(client_env) ray job submit --address http://$host:$dashboard_port -- python your_script.py"
     fi
     echo "Temp dir / logs:  $temp_dir/session_latest/logs"
+}
+
+warn_if_disabled() {
+    if [[ "$RAY_AUTH_MODE" == disabled ]]; then
+        echo "local_cluster.sh: WARNING: RAY_AUTH_MODE=disabled: the cluster runs without token authentication." \
+            "Its ports $port..$((port + 299)) listen on every interface of this machine and its job API on" \
+            "127.0.0.1, so anyone who can reach them can submit jobs, which run code as $(id -un), and read its" \
+            "data. Unset RAY_AUTH_MODE to turn token authentication back on." >&2
+    fi
+}
+
+# The temp dir holds the token file and Ray's sockets: it must be this user's own, not writable by others.
+check_temp_dir() {
+    [[ -d "$temp_dir" && ! -L "$temp_dir" && -O "$temp_dir" ]] \
+        || die "--temp-dir $temp_dir is not a folder of yours (owner: $(stat -c %U "$temp_dir" 2>/dev/null || echo '?')): pick another --temp-dir"
+    [[ -z "$(find "$temp_dir" -maxdepth 0 -perm /022)" ]] \
+        || die "--temp-dir $temp_dir can be written by other users: run chmod go-w $temp_dir, or pick another --temp-dir"
+}
+
+# The cluster's token file: created with a fresh token (0600) if missing, checked if present
+# (pipelines/ray_auth.py, which never prints the token).
+ensure_token_file() {
+    [[ -n "$python_bin" ]] || die "cannot find a Python to create the token file with (set RAY_BIN to the venv's ray)"
+    (cd "$repo_root" && "$python_bin" -m pipelines.ray_auth token-file "$token_file") \
+        || die "no usable token file at $token_file (message above)"
 }
 
 # Runs inside `setsid` (see start_cluster): head first, then the worker joins it.
@@ -183,7 +240,10 @@ start_cluster() {
         print_addresses
         return 0
     fi
-    mkdir -p "$temp_dir"
+    mkdir -p -m 700 "$temp_dir"
+    check_temp_dir
+    warn_if_disabled
+    if [[ "$RAY_AUTH_MODE" == token ]]; then ensure_token_file; fi
     rm -f "$temp_dir/yolov2-dashboard"
     local osm=$((object_store_mb * 1000 * 1000))
     local head_args=(

@@ -7,6 +7,9 @@
 #   bash ~/yolov2-pipeline/cluster/setup_node.sh                       # what ray_cluster.yaml runs
 #   bash cluster/setup_node.sh --extra 'boto3==1.44.5'                 # head node: AWS autoscaler, S3
 #   bash cluster/setup_node.sh --venv /opt/yolov2-venv --no-bashrc
+#
+# The ~/.bashrc block also gives every shell the cluster's Ray token authentication: RAY_AUTH_MODE=token
+# and RAY_AUTH_TOKEN_PATH, the token file that ray_cluster.yaml's file_mounts copy to every node.
 set -euo pipefail
 
 usage() {
@@ -24,13 +27,19 @@ Options:
   --extra SPEC     one more pip requirement to install, e.g. 'boto3==1.44.5' (repeatable)
   --bashrc FILE    the shell start-up file to add the activation block to (default: ~/.bashrc)
   --no-bashrc      do not touch any shell start-up file
+  --ray-token-file FILE
+                   the cluster's Ray token file (default: ~/.yolov2-pipeline/cluster_auth_token,
+                   where ray_cluster.yaml's file_mounts put it); it must exist, and is set to mode 0600
+  --ray-auth MODE  token (default) or disabled: Ray without authentication, which anyone who can
+                   reach the cluster's ports can use to run code (the script warns)
   --force          reinstall even if nothing changed since the last run
   -h, --help       show this help
 
 The ~/.bashrc block (between "# >>> yolov2-pipeline >>>" and "# <<< yolov2-pipeline <<<",
-rewritten on every run) exports RAY_AUTH_MODE=disabled, activates the venv and, for a shell that
-starts in $HOME, changes to the project folder (so `ray submit ... -- --config configs/voc.yaml`
-finds its relative paths).
+rewritten on every run) exports RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<token file> (so
+`ray start`, drivers, `ray job submit` and `ray status` present the cluster's token), activates the
+venv and, for a shell that starts in $HOME, changes to the project folder (so
+`ray submit ... -- --config configs/voc.yaml` finds its relative paths). The token is never printed.
 EOF
 }
 
@@ -46,6 +55,8 @@ python_bin=""
 extras=()
 bashrc="${HOME:?HOME is not set}/.bashrc"
 use_bashrc=true
+ray_token_file="$HOME/.yolov2-pipeline/cluster_auth_token"
+ray_auth=token
 force=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -55,6 +66,8 @@ while [[ $# -gt 0 ]]; do
         --extra) extras+=("${2:?--extra needs a value}"); shift ;;
         --bashrc) bashrc="${2:?--bashrc needs a value}"; shift ;;
         --no-bashrc) use_bashrc=false ;;
+        --ray-token-file) ray_token_file="${2:?--ray-token-file needs a value}"; shift ;;
+        --ray-auth) ray_auth="${2:?--ray-auth needs a value}"; shift ;;
         --force) force=true ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -64,6 +77,22 @@ done
 project="$(realpath -- "$project")"
 [[ -f "$project/pyproject.toml" ]] || die "$project/pyproject.toml not found: --project must be the project checkout"
 venv="$(realpath -m -- "${venv:-$project/.venv}")"
+[[ "$ray_auth" == token || "$ray_auth" == disabled ]] || die "--ray-auth must be token or disabled, got '$ray_auth'"
+
+# The shell block's Ray authentication: the token file's path (checked here), never the token.
+ray_auth_exports() {
+    if [[ "$ray_auth" == disabled ]]; then
+        echo "setup_node.sh: WARNING: --ray-auth disabled: Ray on this node runs without token authentication;" \
+            "anyone who can reach the cluster's ports can submit jobs, which run code as $(id -un)." >&2
+        echo "export RAY_AUTH_MODE=disabled"
+        return
+    fi
+    [[ -s "$ray_token_file" ]] || die "the Ray token file $ray_token_file is missing or empty: ray_cluster.yaml's file_mounts copy it from your machine, so run \`make cluster-token\` there before \`ray up\` (or pass --ray-token-file)"
+    chmod 600 "$ray_token_file"
+    printf 'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=%q\n' "$(realpath -- "$ray_token_file")"
+}
+# Checked before the (long) install, used when the shell block is written.
+if $use_bashrc; then auth_exports="$(ray_auth_exports)"; fi
 
 is_python311() {
     [[ -n "$1" ]] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null
@@ -139,7 +168,7 @@ if $use_bashrc; then
     cat >>"$tmp" <<EOF
 $begin
 # Written by $script_dir/setup_node.sh; rewritten on every run.
-export RAY_AUTH_MODE=disabled
+$auth_exports
 source "$venv/bin/activate"
 # Cluster-wide settings written at start-up (the head writes MLFLOW_TRACKING_URI there).
 if [[ -f "\$HOME/.yolov2-cluster.env" ]]; then source "\$HOME/.yolov2-cluster.env"; fi

@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     forced = downstream_of(parse_stage_list(args.force, "--force"))
     try:
         cfg, workspace = cli_common.load_from_args(args)
+        ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
     except YoloV2Error as e:
         log.error("%s", e)
         return 2
-    ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
     use_mlflow = not args.no_mlflow
     summary: dict[str, Any] = {"config": args.config, "workspace": workspace.uri, "stages": {}}
     results: dict[str, StageResult] = {}

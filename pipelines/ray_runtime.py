@@ -1,25 +1,39 @@
 """Joining Ray: an existing cluster when there is one (as under `ray submit` / `ray job submit`),
-otherwise a local instance on this machine."""
+otherwise a local instance on this machine. Either way with token authentication (pipelines/ray_auth.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from pipelines import ray_auth
+
 log = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Initialise Ray once per process; a no-op when it is already initialised (e.g. in tests)."""
+    """Initialise Ray once per process; a no-op when it is already initialised (e.g. in tests).
+
+    Raises ``ray_auth.RayAuthError`` when the token setup is wrong or the cluster refuses this driver's token; the
+    message says which token was presented and how to pass the cluster's."""
     import ray
 
     if ray.is_initialized():
         return
-    # A local ray.init() and a later `ray start` must agree on authentication, or job submission
-    # fails with an authentication error; local instances here bind to 127.0.0.1 only.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address is None and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
+    auth = ray_auth.configure(starts_local=address in (None, "local"))
+    try:
+        _init(address, num_cpus)
+    except Exception as e:
+        if ray_auth.is_refusal(e):
+            raise ray_auth.refused(address, auth) from e
+        raise
+
+
+def _init(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)

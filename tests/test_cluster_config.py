@@ -231,8 +231,8 @@ def test_cluster_scripts_exist_and_are_executable():
 
 def test_file_mounts_sources_exist_and_commands_use_synced_files(prepared):
     """`ray up` runs from the repository root; every path a command uses under a mount target is a
-    file of the repository that the sync carries."""
-    mounts = prepared["file_mounts"]
+    file of the repository that the sync carries (the Ray token, from outside it: tested below)."""
+    mounts = {t: s for t, s in prepared["file_mounts"].items() if s != CLUSTER_TOKEN_SOURCE}
     assert mounts, "the project must be synced to the nodes"
     for target, source in mounts.items():
         assert (REPO / source).exists(), f"file_mounts source {source} does not exist"
@@ -263,22 +263,49 @@ def _ray_start(commands: list[str], head: bool) -> list[str]:
     return found[0]
 
 
-def test_auth_mode_is_the_same_everywhere(prepared):
-    """`ray start`, drivers and `ray job submit` must agree on RAY_AUTH_MODE (else: authentication
-    errors once ~/.ray/auth_token exists); every start command sets it, to one value."""
-    values = {}
+# The cluster's Ray token file on the user's machine (`make cluster-token`), as file_mounts names it.
+CLUSTER_TOKEN_SOURCE = "~/.yolov2-pipeline/cluster_auth_token"
+NODE_HOME = "/home/ubuntu"
+
+
+@pytest.mark.security
+def test_every_node_starts_ray_with_token_auth_and_the_synced_token_file(prepared):
+    """Every `ray start` (head and workers) runs with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH naming the token
+    file that file_mounts copy from the user's machine, and setup_node.sh's shells (drivers under `ray submit`,
+    `ray job submit` and `ray status` on the head) default to that same file."""
+    token_targets = [t for t, s in prepared["file_mounts"].items() if s == CLUSTER_TOKEN_SOURCE]
+    assert len(token_targets) == 1, prepared["file_mounts"]
+    target = token_targets[0]
+    assert target == CLUSTER_TOKEN_SOURCE.replace("~", NODE_HOME, 1), "the same path on the nodes"
     for key in ["head_start_ray_commands", "worker_start_ray_commands"]:
         start = next(c for c in prepared[key] if "ray start" in c)
-        match = re.search(r"export RAY_AUTH_MODE=(\w+);", start)
-        assert match, f"{key} must export RAY_AUTH_MODE before ray start"
-        assert match.start() < start.index("ray start")
-        values[key] = match.group(1)
-    assert len(set(values.values())) == 1, values
+        match = re.search(r"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=(\S+);", start)
+        assert match, f"{key} must export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH before ray start"
+        assert match.start() < start.index("ray start") and match.group(1) == target
     setup_script = (REPO / "cluster" / "setup_node.sh").read_text()
-    assert f"export RAY_AUTH_MODE={values['head_start_ray_commands']}" in setup_script, \
-        "the shells setup_node.sh prepares (drivers, ray job submit) must use the same mode"
+    assert f'ray_token_file="$HOME/{CLUSTER_TOKEN_SOURCE[2:]}"' in setup_script, "setup_node.sh's default"
+    assert "\nray_auth=token\n" in setup_script
+    for cmd in all_commands(prepared):
+        assert "--ray-auth" not in cmd and "RAY_AUTH_MODE=disabled" not in cmd, cmd
 
 
+@pytest.mark.security
+def test_the_token_is_made_locally_once_and_never_put_in_a_command_or_the_project_sync(prepared):
+    """`make cluster-token` makes the file the mount copies (pipelines/ray_auth.py: 0600, never printed); no
+    command carries the token itself (Ray's launcher prints its commands) or prints it (`ray get-auth-token`);
+    the file lies outside the repository, so the project's sync never carries it."""
+    from pipelines import ray_auth
+
+    makefile = (REPO / "Makefile").read_text()
+    assert f"CLUSTER_TOKEN := $(HOME)/{CLUSTER_TOKEN_SOURCE[2:]}\n" in makefile
+    assert "\t$(PYTHON) -m pipelines.ray_auth token-file $(CLUSTER_TOKEN)\n" in makefile
+    assert ray_auth.cluster_token_path() == Path(os.path.expanduser(CLUSTER_TOKEN_SOURCE))
+    for cmd in all_commands(prepared):
+        assert "RAY_AUTH_TOKEN=" not in cmd and "get-auth-token" not in cmd, cmd
+    assert not Path(os.path.expanduser(CLUSTER_TOKEN_SOURCE)).resolve().is_relative_to(REPO)
+
+
+@pytest.mark.security
 def test_dashboard_and_mlflow_listen_on_loopback(prepared):
     head_start = _ray_start(prepared["head_start_ray_commands"], head=True)
     assert "--dashboard-host=127.0.0.1" in head_start
@@ -310,6 +337,7 @@ def test_ray_would_open_ssh_to_the_world_in_a_group_it_creates(ray_aws_config):
     assert world, "Ray no longer adds a world-open SSH rule: provider.security_group could be used again"
 
 
+@pytest.mark.security
 def test_every_node_names_its_security_group_so_ray_creates_none(raw_config, prepared, ray_aws_config, monkeypatch):
     assert "security_group" not in raw_config["provider"], "Ray would create the group with 0.0.0.0/0:22"
     groups = [tuple(nt["node_config"].get("SecurityGroupIds", ())) for nt in prepared["available_node_types"].values()]
@@ -347,6 +375,7 @@ def _fake_aws(tmp_path: Path) -> tuple[dict, Path]:
     return env, log
 
 
+@pytest.mark.security
 def test_security_group_script_opens_only_ssh_from_one_address(tmp_path):
     env, log = _fake_aws(tmp_path)
     result = subprocess.run(
@@ -372,6 +401,7 @@ def test_security_group_script_opens_only_ssh_from_one_address(tmp_path):
         ["ec2", "describe-vpcs"], ["ec2", "describe-security-groups"], ["ec2", "create-security-group"]]
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("bad_ip", ["0.0.0.0", "203.0.113.0/24", "0.0.0.0/0", "300.1.1.1", "example.com"])
 def test_security_group_script_refuses_anything_but_one_address(tmp_path, bad_ip):
     env, log = _fake_aws(tmp_path)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -304,7 +305,10 @@ def test_setup_node_installs_once_and_rewrites_its_bashrc_block(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text("# the user's own line\n")
-    env = dict(os.environ, HOME=str(home), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    token_file = _node_token_file(home)
+    token_file.chmod(0o644)  # as if it had arrived with a looser mode: setup_node.sh sets 0600
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # what the block sets, only
+    env.update(HOME=str(home), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     command = [str(CLUSTER / "setup_node.sh"), "--project", str(project), "--python", sys.executable]
 
     first = run(command, env=env, timeout=240)
@@ -323,14 +327,56 @@ def test_setup_node_installs_once_and_rewrites_its_bashrc_block(tmp_path):
     assert "installing" not in second.stdout
     assert (home / ".bashrc").read_text() == bashrc_after_first
 
-    # A shell that reads the block: the venv's Python, the cluster's auth mode, the project folder.
-    shell = run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE; command -v python; pwd"],
+    # A shell that reads the block: the cluster's token auth, the venv's Python, the project folder.
+    shell = run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH; command -v python; pwd"],
                 env=env, cwd=home)
-    assert shell.stdout.split() == ["disabled", str(project / ".venv" / "bin" / "python"), str(project)]
+    assert shell.stdout.split() == ["token", str(token_file), str(project / ".venv" / "bin" / "python"), str(project)]
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text()
+    for result in (first, second):
+        assert token not in result.stdout + result.stderr
+    assert token not in (home / ".bashrc").read_text()
 
     (project / "pyproject.toml").write_text(TINY_PYPROJECT + "# pins changed\n")
     third = run(command, env=env, timeout=240)
     assert third.returncode == 0 and "installing" in third.stdout, third.stderr
+
+    # Ray without authentication only when asked for, with a warning; no token file needed then.
+    token_file.unlink()
+    disabled = run([*command, "--ray-auth", "disabled"], env=env, timeout=240)
+    assert disabled.returncode == 0, disabled.stderr
+    assert "WARNING: --ray-auth disabled: Ray on this node runs without token authentication" in disabled.stderr
+    assert "anyone who can reach the cluster's ports can submit jobs" in disabled.stderr
+    shell = run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE ${RAY_AUTH_TOKEN_PATH:-unset}"],
+                env=env, cwd=home)
+    assert shell.stdout.split() == ["disabled", "unset"]
+
+
+def _node_token_file(home: Path) -> Path:
+    """The cluster's token file where ray_cluster.yaml's file_mounts put it on a node (home: the node's)."""
+    path = home / ".yolov2-pipeline" / "cluster_auth_token"
+    path.parent.mkdir(parents=True)
+    path.write_text("c" * 64)
+    path.chmod(0o600)
+    return path
+
+
+def test_setup_node_without_the_token_file_stops_before_installing_and_says_why(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(TINY_PYPROJECT)
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run([str(CLUSTER / "setup_node.sh"), "--project", str(tmp_path), "--python", sys.executable],
+                 env=dict(os.environ, HOME=str(home)))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the Ray token file {home}/.yolov2-pipeline/cluster_auth_token is missing or empty" in result.stderr
+    assert "run `make cluster-token` there before `ray up`" in result.stderr
+    assert not (tmp_path / ".venv").exists() and not (home / ".bashrc").exists()
+
+
+def test_setup_node_refuses_an_unknown_auth_mode(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(TINY_PYPROJECT)
+    bad = run([str(CLUSTER / "setup_node.sh"), "--project", str(tmp_path), "--ray-auth", "off"])
+    assert bad.returncode == 2 and "--ray-auth must be token or disabled, got 'off'" in bad.stderr
 
 
 def test_setup_node_refuses_a_folder_without_pyproject(tmp_path):
@@ -385,23 +431,63 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def _without_ray_auth(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("mode, expected", [
+    ("off", "RAY_AUTH_MODE='off' is not a Ray authentication mode"),
+    ("token", "can be written by other users: run chmod go-w"),
+])
+def test_local_cluster_refuses_a_bad_auth_mode_or_a_shared_temp_dir_before_starting(mode, expected):
+    """Nothing starts: an unknown RAY_AUTH_MODE, or a temp dir (where the token file and Ray's sockets go) that
+    other users can write to, is refused first."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="yolov2-s", dir="/tmp"))  # short: the script allows 40 characters
+    try:
+        shared.chmod(0o777)
+        env = dict(_without_ray_auth(os.environ), RAY_AUTH_MODE=mode)
+        result = run([str(CLUSTER / "local_cluster.sh"), "up", "--port", "23000", "--temp-dir", str(shared)],
+                     env=env)
+        assert result.returncode == 2 and expected in result.stderr, result.stdout + result.stderr
+        assert list(shared.iterdir()) == [], "no token file, no Ray session"
+    finally:
+        shutil.rmtree(shared)
+
+
 @pytest.mark.slow
-def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_local):
+@pytest.mark.security
+def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_local, tmp_path):
+    """With token authentication: `up` makes the token file (0600, in the temp dir) and prints its path, never
+    the token; clients with RAY_AUTH_TOKEN_PATH join and submit jobs (which inherit the token), a wrong token
+    is refused."""
     port = pick_cluster_port()
     temp_dir = f"/tmp/yolov2-t{port}"
     script = str(CLUSTER / "local_cluster.sh")
     args = ["--port", str(port), "--temp-dir", temp_dir]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    token_file = Path(temp_dir, "auth_token")
+    env = dict(_without_ray_auth(os.environ), PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    client_env = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     sid = None
     try:
         up = run([script, "up", *args], env=env, timeout=300, cwd="/")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert f"ray job submit --address http://127.0.0.1:{port + 1}" in up.stdout
+        assert (f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} ray job submit --address "
+                f"http://127.0.0.1:{port + 1}") in up.stdout
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text()
+        assert len(token) == 64
         sid = int(Path(temp_dir, "yolov2-cluster.sid").read_text())
         status = run([script, "status", *args], env=env, timeout=120)
         assert status.returncode == 0 and status.stdout.startswith("up"), status.stdout + status.stderr
+        for output in (up.stdout + up.stderr, status.stdout + status.stderr,
+                       *(p.read_text() for p in Path(temp_dir).glob("*-start.log"))):
+            assert token not in output
 
-        probe = run([sys.executable, "-c", PROBE, f"127.0.0.1:{port}"], env=env, timeout=300)
+        probe = run([sys.executable, "-c", PROBE, f"127.0.0.1:{port}"], env=client_env, timeout=300)
         line = next((ln for ln in probe.stdout.splitlines() if ln.startswith("PROBE ")), None)
         assert line, probe.stdout + probe.stderr
         found = json.loads(line[len("PROBE "):])
@@ -414,13 +500,22 @@ def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_
 
         # The job server (dashboard) is on the head, on 127.0.0.1 only, and runs a driver that sees both nodes.
         assert listening_addresses(port + 1) == {"127.0.0.1"}
-        job = run([str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port + 1}",
-                   "--", "python", "-c", PROBE, f"127.0.0.1:{port}"], env=env, timeout=300)
+        submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port + 1}",
+                  "--", "python", "-c", PROBE, f"127.0.0.1:{port}"]
+        job = run(submit, env=client_env, timeout=300)
         job_line = next((ln for ln in job.stdout.splitlines() if ln.startswith("PROBE ")), None)
         assert job.returncode == 0 and job_line, job.stdout + job.stderr
         job_found = json.loads(job_line[len("PROBE "):])
         assert job_found["ran"] == by_resource
         assert job_found["cwd"] == str(REPO), "jobs start in the repository root"
+        assert token not in job.stdout + job.stderr
+
+        wrong = tmp_path / "wrong_token"
+        wrong.write_text("0" * 64)
+        wrong.chmod(0o600)
+        refused = run(submit, env=dict(client_env, RAY_AUTH_TOKEN_PATH=str(wrong)), timeout=300)
+        assert refused.returncode != 0 and "PROBE " not in refused.stdout
+        assert "Authentication failed" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     finally:
         down = run([script, "down", *args], env=env, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -9,10 +9,13 @@
   here what those leave out: hard links out, device files, setuid bits, a link already in the target.
 - Services: the MLflow server binds 127.0.0.1 unless told otherwise (tests/test_cluster_scripts.py
   checks it at the socket: ``test_mlflow_server_answers_on_loopback_only_and_uses_the_workspace_store``);
-  a local Ray started by ``pipelines/ray_runtime.py`` runs no dashboard (checked here on a real instance).
+  a local Ray started by ``pipelines/ray_runtime.py`` has its dashboard on 127.0.0.1 and token authentication
+  (its core ports listen on every interface): on a real instance, the GCS and the job API refuse a client
+  without the token or with a wrong one, and a driver with a wrong token is told how to pass the right one.
+  The token file's rules and RAY_AUTH_MODE=disabled: tests/pipelines/test_ray_auth.py.
 - Secrets: ``tracking.safe_params`` drops secret-looking names and masks URL passwords; a pipeline run
-  with cloud keys in the environment and a password in a config URL logs neither (params, tags,
-  metrics, artifacts, every file of the workspace, stdout/stderr).
+  with cloud keys and the Ray token in the environment and a password in a config URL logs none of them
+  (params, tags, metrics, artifacts, every file of the workspace, summary.json, stdout/stderr).
 - ``ray_cluster.yaml``: no port open to the world but SSH from the user's address; covered by
   tests/test_cluster_config.py (named below and checked to still exist).
 """
@@ -27,6 +30,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -34,6 +38,8 @@ import pytest
 import torch
 
 from yolov2.errors import DatasetError, WeightsError
+
+pytestmark = pytest.mark.security  # benchmarks/reliability.py can count these checks by marker
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", ".git", "__pycache__", "build", "dist", "workspace", "node_modules", ".eggs"}
@@ -251,30 +257,35 @@ def test_mlflow_server_defaults_to_loopback():
     assert "def test_mlflow_server_answers_on_loopback_only_and_uses_the_workspace_store" in scripts_test
 
 
-def test_local_ray_dashboard_listens_on_loopback_only(monkeypatch):
+def test_local_ray_dashboard_listens_on_loopback_only(monkeypatch, tmp_path):
     """connect() with no address and no cluster to join starts a local instance whose dashboard (if any) binds
-    127.0.0.1; ray.init is replaced, so nothing starts here."""
+    127.0.0.1, with token authentication and this project's token file; ray.init is replaced, so nothing starts."""
     import ray
 
-    from pipelines import ray_runtime
+    from pipelines import ray_auth, ray_runtime
 
     calls = []
 
     def fake_init(**kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, "auth": (os.environ.get("RAY_AUTH_MODE"), os.environ.get("RAY_AUTH_TOKEN_PATH"))})
         if kwargs.get("address") == "auto":
             raise ConnectionError("no running cluster")
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)  # also restores what connect() sets, after the test
+    monkeypatch.setattr(ray_auth, "_reload_ray_auth", lambda: None)  # this process's Ray may be in use
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
     ray_runtime.connect(None, 2)
     local = [c for c in calls if not c.get("address")]  # the call that may start a local instance
     assert local, calls
     assert local[0].get("include_dashboard") is False or local[0].get("dashboard_host") == "127.0.0.1", calls
+    assert local[0]["auth"] == ("token", str(tmp_path / ".yolov2-pipeline" / "ray_auth_token")), calls
 
 
+# A local Ray instance started by ray_runtime.connect() in a fresh process, as `make demo` starts it. It prints
+# what it exposes (one "PROBE {json}" line), then stays up until its stdin is closed.
 _LOCAL_RAY_PROBE = r"""
 import ipaddress, json, os, sys
 from pathlib import Path
@@ -313,20 +324,54 @@ for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             raw = bytes.fromhex(f[1].split(":")[0])
             words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
             listening.add(str(ipaddress.ip_address(words)))
-print(json.dumps({"webui_url": node.address_info.get("webui_url") or "", "listening": sorted(listening),
-                  "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}))
+print("PROBE " + json.dumps({"webui_url": node.address_info.get("webui_url") or "", "listening": sorted(listening),
+                  "gcs_address": node.gcs_address, "session_dir": session,
+                  "auth_mode": os.environ.get("RAY_AUTH_MODE", ""),
+                  "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}), flush=True)
+sys.stdin.read()
 ray.shutdown()
 """
 
 
+def _read_probe_line(proc: subprocess.Popen, timeout: float) -> dict:
+    """The probe's "PROBE {json}" line, or a failure with what it printed if it ends or takes too long."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            line = proc.stdout.readline()
+            if line.startswith("PROBE "):
+                return json.loads(line[len("PROBE "):])
+            seen.append(line)
+            if not line and proc.poll() is not None:
+                break
+    raise AssertionError(f"the Ray probe gave no PROBE line (exit {proc.poll()}): {''.join(seen)[-3000:]}")
+
+
 @pytest.fixture(scope="module")
-def local_ray_probe():
-    """A real local Ray instance started by ray_runtime.connect() in a fresh process: what it exposes."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    proc = subprocess.run([sys.executable, "-c", _LOCAL_RAY_PROBE], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def local_ray_probe(tmp_path_factory):
+    """A real local Ray instance started by ray_runtime.connect() in a fresh process with no Ray settings in its
+    environment and its own (empty) home folder, kept up while this module's tests probe it from outside."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(home)
+    output = home / "probe-output.txt"
+    with open(output, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY_PROBE], cwd=REPO, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    try:
+        probe = _read_probe_line(proc, timeout=240)
+        yield {**probe, "home": home, "output": output}
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
 
 
 def test_real_local_ray_dashboard_is_on_loopback(local_ray_probe):
@@ -335,13 +380,109 @@ def test_real_local_ray_dashboard_is_on_loopback(local_ray_probe):
     assert local_ray_probe["listening"], "the probe found the instance's sockets"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap, reported to the lead: a local Ray instance's GCS/raylet/worker ports listen on every "
-    "interface (Ray has no loopback-only option) and ray_runtime.connect() sets RAY_AUTH_MODE=disabled, "
-    "so the instance accepts unauthenticated clients from the network"))
-def test_local_ray_core_ports_are_loopback_or_authenticated(local_ray_probe):
-    loopback = {"127.0.0.1", "::1"}
-    assert set(local_ray_probe["listening"]) <= loopback or local_ray_probe["auth_mode"] != "disabled"
+def _token(probe: dict) -> str:
+    return Path(probe["token_path"]).read_text()
+
+
+def test_local_ray_runs_token_auth_with_a_private_token_file_it_never_prints(local_ray_probe):
+    """Ray's core ports listen on every interface (Ray has no loopback-only option), so the instance must ask
+    every client for its token: RAY_AUTH_MODE=token, the token in ~/.yolov2-pipeline/ray_auth_token (0600, folder
+    0700), made on first use; neither the driver's output nor Ray's logs print it."""
+    token_file = local_ray_probe["home"] / ".yolov2-pipeline" / "ray_auth_token"
+    assert local_ray_probe["auth_mode"] == "token" and local_ray_probe["token_path"] == str(token_file)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    token = _token(local_ray_probe)
+    assert len(token) == 64 and int(token, 16) >= 0, "256 random bits, hex"
+    assert token not in local_ray_probe["output"].read_text()
+    logs = list(Path(local_ray_probe["session_dir"], "logs").glob("*"))
+    assert logs, "Ray's logs of the instance were found"
+    for log_file in logs:
+        if log_file.is_file():
+            assert token.encode() not in log_file.read_bytes(), f"{log_file} holds the token"
+
+
+def _gcs_call(address: str, method: str, token: str | None):
+    """One gRPC call to the GCS, as any client on the network could make it; (status code name, reply)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2 as pb
+    from ray.core.generated import gcs_service_pb2_grpc as pb_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    with grpc.insecure_channel(address) as channel:
+        stubs = {"GetClusterId": (pb_grpc.NodeInfoGcsServiceStub, pb.GetClusterIdRequest),
+                 "GetAllNodeInfo": (pb_grpc.NodeInfoGcsServiceStub, pb.GetAllNodeInfoRequest),
+                 "GetAllJobInfo": (pb_grpc.JobInfoGcsServiceStub, pb.GetAllJobInfoRequest)}
+        stub, request = stubs[method]
+        try:
+            return "OK", getattr(stub(channel), method)(request(), metadata=metadata, timeout=30)
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+
+
+WRONG_TOKEN = "0" * 64
+
+
+@pytest.mark.parametrize("method", ["GetClusterId", "GetAllNodeInfo", "GetAllJobInfo"])
+def test_local_ray_gcs_refuses_clients_without_the_right_token(local_ray_probe, method):
+    """The GCS (its port listens on every interface) answers no call without the token or with a wrong one;
+    the control: the same call with the token is answered."""
+    address = local_ray_probe["gcs_address"]
+    for token in (None, WRONG_TOKEN, _token(local_ray_probe)[:-1] + "x"):
+        code, details = _gcs_call(address, method, token)
+        assert code == "UNAUTHENTICATED", (token, code, details)
+    code, reply = _gcs_call(address, method, _token(local_ray_probe))
+    assert code == "OK", reply
+
+
+def _http(url: str, token: str | None, body: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_local_ray_job_api_refuses_clients_without_the_right_token(local_ray_probe, tmp_path):
+    """The job API (`ray job submit`'s endpoint, in the dashboard) refuses a submission without the token (401)
+    or with a wrong one (403), and runs nothing; the control: with the token it answers, and lists no such job."""
+    base = f"http://{local_ray_probe['webui_url']}"
+    marker = tmp_path / "pwned"
+    job = {"entrypoint": f"touch {marker}", "submission_id": f"attack-{uuid.uuid4().hex[:8]}"}
+    assert _http(f"{base}/api/jobs/", None, job)[0] == 401
+    assert _http(f"{base}/api/jobs/", WRONG_TOKEN, job)[0] == 403
+    assert _http(f"{base}/api/version", None)[0] == 401, "the whole dashboard asks for the token"
+    status, listing = _http(f"{base}/api/jobs/", _token(local_ray_probe))
+    assert status == 200
+    assert job["submission_id"] not in listing and not marker.exists()
+
+
+def test_a_driver_with_a_wrong_token_is_refused_and_told_how_to_pass_the_right_one(local_ray_probe, tmp_path):
+    """full.py joining the instance with a wrong token file: exit 2, no traceback, and a message naming the file
+    it presented and how to pass the cluster's (RAY_gcs_server_port_wait_time_s: Ray's retries cut to 2 s)."""
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(WRONG_TOKEN)
+    wrong.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong), RAY_gcs_server_port_wait_time_s="2")
+    address = local_ray_probe["gcs_address"]
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "full.py"), "--config", "configs/demo.yaml",
+                           "--workspace", str(tmp_path / "ws"), "--no-mlflow", "--set", f"ray.address={address}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"Ray at {address} refused this driver's authentication; it presented the token file {wrong}" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<the cluster's token file>" in proc.stderr
+    assert _token(local_ray_probe) not in proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,10 +529,12 @@ def _tiny_voc(root: Path) -> Path:
     return root
 
 
-def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console(ray_local, tmp_path, monkeypatch,
-                                                                                 capfd):
-    """full.py (prepare + shard, MLflow on, SQLite in the workspace) with cloud keys in the environment and a
-    password inside a config URL: no param, tag, metric, artifact, workspace file or console line holds them."""
+def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console(ray_local, ray_token_file, tmp_path,
+                                                                                 monkeypatch, capfd):
+    """full.py (prepare + shard, MLflow on, SQLite in the workspace) with cloud keys in the environment, a
+    password inside a config URL and the Ray token of the instance it runs on (its file named by
+    RAY_AUTH_TOKEN_PATH, and the token itself in RAY_AUTH_TOKEN): no param, tag, metric, artifact, workspace file
+    (summary.json included) or console line holds any of them."""
     import mlflow
     import yaml
     from mlflow.tracking import MlflowClient
@@ -403,6 +546,9 @@ def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console
                  "HF_TOKEN", "DATABASE_URL"):
         monkeypatch.setenv(name, f"{secret}-{name}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + secret)
+    ray_token = ray_token_file.read_text()
+    assert len(ray_token) == 64 and os.environ["RAY_AUTH_TOKEN_PATH"] == str(ray_token_file)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_token)  # the same token: Ray would take it from here first
     previous_uri = mlflow.get_tracking_uri()
     ws = tmp_path / "ws"
     config = tmp_path / "config.yaml"
@@ -437,12 +583,15 @@ def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console
     assert artifacts >= 1, "the shard run logs rejects.txt: the artifact check is live"
     pipeline = next(r for r in runs if r.info.run_name == "pipeline")
     assert pipeline.data.params["ray.address"] == "ray://admin:***@head:10001"  # masked, not dropped
-    leaks = [line for line in logged if secret in line]
+    leaks = [line for line in logged if secret in line or ray_token in line]
     assert leaks == [], leaks
+    assert (ws / "summary.json").is_file()
     for path in ws.rglob("*"):  # the SQLite store, artifacts, manifests, Parquet, summary.json
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), f"{path} holds a secret"
-    assert secret not in captured.out and secret not in captured.err
+            data = path.read_bytes()
+            assert secret.encode() not in data and ray_token.encode() not in data, f"{path} holds a secret"
+    for text in (captured.out, captured.err):
+        assert secret not in text and ray_token not in text
 
 
 def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:

@@ -68,13 +68,15 @@ def _actor_nodes(address: str, job_id: str, class_name: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, monkeypatch):
+def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray_token_file):
     port = pick_cluster_port()
     temp_dir = f"/tmp/yolov2-f{port}"
-    cluster = [str(CLUSTER / "local_cluster.sh"), "--port", str(port), "--temp-dir", temp_dir, "--cpus", "1"]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", NO_ALBUMENTATIONS_UPDATE="1",
-               PATH=f"{VENV_BIN}:{os.environ['PATH']}")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the state API calls below, from this process
+    # The cluster uses the test session's token, which this process's Ray already presents: the state API
+    # calls below, from this process, are let in.
+    cluster = [str(CLUSTER / "local_cluster.sh"), "--port", str(port), "--temp-dir", temp_dir, "--cpus", "1",
+               "--token-file", str(ray_token_file)]
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ray_token_file),
+               NO_ALBUMENTATIONS_UPDATE="1", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
     address = f"127.0.0.1:{port}"
     workspace = tmp_path / "ws"
     try:
