@@ -2,8 +2,11 @@
 
 Output per split: ``<split>-%06d.tar`` shards, ``<split>-index.parquet`` (every record with its shard
 and key: the anchors stage reads only this), and one ``rejects.parquet`` with the reason for every
-skipped image or box. The shard plan (which image goes to which shard) is made on the driver from
-the config and file sizes alone, so shard names and contents never depend on task scheduling: a
+skipped image or box. The manifest counts, per split, the images in, sharded and rejected, and those
+kept after a repair: ``sizes_from_image`` (the annotation gave no size; the image header did) and
+``jpeg_trailing_data`` (bytes after the JPEG's end marker, as in motion photos). The shard plan
+(which image goes to which shard) is made on the driver from the config and file sizes alone, so
+shard names and contents never depend on task scheduling: a
 rerun, a retried task or ``--force`` gives byte-identical shards. Each task writes its shard to a
 temporary name and renames it, so a killed task leaves no partial shard. Each task sends back its
 rows of the index as an Arrow table, not as Python records: the driver only concatenates them, so
@@ -64,11 +67,14 @@ def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: i
 @dataclass
 class ShardIndexPart:
     """What a shard task reports back: its rows of the split index (records + ``shard`` + ``key``, as Arrow:
-    cheap to send and to concatenate), its rejects and the bytes it wrote."""
+    cheap to send and to concatenate), its rejects, the bytes it wrote and its repair counts
+    (:class:`~yolov2.data.shards.ShardOutcome`)."""
 
     index: pa.Table
     rejects: list[Reject]
     bytes_written: int
+    sizes_from_image: int = 0
+    trailing_data: int = 0
 
 
 def index_table(records: list[ImageRecord], keys: list[str], shard_name: str, class_names: list[str]) -> pa.Table:
@@ -88,7 +94,8 @@ def _remote_write_shard(workspace: Workspace, shard_path: str, plan: PlannedShar
         if fault:
             _inject_first_attempt_fault(*fault, shard_path)
     index = index_table(outcome.records, outcome.keys, shard_name, class_names)
-    return ShardIndexPart(index, outcome.rejects, outcome.bytes_written)
+    return ShardIndexPart(index, outcome.rejects, outcome.bytes_written, outcome.sizes_from_image,
+                          outcome.trailing_data)
 
 
 def _inject_first_attempt_fault(mode: str, marker_dir: str, shard_path: str) -> None:
@@ -224,6 +231,8 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
             "clipped_boxes": int(pc.sum(table["clipped_boxes"]).as_py() or 0),
             "rejected_images": image_rejects,
             "rejected_boxes": sum(r.level == "box" and r.split == split for r in all_rejects),
+            "sizes_from_image": sum(o.sizes_from_image for _, o in shard_outcomes),  # no usable size in the annotation
+            "jpeg_trailing_data": sum(o.trailing_data for _, o in shard_outcomes),  # kept, bytes after FF D9
             "shards": [p.name for p, _ in shard_outcomes],
             "bytes": bytes_written,
             "index": f"{split}-index.parquet",

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus.generate import BOMB_SIDE, MANY_BOXES, Case, build_corpus, corpus_layout
-from corpus.run import JPEG_SOI, error_message, matches, observe, run_shard
+from corpus.generate import BOMB_SIDE, CLASS_NAMES, INPUT_DEFECTS, MANY_BOXES, Case, build_corpus, corpus_layout
+from corpus.run import JPEG_SOI, error_message, matches, observe, rejected, run_shard
+from corpus.special import SPECIAL_KINDS
 from pipelines.stage import fingerprint
 
 LAYOUTS = ("voc", "coco", "yolo")
@@ -126,17 +127,39 @@ def test_whole_file_errors_fail_the_stage_clearly_and_mark_nothing_done(corpus, 
         assert not run.workspace.exists(f"shard/{fingerprint(run.config, 'shard')}", "manifest.json"), case.name
 
 
-def test_strict_mode_names_the_file_of_every_bad_case(corpus, ray_local, tmp_path):
-    """``data.strict=true``, one case per run: bad cases stop with a DatasetError naming the file."""
+def test_corpus_covers_each_input_defect_class_several_times(corpus):
+    """Issue 15's classes (Case.group), each with several cases in more than one way."""
+    _, cases = corpus
+    groups = {g: [c for c in cases if c.group == g] for g in INPUT_DEFECTS}
+    for group, members in groups.items():
+        assert len(members) >= 3, (group, [c.name for c in members])
+    special = groups["special file"]
+    assert {c.reason for c in special} == set(SPECIAL_KINDS.values()) and {c.layout for c in special} == set(LAYOUTS)
+    ids = [c.image_id for c in groups["image id"]]
+    assert any(" " in i for i in ids if i) and any("\t" in i for i in ids if i)
+    assert sum(c.name.split("_")[0] in CLASS_NAMES for c in groups["image id"]) >= 3  # per-class flag files
+    jpeg = groups["JPEG structure"]
+    assert sum(c.trailing_data for c in jpeg) >= 3 and sum("no image data" in c.reason for c in jpeg) >= 3
+    assert sum(c.sizes_from_image for c in groups["size from the image"]) >= 3
+
+
+def test_strict_mode_stops_exactly_on_what_non_strict_rejects(corpus, runs, ray_local, tmp_path):
+    """``data.strict=true``, one case per run: it stops with a DatasetError exactly on the cases the
+    non-strict run rejected anything of (an image, a box, the whole file), naming the file; it accepts
+    the others whole (records in = records sharded, nothing rejected)."""
     layout, cases = corpus
     failures = {}
     for case in cases:
         run = run_shard(tmp_path / case.layout, case.layout, layout.root(case.layout), [case.split], strict=True)
+        rejected_non_strict = case.outcome == "error" or rejected(observe(runs[case.layout], case))
+        if (run.error is not None) != rejected_non_strict:
+            went, non_strict = ("stopped" if run.error else "went on"), ("some" if rejected_non_strict else "none")
+            failures[case.name] = f"strict {went}; the non-strict run rejected {non_strict}"
+            continue
         if case.strict_error is None:
-            if run.error is not None:
-                failures[case.name] = f"strict run failed: {error_message(run.error)}"
-            elif run.result.manifest["splits"][case.split]["images"] != 1:
-                failures[case.name] = "strict run did not shard the image"
+            summary = {} if run.error else run.result.manifest["splits"][case.split]
+            if [summary.get(k) for k in ("images_in", "images", "rejected_images")] != [case.images_in] * 2 + [0]:
+                failures[case.name] = f"strict run did not shard every image: {summary or error_message(run.error)}"
             continue
         message = "" if run.error is None else error_message(run.error)
         if not message:

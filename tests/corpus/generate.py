@@ -25,7 +25,15 @@ Expected outcomes (:class:`Case`), as the shard stage must report them:
 
 ``strict_error``: with ``data.strict=true`` the stage must fail with a DatasetError whose message
 contains this (the name of the bad file); None where strict mode accepts the case (kept, converted,
-clipped: clipping is not an error).
+clipped: clipping is not an error). Strict mode stops exactly on the cases the non-strict run rejects.
+
+``sizes_from_image`` / ``trailing_data``: the repairs the shard stage must count in its manifest for
+the case's split (an annotation without a usable size; a JPEG with bytes after its end marker).
+
+Special files (:mod:`corpus.special`: FIFOs, sockets, links to ``/dev/null`` and ``/dev/zero``,
+folders) stand where an annotation, image, label or image list is expected; each must be rejected by
+its type, unopened. VOC image ids may hold spaces and tabs (``ImageSets/Main/<split>.txt`` has one id
+per line); a split named ``<class>_<name>`` is a per-class file (id, then a flag -1, 0 or 1).
 
 EXIF convention: the project ignores EXIF orientation (``yolov2/data/images.py``). Sizes and boxes
 refer to the pixels as stored; an annotation made on the rotated view disagrees with the stored size
@@ -36,6 +44,7 @@ Run as a script to write the corpus somewhere and print its cases: ``python test
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -43,13 +52,17 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import cv2
 import numpy as np
 from PIL import Image
+
+if not __package__:  # run as a script: the tests folder holds the corpus package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from corpus.special import SPECIAL_KINDS, make_special  # noqa: E402
 
 Layout = Literal["voc", "coco", "yolo"]
 Outcome = Literal["kept", "converted", "clipped", "rejected", "error"]
@@ -60,6 +73,9 @@ CLASS_NAMES: tuple[str, ...] = ("person", "dog", "cat", "raccoon")
 BOMB_SIDE = 20_000  # 20000 x 20000 = 400 M pixels: above PIL's hard limit (2 x 89.5 M)
 MANY_BOXES = 10_000
 OUTSIDE_MESSAGE = "points outside the dataset root"
+# The input defect classes of issue 15, each with several cases (Case.group).
+INPUT_DEFECTS = ("special file", "image id", "id listed twice", "JPEG structure", "size from the image",
+                 "size disagreement")
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,9 @@ class Case:
     labels: tuple[int, ...] = ()
     clipped: int = 0
     strict_error: str | None = None
+    sizes_from_image: int = 0  # kept images whose size the stage took from the image header (no <size>)
+    trailing_data: int = 0  # kept JPEGs with bytes after their end marker (motion photos)
+    group: str = ""  # the input defect class it belongs to (INPUT_DEFECTS), if any
 
     @property
     def split(self) -> str:
@@ -158,6 +177,39 @@ def rgba(im: Image.Image) -> Image.Image:
     return out
 
 
+JPEG_EOI = b"\xff\xd9"
+# What a phone appends to a "motion photo": an MP4 (here its ftyp box and stand-in bytes, ending without FF D9).
+MOTION_VIDEO = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 8 + b"moov"
+
+
+def jpeg_scan_offsets(jpeg: bytes) -> tuple[int, int]:
+    """(offset of the first SOS marker FF DA, offset just after its segment), by walking the segment lengths."""
+    pos = 2
+    while jpeg[pos + 1] != 0xDA:
+        pos += 2 + struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+    return pos, pos + 2 + struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+
+
+def jpeg_without_scan(jpeg: bytes) -> bytes:
+    """The header (up to the first SOS) followed straight by the end-of-image marker: no image data."""
+    return jpeg[: jpeg_scan_offsets(jpeg)[0]] + JPEG_EOI
+
+
+def jpeg_scan_without_data(jpeg: bytes) -> bytes:
+    """The header and a complete SOS segment, then the end-of-image marker: a scan with no data."""
+    return jpeg[: jpeg_scan_offsets(jpeg)[1]] + JPEG_EOI
+
+
+def jpeg_cut_in_sos(jpeg: bytes) -> bytes:
+    """Cut inside the SOS segment (its length field claims more than there is)."""
+    return jpeg[: jpeg_scan_offsets(jpeg)[0] + 6]
+
+
+def jpeg_cut_after_sos(jpeg: bytes) -> bytes:
+    """A complete SOS segment and the first 16 bytes of scan data, then nothing (no end-of-image marker)."""
+    return jpeg[: jpeg_scan_offsets(jpeg)[1] + 16]
+
+
 # ---------------------------------------------------------------------------------------------
 # Annotation text
 
@@ -215,6 +267,7 @@ class _Builder:
         self.yolo = self.out / "yolo"
         self.outside = self.out / "outside"
         self.cases: list[Case] = []
+        self.group = ""  # stamped on the cases added (see grouped)
         self.base = base_image(self.shared)
         self.base_jpeg = encode(self.base, "JPEG", quality=90)
         # Every COCO case shares coco_tiny's 80 categories (ids 1..90), so labels agree across splits.
@@ -233,9 +286,21 @@ class _Builder:
         write_bytes(self.outside / "label.txt", "0 0.5 0.5 0.25 0.25\n")
         write_bytes(self.outside / "instances.json", coco_json([], [], self.coco_categories))
 
+    @contextlib.contextmanager
+    def grouped(self, group: str) -> Iterator[None]:
+        """The cases added inside belong to ``group`` (one of INPUT_DEFECTS)."""
+        self.group = group
+        try:
+            yield
+        finally:
+            self.group = ""
+
     def add(self, case: Case) -> None:
+        case = replace(case, group=case.group or self.group)
         if any(c.name == case.name for c in self.cases):
             raise ValueError(f"duplicate case name {case.name}")
+        if case.group not in ("", *INPUT_DEFECTS):
+            raise ValueError(f"case {case.name}: unknown group {case.group!r}")
         self.cases.append(case)
 
     # --- VOC -------------------------------------------------------------------------------
@@ -251,23 +316,27 @@ class _Builder:
         ext: str = ".jpg",
         objects: list[tuple[str, tuple]] | None = None,
         size: tuple[int, int] | None = None,
+        stem: str | None = None,
+        imageset: str | None = None,
         **expected,
     ) -> None:
-        """One VOC image ``name``: writes JPEGImages/<name><ext>, Annotations/<name>.xml, ImageSets/Main/<name>.txt.
+        """One VOC image: writes JPEGImages/<stem><ext>, Annotations/<stem>.xml, ImageSets/Main/<name>.txt.
 
-        ``xml`` None: written from ``objects`` and ``size`` (default the base image size). Kept cases get
-        their expected boxes from ``objects`` by the plain VOC rule unless given.
+        ``stem``: the image id (default ``name``); ``imageset``: the split file's text (default the id and a
+        newline). ``xml`` None: written from ``objects`` and ``size`` (default the base image size). Kept
+        cases get their expected boxes from ``objects`` by the plain VOC rule unless given.
         """
         size = size or (self.w, self.h)
+        stem = stem or name
         objects = objects if objects is not None else [("person", (11, 6, 60, 55))]
         if image is not None:
-            write_bytes(self.voc / "JPEGImages" / f"{name}{ext}", image)
+            write_bytes(self.voc / "JPEGImages" / f"{stem}{ext}", image)
         if xml is None:
-            xml = voc_xml(f"{name}{ext}", size, objects)
-        write_bytes(self.voc / "Annotations" / f"{name}.xml", xml)
-        write_bytes(self.voc / "ImageSets" / "Main" / f"{name}.txt", f"{name}\n")
-        if outcome in ("kept", "converted", "clipped") or expected.get("level") == "box":
-            expected.setdefault("image_id", name)
+            xml = voc_xml(f"{stem}{ext}", size, objects)
+        write_bytes(self.voc / "Annotations" / f"{stem}.xml", xml)
+        write_bytes(self.voc / "ImageSets" / "Main" / f"{name}.txt", f"{stem}\n" if imageset is None else imageset)
+        if outcome in ("kept", "converted", "clipped") or expected.get("level") == "box" or expected.get("image_id"):
+            expected.setdefault("image_id", stem)
             expected.setdefault("size", size)
             if "boxes" not in expected:
                 boxes, labels, clipped = [], [], 0
@@ -326,7 +395,7 @@ class _Builder:
         self.voc_case("voc_exif_rotated_view", "JPEG with EXIF orientation 6, annotated on the rotated view (H x W)",
                       exif_rotated_jpeg(self.base), None, "rejected", size=(h, w), level="image",
                       reason=f"gives the size {h}x{w} but the image voc_exif_rotated_view.jpg is {w}x{h}", rejects=1,
-                      strict_error="voc_exif_rotated_view.jpg")
+                      strict_error="voc_exif_rotated_view.jpg", group="size disagreement")
         one_px = encode(Image.new("RGB", (1, 1), (200, 30, 30)), "JPEG")
         self.voc_case("voc_1x1", "1x1 JPEG with a one-pixel box", one_px, None, "kept", size=(1, 1),
                       objects=[("person", (1, 1, 1, 1))])
@@ -353,12 +422,13 @@ class _Builder:
                + voc_xml("voc_xxe.jpg", (w, h), [("&xxe;", (11, 6, 60, 55))]))
         self.voc_case("voc_xxe", "XML with an external entity reading /etc/passwd", jpg, xxe, "rejected", level="image",
                       reason="declares entities", rejects=1, strict_error="voc_xxe.xml")
-        self.voc_case("voc_missing_size", "XML without <size>", jpg, voc_xml("voc_missing_size.jpg", None, one),
-                      "rejected", level="image", reason="<size> is missing", rejects=1,
-                      strict_error="voc_missing_size.xml")
+        self.voc_case("voc_missing_size", "XML without <size>: the size comes from the image header", jpg,
+                      voc_xml("voc_missing_size.jpg", None, one), "kept", sizes_from_image=1,
+                      group="size from the image")
         self.voc_case("voc_size_mismatch", "XML <size> 100x100 for an 80x60 image", jpg, None, "rejected",
-                      size=(100, 100), level="image", reason="gives the size 100x100 but the image", rejects=1,
-                      strict_error="voc_size_mismatch.jpg")
+                      size=(100, 100), level="image",
+                      reason="voc_size_mismatch.xml gives the size 100x100 but the image", rejects=1,
+                      strict_error="voc_size_mismatch.jpg is 80x60", group="size disagreement")
         self.voc_case("voc_negative_box", "box with negative xmin/ymin (partly outside)", jpg, None, "clipped",
                       objects=[("person", (-5, -3, 30, 40))])
         self.voc_case("voc_partly_outside_box", "box overhanging the right and bottom edges", jpg, None, "clipped",
@@ -382,6 +452,13 @@ class _Builder:
                       level="box", reason="unknown class name 'unicorn'", rejects=1, boxes=(good_box,), labels=(1,),
                       clipped=0, strict_error="voc_unknown_class.xml")
         self.build_voc_many_boxes()
+        for group, build in (("special file", self.build_voc_special_files), ("image id", self.build_voc_image_ids),
+                             ("id listed twice", self.build_voc_duplicate_ids),
+                             ("JPEG structure", self.build_voc_jpeg_structure),
+                             ("size from the image", self.build_voc_missing_sizes),
+                             ("size disagreement", self.build_voc_size_mismatches)):
+            with self.grouped(group):
+                build()
         self.voc_case("voc_non_ascii_é_画像", "non-ASCII (valid UTF-8) image id and file name", jpg, None, "kept")
         write_bytes(self.outside / "voc_image_symlink_outside.jpg", jpg)
         self.voc_case("voc_image_symlink_outside", "JPEGImages/<id>.jpg is a symlink to a JPEG outside the root", None,
@@ -400,6 +477,144 @@ class _Builder:
         os.symlink("voc_control.jpg", self.voc / "JPEGImages" / "voc_symlink_inside.jpg")  # relative, stays inside
         self.voc_case("voc_missing_image", "XML without its image file", None, None, "rejected", level="image",
                       reason="image file is missing", rejects=1, strict_error="voc_missing_image")
+
+    def build_voc_special_files(self) -> None:
+        """A FIFO, socket, device link or folder where the XML, the image or the image list should be."""
+        jpg = self.base_jpeg
+        for kind in ("fifo", "socket", "dev_null", "directory"):
+            name = f"voc_{kind}_annotation"
+            self.voc_case(name, f"Annotations/<id>.xml is {SPECIAL_KINDS[kind]}", jpg, "", "rejected", level="image",
+                          reason=SPECIAL_KINDS[kind], rejects=1, strict_error=f"{name}.xml")
+            make_special(self.voc / "Annotations" / f"{name}.xml", kind)
+        for kind in ("fifo", "socket", "dev_zero", "directory"):
+            name = f"voc_{kind}_image"
+            self.voc_case(name, f"JPEGImages/<id>.jpg is {SPECIAL_KINDS[kind]}", None, None, "rejected", level="image",
+                          reason=SPECIAL_KINDS[kind], rejects=1, strict_error=f"{name}.jpg")
+            make_special(self.voc / "JPEGImages" / f"{name}.jpg", kind)
+        name = "voc_fifo_image_no_size"  # the size would come from the image header: the FIFO must not be read
+        self.voc_case(name, "JPEGImages/<id>.jpg is a FIFO and the XML has no <size>", None,
+                      voc_xml(f"{name}.jpg", None, [("person", (11, 6, 60, 55))]), "rejected", level="image",
+                      reason=SPECIAL_KINDS["fifo"], rejects=1, strict_error=f"{name}.jpg")
+        make_special(self.voc / "JPEGImages" / f"{name}.jpg", "fifo")
+        name = "voc_fifo_split_file"
+        self.voc_case(name, "ImageSets/Main/<split>.txt is a FIFO", jpg, None, "error", reason=SPECIAL_KINDS["fifo"],
+                      images_in=0, strict_error=f"{name}.txt")
+        make_special(self.voc / "ImageSets" / "Main" / f"{name}.txt", "fifo")
+
+    def build_voc_image_ids(self) -> None:
+        """Ids with spaces and tabs (the whole line is the id) and per-class flag files.
+
+        A decoy ``<first word>.jpg`` (another size, another box) stands next to the ids with spaces: an id
+        cut at its first space would silently become the decoy.
+        """
+        jpg, w, h = self.base_jpeg, self.w, self.h
+        one = [("person", (11, 6, 60, 55))]
+
+        def decoy(stem: str) -> None:
+            small = encode(self.base.resize((40, 30)), "JPEG", quality=90)
+            write_bytes(self.voc / "JPEGImages" / f"{stem}.jpg", small)
+            small_xml = voc_xml(f"{stem}.jpg", (40, 30), [("dog", (2, 2, 9, 9))])
+            write_bytes(self.voc / "Annotations" / f"{stem}.xml", small_xml)
+
+        for name, stem, what in [
+            ("voc_id_space", "voc_id_space 01", "image id with a space, next to a decoy <first word>.jpg"),
+            ("voc_id_spaces", "voc_id_spaces a  b   c", "image id with runs of several spaces"),
+            ("voc_id_tab", "voc_id_tab\t01", "image id with a tab, next to a decoy <first word>.jpg"),
+        ]:
+            decoy(stem.split()[0])
+            self.voc_case(name, what, jpg, None, "kept", stem=stem, objects=one)
+        self.voc_case("voc_id_padded_line", "split file line with spaces, a tab and CR around the id", jpg, None,
+                      "kept", imageset="  voc_id_padded_line \t\r\n\n")
+        self.voc_case("voc_id_space_no_files", "listed id 'voc_id_space_no_files 01'; only the first word has files",
+                      jpg, None, "rejected", imageset="voc_id_space_no_files 01\n", level="image",
+                      reason="annotation file is missing", rejects=1, strict_error="voc_id_space_no_files 01.xml")
+        # Per-class files: the split name is <class>_<name>; every listed image is read, whatever its flag.
+        self.voc_case("person_voc_flag", "per-class file: an id with a space, two spaces, flag 1 (the devkit's layout)",
+                      jpg, None, "kept", stem="person_voc_flag 01", imageset="person_voc_flag 01  1\n")
+        self.voc_case("person_voc_flag_tab", "per-class file: id, tab, flag -1", jpg, None, "kept",
+                      imageset="person_voc_flag_tab\t-1\n")
+        self.voc_case("dog_voc_flags_mixed", "per-class file: a good line (flag 0) and a line whose flag is 'yes'",
+                      jpg, None, "rejected", imageset="dog_voc_flags_mixed 0\ndog_voc_flags_mixed yes\n",
+                      level="image", reason="line 2 'dog_voc_flags_mixed yes' is not '<image id> <flag>'", rejects=1,
+                      images_in=2, image_id="dog_voc_flags_mixed", strict_error="dog_voc_flags_mixed.txt:2")
+        self.voc_case("cat_voc_bad_flag", "per-class file: flag 2", jpg, None, "rejected",
+                      imageset="cat_voc_bad_flag  2\n", level="image", reason="is not '<image id> <flag>'", rejects=1,
+                      strict_error="cat_voc_bad_flag.txt:1")
+        self.voc_case("raccoon_voc_no_flag", "per-class file: an id without a flag", jpg, None, "rejected",
+                      imageset="raccoon_voc_no_flag\n", level="image", reason="is not '<image id> <flag>'", rejects=1,
+                      strict_error="raccoon_voc_no_flag.txt:1")
+
+    def build_voc_duplicate_ids(self) -> None:
+        """An id listed twice in a split: rejected once, and strict mode stops on it like on any reject."""
+        jpg = self.base_jpeg
+        for name, imageset, what in [
+            ("voc_duplicate_id", "voc_duplicate_id\nvoc_duplicate_id\n", "an id listed twice"),
+            ("voc_duplicate_id_spacing", "voc_duplicate_id_spacing\n  voc_duplicate_id_spacing \t\r\n",
+             "an id listed twice, once with spaces around it"),
+        ]:
+            self.voc_case(name, what, jpg, None, "rejected", imageset=imageset, level="image", reason="appears twice",
+                          rejects=1, images_in=2, image_id=name, strict_error=f"{name}.txt")
+
+    def build_voc_jpeg_structure(self) -> None:
+        """JPEGs without image data (rejected) and JPEGs with bytes after their end marker (kept, counted)."""
+        jpg = self.base_jpeg
+        for name, data, reason, what in [
+            ("voc_jpeg_no_scan", jpeg_without_scan(jpg), "no image data", "JPEG header straight followed by FF D9"),
+            ("voc_jpeg_scan_without_data", jpeg_scan_without_data(jpg), "no image data",
+             "JPEG with a complete SOS segment followed straight by FF D9"),
+            ("voc_jpeg_cut_in_sos", jpeg_cut_in_sos(jpg), "truncated", "JPEG cut inside its SOS segment"),
+            ("voc_jpeg_cut_after_sos", jpeg_cut_after_sos(jpg), "truncated JPEG",
+             "JPEG cut 16 bytes into its scan data"),
+        ]:
+            self.voc_case(name, what, data, None, "rejected", level="image", reason=reason, rejects=1,
+                          strict_error=f"{name}.jpg")
+        for name, data, what in [
+            ("voc_motion_photo", jpg + MOTION_VIDEO, "JPEG with a video appended after FF D9 (a motion photo)"),
+            ("voc_motion_photo_exif", exif_rotated_jpeg(self.base, 1) + MOTION_VIDEO,
+             "motion photo with an EXIF block (read through PIL)"),
+            ("voc_progressive_trailing", encode(self.base, "JPEG", quality=90, progressive=True) + b"\xff\x00junk\xff",
+             "progressive JPEG (several scans) with bytes after FF D9"),
+        ]:
+            self.voc_case(name, what, data, None, "kept", trailing_data=1)
+        self.voc_case("voc_jpeg_end_padding", "JPEG with zero bytes and a newline after FF D9 (padding, not counted)",
+                      jpg + b"\x00" * 16 + b"\n", None, "kept")
+
+    def build_voc_missing_sizes(self) -> None:
+        """<size> missing, zero or empty: taken from the image header (which the stage reads anyway), counted."""
+        jpg, w, h = self.base_jpeg, self.w, self.h
+        one = [("person", (11, 6, 60, 55))]
+
+        def xml_sized(name: str, width: object, height: object, objects=one, ext: str = ".jpg") -> str:
+            text = voc_xml(f"{name}{ext}", (w, h), objects)
+            return text.replace(f"<width>{w}</width>", f"<width>{width}</width>").replace(
+                f"<height>{h}</height>", f"<height>{height}</height>")
+
+        self.voc_case("voc_zero_size", "XML <size> 0x0", jpg, xml_sized("voc_zero_size", 0, 0), "kept",
+                      sizes_from_image=1)
+        self.voc_case("voc_empty_size", "XML <width></width><height></height>", jpg,
+                      xml_sized("voc_empty_size", "", ""), "kept", sizes_from_image=1)
+        self.voc_case("voc_zero_width", "XML <width>0</width> and the right height", jpg,
+                      xml_sized("voc_zero_width", 0, h), "kept", sizes_from_image=1)
+        over = [("person", (50, 40, w + 20, h + 9))]
+        self.voc_case("voc_missing_size_box_overhanging", "no <size>; a box past the image header's size: clipped", jpg,
+                      voc_xml("voc_missing_size_box_overhanging.jpg", None, over), "clipped", objects=over,
+                      sizes_from_image=1)
+        self.voc_case("voc_missing_size_png", "no <size>, a PNG image", encode(self.base, "PNG"),
+                      voc_xml("voc_missing_size_png.png", None, one), "converted", ext=".png", sizes_from_image=1)
+        self.voc_case("voc_missing_size_truncated", "no <size> and a truncated JPEG", jpg[: len(jpg) // 2],
+                      voc_xml("voc_missing_size_truncated.jpg", None, one), "rejected", level="image",
+                      reason="truncated JPEG", rejects=1, strict_error="voc_missing_size_truncated.jpg")
+
+    def build_voc_size_mismatches(self) -> None:
+        """<size> disagreeing with the image: the XML and its values are named, and the image."""
+        jpg, w, h = self.base_jpeg, self.w, self.h
+        for name, size, what in [
+            ("voc_size_mismatch_height", (w, h + 1), f"XML <size> {w}x{h + 1} for an {w}x{h} image"),
+            ("voc_size_swapped", (h, w), f"XML <size> {h}x{w} for an {w}x{h} image (no EXIF)"),
+        ]:
+            self.voc_case(name, what, jpg, None, "rejected", size=size, level="image",
+                          reason=f"{name}.xml gives the size {size[0]}x{size[1]} but the image {name}.jpg is {w}x{h}",
+                          rejects=1, strict_error=f"{name}.xml")
 
     def build_voc_many_boxes(self) -> None:
         """A synthetic image (the demo generator) with 10,000 valid boxes: all kept."""
@@ -466,9 +681,9 @@ class _Builder:
                        self.coco_doc([no_name], []), "rejected", level="image", reason="file_name None", rejects=1,
                        strict_error=json_of("coco_missing_file_name"))
         no_size = {"id": 1, "file_name": "a.jpg"}
-        self.coco_case("coco_missing_size", "image entry without width/height", {"a.jpg": jpg},
-                       self.coco_doc([no_size], [ann(1, 1, good_ann)]), "rejected", level="image",
-                       reason="width/height missing", rejects=1, strict_error=json_of("coco_missing_size"))
+        self.coco_case("coco_missing_size", "image entry without width/height: the size comes from the image header",
+                       {"a.jpg": jpg}, self.coco_doc([no_size], [ann(1, 1, good_ann)]), "kept", image_id="1",
+                       size=(w, h), boxes=good, labels=(0,), sizes_from_image=1, group="size from the image")
         no_bbox = ann(2, 1, None)
         del no_bbox["bbox"]
         self.coco_case("coco_missing_bbox", "annotation without bbox", {"a.jpg": jpg},
@@ -512,8 +727,8 @@ class _Builder:
         self.coco_case("coco_size_mismatch", "width/height 100x100 for an 80x60 image", {"a.jpg": jpg},
                        self.coco_doc([self.image_entry(1, "a.jpg", width=100, height=100)], []), "rejected",
                        level="image",
-                       reason="gives the size 100x100 but the image a.jpg is", rejects=1,
-                       strict_error="coco_size_mismatch/a.jpg")
+                       reason="gives the size 100x100 but the image a.jpg is 80x60", rejects=1,
+                       strict_error=json_of("coco_size_mismatch"), group="size disagreement")
         self.coco_case("coco_path_traversal", "file_name ../../outside/photo.jpg", {},
                        self.coco_doc([self.image_entry(1, "../../outside/photo.jpg")], []), "rejected", level="image",
                        reason="is not a relative path inside the image folder", rejects=1,
@@ -547,6 +762,33 @@ class _Builder:
                        strict_error=json_of("coco_annotation_symlink_outside"))
         os.symlink(self.outside / "instances.json",
                    self.coco / "annotations" / json_of("coco_annotation_symlink_outside"))
+        self.build_coco_input_defects(one, ann, good_ann, good, json_of)
+
+    def build_coco_input_defects(self, one: list, ann, good_ann: list, good: tuple, json_of) -> None:
+        """Special files, JPEG structure and sizes, as for VOC (``ann``/``json_of``: build_coco's helpers)."""
+        w, h, jpg = self.w, self.h, self.base_jpeg
+        with self.grouped("special file"):
+            for kind in ("fifo", "dev_null"):
+                name = f"coco_{kind}_image"
+                self.coco_case(name, f"the image file is {SPECIAL_KINDS[kind]}", {}, self.coco_doc(one, []),
+                               "rejected", level="image", reason=SPECIAL_KINDS[kind], rejects=1,
+                               strict_error=f"{name}/a.jpg")
+                make_special(self.coco / name / "a.jpg", kind)
+            self.coco_case("coco_fifo_annotation", "the instances file is a FIFO", {"a.jpg": jpg}, None, "error",
+                           reason=SPECIAL_KINDS["fifo"], images_in=0, strict_error=json_of("coco_fifo_annotation"))
+            make_special(self.coco / "annotations" / json_of("coco_fifo_annotation"), "fifo")
+        with self.grouped("JPEG structure"):
+            self.coco_case("coco_jpeg_no_scan", "JPEG header straight followed by FF D9",
+                           {"a.jpg": jpeg_without_scan(jpg)}, self.coco_doc(one, []), "rejected", level="image",
+                           reason="no image data", rejects=1, strict_error="coco_jpeg_no_scan/a.jpg")
+            self.coco_case("coco_motion_photo", "JPEG with a video appended after FF D9", {"a.jpg": jpg + MOTION_VIDEO},
+                           self.coco_doc(one, [ann(1, 1, good_ann)]), "kept", image_id="1", size=(w, h), boxes=good,
+                           labels=(0,), trailing_data=1)
+        with self.grouped("size disagreement"):
+            self.coco_case("coco_size_mismatch_height", f"height {h + 1} for an {w}x{h} image", {"a.jpg": jpg},
+                           self.coco_doc([self.image_entry(1, "a.jpg", height=h + 1)], []), "rejected", level="image",
+                           reason=f"image 1 gives the size {w}x{h + 1} but the image a.jpg is {w}x{h}", rejects=1,
+                           strict_error=json_of("coco_size_mismatch_height"))
 
     def build_coco_control(self) -> None:
         """A real coco_tiny val image with its real annotations (crowd flags kept); boxes by plain arithmetic."""
@@ -642,6 +884,35 @@ class _Builder:
                        jpg, None, "rejected", level="image", reason=OUTSIDE_MESSAGE, rejects=1,
                        strict_error="yolo_label_symlink_outside/img.txt")
         os.symlink(self.outside / "label.txt", self.yolo / "labels" / "yolo_label_symlink_outside" / "img.txt")
+        self.build_yolo_input_defects(good_line, good)
+
+    def build_yolo_input_defects(self, good_line: str, good: tuple) -> None:
+        """Special files, JPEG structure, and two images sharing a stem (so one label file)."""
+        w, h, jpg = self.w, self.h, self.base_jpeg
+        with self.grouped("special file"):
+            for kind in ("fifo", "socket", "directory"):
+                name = f"yolo_{kind}_image"
+                self.yolo_case(name, f"the image file is {SPECIAL_KINDS[kind]}", "img.jpg", None, good_line,
+                               "rejected", level="image", reason=SPECIAL_KINDS[kind], rejects=1,
+                               strict_error=f"{name}/img.jpg")
+                make_special(self.yolo / "images" / name / "img.jpg", kind)
+            for kind in ("fifo", "dev_zero"):
+                name = f"yolo_{kind}_label"
+                self.yolo_case(name, f"the label file is {SPECIAL_KINDS[kind]}", "img.jpg", jpg, None, "rejected",
+                               level="image", reason=SPECIAL_KINDS[kind], rejects=1, strict_error=f"{name}/img.txt")
+                make_special(self.yolo / "labels" / name / "img.txt", kind)
+        with self.grouped("JPEG structure"):
+            self.yolo_case("yolo_jpeg_no_scan", "JPEG header straight followed by FF D9", "img.jpg",
+                           jpeg_without_scan(jpg), good_line, "rejected", level="image", reason="no image data",
+                           rejects=1, strict_error="yolo_jpeg_no_scan/img.jpg")
+            self.yolo_case("yolo_motion_photo", "JPEG with a video appended after FF D9", "img.jpg", jpg + MOTION_VIDEO,
+                           good_line, "kept", image_id="img", size=(w, h), boxes=good, labels=(1,), trailing_data=1)
+        with self.grouped("id listed twice"):
+            self.yolo_case("yolo_duplicate_stem", "img.jpg and img.png (so img.txt would serve both): the second is "
+                           "rejected", "img.jpg", jpg, good_line, "rejected", level="image", reason="appears twice",
+                           rejects=1, images_in=2, image_id="img", size=(w, h), boxes=good, labels=(1,),
+                           strict_error="yolo_duplicate_stem/img.png")
+            write_bytes(self.yolo / "images" / "yolo_duplicate_stem" / "img.png", encode(self.base, "PNG"))
 
 
 def build_corpus(out_dir: str | Path, shared_data: str | Path) -> list[Case]:

@@ -43,6 +43,8 @@ class Observation:
     image_rejects: list[str] = field(default_factory=list)  # reasons
     box_rejects: list[str] = field(default_factory=list)
     clipped: int = 0
+    sizes_from_image: int = 0  # the manifest's repair counts for the split
+    trailing_data: int = 0
     accounted: bool | None = None  # images_in == sharded + image-level rows of rejects.parquet; None on error
     records: list[dict] = field(default_factory=list)  # the index rows (records with shard and key)
     samples: dict[str, bytes] = field(default_factory=dict)  # image_id -> image bytes in the shard
@@ -100,6 +102,7 @@ def observe(run: ShardRun, case: Case) -> Observation:
     obs.image_rejects = [r["reason"] for r in rejects if r["level"] == "image"]
     obs.box_rejects = [r["reason"] for r in rejects if r["level"] == "box"]
     obs.clipped = sum(r["clipped_boxes"] for r in index)
+    obs.sizes_from_image, obs.trailing_data = summary["sizes_from_image"], summary["jpeg_trailing_data"]
     in_manifest = summary["images"] + summary["rejected_images"]
     obs.accounted = summary["images_in"] == len(index) + len(obs.image_rejects) == in_manifest
     obs.samples = _shard_images(folder, summary["shards"])
@@ -126,8 +129,8 @@ def _shard_images(folder: Path, shards: list[str]) -> dict[str, bytes]:
 def matches(case: Case, obs: Observation) -> list[str]:
     """The ways an observation departs from the case's expected outcome (empty when it matches).
 
-    Checks outcome, level, counts, reasons and the count invariant; the box coordinates and pixels
-    are checked by the test itself.
+    Checks outcome, level, counts, reasons, repair counts and the count invariant; the box
+    coordinates and pixels are checked by the test itself.
     """
     problems = []
     if obs.outcome != case.outcome:
@@ -155,4 +158,12 @@ def matches(case: Case, obs: Observation) -> list[str]:
         problems.append(f"a reason lacks {case.reason!r}: {got}")
     if obs.clipped != case.clipped:
         problems.append(f"clipped {obs.clipped} (expected {case.clipped})")
+    if (obs.sizes_from_image, obs.trailing_data) != (case.sizes_from_image, case.trailing_data):
+        problems.append(f"repairs counted: {obs.sizes_from_image} sizes from the image, {obs.trailing_data} JPEGs with "
+                        f"trailing data (expected {case.sizes_from_image}, {case.trailing_data})")
     return problems
+
+
+def rejected(obs: Observation) -> bool:
+    """Whether the non-strict run turned anything of the case down: an image, a box, or the whole file."""
+    return obs.outcome in ("rejected", "error")

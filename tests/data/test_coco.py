@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.coco import CocoCategories, read_coco, read_coco_categories, write_coco
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.data.voc import VOC_CLASSES, read_voc
@@ -349,3 +351,28 @@ def test_confine_to_rejects_json_or_image_linked_from_outside(tmp_path: Path) ->
         read_coco(linked, image_dir, "val", confine_to=root)
     records, rejects = read_coco(path, image_dir, "val")  # not confined: links are followed
     assert len(records) == 2 and rejects == []
+
+
+def test_missing_width_height_comes_from_the_image_header_even_without_check_images(tmp_path: Path) -> None:
+    data, image_dir = small_coco(tmp_path, 2)
+    del data["images"][0]["width"], data["images"][0]["height"]
+    jpeg_file(image_dir / "0001.jpg", 70, 50)  # the header is the only source of this size
+    for check_images in (True, False):
+        records, rejects = read_dict(data, tmp_path, image_dir, check_images=check_images)
+        assert rejects == [] and [(r.width, r.height, r.size_from_image) for r in records] == [(70, 50, True),
+                                                                                              (64, 48, False)]
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+def test_image_or_json_that_is_not_a_regular_file_is_refused_by_type(tmp_path: Path, kind: str) -> None:
+    data, image_dir = small_coco(tmp_path, 2)
+    image = make_special(image_dir / "0002.jpg", kind)
+    for check_images in (True, False):
+        records, rejects = finishes_within(10, lambda: read_dict(data, tmp_path, image_dir, check_images=check_images))
+        assert [r.image_id for r in records] == ["1"]
+        (reject,) = image_level(rejects)
+        assert reject.image_id == "2" and f"{image} is not a regular file but {SPECIAL_KINDS[kind]}" in reject.reason
+    path = make_special(tmp_path / "instances_special.json", kind)
+    match = f"instances_special.json: .*not a regular file but {re.escape(SPECIAL_KINDS[kind])}"
+    with pytest.raises(DatasetError, match=match):
+        finishes_within(10, lambda: read_coco(path, image_dir, "val"))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.download import ARCHIVES, Archive, archive_url, download, download_and_extract, extract, md5_file
 from yolov2.errors import ConfigError, DatasetError
 
@@ -289,6 +290,7 @@ UNSAFE_TAR_MEMBERS = {
 }
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("case", sorted(UNSAFE_TAR_MEMBERS))
 def test_extract_refuses_unsafe_tar_members(tmp_path, case):
     members = [(name.format(tmp=tmp_path), data, target) for name, data, target in UNSAFE_TAR_MEMBERS[case]]
@@ -299,6 +301,33 @@ def test_extract_refuses_unsafe_tar_members(tmp_path, case):
     with pytest.raises(DatasetError, match="evil.tar: refusing to extract member"):
         extract(archive, dest)
     assert _files_under(tmp_path) == before, "nothing may be written anywhere, inside or outside"
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("member_type", [tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE])
+def test_extract_refuses_special_tar_members(tmp_path, member_type):
+    """A FIFO or device in an archive would be a special file in the dataset: refused, nothing written."""
+    archive = tmp_path / "special.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("VOC/ok.txt"), io.BytesIO(b""))
+        info = tarfile.TarInfo("VOC/Annotations/a.xml")
+        info.type, info.devmajor, info.devminor = member_type, 1, 5
+        tar.addfile(info)
+    dest = tmp_path / "out"
+    with pytest.raises(DatasetError, match="special.tar: refusing to extract member 'VOC/Annotations/a.xml'"):
+        extract(archive, dest)
+    assert _files_under(dest) == set()
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+def test_an_archive_or_download_that_is_not_a_regular_file_is_refused_unopened(tmp_path, kind):
+    path = make_special(tmp_path / "VOCtrainval.tar", kind)
+    with pytest.raises(DatasetError, match=f"cannot extract: {re.escape(str(path))} is not a regular file but "
+                                           f"{re.escape(SPECIAL_KINDS[kind])}"):
+        finishes_within(10, lambda: extract(path, tmp_path / "out"))
+    with pytest.raises(OSError, match="not a regular file"):
+        finishes_within(10, lambda: md5_file(path))
 
 
 def _zip(path: Path, members: list[tuple[str, bytes, bool]]) -> Path:
@@ -348,6 +377,7 @@ UNSAFE_ZIP_MEMBERS = {
 }
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("case", sorted(UNSAFE_ZIP_MEMBERS))
 def test_extract_refuses_unsafe_zip_members(tmp_path, case):
     members = [(name.format(tmp=tmp_path), data, link) for name, data, link in UNSAFE_ZIP_MEMBERS[case]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import xml.etree.ElementTree as ET
 import zlib
@@ -22,6 +23,7 @@ from yolov2.data.images import (
     inspect_image,
     inspect_image_file,
 )
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.records import ImageRecord
 from yolov2.errors import DatasetError
 
@@ -160,7 +162,54 @@ def test_truncated_jpeg_is_an_error_naming_the_source() -> None:
 
 def test_padding_after_jpeg_end_marker_is_allowed() -> None:
     data = encode(smooth_rgb(), "JPEG")
-    assert inspect_image(data + b"\x00" * 7 + b"\n", "pad.jpg").format == "JPEG"
+    info = inspect_image(data + b"\x00" * 7 + b"\n", "pad.jpg")
+    assert info.format == "JPEG" and info.trailing_bytes == 0  # padding is not data
+
+
+def scan_offsets(jpeg: bytes) -> tuple[int, int]:
+    """The reference walk: (offset of the first SOS marker, offset after its segment), by segment lengths."""
+    pos = 2
+    while jpeg[pos + 1] != 0xDA:
+        pos += 2 + struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+    return pos, pos + 2 + struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+
+
+def jpeg_kinds() -> dict[str, bytes]:
+    """JPEGs that take each path through the checks: the plain-header fast path (baseline, progressive)
+    and PIL's (an EXIF block)."""
+    arr = smooth_rgb(96, 64, seed=4)
+    return {"baseline": encode(arr, "JPEG"), "progressive": encode(arr, "JPEG", progressive=True),
+            "exif": encode(arr, "JPEG", exif=Image.Exif().tobytes())}
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "exif"])
+def test_jpeg_without_image_data_is_rejected(kind: str) -> None:
+    """A header followed straight by FF D9 ends like a good JPEG; OpenCV makes a flat grey picture of it."""
+    data = jpeg_kinds()[kind]
+    sos, scan = scan_offsets(data)
+    for name, bad in (("header.jpg", data[:sos] + b"\xff\xd9"), ("noscan.jpg", data[:scan] + b"\xff\xd9")):
+        with pytest.raises(DatasetError, match=f"{name}: JPEG has no image data"):
+            inspect_image(bad, name)
+    for bad in (data[: sos + 5], data[: scan + 20]):  # cut inside the SOS segment, or in the scan data
+        with pytest.raises(DatasetError, match="truncated"):
+            inspect_image(bad, "cut.jpg")
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "exif"])
+def test_bytes_after_the_end_marker_are_kept_and_counted(kind: str) -> None:
+    """A motion photo: a video after the JPEG's FF D9. The image is whole, so it is kept; the decoders
+    see the same pixels as without the video."""
+    import cv2
+
+    data = jpeg_kinds()[kind]
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4 + b"\xff\x00\xffmoov"  # FF bytes, no FF D9
+    info = inspect_image(data + video, "motion.jpg")
+    assert (info.width, info.height, info.trailing_bytes) == (96, 64, len(video))
+    assert info.num_bytes == len(data) + len(video)
+    assert inspect_image(data, "plain.jpg").trailing_bytes == 0
+    np.testing.assert_array_equal(decode_rgb(data + video), decode_rgb(data))
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data + video, np.uint8), cv2.IMREAD_COLOR),
+                                  cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
 
 
 def test_truncated_png_is_an_error() -> None:
@@ -215,6 +264,14 @@ def test_decompression_bomb_header_is_rejected_without_decoding() -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="nope.jpg: image file is missing"):
         inspect_image_file(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+def test_special_file_is_an_error_naming_its_type(tmp_path: Path, kind: str) -> None:
+    path = make_special(tmp_path / "a.jpg", kind)
+    match = f"a.jpg: cannot read image file \\(not a regular file but {re.escape(SPECIAL_KINDS[kind])}"
+    with pytest.raises(DatasetError, match=match):
+        finishes_within(10, lambda: inspect_image_file(path))
 
 
 def test_decode_rgb_rejects_garbage() -> None:

@@ -1,6 +1,7 @@
-"""yolov2/data/paths.py: file names that are not UTF-8, and symlinks leading out of a dataset root.
+"""yolov2/data/paths.py: file names that are not UTF-8, special files, and symlinks leading out of a dataset root.
 
-References: the bytes the file system really holds (``os.listdir`` on bytes), and links made here.
+References: the bytes the file system really holds (``os.listdir`` on bytes), links and special files
+made here (their type known from how they were made), and ``stat``'s own mode constants.
 """
 
 from __future__ import annotations
@@ -12,14 +13,25 @@ from pathlib import Path
 import pyarrow as pa
 
 import pickle
+import stat
 
+import pytest
+
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.paths import (
+    NOT_REGULAR,
     OUTSIDE_ROOT,
+    NotRegularFileError,
     RootConfinement,
+    dataset_file_reason,
+    file_kind,
     is_utf8_text,
     not_utf8_reason,
+    open_regular,
     outside_root_reason,
     printable,
+    read_regular_file,
+    special_file_reason,
 )
 
 
@@ -97,3 +109,58 @@ def test_root_confinement_answers_exactly_as_outside_root_reason(tmp_path: Path)
         copy = pickle.loads(pickle.dumps(guard))
         assert copy.root == str(base) and copy._real_dirs == {}  # caches are not shipped to other nodes
     assert RootConfinement(root).outside_reason(root / "Annotations" / "b.jpg") is not None
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+def test_special_files_are_refused_by_type_without_being_opened(tmp_path: Path, kind: str) -> None:
+    path = make_special(tmp_path / "data" / "a.jpg", kind)
+    reason = special_file_reason(path)
+    assert reason is not None and reason.startswith(f"{path} is {NOT_REGULAR} but {SPECIAL_KINDS[kind]}: ")
+    # A FIFO with no writer blocks a plain open(); /dev/zero never ends: both must fail at once.
+    with pytest.raises(NotRegularFileError) as err:
+        finishes_within(10, lambda: read_regular_file(path))
+    assert SPECIAL_KINDS[kind] in err.value.strerror and err.value.filename == str(path)
+    assert isinstance(err.value, OSError)  # so every reader's "cannot read" branch reports it
+    assert dataset_file_reason(path, tmp_path / "data") == reason
+
+
+def test_regular_files_and_links_to_them_are_read(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 data")
+    os.symlink("a.jpg", tmp_path / "link.jpg")
+    for name in ("a.jpg", "link.jpg"):
+        assert special_file_reason(tmp_path / name) is None
+        assert read_regular_file(tmp_path / name) == b"\xff\xd8 data"
+    assert special_file_reason(tmp_path / "missing.jpg") is None  # the reader's open names a missing file
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(tmp_path / "missing.jpg")
+
+
+def test_a_fifo_swapped_in_after_the_check_is_caught_on_the_descriptor(tmp_path: Path, monkeypatch) -> None:
+    """The race: stat saw a regular file, then a FIFO took its place. The non-blocking open returns at
+    once and fstat refuses it."""
+    path = make_special(tmp_path / "a.xml", "fifo")
+    regular = os.stat(__file__)
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: regular)  # what a stat before the swap saw
+    with pytest.raises(NotRegularFileError, match="named pipe"):
+        finishes_within(10, lambda: open_regular(path))
+
+
+def test_file_kind_names_every_type_of_stat() -> None:
+    assert file_kind(stat.S_IFREG | 0o644) == "a regular file"
+    assert file_kind(stat.S_IFBLK | 0o660) == "a block device"  # no block device to make in a container
+    assert file_kind(stat.S_IFCHR | 0o666) == "a character device"
+    assert file_kind(stat.S_IFIFO | 0o644) == "a named pipe (FIFO)"
+    assert file_kind(stat.S_IFSOCK | 0o755) == "a socket"
+    assert file_kind(stat.S_IFDIR | 0o755) == "a directory"
+
+
+def test_the_type_is_checked_before_the_root(tmp_path: Path) -> None:
+    """A link out of the root to a device is named as a device; one to a regular file as outside."""
+    root = tmp_path / "root"
+    make_special(root / "zero.jpg", "dev_zero")
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "photo.jpg", root / "out.jpg")
+    for confine in (root, RootConfinement(root)):
+        assert "a character device" in dataset_file_reason(root / "zero.jpg", confine)
+        assert OUTSIDE_ROOT in dataset_file_reason(root / "out.jpg", confine)
+    assert dataset_file_reason(root / "out.jpg", None) is None

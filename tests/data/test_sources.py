@@ -1,7 +1,8 @@
 """yolov2/data/sources.py: what the shard stage lists, on small folders made here.
 
-Checks the listing's own rules (orphan YOLO labels counted, dangling links listed, every reader
-confined to the dataset root); the readers' parsing has its own tests.
+Checks the listing's own rules (orphan YOLO labels counted, dangling links and special files listed
+and rejected by type, every reader confined to the dataset root, an id listed twice rejected and fatal
+in strict mode, each item naming its annotation); the readers' parsing has its own tests.
 """
 
 from __future__ import annotations
@@ -95,3 +96,59 @@ def test_voc_and_coco_readers_are_confined_to_the_root(tmp_path: Path) -> None:
     os.symlink(tmp_path / "elsewhere.json", coco / "annotations" / "instances_val.json")
     with pytest.raises(DatasetError, match="instances_val.json: .*points outside the dataset root"):
         list_split_items({"format": "coco", "root": str(coco)}, "val", ["val"], None)
+
+
+def voc_root(tmp_path: Path, ids: list[str], split_text: str) -> Path:
+    voc = tmp_path / "voc"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        jpeg(voc / "JPEGImages" / f"{image_id}.jpg")
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>80</width><height>60</height></size>"
+            "</annotation>")
+    (voc / "ImageSets" / "Main" / "train.txt").write_text(split_text)
+    return voc
+
+
+def test_an_id_listed_twice_is_a_reject_and_stops_strict_mode(tmp_path: Path) -> None:
+    """Within one split file or across two specs of a split: every other reject stops strict mode, so this must."""
+    voc = voc_root(tmp_path, ["a 1", "b"], "a 1\nb\n a 1\t\n")
+    prepared = {"format": "voc", "root": str(voc)}
+    listing = list_split_items(prepared, "train", ["train"], ["dog"])
+    assert [Path(i.image_path).name for i in listing.items] == ["a 1.jpg", "b.jpg"]
+    (reject,) = listing.rejects
+    assert reject.level == "image" and reject.image_id == "a 1" and reject.source.endswith("Main/train.txt")
+    assert "'a 1' appears twice in split train" in reject.reason
+    with pytest.raises(DatasetError, match="train.txt: image id 'a 1' appears twice in split train"):
+        list_split_items(prepared, "train", ["train"], ["dog"], strict=True)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("a 1\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("b\na 1\n")
+    with pytest.raises(DatasetError, match="val.txt: image id 'a 1' appears twice in split train"):
+        list_split_items(prepared, "train", ["train", "val"], ["dog"], strict=True)
+
+
+def test_voc_items_name_their_annotation_and_per_class_lines_are_listing_rejects(tmp_path: Path) -> None:
+    voc = voc_root(tmp_path, ["a 1", "b"], "")
+    (voc / "ImageSets" / "Main" / "dog_train.txt").write_text("a 1  1\nb  -1\nc 5\n")
+    listing = list_split_items({"format": "voc", "root": str(voc)}, "train", ["dog_train"], ["dog"])
+    assert [i.annotation for i in listing.items] == [str(voc / "Annotations" / f"{i}.xml") for i in ("a 1", "b")]
+    (reject,) = listing.rejects
+    assert reject.source == f"{voc / 'ImageSets' / 'Main' / 'dog_train.txt'}:3" and reject.split == "train"
+    assert "line 3 'c 5' is not '<image id> <flag>'" in reject.reason
+
+
+def test_yolo_entries_that_are_not_regular_files_are_listed_and_rejected_by_type(tmp_path: Path) -> None:
+    from corpus.special import finishes_within, make_special
+
+    root = yolo_root(tmp_path)
+    make_special(root / "images" / "train" / "pipe.jpg", "fifo")
+    make_special(root / "images" / "train" / "folder.jpg", "directory")
+    make_special(root / "labels" / "train" / "y.txt", "fifo")
+    listing = list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)
+    results = finishes_within(10, lambda: loaded(listing))
+    assert sorted(results) == ["folder", "pipe", "x", "y"]  # none skipped silently
+    assert results["x"][0] is not None
+    for stem, kind in (("folder", "a directory"), ("pipe", "a named pipe (FIFO)"), ("y", "a named pipe (FIFO)")):
+        record, (reject,) = results[stem]
+        assert record is None and f"not a regular file but {kind}" in reject.reason, stem

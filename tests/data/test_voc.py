@@ -8,6 +8,7 @@ code under test.
 from __future__ import annotations
 
 import io
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from PIL import Image
 
 from yolov2.data.records import ImageRecord, Reject
-from yolov2.data.voc import VOC_CLASSES, read_voc, read_voc_item, write_voc, write_voc_annotation
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
+from yolov2.data.voc import VOC_CLASSES, read_voc, read_voc_item, voc_split_ids, write_voc, write_voc_annotation
 from yolov2.errors import DatasetError
 
 
@@ -301,14 +303,29 @@ def test_bad_object_is_a_box_level_reject(tmp_path: Path, obj, words: list[str])
         read_voc(root, "test", class_names=["dog"], strict=True)
 
 
-def test_missing_size_falls_back_to_the_image_header(tmp_path: Path) -> None:
-    root = make_root(tmp_path, [("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [GOOD_OBJ]))])
-    records, rejects = read_voc(root, "test", class_names=["dog"])
-    assert rejects == [] and (records[0].width, records[0].height) == (80, 60)
-    assert_accounted(1, records, rejects)
+@pytest.mark.parametrize("check_images", [True, False])
+def test_missing_or_zero_size_comes_from_the_image_header(tmp_path: Path, check_images: bool) -> None:
+    """Hand-labelled sets often lack <size>: the header gives it (even without check_images), and the
+    record says so; a box is clipped to the header's size."""
+    zero = xml_text("zero.jpg", (80, 60), [GOOD_OBJ]).replace("<width>80</width><height>60</height>",
+                                                              "<width>0</width><height>0</height>")
+    root = make_root(tmp_path, [
+        ("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [("dog", (11, 21, 90, 50), 0)])),
+        ("zero", jpeg(70, 50), zero),
+        ("sized", jpeg(80, 60), xml_text("sized.jpg", (80, 60), [GOOD_OBJ])),
+    ])
+    records, rejects = read_voc(root, "test", class_names=["dog"], check_images=check_images)
+    assert rejects == []
+    assert [(r.image_id, r.width, r.height, r.size_from_image) for r in records] == [
+        ("nosize", 80, 60, True), ("zero", 70, 50, True), ("sized", 80, 60, False)]
+    assert records[0].boxes.tolist() == [[10, 20, 80, 50]] and records[0].clipped_boxes == 1  # xmax 90 -> 80
+    assert_accounted(3, records, rejects)
+
+
+def test_missing_size_with_an_unreadable_image_names_the_image(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("cut", jpeg(80, 60)[:-600], xml_text("cut.jpg", None, [GOOD_OBJ]))])
     records, rejects = read_voc(root, "test", class_names=["dog"], check_images=False)
-    assert records == [] and len(rejects) == 1 and "<size>" in rejects[0].reason
-    assert_accounted(1, records, rejects)
+    assert records == [] and rejects[0].source.endswith("JPEGImages/cut.jpg") and "truncated JPEG" in rejects[0].reason
 
 
 def test_check_images_off_still_finds_missing_files_but_not_content(tmp_path: Path) -> None:
@@ -409,3 +426,82 @@ def test_image_id_that_is_not_utf8_is_a_named_reject(tmp_path: Path) -> None:
     assert_accounted(2, records, rejects)
     with pytest.raises(DatasetError, match=r"bad_\\xff"):
         read_voc(root, None, class_names=["dog"], strict=True)
+
+
+# --- special files, image ids, per-class files (issue 15) -------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+@pytest.mark.parametrize("where", ["Annotations", "JPEGImages"])
+def test_special_file_is_a_reject_naming_its_type_and_never_hangs(tmp_path: Path, where: str, kind: str) -> None:
+    """A FIFO, socket, device link or folder as the XML or the image: refused by type, unopened
+    (a FIFO would block the read for ever), with or without check_images and <size>."""
+    items = [("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ])),
+             ("odd", jpeg(80, 60), xml_text("odd.jpg", None, [GOOD_OBJ]))]
+    root = make_root(tmp_path, items)
+    path = make_special(root / where / ("odd.xml" if where == "Annotations" else "odd.jpg"), kind)
+    for check_images in (True, False):
+        records, rejects = finishes_within(10, lambda: read_voc(root, "test", ["dog"], check_images))
+        assert [r.image_id for r in records] == ["ok"]
+        (reject,) = rejects
+        assert reject.source == str(path) and reject.image_id == "odd" and reject.level == "image"
+        assert f"not a regular file but {SPECIAL_KINDS[kind]}" in reject.reason
+        assert_accounted(2, records, rejects)
+    with pytest.raises(DatasetError, match=f"odd.(xml|jpg) is not a regular file but {re.escape(SPECIAL_KINDS[kind])}"):
+        finishes_within(10, lambda: read_voc(root, "test", ["dog"], strict=True))
+
+
+def test_split_file_that_is_not_a_regular_file_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ]))])
+    make_special(root / "ImageSets" / "Main" / "test.txt", "fifo")
+    with pytest.raises(DatasetError, match=r"test.txt: cannot read split file \(not a regular file but a named pipe"):
+        finishes_within(10, lambda: read_voc(root, "test", ["dog"]))
+
+
+def test_split_file_ids_are_whole_lines_with_their_spaces_and_tabs(tmp_path: Path) -> None:
+    """``pair 01`` is one id, not ``pair``; a decoy ``pair.jpg`` of another size must not become the record."""
+    items = [("pair 01", jpeg(80, 60), xml_text("pair 01.jpg", (80, 60), [GOOD_OBJ])),
+             ("pair", jpeg(40, 30), xml_text("pair.jpg", (40, 30), [("dog", (1, 1, 9, 9), 0)])),
+             ("a  b\tc", jpeg(80, 60), xml_text("a  b\tc.jpg", (80, 60), [GOOD_OBJ])),
+             ("missing 01", None, None)]
+    root = make_root(tmp_path, items)
+    text = "\ufeffpair 01\r\n  a  b\tc \t\n\n missing 01\n"  # BOM, CRLF, padding, a blank line
+    (root / "ImageSets" / "Main" / "test.txt").write_text(text, encoding="utf-8")
+    assert voc_split_ids(root, "test") == (["pair 01", "a  b\tc", "missing 01"], [])
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert [(r.image_id, r.width, Path(r.path).name) for r in records] == [("pair 01", 80, "pair 01.jpg"),
+                                                                           ("a  b\tc", 80, "a  b\tc.jpg")]
+    (reject,) = rejects
+    assert reject.source.endswith("Annotations/missing 01.xml") and "annotation file is missing" in reject.reason
+    assert_accounted(3, records, rejects)
+
+
+def test_per_class_files_are_id_then_flag_and_other_lines_are_named_rejects(tmp_path: Path) -> None:
+    items = [(i, jpeg(80, 60), xml_text(f"{i}.jpg", (80, 60), [GOOD_OBJ])) for i in ("pair 01", "im1", "im2", "im3")]
+    root = make_root(tmp_path, items)
+    split_file = root / "ImageSets" / "Main" / "dog_test.txt"
+    split_file.write_text("pair 01  1\nim1 -1\nim2\t0\n\nim3 2\nim3\n")  # the devkit writes "%s %2d"
+    ids, line_rejects = voc_split_ids(root, "dog_test", ["cat", "dog"])
+    assert ids == ["pair 01", "im1", "im2"]
+    assert [(r.source, r.level, r.split) for r in line_rejects] == [
+        (f"{split_file}:5", "image", "dog_test"), (f"{split_file}:6", "image", "dog_test")]
+    assert "line 5 'im3 2' is not '<image id> <flag>'" in line_rejects[0].reason
+    assert "line 6 'im3' is not" in line_rejects[1].reason
+    records, rejects = read_voc(root, "dog_test", class_names=["dog"])
+    assert [r.image_id for r in records] == ids and rejects == line_rejects
+    assert_accounted(5, records, rejects)
+    with pytest.raises(DatasetError, match=r"dog_test.txt:5: line 5 'im3 2'"):
+        read_voc(root, "dog_test", class_names=["dog"], strict=True)
+    # Not a class name: a plain split file, one whole line per id.
+    assert voc_split_ids(root, "dog_test", ["cat"])[0] == ["pair 01  1", "im1 -1", "im2\t0", "im3 2", "im3"]
+    with pytest.raises(DatasetError, match=r"splits here: test\)"):  # per-class files are not offered as splits
+        read_voc(root, "nope", class_names=["dog"])
+
+
+def test_an_id_listed_twice_stops_strict_mode(tmp_path: Path) -> None:
+    root = make_root(tmp_path, [("a b", jpeg(80, 60), xml_text("a b.jpg", (80, 60), [GOOD_OBJ]))])
+    (root / "ImageSets" / "Main" / "test.txt").write_text("a b\n a b \n")
+    records, rejects = read_voc(root, "test", class_names=["dog"])
+    assert [r.image_id for r in records] == ["a b"] and "'a b' is listed more than once" in rejects[0].reason
+    with pytest.raises(DatasetError, match="test.txt: image id 'a b' is listed more than once"):
+        read_voc(root, "test", class_names=["dog"], strict=True)

@@ -94,6 +94,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_entities_are_refused_like_defusedxml(name: str) -> None:
     data = HOSTILE[name].encode()

@@ -5,12 +5,14 @@ Reference: the normalised -> pixel conversion written out in the test (x1 = (cx 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.data.voc import VOC_CLASSES, read_voc
 from yolov2.data.yolo_txt import read_names, read_yolo_txt, write_names, write_yolo_txt
@@ -224,3 +226,20 @@ def test_confine_to_rejects_image_or_label_linked_from_outside(tmp_path: Path) -
     assert 3 == len(records) + len(image_level(rejects))
     records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")  # not confined: links are followed
     assert len(records) == 3 and rejects == []
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
+def test_image_label_or_names_file_that_is_not_a_regular_file_is_refused_by_type(tmp_path: Path, kind: str) -> None:
+    image_dir, label_dir = make_yolo(tmp_path, {"a": GOOD, "b": GOOD, "c": GOOD})
+    image = make_special(image_dir / "b.jpg", kind)  # listed whatever its type, never skipped silently
+    label = make_special(label_dir / "c.txt", kind)
+    records, rejects = finishes_within(10, lambda: read_yolo_txt(image_dir, label_dir, ["x"], "val"))
+    assert [r.image_id for r in records] == ["a"]
+    assert [(r.image_id, r.source) for r in rejects] == [("b", str(image)), ("c", str(label))]
+    assert all(f"not a regular file but {SPECIAL_KINDS[kind]}" in r.reason for r in rejects)
+    assert 3 == len(records) + len(image_level(rejects))
+    with pytest.raises(DatasetError, match=f"b.jpg is not a regular file but {re.escape(SPECIAL_KINDS[kind])}"):
+        finishes_within(10, lambda: read_yolo_txt(image_dir, label_dir, ["x"], "val", strict=True))
+    names = make_special(tmp_path / "x.names", kind)
+    with pytest.raises(DatasetError, match="x.names: cannot read names file"):
+        finishes_within(10, lambda: read_names(names))

@@ -41,8 +41,8 @@ import numpy as np
 
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
-from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
-from yolov2.data.records import ImageRecord, Reject, sanitize_boxes
+from yolov2.data.paths import dataset_file_reason, not_utf8_reason, printable, read_regular_file
+from yolov2.data.records import ImageRecord, Reject, reject_message, sanitize_boxes
 from yolov2.errors import DatasetError
 
 RECORD_ID_KEY = "yolov2_image_id"
@@ -99,8 +99,7 @@ def load_coco_json(annotation_json: str | Path) -> dict:
     """The raw JSON of a COCO file, with the top-level keys checked; :class:`DatasetError` otherwise."""
     source = str(annotation_json)
     try:
-        with open(annotation_json, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_regular_file(annotation_json).decode("utf-8"))
     except FileNotFoundError as e:
         raise DatasetError(f"{source}: annotation file is missing") from e
     except json.JSONDecodeError as e:
@@ -140,14 +139,16 @@ def read_coco(
     ``record.image_id`` is the COCO image id as a decimal string (or the ``yolov2_image_id`` the
     writer stored); ``record.path`` is ``image_dir / file_name``. Labels follow the file's
     categories in id order, or ``class_names`` by name when given. ``check_images`` reads every
-    image header (format, size, truncation); a missing image file is rejected either way.
+    image header (format, size, truncation); a missing image file, or one that is not a regular
+    file, is rejected either way, and an image without ``width``/``height`` has its header read
+    anyway, for its size (``record.size_from_image``).
     ``confine_to``: a folder the JSON and every image file must resolve inside (symlinks followed).
     Images in (entries of ``images``) = ``len(records)`` + image-level rejects.
     """
     source = str(annotation_json)
-    outside = confine_to is not None and outside_root_reason(annotation_json, confine_to)
-    if outside:
-        raise DatasetError(f"{source}: {outside}")
+    unusable = dataset_file_reason(annotation_json, confine_to)
+    if unusable:
+        raise DatasetError(f"{source}: {unusable}")
     data = load_coco_json(annotation_json)
     categories = CocoCategories.from_json_categories(data["categories"], source)
     if class_names is None:
@@ -162,7 +163,7 @@ def read_coco(
 
     def problem(where: str, reason: str, level: Literal["image", "box"], image_id: Any = None) -> None:
         if strict:
-            raise DatasetError(f"{where}: {reason}")
+            raise DatasetError(reject_message(where, reason))
         iid = None if image_id is None else printable(str(image_id))  # a JSON string may hold lone surrogates
         rejects.append(Reject(source=where, reason=reason, level=level, image_id=iid, split=split))
 
@@ -380,27 +381,25 @@ def _image_record(
     image_id = record_id if isinstance(record_id, str) and record_id else str(coco_id)
     path = image_dir / img["file_name"]
     where = f"{source}: image {coco_id} ({img['file_name']})"
-    if not path.is_file():
+    if not path.exists():
         problem(where, f"image file is missing: {path}", "image", image_id)
         return None
-    outside = confine_to is not None and outside_root_reason(path, confine_to)
-    if outside:
-        problem(where, outside, "image", image_id)
+    unusable = dataset_file_reason(path, confine_to)
+    if unusable:
+        problem(where, unusable, "image", image_id)
         return None
     width, height = img.get("width"), img.get("height")
+    size_from_image = width is None or height is None
     info = None
-    if check_images:
+    if check_images or size_from_image:  # a missing width/height comes from the image header
         try:
             info = inspect_image_file(path, max_pixels)
         except DatasetError as e:
             problem(str(path), str(e).removeprefix(f"{path}: "), "image", image_id)
             return None
-    if width is None or height is None:
-        if info is None:
-            problem(where, "width/height missing (enable check_images to use the image header)", "image", image_id)
-            return None
+    if size_from_image:
         width, height = info.width, info.height
-    record = ImageRecord(image_id, split, str(path), width, height)
+    record = ImageRecord(image_id, split, str(path), width, height, size_from_image=size_from_image)
     if info is not None:
         reason = check_image_against_record(info, record, f"image {coco_id} of {Path(source).name}")
         if reason:

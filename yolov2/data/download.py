@@ -8,8 +8,9 @@ stale files, and archives are untrusted input. So:
   publishers give is computed while streaming and checked before the file is renamed into place. A
   bad file is moved aside to ``<file>.bad`` so a rerun fetches it again. A verified file is never
   fetched again (a small ``<file>.verified`` stamp saves re-hashing it).
-* :func:`extract` refuses members that would land outside the destination (absolute paths, ``..``,
-  links pointing outside, devices), via ``tarfile``'s ``"data"`` filter plus our own checks, and
+* :func:`extract` reads only a regular file (a FIFO would block it), and refuses members that would
+  land outside the destination (absolute paths, ``..``, links pointing outside) or are not regular
+  files, folders or links (devices, FIFOs), via ``tarfile``'s ``"data"`` filter plus our own checks, and
   checks every zip member's path; it extracts into a temporary folder inside the destination, moves
   the result into place, and writes a marker last so a rerun does nothing.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from yolov2.data.atomic import atomic_write_text
+from yolov2.data.paths import open_regular, read_regular_file, special_file_reason
 from yolov2.errors import ConfigError, DatasetError
 from yolov2.progress import BYTES_UNIT, Progress
 
@@ -141,8 +143,8 @@ def md5_file(path: str | Path, chunk_size: int = _CHUNK, *, progress: bool = Fal
 
 def _hash_into(hasher: "hashlib._Hash", path: Path, chunk_size: int, progress: bool) -> None:
     """Feed the file into ``hasher``; with ``progress``, progress lines (hashing 18 GB takes a while)."""
-    with open(path, "rb") as f, Progress("verify", path.stat().st_size, BYTES_UNIT, desc=path.name,
-                                         enabled=progress) as bar:
+    with open_regular(path) as f, Progress("verify", path.stat().st_size, BYTES_UNIT, desc=path.name,
+                                           enabled=progress) as bar:
         while chunk := f.read(chunk_size):
             hasher.update(chunk)
             bar.advance(len(chunk))
@@ -308,7 +310,7 @@ def _stamp_verified(final: Path, md5: str) -> None:
 def _is_verified(final: Path, md5: str) -> bool:
     """True when the stamp says this exact file (same size and mtime) was verified with ``md5``."""
     try:
-        stamp = json.loads(_stamp_path(final).read_text())
+        stamp = json.loads(read_regular_file(_stamp_path(final)))
         st = final.stat()
     except (OSError, ValueError):
         return False
@@ -329,6 +331,9 @@ def extract(archive_path: str | Path, dest: str | Path, *, progress: bool = Fals
     nothing is moved into ``dest``.
     """
     archive_path = Path(archive_path)
+    unusable = special_file_reason(archive_path)
+    if unusable:  # a FIFO would block the archive readers' open
+        raise DatasetError(f"cannot extract: {unusable}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     marker = dest / ".extracted" / f"{archive_path.name}.json"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from yolov2.data.paths import read_regular_file
 from yolov2.data.records import ImageRecord
 from yolov2.errors import DatasetError
 
@@ -58,6 +59,7 @@ class ImageInfo:
     mode: str  # PIL mode: L, RGB, CMYK, RGBA, P, I;16, ...
     exif_orientation: int | None  # 1..8 when the file has the tag, else None
     num_bytes: int
+    trailing_bytes: int = 0  # JPEG: bytes after its end-of-image marker, padding excluded (a motion photo's video)
 
 
 def inspect_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -65,19 +67,19 @@ def inspect_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS
 
     Raises :class:`DatasetError` naming ``source`` when the bytes are empty, not an image, of an
     unsupported format, larger than ``max_pixels`` (decompression-bomb guard; PIL's own hard limit,
-    twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies above that), or visibly truncated: a JPEG
-    must end with the end-of-image marker FF D9 and a PNG with its IEND chunk (trailing zero or
-    whitespace padding allowed), a WEBP/BMP must be as long as its header says.
+    twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies above that), or visibly incomplete: a JPEG
+    must hold a scan (SOS segment) with data and an end-of-image marker FF D9 after it (bytes after
+    that marker are allowed and counted in ``trailing_bytes``: phones append a video to "motion
+    photos"); a PNG must end with its IEND chunk (trailing zero or whitespace padding allowed), a
+    WEBP/BMP must be as long as its header says.
     """
     if not data:
         raise DatasetError(f"{source}: image file is empty (zero bytes)")
-    plain = _plain_jpeg_header(data)
+    plain = _plain_jpeg_frame(data)
     if plain is not None and plain[0] * plain[1] <= max_pixels:
-        width, height, mode = plain
-        problem = _truncation_problem("JPEG", data)
-        if problem:
-            raise DatasetError(f"{source}: truncated JPEG: {problem}")
-        return ImageInfo("JPEG", width, height, mode, None, len(data))
+        width, height, mode, scan = plain
+        trailing = _checked_jpeg_trailing_bytes(data, source, scan)
+        return ImageInfo("JPEG", width, height, mode, None, len(data), trailing)
     # Imported here: a shard task that only meets plain JPEGs never pays for loading PIL (or cv2).
     from PIL import Image, UnidentifiedImageError
 
@@ -104,16 +106,19 @@ def inspect_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS
             f"{source}: image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} "
             "(decompression-bomb guard; raise max_pixels if the image is genuine)"
         )
-    problem = _truncation_problem(fmt, data)
-    if problem:
-        raise DatasetError(f"{source}: truncated {fmt}: {problem}")
-    return ImageInfo(fmt, int(width), int(height), mode, orientation, len(data))
+    if fmt == "JPEG":
+        trailing = _checked_jpeg_trailing_bytes(data, source)
+    else:
+        trailing, problem = 0, _truncation_problem(fmt, data)
+        if problem:
+            raise DatasetError(f"{source}: truncated {fmt}: {problem}")
+    return ImageInfo(fmt, int(width), int(height), mode, orientation, len(data), trailing)
 
 
 def inspect_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """:func:`inspect_image` on a file; a missing or unreadable file is a :class:`DatasetError` too."""
+    """:func:`inspect_image` on a file; a missing, unreadable or special file is a :class:`DatasetError` too."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: image file is missing") from e
     except OSError as e:
@@ -133,7 +138,7 @@ def check_image_against_record(info: ImageInfo, record: ImageRecord, source: str
     if (info.width, info.height) != (int(record.width), int(record.height)):
         return (
             f"{source} gives the size {int(record.width)}x{int(record.height)} but the image "
-            f"{Path(path).name} is {info.width}x{info.height} (WxH)"
+            f"{Path(path).name} is {info.width}x{info.height} (WxH); correct the annotation's size or the image"
         )
     if _plain_suffix(path) in FORMAT_EXTENSIONS[info.format]:  # the common answer, without pathlib's cost
         return None
@@ -176,7 +181,13 @@ _LAYER_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 
 
 def _plain_jpeg_header(data: bytes) -> tuple[int, int, str] | None:
-    """(width, height, PIL mode) of a JPEG whose header PIL would read without a question, else None.
+    """(width, height, PIL mode) of a JPEG whose header PIL would read without a question, else None."""
+    frame = _plain_jpeg_frame(data)
+    return None if frame is None else frame[:3]
+
+
+def _plain_jpeg_frame(data: bytes) -> tuple[int, int, str, int] | None:
+    """:func:`_plain_jpeg_header` and the offset where its first scan's data starts (after the SOS segment).
 
     Why: :func:`inspect_image` runs once per image in the shard stage, and PIL's open costs more than
     reading the file. This walks the marker segments up to the scan with the same reads PIL does,
@@ -199,7 +210,7 @@ def _plain_jpeg_header(data: bytes) -> tuple[int, int, str] | None:
         if length < 2 or pos > end:
             return None
         if marker == 0xDA:  # start of scan: the header is complete
-            return frame
+            return None if frame is None else (*frame, pos)
         if marker in (0xC0, 0xC1, 0xC2):
             if frame is not None or length < 8 or data[body] != 8:
                 return None
@@ -266,11 +277,81 @@ def _exif_orientation(im: Image.Image) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def _checked_jpeg_trailing_bytes(data: bytes, source: str, scan: int | None = None) -> int:
+    """Bytes after the end of the JPEG's image (padding excluded); :class:`DatasetError` when it has none.
+
+    ``scan``: where the first scan's data starts, when the caller's header walk already knows it.
+    """
+    trailing, problem = _jpeg_trailing_bytes(data, scan)
+    if problem:
+        raise DatasetError(f"{source}: {problem}")
+    return trailing
+
+
+def _jpeg_trailing_bytes(data: bytes, scan: int | None = None) -> tuple[int, str | None]:
+    """(bytes after the first image's end-of-image marker, padding excluded; why there is no complete image).
+
+    Why not "ends with FF D9": a header followed straight by FF D9 passes that test and decodes to a
+    flat grey picture, while a photo with a video appended after its FF D9 (a "motion photo") fails
+    it. The image needs a scan: a complete SOS segment followed by entropy-coded data, then FF D9.
+    Inside the scans FF D9 cannot occur (a data byte FF is followed by 00, a restart marker by D0-D7),
+    so the first FF D9 after the first SOS ends the image. The usual file, which ends with its marker,
+    costs one walk over the header segments and no search through the scan.
+    """
+    if scan is None:
+        scan, problem = _jpeg_scan_start(data)
+        if problem:
+            return 0, problem
+    body = data.rstrip(_PADDING)
+    if body.endswith(_JPEG_EOI) and len(body) - 2 > scan:
+        return 0, None
+    end = data.find(_JPEG_EOI, scan)
+    if end < 0:
+        return 0, ("truncated JPEG: the data does not end with the JPEG end-of-image marker FF D9 after its "
+                   "image data (cut short); copy the file again from its source")
+    if end == scan:
+        return 0, ("JPEG has no image data: its scan (SOS segment) is followed directly by the end-of-image "
+                   "marker FF D9; the file holds only a header, replace it")
+    return max(0, len(body) - end - 2), None
+
+
+_JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD9)))  # TEM, RST0-7, SOI: markers without a length
+
+
+def _jpeg_scan_start(data: bytes) -> tuple[int, str | None]:
+    """(offset just after the first SOS segment, problem): walks the marker segments by their lengths.
+
+    Lenient where decoders are (bytes that are not a marker are skipped, as libjpeg does); the
+    problems are running out of data and an end-of-image marker before any scan.
+    """
+    pos, end = 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= end:
+                break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return 0, ("JPEG has no image data: the end-of-image marker FF D9 comes before any scan "
+                       "(SOS segment, FF DA); the file holds only a header, replace it")
+        elif marker in _JPEG_STANDALONE or marker == 0x00:
+            pos += 2
+        else:
+            if pos + 4 > end:
+                break
+            pos += 2 + max((data[pos + 2] << 8) | data[pos + 3], 2)
+            if pos > end:
+                break
+            if marker == 0xDA:
+                return pos, None
+    return 0, ("truncated JPEG: the data ends inside its header, before any image data (no complete SOS "
+               "segment); copy the file again from its source")
+
+
 def _truncation_problem(fmt: str, data: bytes) -> str | None:
-    if fmt == "JPEG":
-        if not data.rstrip(_PADDING).endswith(_JPEG_EOI):
-            return "the data does not end with the JPEG end-of-image marker FF D9 (cut short, or junk after it)"
-    elif fmt == "PNG":
+    if fmt == "PNG":
         if not data.rstrip(_PADDING).endswith(_PNG_IEND):
             return "the data does not end with the PNG IEND chunk"
     elif fmt == "WEBP":

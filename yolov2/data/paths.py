@@ -1,10 +1,17 @@
-"""File names and paths from untrusted datasets: text that is not UTF-8, and symlinks out of the root.
+"""File names and paths from untrusted datasets: text that is not UTF-8, special files, symlinks out of the root.
 
 Why: records, rejects, shard JSON and Parquet are UTF-8 text. On Linux a file name is bytes, and
 Python hands a byte that is not UTF-8 over as a lone surrogate (``b"\\xff"`` -> ``"\\udcff"``, PEP 383;
 a JSON ``"\\udcff"`` escape gives the same); such a string cannot be encoded, so it would crash the
 JSON / Arrow writers far from the file that caused it. Readers reject such a file by name instead,
 shown with :func:`printable` (``bad_\\xff.jpg``).
+
+Only regular files are opened. A named pipe blocks its reader until something writes to it, a
+character device such as ``/dev/zero`` never ends, a socket cannot be read at all: any of them in a
+dataset folder would hang or exhaust the stage instead of failing. So every reader asks
+:func:`dataset_file_reason` (type, then confinement; a ``stat``, never an ``open``) and reads through
+:func:`open_regular` / :func:`read_regular_file`, which check the file type before opening and again
+on the opened descriptor; anything else is refused with its type named.
 
 A dataset folder may hold symbolic links. One that leads out of the dataset root (for example
 ``JPEGImages/a.jpg -> /home/me/.ssh/id_rsa``) would copy an unrelated file into shards that are
@@ -14,10 +21,90 @@ inside it. Links that stay inside the root are fine.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 OUTSIDE_ROOT = "points outside the dataset root"
+NOT_REGULAR = "not a regular file"
+
+# st_mode tests and the names a message gives them (a regular file has none: it is the one allowed).
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+class NotRegularFileError(OSError):
+    """A file that is not a regular file was about to be opened; ``strerror`` names its type.
+
+    An ``OSError``, so a reader's ``except OSError`` (cannot read the file) reports it without a
+    branch of its own.
+    """
+
+    def __init__(self, path: str | Path, mode: int) -> None:
+        super().__init__(errno.EINVAL, not_regular_reason(mode), str(path))
+
+
+def file_kind(mode: int) -> str:
+    """The kind of file an ``st_mode`` describes: "a regular file", "a named pipe (FIFO)", ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _FILE_KINDS if test(mode)), f"a special file (mode {stat.filemode(mode)})")
+
+
+def not_regular_reason(mode: int) -> str:
+    """Why a file of this ``st_mode`` is refused (the caller checked it is not a regular file)."""
+    return (
+        f"{NOT_REGULAR} but {file_kind(mode)}: only regular files are read (a pipe or device can block the "
+        "reader or never end); put the file itself here"
+    )
+
+
+def special_file_reason(path: str | Path) -> str | None:
+    """Why ``path`` (symlinks followed) may not be opened, naming it and its type; None for a regular file.
+
+    One ``stat``, nothing is opened. A path that cannot be stat-ed (missing, dangling link, no
+    permission) is None too: the reader's own open reports that with its usual message.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
+        return None
+    return None if stat.S_ISREG(mode) else f"{printable(path)} is {not_regular_reason(mode)}"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for binary reading; :class:`NotRegularFileError` for anything else.
+
+    The type is checked with ``stat`` before the open, so a FIFO or device is never opened, and
+    again on the descriptor, for a file swapped in between: ``O_NONBLOCK`` makes that open return at
+    once even for a FIFO (it changes nothing for a regular file). Missing files raise
+    ``FileNotFoundError`` as ``open`` does.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`)."""
+    with open_regular(path) as f:
+        return f.read()
 
 
 def printable(text: str | Path) -> str:
@@ -63,6 +150,20 @@ def outside_root_reason(path: str | Path, root: str | Path) -> str | None:
         f"{printable(path)} {OUTSIDE_ROOT} {printable(real_root)}: a symbolic link leads to {printable(real)}; "
         "copy the file into the dataset instead"
     )
+
+
+def dataset_file_reason(path: str | Path, confine_to: "str | Path | RootConfinement | None") -> str | None:
+    """Why a dataset file may not be read, checked before opening it; None when it may.
+
+    Not a regular file (its type named), or, given ``confine_to``, resolving outside that root. The
+    type comes first: a link to ``/dev/zero`` is refused as a device, which says more than "outside".
+    """
+    reason = special_file_reason(path)
+    if reason or confine_to is None:
+        return reason
+    if isinstance(confine_to, RootConfinement):
+        return confine_to.outside_reason(path)
+    return outside_root_reason(path, confine_to)
 
 
 class RootConfinement:

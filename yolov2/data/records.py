@@ -78,6 +78,9 @@ class ImageRecord:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     clipped_boxes: int = 0
+    # The annotation gave no usable size, so width/height are the image header's. Not stored (the
+    # record is the same either way): the shard stage counts these repairs in its stats.
+    size_from_image: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -193,8 +196,14 @@ def reject_or_raise(
 ) -> Reject:
     """A reader's answer to a problem: a :class:`Reject`, or with ``strict`` a :class:`DatasetError` naming the file."""
     if strict:
-        raise DatasetError(f"{source}: {reason}")
+        raise DatasetError(reject_message(source, reason))
     return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
+
+
+def reject_message(source: str, reason: str) -> str:
+    """``source: reason``, the text of a reject raised as an error; just ``reason`` when it already starts
+    with the file's name (a reason such as "<path> points outside the dataset root" names it itself)."""
+    return reason if reason.startswith(f"{source} ") else f"{source}: {reason}"
 
 
 def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:

@@ -23,8 +23,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image
-from yolov2.data.records import ImageRecord, Reject
+from yolov2.data.images import DEFAULT_MAX_PIXELS, ImageInfo, check_image_against_record, inspect_image
+from yolov2.data.paths import read_regular_file
+from yolov2.data.records import ImageRecord, Reject, reject_message
 from yolov2.errors import DatasetError
 
 BLOCK = 512
@@ -144,11 +145,14 @@ class ShardItem:
 
     ``load`` is a picklable callable (a ``functools.partial`` of a reader's per-image function)
     returning ``(record, box_rejects)``, or ``(None, [image_reject])`` when the image is unusable.
+    ``annotation`` names where the record's size comes from (a VOC XML, a COCO file's entry, a YOLO
+    image itself), so that an image disagreeing with it names both; empty: the image.
     """
 
     key: str
     image_path: str
     load: Callable[[], tuple[ImageRecord | None, list[Reject]]]
+    annotation: str = ""
 
     def source_bytes(self) -> int:
         try:
@@ -168,13 +172,17 @@ class ShardOptions:
 
 @dataclass
 class ShardOutcome:
-    """What a shard task reports back: the records it wrote (in order), their keys, and its rejects."""
+    """What a shard task reports back: the records it wrote (in order), their keys, its rejects, and
+    the images kept after a repair: sized from the image header (the annotation gave no size), and
+    JPEGs with bytes after their end marker (motion photos; the bytes are kept as they are)."""
 
     records: list[ImageRecord] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     bytes_written: int = 0
     reencoded: int = 0
+    sizes_from_image: int = 0
+    trailing_data: int = 0
 
 
 def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions, shard_name: str = "") -> ShardOutcome:
@@ -190,7 +198,10 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
             outcome.rejects.extend(rejects)
             if record is None:
                 continue
-            problem, data = _read_checked_image(record.path, record, options.max_pixels)
+            problem, info, data = _read_image(record.path, options.max_pixels)
+            where = record.path  # the file actually read: a VOC image found through <filename> is not item.image_path
+            if problem is None and (mismatch := check_image_against_record(info, record, item.annotation or where)):
+                problem, where = mismatch, item.annotation or where  # named from the annotation, as the readers do
             if problem is None:
                 try:
                     data, record, changed = _maybe_reencode(data, record, options)
@@ -198,33 +209,32 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
                 except DatasetError as e:
                     problem = str(e)
             if problem is not None:
-                # Name the file actually read: a VOC image found through <filename> is not item.image_path.
-                where = record.path
                 problem = problem.removeprefix(f"{where}: ")
                 if options.strict:
-                    raise DatasetError(f"{where}: {problem}")
+                    raise DatasetError(reject_message(where, problem))
                 outcome.rejects.append(Reject(where, problem, "image", record.image_id, record.split))
                 continue
             writer.write_sample(item.key, data, record)
             outcome.records.append(record)
             outcome.keys.append(item.key)
+            outcome.sizes_from_image += record.size_from_image
+            outcome.trailing_data += info.trailing_bytes > 0
     outcome.bytes_written = writer.bytes_written
     return outcome
 
 
-def _read_checked_image(path: str, record: ImageRecord, max_pixels: int) -> tuple[str | None, bytes]:
+def _read_image(path: str, max_pixels: int) -> tuple[str | None, ImageInfo | None, bytes]:
+    """(problem, header info, bytes) of an image file: a problem when it cannot be read or inspected."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular_file(path)
     except FileNotFoundError:
-        return "image file is missing", b""
+        return "image file is missing", None, b""
     except OSError as e:
-        return f"image file cannot be read ({e.strerror})", b""
+        return f"image file cannot be read ({e.strerror})", None, b""
     try:
-        info = inspect_image(data, path, max_pixels)
+        return None, inspect_image(data, path, max_pixels), data
     except DatasetError as e:
-        return str(e), b""
-    return check_image_against_record(info, record, path), data
+        return str(e), None, b""
 
 
 def _maybe_reencode(data: bytes, record: ImageRecord, options: ShardOptions) -> tuple[bytes, ImageRecord, bool]:

@@ -13,7 +13,9 @@ loader that a shard task calls, so annotation parsing runs in parallel with the 
 
 Every reader is confined to the dataset root: an annotation, label or image file that resolves
 outside it through a symlink is rejected ("points outside the dataset root"), so a dataset folder
-cannot pull unrelated files into shared shards. For YOLO, a label file without an image is an
+cannot pull unrelated files into shared shards; one that is not a regular file (a FIFO, a socket, a
+device, a folder) is rejected by its type, unopened. With ``strict`` every reject is an error, an id
+listed twice in a split included. For YOLO, a label file without an image is an
 image-level reject (counted as an input), as :func:`yolov2.data.yolo_txt.read_yolo_txt` does.
 """
 
@@ -26,12 +28,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from yolov2.data.coco import read_coco, read_coco_categories
-from yolov2.data.records import ImageRecord, Reject
+from yolov2.data.records import ImageRecord, Reject, reject_or_raise
 from yolov2.data.shards import ShardItem
 from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
 from yolov2.data.yolo_txt import orphan_label_rejects, read_names, read_yolo_item
 from yolov2.data.images import IMAGE_EXTENSIONS
-from yolov2.data.paths import RootConfinement, outside_root_reason, printable
+from yolov2.data.paths import RootConfinement, dataset_file_reason, printable
 from yolov2.errors import DatasetError
 
 
@@ -64,14 +66,19 @@ def list_split_items(
     return listing
 
 
-def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: str | Path, load, source: str, split: str) -> None:
+def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: str | Path, load, source: str, split: str,
+         strict: bool, annotation: str) -> None:
+    """List one image; a second one with the same id is an image-level reject (``strict``: an error).
+
+    ``source``: the file that lists the image; ``annotation``: the one its size and boxes come from.
+    """
     if image_id in seen:
         image_id = printable(image_id)  # a YOLO stem is a file name: maybe not UTF-8
-        reason = f"image id {image_id} appears twice in split {split}"
-        listing.rejects.append(Reject(printable(source), reason, "image", image_id, split))
+        reason = f"image id {image_id!r} appears twice in split {split}; remove the second entry"
+        listing.rejects.append(reject_or_raise(printable(source), reason, "image", image_id, split, strict))
         return
     seen.add(image_id)
-    listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load))
+    listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load, annotation))
 
 
 def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
@@ -83,9 +90,13 @@ def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool,
     # task resolves the dataset folders once instead of once per file.
     confine, names_tuple = RootConfinement(root), tuple(names)
     image_dir = os.path.join(voc_root, "JPEGImages")  # strings: pathlib per item cost more than the listing
-    for image_id in voc_split_ids(voc_root, imageset):
+    ann_dir = os.path.join(voc_root, "Annotations")
+    ids, line_rejects = voc_split_ids(voc_root, imageset, names_tuple, strict, record_split=split)
+    listing.rejects.extend(line_rejects)
+    for image_id in ids:
         load = functools.partial(read_voc_item, voc_root, image_id, split, names_tuple, False, strict, confine_to=confine)
-        _add(listing, seen, image_id, os.path.join(image_dir, f"{image_id}.jpg"), load, source, split)
+        _add(listing, seen, image_id, os.path.join(image_dir, f"{image_id}.jpg"), load, source, split, strict,
+             os.path.join(ann_dir, f"{image_id}.xml"))
 
 
 def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
@@ -94,9 +105,9 @@ def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
 
 def _list_coco(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
     annotation = root / "annotations" / f"instances_{spec}.json"
-    outside = outside_root_reason(annotation, root)
-    if outside:  # checked before anything reads the file
-        raise DatasetError(f"{annotation}: {outside}")
+    unusable = dataset_file_reason(annotation, root)
+    if unusable:  # checked before anything reads the file
+        raise DatasetError(f"{annotation}: {unusable}")
     if not names:
         names = list(read_coco_categories(annotation).names)
     listing.class_names = names
@@ -104,7 +115,8 @@ def _list_coco(root: Path, spec: str, split: str, names: list[str], strict: bool
                                  confine_to=root)
     listing.rejects.extend(rejects)
     for record in records:
-        _add(listing, seen, record.image_id, Path(record.path), functools.partial(_ready, record), str(annotation), split)
+        _add(listing, seen, record.image_id, Path(record.path), functools.partial(_ready, record), str(annotation),
+             split, strict, f"{annotation}: image {record.image_id}")
 
 
 def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
@@ -114,14 +126,12 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
     image_dir, label_dir = root / "images" / spec, root / "labels" / spec
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: YOLO image folder not found (expected images/{spec}/ and labels/{spec}/)")
-    # Symlinks are listed even when dangling, so the reader names them (missing, or outside the root).
-    images = sorted(
-        p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink())
-    )
+    # Every entry is listed, whatever its type (a dangling link, a FIFO, a folder), so the reader names it.
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     for path in images:
         load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict,
                                  confine_to=root)
-        _add(listing, seen, path.stem, path, load, str(image_dir), split)
+        _add(listing, seen, path.stem, path, load, str(path), split, strict, str(path))
     listing.rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in images}, split, strict))
 
 

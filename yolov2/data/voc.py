@@ -14,14 +14,19 @@ XML files are untrusted: :mod:`yolov2.data.voc_xml` parses them with defusedxml'
 declarations and external references are refused, not expanded, so a "billion laughs" file is a
 reject, not an out-of-memory), streaming, without building a tree.
 
-Rejects: a problem with the whole image (missing file, malformed XML, size disagreement, truncated
-image, ...) is an image-level :class:`Reject`; a bad object (unknown class name, missing or
-non-numeric coordinates, zero-area / inverted / non-finite / entirely-outside box) is a box-level
-one and the image is kept without it. Unknown class names are box-level because the usual cause
-is reading a dataset with a subset of its classes: the other objects of the image are still good.
-Boxes partly outside the image are clipped and counted in ``record.clipped_boxes``. An image id that
-is not valid UTF-8, and (given ``confine_to``) a file that resolves outside that folder through a
-symlink, are image-level rejects too (:mod:`yolov2.data.paths`).
+Image ids: ``ImageSets/Main/<split>.txt`` has one id per line (the whole line: an id may hold
+spaces), a per-class file ``<class>_<split>.txt`` the id and a flag -1, 0 or 1 (:func:`voc_split_ids`).
+A missing or zero ``<size>`` is taken from the image header (``record.size_from_image``).
+
+Rejects: a problem with the whole image (missing file, a file that is not a regular file, malformed
+XML, size disagreement, truncated image, ...) is an image-level :class:`Reject`; a bad object
+(unknown class name, missing or non-numeric coordinates, zero-area / inverted / non-finite /
+entirely-outside box) is a box-level one and the image is kept without it. Unknown class names are
+box-level because the usual cause is reading a dataset with a subset of its classes: the other
+objects of the image are still good. Boxes partly outside the image are clipped and counted in
+``record.clipped_boxes``. An image id that is not valid UTF-8, and (given ``confine_to``) a file
+that resolves outside that folder through a symlink, are image-level rejects too
+(:mod:`yolov2.data.paths`).
 ``strict=True`` raises :class:`DatasetError` at the first problem instead.
 """
 
@@ -31,6 +36,7 @@ import dataclasses
 import math
 import os
 import pyexpat
+import re
 import shutil
 import xml.etree.ElementTree as std_et
 from dataclasses import dataclass, field
@@ -41,7 +47,7 @@ import numpy as np
 
 from yolov2.data.atomic import atomic_copy, atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
-from yolov2.data.paths import RootConfinement, not_utf8_reason, printable
+from yolov2.data.paths import RootConfinement, dataset_file_reason, not_utf8_reason, printable, read_regular_file
 from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_box
 from yolov2.data.voc_xml import XmlRefused, parse_voc_texts
 from yolov2.errors import DatasetError
@@ -72,6 +78,9 @@ VOC_CLASSES: tuple[str, ...] = (
 
 ALL_SPLIT = "all"  # record.split when every XML is read (split=None)
 
+_LINE_SPACE = " \t\r\v\f"  # what surrounds an id on its line (ASCII whitespace; "\n" ends the line)
+_PER_CLASS_LINE = re.compile(r"(\S(?:.*\S)?)[ \t]+(-1|0|1)")  # <image id> <flag>, the id possibly with spaces
+
 
 @dataclass
 class VocObject:
@@ -97,8 +106,7 @@ class VocAnnotation:
 def parse_voc_xml(path: str | Path) -> VocAnnotation:
     """Parse one VOC annotation file safely; raises :class:`DatasetError` naming the file."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular_file(path)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: annotation file is missing") from e
     except OSError as e:
@@ -120,8 +128,26 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
     return VocAnnotation(filename, width, height, [_parse_object(obj) for obj in texts.objects])
 
 
-def voc_split_ids(root: str | Path, split: str | None) -> list[str]:
-    """Image ids of ``ImageSets/Main/<split>.txt`` in file order, or of every XML (sorted) if None."""
+def voc_split_ids(
+    root: str | Path,
+    split: str | None,
+    class_names: Sequence[str] = VOC_CLASSES,
+    strict: bool = False,
+    record_split: str | None = None,
+) -> tuple[list[str], list[Reject]]:
+    """Image ids of ``ImageSets/Main/<split>.txt`` in file order (or of every XML, sorted, if None), and
+    an image-level reject for each line that is not an entry (``strict``: a :class:`DatasetError`).
+
+    Each of the devkit's two formats by its own rule, so an id may hold spaces (``pair 01``):
+
+    - a split file ``<split>.txt``: one id per line, the whole line without its surrounding whitespace;
+    - a per-class file ``<class>_<split>.txt`` (``<class>`` one of ``class_names``): the id, whitespace,
+      then a flag -1, 0 or 1. It lists every image of the split (the flag says whether the class is in
+      it), so every id is read; a line without such a flag is rejected, quoted, as ``file:line``.
+
+    Lines are split on ``\\n`` only: ``str.splitlines`` would also cut an id at a form feed or U+2028.
+    ``record_split`` names the split in the rejects (default ``split``).
+    """
     root = Path(root)
     ann_dir = root / "Annotations"
     if not ann_dir.is_dir():
@@ -130,18 +156,38 @@ def voc_split_ids(root: str | Path, split: str | None) -> list[str]:
             "Annotations/ ImageSets/, e.g. VOCdevkit/VOC2007)"
         )
     if split is None:
-        return sorted(p.stem for p in ann_dir.iterdir() if p.suffix == ".xml")
+        return sorted(p.stem for p in ann_dir.iterdir() if p.suffix == ".xml"), []
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        main = root / "ImageSets" / "Main"
-        have = sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem) if main.is_dir() else []
-        raise DatasetError(f"{split_file}: split file not found (splits here: {', '.join(have) or 'none'})")
     try:
-        text = split_file.read_text(encoding="utf-8-sig")
+        text = read_regular_file(split_file).decode("utf-8-sig")
+    except FileNotFoundError as e:
+        main = root / "ImageSets" / "Main"
+        listed = sorted(p.stem for p in main.glob("*.txt")) if main.is_dir() else []
+        have = [stem for stem in listed if not _is_per_class(stem, class_names)]
+        raise DatasetError(f"{split_file}: split file not found (splits here: {', '.join(have) or 'none'})") from e
+    except OSError as e:
+        raise DatasetError(f"{split_file}: cannot read split file ({e.strerror})") from e
     except UnicodeDecodeError as e:
         raise DatasetError(f"{split_file}: not UTF-8 text ({e})") from e
-    # Per-class files ("id  1") share the format; the first token is the id.
-    return [line.split()[0] for line in text.splitlines() if line.strip()]
+    per_class = _is_per_class(split, class_names)
+    ids: list[str] = []
+    rejects: list[Reject] = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        entry = line.strip(_LINE_SPACE)
+        if not entry:
+            continue
+        if not per_class:
+            ids.append(entry)
+            continue
+        match = _PER_CLASS_LINE.fullmatch(entry)
+        if match:
+            ids.append(match.group(1))
+            continue
+        reason = (f"line {n} {entry!r} is not '<image id> <flag>' (flag -1, 0 or 1), the format of the "
+                  f"per-class file {split_file.name} (<class>_<split>.txt); fix or remove the line, or rename a "
+                  "file of plain ids")
+        rejects.append(reject_or_raise(f"{split_file}:{n}", reason, "image", None, record_split or split, strict))
+    return ids, rejects
 
 
 def read_voc(
@@ -157,7 +203,8 @@ def read_voc(
 
     ``split=None`` reads every XML in ``Annotations/`` and labels the records ``split="all"``.
     Labels index ``class_names`` (default: the 20 VOC classes in Darknet's order).
-    ``check_images`` reads each image header (format, size, truncation; no pixel decode).
+    ``check_images`` reads each image header (format, size, truncation; no pixel decode); an image
+    whose ``<size>`` is missing or not positive has its header read anyway, for its size.
     ``confine_to``: a folder every XML and image must resolve inside (symlinks followed); others
     are image-level rejects (see :mod:`yolov2.data.paths`). The shard stage passes the dataset root.
     Images in = ``len(records)`` + image-level rejects; an id listed twice is rejected once.
@@ -168,13 +215,14 @@ def read_voc(
     if confine_to is not None and not isinstance(confine_to, RootConfinement):
         confine_to = RootConfinement(confine_to)  # one per call: each folder is resolved once
     records: list[ImageRecord] = []
-    rejects: list[Reject] = []
     seen: set[str] = set()
     split_file = str(root / "ImageSets" / "Main" / f"{split}.txt") if split else str(root / "Annotations")
-    for image_id in voc_split_ids(root, split):
+    ids, rejects = voc_split_ids(root, split, class_names, strict)
+    for image_id in ids:
         if image_id in seen:
             rejects.append(
-                reject_or_raise(split_file, f"image id {image_id} is listed more than once", "image", image_id, split, strict)
+                reject_or_raise(split_file, f"image id {image_id!r} is listed more than once", "image", image_id, split,
+                                strict)
             )
             continue
         seen.add(image_id)
@@ -200,6 +248,8 @@ def read_voc_item(
     """Read one image's annotation (the unit the shard stage parallelises).
 
     Returns ``(record, box_rejects)`` for a usable image, or ``(None, [one image-level reject])``.
+    Without ``check_images`` the image is still read when ``<size>`` is missing or not positive: its
+    header gives the size (``record.size_from_image``), as hand-labelled sets often lack ``<size>``.
     ``confine_to``: as in :func:`read_voc`; pass one :class:`RootConfinement` to many calls (the
     shard stage does) so that its folders are resolved once.
     """
@@ -220,9 +270,9 @@ def read_voc_item(
         return None, [reject_or_raise(printable(source), bad_text, "image", printable(image_id), split_name, strict)]
     if not _is_plain_name(image_id):
         return image_reject(source, f"image id {image_id!r} is not a plain file name")
-    outside = confine_to is not None and confine_to.outside_reason(xml_path)
-    if outside:
-        return image_reject(source, outside)
+    unusable = dataset_file_reason(xml_path, confine_to)
+    if unusable:
+        return image_reject(source, unusable)
     try:
         ann = parse_voc_xml(xml_path)
     except DatasetError as e:
@@ -230,22 +280,21 @@ def read_voc_item(
     image_path = _image_path(root, image_id, ann.filename)
     if image_path is None:
         return image_reject(source, f"image file is missing: {os.path.join(root, 'JPEGImages', image_id + '.jpg')}")
-    outside = confine_to is not None and confine_to.outside_reason(image_path)
-    if outside:
-        return image_reject(image_path, outside)
+    unusable = dataset_file_reason(image_path, confine_to)
+    if unusable:
+        return image_reject(image_path, unusable)
 
     width, height = ann.width, ann.height
+    size_from_image = width is None or height is None  # hand-labelled sets often lack <size>
     info = None
-    if check_images:
+    if check_images or size_from_image:
         try:
             info = inspect_image_file(image_path, max_pixels)
         except DatasetError as e:
             return image_reject(image_path, _reason(e, image_path))
-    if width is None or height is None:
-        if info is None:
-            return image_reject(source, "<size> is missing or not positive integers (enable check_images to use the image header)")
+    if size_from_image:
         width, height = info.width, info.height
-    record = ImageRecord(image_id, split_name, image_path, width, height)
+    record = ImageRecord(image_id, split_name, image_path, width, height, size_from_image=size_from_image)
     if info is not None:
         problem = check_image_against_record(info, record, source)
         if problem:
@@ -417,14 +466,25 @@ def _is_plain_name(name: str) -> bool:
 
 
 def _image_path(root: str, image_id: str, filename: str | None) -> str | None:
+    """``JPEGImages/<id>.jpg``, else the XML's ``<filename>`` there; None when neither exists.
+
+    Any existing file counts, not only regular ones: a FIFO or folder in its place is then refused
+    by its type, not reported as missing.
+    """
     candidate = os.path.join(root, "JPEGImages", f"{image_id}.jpg")
-    if os.path.isfile(candidate):
+    if os.path.exists(candidate):
         return candidate
     if filename and _is_plain_name(filename):
         candidate = os.path.join(root, "JPEGImages", filename)
-        if os.path.isfile(candidate):
+        if os.path.exists(candidate):
             return candidate
     return None
+
+
+
+def _is_per_class(split: str, class_names: Sequence[str]) -> bool:
+    """Whether ``ImageSets/Main/<split>.txt`` is a per-class file ``<class>_<imageset>.txt``."""
+    return any(split.startswith(f"{name}_") and len(split) > len(name) + 1 for name in class_names)
 
 
 def _place_image(src: Path, dst: Path, how: str) -> None:

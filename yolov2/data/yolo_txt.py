@@ -36,7 +36,7 @@ import numpy as np
 
 from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_image_against_record, inspect_image_file
-from yolov2.data.paths import not_utf8_reason, outside_root_reason, printable
+from yolov2.data.paths import dataset_file_reason, not_utf8_reason, printable, read_regular_file
 from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_boxes
 from yolov2.errors import DatasetError
 
@@ -46,7 +46,7 @@ EDGE_TOLERANCE = 1e-5  # normalised units; the writer's 6 decimals are off by at
 def read_names(path: str | Path) -> list[str]:
     """Class names, one per line (blank lines ignored), as in Darknet's ``voc.names``."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = read_regular_file(path).decode("utf-8-sig")
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: names file is missing") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -88,7 +88,8 @@ def read_yolo_txt(
     if images is None:
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir}: image folder not found")
-        paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        # Every entry, whatever its type: a FIFO or folder named like an image is rejected by name, not skipped.
+        paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in paths}, split, strict))
     else:
         paths = [image_dir / p for p in images]
@@ -131,18 +132,18 @@ def read_yolo_item(
     """One image and its label file: ``(record, box_rejects)`` or ``(None, [image-level reject])``.
 
     ``confine_to``: when given, an image or label file that resolves (symlinks followed) outside this
-    folder is an image-level reject; the shard stage passes the dataset root.
+    folder is an image-level reject; the shard stage passes the dataset root. An image or label file
+    that is not a regular file (a FIFO, a device, ...) is one too, and is never opened.
     """
     image_path, label_path = Path(image_path), Path(label_path)
     image_id = image_path.stem
     bad_text = not_utf8_reason("image path", image_path)
     if bad_text:
         return None, [reject_or_raise(printable(image_path), bad_text, "image", printable(image_id), split, strict)]
-    if confine_to is not None:
-        for path in (image_path, label_path):
-            outside = outside_root_reason(path, confine_to)
-            if outside:
-                return None, [reject_or_raise(str(path), outside, "image", image_id, split, strict)]
+    for path in (image_path, label_path):
+        unusable = dataset_file_reason(path, confine_to)
+        if unusable:
+            return None, [reject_or_raise(str(path), unusable, "image", image_id, split, strict)]
     try:
         info = inspect_image_file(image_path, max_pixels)
     except DatasetError as e:
@@ -153,7 +154,7 @@ def read_yolo_item(
     if problem:  # sizes agree by construction: only the extension can be wrong here
         return None, [reject_or_raise(str(image_path), problem, "image", image_id, split, strict)]
     try:
-        text = label_path.read_text(encoding="utf-8-sig")
+        text = read_regular_file(label_path).decode("utf-8-sig")
     except FileNotFoundError:
         return record, []  # no label file: an image with no objects
     except (OSError, UnicodeDecodeError) as e:
