@@ -7,15 +7,22 @@ instance with 2 CPUs:
 - one ``prepare`` (``data.root``) + ``shard`` run per layout, every case its own split: what happened
   to each case (kept, converted, clipped, rejected at image or box level, or an error for a whole
   file) and whether records in = records sharded + records rejected held for it;
-- every case again with ``data.strict=true`` (one run per case): an error naming the file, or accepted.
+- every case again with ``data.strict=true`` (one run per case): an error naming the file, or accepted;
+  strict mode must stop exactly on the cases the non-strict run rejected anything of.
 
-Each observation is compared with the case's expected outcome. ``fault_scenarios`` runs the tests
-marked ``fault`` (killed shard task and Ray worker, killed training worker, killed driver, MLflow down,
-disk full or read-only, ...; slow ones included) in a pytest subprocess and reports each scenario by
-name: survived (its test passed), null where it was skipped (with the reason), and its time. The JSON states the
-CPU's kind (``cpu_capability``, ``native_bf16``) and the Ray CPUs of the corpus runs (``threads``).
+Each observation is compared with the case's expected outcome; ``input_defects`` counts the cases of
+each input defect class (special files, ids with spaces, ids listed twice, JPEG structure, sizes from
+the image header, size disagreements) and how many of them behaved exactly as expected in both modes.
+``fault_scenarios`` runs the tests marked ``fault`` (killed shard task and Ray worker, killed training
+worker, killed driver, MLflow down, disk full or read-only, ...; slow ones included) in a pytest
+subprocess and reports each scenario by name: survived (its test passed), null where it was skipped
+(with the reason), and its time. ``security_checks`` does the same for the tests marked ``security``
+(unsafe loading, archive extraction, loopback services, Ray token authentication refusing clients without
+the token, secrets kept out of MLflow and the console, cluster network rules). The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``)
+and the Ray CPUs of the corpus runs (``threads``).
 
     python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR] [--faults "fault and not slow"]
+                                     [--security "security and not slow"]
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import NO_MODEL, machine_facts  # noqa: E402
 
-from corpus.generate import build_corpus, corpus_layout  # noqa: E402
-from corpus.run import error_message, matches, observe, run_shard  # noqa: E402
+from corpus.generate import INPUT_DEFECTS, build_corpus, corpus_layout  # noqa: E402
+from corpus.run import error_message, matches, observe, rejected, run_shard  # noqa: E402
 
 LAYOUTS = ("voc", "coco", "yolo")
 RAY_CPUS = 2
@@ -67,7 +74,9 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
             obs = observe(this, case)
             per_case[case.name] = {
                 "layout": name,
+                "group": case.group,
                 "outcome": outcome_label(obs.outcome, obs.level),
+                "rejected": rejected(obs),  # anything of it: an image, a box, the whole file
                 "accounted": obs.accounted,  # None: the stage failed on the whole file, nothing was sharded
                 "matches_expected": matches(case, obs) == [],
             }
@@ -84,9 +93,14 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
             strict, ok = "error", case.strict_error is not None and case.strict_error in message
         per_case[case.name]["strict"] = strict
         per_case[case.name]["strict_as_expected"] = ok  # an error naming the file, or accepted when it should be
+        per_case[case.name]["strict_stops_iff_rejected"] = (strict == "error") == per_case[case.name]["rejected"]
     seconds["strict_runs"] = round(time.perf_counter() - started, 3)
 
     outcomes = Counter(c["outcome"] for c in per_case.values())
+
+    def as_expected(c: dict) -> bool:
+        return c["matches_expected"] and c["strict_as_expected"] and c["strict_stops_iff_rejected"]
+
     accounted = [c["accounted"] for c in per_case.values() if c["accounted"] is not None]
     return {
         "cases": len(cases),
@@ -95,10 +109,15 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
         "error_in_strict": sum(c["strict"] == "error" for c in per_case.values()),
         "accepted_in_strict": sum(c["strict"] == "accepted" for c in per_case.values()),
         "strict_as_expected_every_case": all(c["strict_as_expected"] for c in per_case.values()),
+        "strict_stops_exactly_when_non_strict_rejects_every_case": all(c["strict_stops_iff_rejected"]
+                                                                       for c in per_case.values()),
         "records_in_eq_sharded_plus_rejected_every_case": bool(accounted) and all(accounted),
         "cases_checked_for_accounting": len(accounted),
         "matches_expected": sum(c["matches_expected"] for c in per_case.values()),
-        "mismatches": sorted(n for n, c in per_case.items() if not c["matches_expected"]),
+        "mismatches": sorted(n for n, c in per_case.items() if not as_expected(c)),
+        "input_defects": {g: {"cases": sum(c["group"] == g for c in per_case.values()),
+                              "as_expected": sum(c["group"] == g and as_expected(c) for c in per_case.values())}
+                          for g in INPUT_DEFECTS},
         "seconds": seconds,
         "per_case": {n: c["outcome"] for n, c in per_case.items()},
         "strict_per_case": {n: c["strict"] for n, c in per_case.items()},
@@ -152,8 +171,14 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="write the corpus and workspaces here instead of a temp folder")
     parser.add_argument("--faults", default="fault", metavar="MARKERS",
                         help='pytest -m expression selecting the fault scenarios (default "fault"; "none": skip them)')
+    parser.add_argument("--security", default="security", metavar="MARKERS",
+                        help='pytest -m expression selecting the security checks (default "security"; "none": skip '
+                             'them)')
     args = parser.parse_args()
 
+    from pipelines import ray_auth
+
+    ray_auth.configure(starts_local=True)  # as every Ray of the project: with token authentication
     import ray
 
     ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -168,8 +193,13 @@ def main() -> None:
     if args.faults != "none":
         with tempfile.TemporaryDirectory(prefix="yolov2-faults-") as tmp:
             faults = fault_report(args.faults, Path(tmp) / "faults.xml")
+    security: dict = {}
+    if args.security != "none":
+        with tempfile.TemporaryDirectory(prefix="yolov2-security-") as tmp:
+            security = fault_report(args.security, Path(tmp) / "security.xml")
     facts = machine_facts(RAY_CPUS, NO_MODEL, "Ray CPUs of the corpus runs (the fault tests start their own)")
-    print(json.dumps({"benchmark": "reliability", **facts, "bad_input_corpus": report, "fault_scenarios": faults},
+    print(json.dumps({"benchmark": "reliability", **facts, "bad_input_corpus": report, "fault_scenarios": faults,
+                      "security_checks": security},
                      indent=1, ensure_ascii=False))
 
 
