@@ -212,7 +212,7 @@ def run_bench(device: str, size: int, batch: int, iters: int, budget_s: float) -
     auto_name = auto.describe()
     auto_ratio = next((row["ratio"] for row in rows if row["name"] == auto_name), None)
     return {"device": device, "model": f"{model_name} x{width}", "batch": batch, "size": size, "budget_s": budget_s,
-            "variants": rows, "fastest": min(rows, key=lambda r: r["ratio"])["name"],
+            "variants": rows, "fastest": min(rows, key=lambda r: r["seconds_per_iter"])["name"],
             "auto": {"name": auto_name, "amp": auto.amp, "channels_last": auto.channels_last, "ratio": auto_ratio}}
 
 
