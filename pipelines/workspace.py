@@ -165,7 +165,3 @@ class Workspace:
                 self.fs.delete_file(info.path)
                 removed += 1
         return removed
-
-
-def default_workspace() -> str:
-    return os.environ.get("YOLOV2_WORKSPACE", "workspace")

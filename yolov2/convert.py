@@ -21,23 +21,10 @@ from yolov2.errors import ConfigError, WeightsError
 from yolov2.inference import ModelSpec
 from yolov2.models import LoadReport, build_from_darknet_cfg, build_model, load_darknet_weights
 from yolov2.models.darknet_cfg_writer import DARKNET_MODELS
-from yolov2.models.darknet_io import model_darknet_layers
+from yolov2.models.darknet_io import conv_layer_shapes
 from yolov2.models.layers import BatchNormFormula
 
 CHECK_INPUT = 64  # side of the random image both networks run to confirm they compute the same function
-
-
-def read_names(path: str | Path) -> list[str]:
-    """A Darknet ``.names`` file: one class name per line, blank lines ignored."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read class names ({e.strerror})") from e
-    return [line.strip() for line in lines if line.strip()]
-
-
-def _shapes(model: nn.Module) -> list[tuple[tuple[int, ...], bool]]:
-    return [(tuple(conv.weight.shape), bn is not None) for conv, bn in model_darknet_layers(model)]
 
 
 def match_named_model(
@@ -50,12 +37,12 @@ def match_named_model(
     initialised) with the cfg's classes and anchor count. When several fit (yolov2_voc and yolov2_coco
     differ only in anchors), the one whose default anchors are the cfg's wins, else the first.
     Raises ConfigError if none fits."""
-    target = _shapes(cfg_net)
+    target = conv_layer_shapes(cfg_net)
     fits = []
     for name in names:
         model = build_model(name, int(cfg_net.num_classes), int(cfg_net.num_anchors), width_multiplier,
                             batch_norm=batch_norm)
-        if _shapes(model) == target:
+        if conv_layer_shapes(model) == target:
             fits.append((name, model))
     if not fits:
         raise ConfigError(

@@ -32,7 +32,7 @@ from yolov2.data.atomic import atomic_write_text
 from yolov2.errors import ConfigError, WeightsError
 from yolov2.models import build_from_darknet_cfg, save_darknet_weights
 from yolov2.models.darknet_cfg_writer import darknet_cfg_text
-from yolov2.models.darknet_io import model_darknet_layers
+from yolov2.models.darknet_io import conv_layer_shapes
 from yolov2.models.heads import DecoupledHead
 from yolov2.models.layers import SPPF, Reorg
 from yolov2.postprocess import decode
@@ -148,11 +148,6 @@ def export_onnx(
     return path
 
 
-def _layer_shapes(model: nn.Module) -> list[tuple[tuple[int, ...], bool]]:
-    """(conv weight shape, has batch norm) of each Darknet conv layer, in cfg order."""
-    return [(tuple(conv.weight.shape), bn is not None) for conv, bn in model_darknet_layers(model)]
-
-
 def _check_darknet_expressible(model: nn.Module, name: str) -> None:
     """Refuse layers Darknet has no equivalent for (a cfg without them would load but compute something else)."""
     for module in model.modules():
@@ -198,7 +193,7 @@ def export_darknet(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        expected, actual = _layer_shapes(model), _layer_shapes(build_from_darknet_cfg(tmp))
+        expected, actual = conv_layer_shapes(model), conv_layer_shapes(build_from_darknet_cfg(tmp))
         if expected != actual:
             raise WeightsError(
                 f"{cfg_path}: the cfg rendered for {name} (width {width_multiplier}) does not match the model's "

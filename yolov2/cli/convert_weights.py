@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from yolov2.convert import darknet_to_model, read_names
+from yolov2.convert import darknet_to_model
+from yolov2.data.yolo_txt import read_names
 from yolov2.export import export_darknet
 from yolov2.inference import load_model_file, save_model_file
 from yolov2.models import MODELS

@@ -77,11 +77,10 @@ def _layer_tensors(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> list[torch.Ten
     return [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
 
 
-def weights_file_size(model: nn.Module, max_layers: int | None = None, header_bytes: int = 20) -> int:
-    """Bytes of a .weights file holding the model's first ``max_layers`` conv layers (all by default)."""
-    pairs = model_darknet_layers(model)
-    n = len(pairs) if max_layers is None else max_layers
-    return header_bytes + 4 * sum(layer_value_count(c, b) for c, b in pairs[:n])
+def conv_layer_shapes(model: nn.Module) -> list[tuple[tuple[int, ...], bool]]:
+    """(conv weight shape, has batch norm) of each Darknet conv layer, in cfg order: what a ``.weights`` file's
+    layout depends on, so two networks with equal shapes read the same file."""
+    return [(tuple(conv.weight.shape), bn is not None) for conv, bn in model_darknet_layers(model)]
 
 
 def read_header(data: bytes, path: str) -> tuple[tuple[int, int, int], int, int]:
