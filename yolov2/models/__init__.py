@@ -29,7 +29,7 @@ from yolov2.errors import ConfigError
 from yolov2.models.darknet19 import Darknet19
 from yolov2.models.darknet_cfg import DarknetNet, build_from_cfg
 from yolov2.models.darknet_io import LoadReport, load_darknet_weights, save_darknet_weights
-from yolov2.models.layers import BATCH_NORM_FORMULAS, BatchNormFormula, set_batch_norm_formula
+from yolov2.models.layers import BatchNormFormula, check_batch_norm_formula, set_batch_norm_formula
 from yolov2.models.resnet import ResNetBackbone
 from yolov2.models.summary import model_summary
 from yolov2.models.tiny import TINY_VOC_ANCHORS, TinyYOLOv2
@@ -155,8 +155,8 @@ def build_from_darknet_cfg(path: str | Path, batch_norm: BatchNormFormula = "dar
 
 
 def _check_batch_norm(formula: str) -> None:
-    if formula not in BATCH_NORM_FORMULAS:
-        raise ConfigError(
-            f"model.batch_norm must be 'darknet' (pjreddie's Darknet: sqrt(var) + 1e-6) or 'alexeyab' "
-            f"(AlexeyAB's fork: sqrt(var + 1e-5)), got {formula!r}"
-        )
+    """:func:`~yolov2.models.layers.check_batch_norm_formula`, as the ConfigError a model setting raises."""
+    try:
+        check_batch_norm_formula(formula)
+    except ValueError as e:
+        raise ConfigError(f"model.batch_norm: {e}") from None
