@@ -34,7 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import NO_MODEL, machine_facts  # noqa: E402
 
-
 GENERATED = 2000  # images generated; larger sets are copies of these under new ids
 
 
@@ -91,10 +90,10 @@ def time_tar(root: Path, out_dir: Path) -> float:
 def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float:
     import ray
 
-    from yolov2.config import load_config
-
     from pipelines import prepare, ray_auth, shard
+    from pipelines.dag import run_stage
     from pipelines.workspace import Workspace
+    from yolov2.config import load_config
 
     if ray.is_initialized():
         ray.shutdown()
@@ -106,9 +105,9 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
                              "data.splits={train: [train]}", f"shard.max_count={max_count}",
                              "data.class_names=[circle, square, triangle, star, cross]"])
     ws = Workspace.open(cfg.workspace)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     started = time.perf_counter()
-    result = shard.run(cfg, ws, upstream={"prepare": prepared}, force=True, tracking_enabled=False)
+    result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=True, tracking_enabled=False)
     seconds = time.perf_counter() - started
     assert result.manifest["splits"]["train"]["rejected_images"] == 0
     ray.shutdown()
@@ -118,7 +117,7 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
 
 def time_library(root: Path, out_dir: Path) -> float:
     """Listing + write_shard of every image into one local tar, in this process (no Ray, no stage)."""
-    from yolov2.data.shards import ShardOptions, write_shard
+    from yolov2.data.shard_build import ShardOptions, write_shard
     from yolov2.data.sources import list_split_items
 
     target = out_dir / "library.tar"

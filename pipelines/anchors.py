@@ -20,29 +20,28 @@ Run alone: ``python pipelines/anchors.py --config configs/demo.yaml``.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import ray
 
+from pipelines import shard
+from pipelines.cli_common import stage_main
+from pipelines.dag import StageContext, StageSpec
 from yolov2 import anchors as A
 from yolov2.config import PipelineConfig
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.metrics.figures import anchors_figure, figure_png
 from yolov2.progress import Progress
 
-from pipelines import cli_common
-from pipelines.stage import StageContext, StageResult, run_stage
-from pipelines.workspace import Workspace
-
 log = logging.getLogger(__name__)
-STAGE = "anchors"
 STRIDE = 32  # YOLOv2's output stride: anchors are in cells of the 13x13 grid at 416
 TABLE_KS = range(1, 11)  # the paper's Figure 2
-MAX_PLOT_POINTS = 20_000
 ANCHORS_FILE = "anchors.json"
 PLOT_FILE = "anchors.png"
 
@@ -91,9 +90,7 @@ class RayPartitions:
 
     @staticmethod
     def put(wh: np.ndarray, partitions: int, block_size: int = A.BLOCK_SIZE,
-            backend: A.Backend = "auto") -> "RayPartitions":
-        import ray
-
+            backend: A.Backend = "auto") -> RayPartitions:
         wh = A.validate_shapes(wh)
         bounds = A.partition_bounds(len(wh), partitions, block_size)
         refs = tuple(ray.put(np.asfortranarray(wh[lo:hi])) for lo, hi in bounds)
@@ -120,8 +117,6 @@ class RayMapper:
         self._previous = [None] * len(self.partitions.bounds)
 
     def assign(self, centroids: np.ndarray, collect_values: bool = False) -> list[A.AssignStats]:
-        import ray
-
         p = self.partitions
         outs = [
             p.assign_task.remote(ref, centroids, prev, lo, p.block_size, collect_values, p.backend)
@@ -131,8 +126,6 @@ class RayMapper:
         return ray.get([o[0] for o in outs])
 
     def farthest(self, centroids: np.ndarray, count: int) -> list[A.FarthestBoxes]:
-        import ray
-
         p = self.partitions
         return ray.get([p.farthest_task.remote(ref, centroids, count, lo) for ref, (lo, _) in zip(p.refs, p.bounds)])
 
@@ -164,7 +157,7 @@ def parallel_kmeans(wh: np.ndarray, partitions: RayPartitions, ks: Sequence[int]
         return {}
     results: dict[int, A.AnchorResult] = {}  # by position in jobs
     with (ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool,
-          Progress(STAGE, len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar):
+          Progress("anchors", len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar):
         position = {pool.submit(one_restart, job): i for i, job in enumerate(jobs)}
         for future in as_completed(position):
             results[position[future]] = future.result()
@@ -198,64 +191,6 @@ def pinned_anchors(pinned: Sequence[Sequence[float]], input_size: int) -> np.nda
     return arr
 
 
-def anchors_figure(wh_grid: np.ndarray, anchors_grid: np.ndarray, table: dict[int, float], k: int, mean_iou: float,
-                   title: str, seed: int = 0):
-    """Left: box shapes (grid cells, a seeded subsample of at most 20k) with each anchor drawn as a
-    rectangle from the origin to its (w, h); right: mean IoU against k (``table``), the chosen k marked."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
-    ax_shapes, ax_k = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
-    points = wh_grid
-    if len(points) > MAX_PLOT_POINTS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(points), MAX_PLOT_POINTS, replace=False))
-        points = points[keep]
-    dense = len(points) > 2000
-    ax_shapes.scatter(points[:, 0], points[:, 1], s=2 if dense else 8, alpha=0.2 if dense else 0.5, color="tab:blue",
-                      linewidths=0,
-                      label=f"boxes ({len(points)} of {len(wh_grid)})" if len(points) < len(wh_grid) else "boxes")
-    colors = [f"C{(i + 1) % 10}" for i in range(len(anchors_grid))]
-    for (w, h), color in zip(anchors_grid, colors):
-        ax_shapes.add_patch(Rectangle((0, 0), w, h, fill=False, lw=1.6, edgecolor=color))
-        ax_shapes.plot([w], [h], marker="o", ms=5, color=color)
-        ax_shapes.annotate(f"{w:.2f}x{h:.2f}", (w, h), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                           color=color)
-    limit = 1.05 * max(float(np.max(wh_grid)), float(np.max(anchors_grid)))
-    ax_shapes.set_xlim(0, limit)
-    ax_shapes.set_ylim(0, limit)
-    ax_shapes.set_aspect("equal")
-    ax_shapes.set_xlabel("box width (grid cells)")
-    ax_shapes.set_ylabel("box height (grid cells)")
-    ax_shapes.set_title(f"{len(anchors_grid)} anchors, mean IoU {mean_iou:.4f}", fontsize=10)
-    ax_shapes.legend(loc="upper left", fontsize=7)
-
-    if table:
-        ks = sorted(table)
-        ax_k.plot(ks, [table[x] for x in ks], marker="o", color="tab:blue", label="k-means (1 - IoU)")
-    ax_k.plot([k], [mean_iou], marker="*", ms=14, color="tab:red", linestyle="none", label=f"chosen: k={k}")
-    ax_k.set_xlabel("number of anchors k")
-    ax_k.set_ylabel("mean IoU of boxes with their best anchor")
-    ax_k.set_xticks(sorted(set(table) | {k}))
-    ax_k.set_ylim(0, 1)
-    ax_k.grid(alpha=0.3)
-    ax_k.legend(loc="lower right", fontsize=8)
-    ax_k.set_title("Box generation: mean IoU against k" if table else "clustering skipped (pinned anchors)",
-                   fontsize=10)
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def figure_png(fig) -> bytes:
-    """The figure as PNG bytes (Agg, 110 dpi)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -278,33 +213,34 @@ def read_box_shapes(ctx: StageContext) -> np.ndarray:
 
 def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[A.AnchorResult, dict[int, float], dict[str, Any]]:
     """Ray k-means for ``anchors.k`` and the k = 1..10 table (only k up to the number of distinct shapes)."""
-    a = cfg.anchors
+    settings = cfg.anchors
     distinct = len(np.unique(wh, axis=0))
-    if isinstance(a.k, int) and a.k > distinct:
+    if isinstance(settings.k, int) and settings.k > distinct:
         raise ConfigError(
-            f"anchors.k={a.k} is larger than the number of distinct training box shapes ({distinct} in {len(wh)} "
-            "boxes); lower anchors.k, or pin anchors with anchors.pinned"
+            f"anchors.k={settings.k} is larger than the number of distinct training box shapes ({distinct} in "
+            f"{len(wh)} boxes); lower anchors.k, or pin anchors with anchors.pinned"
         )
     table_ks = [k for k in TABLE_KS if k <= distinct]
-    ks = sorted(set(table_ks) | {a.k})
-    block_size = stage_block_size(len(wh), a.partitions)
-    partitions = RayPartitions.put(wh, a.partitions, block_size)
+    ks = sorted(set(table_ks) | {settings.k})
+    block_size = stage_block_size(len(wh), settings.partitions)
+    partitions = RayPartitions.put(wh, settings.partitions, block_size)
     started = time.time()
-    results = parallel_kmeans(wh, partitions, ks, a.seed, a.n_init, a.max_iter, a.update, progress=True)
+    results = parallel_kmeans(wh, partitions, ks, settings.seed, settings.n_init, settings.max_iter, settings.update,
+                              progress=True)
     info = {"partitions": len(partitions.bounds), "block_size": block_size, "distinct_shapes": distinct,
-            "table_skipped_ks": [k for k in TABLE_KS if k > distinct], "lloyd_runs": len(ks) * a.n_init,
+            "table_skipped_ks": [k for k in TABLE_KS if k > distinct], "lloyd_runs": len(ks) * settings.n_init,
             "clustering_seconds": round(time.time() - started, 3)}
-    return results[a.k], {k: results[k].mean_iou for k in table_ks}, info
+    return results[settings.k], {k: results[k].mean_iou for k in table_ks}, info
 
 
 def anchors_body(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
-    a = cfg.anchors
+    settings = cfg.anchors
     input_size = cfg.train.input_size
     wh = read_box_shapes(ctx)
     started = time.time()
-    if a.pinned:
-        anchors_grid = pinned_anchors(a.pinned, input_size)
+    if settings.pinned:
+        anchors_grid = pinned_anchors(settings.pinned, input_size)
         anchors_norm = A.from_grid_units(anchors_grid, input_size, STRIDE)
         mean_iou = A.mean_iou(wh, anchors_norm)
         k = len(anchors_grid)
@@ -316,10 +252,10 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         result, table, info = _cluster(wh, cfg)
         anchors_norm = result.anchors
         anchors_grid = A.to_grid_units(anchors_norm, input_size, STRIDE)
-        mean_iou, k = result.mean_iou, a.k
+        mean_iou, k = result.mean_iou, settings.k
         clustering = {"pinned": False, "iterations": result.iterations, "converged": result.converged,
-                      "restart": result.restart, "counts": result.counts.tolist(), "seed": a.seed,
-                      "n_init": a.n_init, "max_iter": a.max_iter, "update": a.update,
+                      "restart": result.restart, "counts": result.counts.tolist(), "seed": settings.seed,
+                      "n_init": settings.n_init, "max_iter": settings.max_iter, "update": settings.update,
                       "history": list(result.history), **info}
         log.info("anchors: k=%d mean IoU %.4f on %d boxes (%d iterations, restart %d, %d partitions, %.1fs)",
                  k, mean_iou, len(wh), result.iterations, result.restart, info["partitions"],
@@ -335,7 +271,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         "input_size": input_size,
         "stride": STRIDE,
         "num_boxes": len(wh),
-        "include_difficult": a.include_difficult,
+        "include_difficult": settings.include_difficult,
         "iou_table": [{"k": kk, "mean_iou": v} for kk, v in sorted(table.items())],
         "darknet": darknet_anchors_line(anchors_grid),
         **clustering,
@@ -343,12 +279,13 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
     }
     ctx.workspace.write_json(document, ctx.out(ANCHORS_FILE))
     wh_grid = A.to_grid_units(wh, input_size, STRIDE)
-    title = f"Anchors for input {input_size} ({len(wh)} training boxes)" + (" - pinned" if a.pinned else "")
-    png = figure_png(anchors_figure(wh_grid, anchors_grid, table, k, mean_iou, title, seed=a.seed))
+    title = f"Anchors for input {input_size} ({len(wh)} training boxes)" + (" - pinned" if settings.pinned else "")
+    png = figure_png(anchors_figure(wh_grid, anchors_grid, table, k, mean_iou, title, seed=settings.seed))
     ctx.workspace.write_bytes(png, ctx.out(PLOT_FILE))
 
     ctx.log_params({"anchors.partitions_used": clustering.get("partitions", 0),
-                    "anchors.block_size": clustering.get("block_size", 0), "anchors.pinned_used": bool(a.pinned)})
+                    "anchors.block_size": clustering.get("block_size", 0),
+                    "anchors.pinned_used": bool(settings.pinned)})
     ctx.log_metrics({"mean_iou": mean_iou, "iterations": clustering["iterations"], "num_boxes": len(wh)})
     for kk, v in sorted(table.items()):
         ctx.log_metrics({"mean_iou_by_k": v}, step=kk)
@@ -356,19 +293,19 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
     ctx.log_artifact_bytes(ctx.workspace.read_bytes(ctx.out(ANCHORS_FILE)), ANCHORS_FILE)
     log.info("anchors: %s", document["darknet"])
     return {"anchors": document["anchors"], "mean_iou": mean_iou, "k": k, "input_size": input_size,
-            "num_boxes": len(wh), "pinned": bool(a.pinned), "darknet": document["darknet"],
+            "num_boxes": len(wh), "pinned": bool(settings.pinned), "darknet": document["darknet"],
             "files": {"anchors": ANCHORS_FILE, "plot": PLOT_FILE}}
 
 
-def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
-        force: bool = False, tracking_enabled: bool = True) -> StageResult:
-    return run_stage(STAGE, cfg, workspace, anchors_body, upstream=upstream, force=force,
-                     tracking_enabled=tracking_enabled)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_common.stage_main(STAGE, run, __doc__, argv)
+SPEC = StageSpec(
+    name="anchors",
+    upstream=(shard.SPEC,),
+    config_keys=("anchors", "train.input_size"),
+    version=1,
+    body=anchors_body,
+    summary="k-means anchor shapes (1 - IoU distance) from the training split's box table, on Ray tasks",
+)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_main(SPEC))

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Callable
+import sys
 
+from pipelines import ray_runtime, tracking
+from pipelines.dag import StageError, StageSpec, run_stage
+from pipelines.faults import FaultPlan
+from pipelines.workspace import Workspace
 from yolov2.config import PipelineConfig, load_config
 from yolov2.engine.precision import detect_hardware, slow_path_warnings
 from yolov2.errors import YoloV2Error
-
-from pipelines import ray_runtime, tracking
-from pipelines.stage import StageError, StageResult
-from pipelines.workspace import Workspace
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 log = logging.getLogger(__name__)
@@ -62,27 +62,34 @@ def precision_warnings(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
-def stage_main(stage: str, run: Callable[..., StageResult], doc: str | None, argv: list[str] | None = None) -> int:
-    """The ``__main__`` of a stage script: its ``--help`` is the module docstring, then one stage run."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def stage_main(spec: StageSpec, argv: list[str] | None = None) -> int:
+    """The ``__main__`` of a stage script: load the config, join Ray, set up MLflow, run the one stage, print
+    its manifest; the exit code. Its ``--help`` is the stage module's docstring, plus the stage's flags."""
+    parser = argparse.ArgumentParser(description=_stage_doc(spec), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stage_arguments(parser)
-    return run_single_stage(stage, run, parser.parse_args(argv))
-
-
-def run_single_stage(stage: str, run: Callable[..., StageResult], args: argparse.Namespace) -> int:
-    """Load config, join Ray, set up MLflow, run one stage, print its manifest; exit code."""
+    for flag in spec.flags:
+        parser.add_argument(flag.option, dest=flag.name, action="store_true", help=flag.help)
+    args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
         cfg, workspace = load_from_args(args)
+        faults = FaultPlan.from_env()
         ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
         if not args.no_mlflow:
             tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace,
-                                        cfg.mlflow.fallback_to_local)
-        result = run(cfg, workspace, force=args.force, tracking_enabled=not args.no_mlflow)
+                                  cfg.mlflow.fallback_to_local)
+        result = run_stage(spec, cfg, workspace, force=args.force, tracking_enabled=not args.no_mlflow,
+                           flags={flag.name: getattr(args, flag.name) for flag in spec.flags}, faults=faults)
     except (YoloV2Error, StageError) as e:
-        logging.getLogger(stage).error("%s", e)
+        logging.getLogger(spec.name).error("%s", e)
         return 2
     status = "cached" if result.cached else f"done in {result.seconds:.1f}s"
-    print(f"{stage}: {status} -> {workspace.uri_of(result.output_dir)}")
+    print(f"{spec.name}: {status} -> {workspace.uri_of(result.output_dir)}")
     print(json.dumps(result.manifest, indent=2, default=str)[:4000])
     return 0
+
+
+def _stage_doc(spec: StageSpec) -> str:
+    """The docstring of the module that defines the stage's body (``__main__`` when run as a script)."""
+    module = sys.modules.get(spec.body.__module__)
+    return (module.__doc__ if module is not None else None) or spec.summary

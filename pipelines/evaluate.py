@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
 
+from pipelines import shard, train
+from pipelines.cli_common import stage_main
+from pipelines.dag import StageContext, StageSpec
+from pipelines.workspace import Workspace
 from yolov2.config import PipelineConfig
+from yolov2.data.images import decode_rgb
 from yolov2.data.records import ImageRecord, table_to_records
+from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.evaluation import compute_metrics, detections_table
+from yolov2.inference import Predictor
 from yolov2.metrics import DetectionTable
+from yolov2.metrics.figures import evaluation_figures
 from yolov2.progress import Progress
 
-from pipelines import cli_common
-from pipelines.stage import StageContext, StageResult, run_stage
-from pipelines.workspace import Workspace
-
 log = logging.getLogger(__name__)
-STAGE = "evaluate"
 
 
 class DetectActor:
@@ -38,25 +46,17 @@ class DetectActor:
                  conf_thresh: float,
                  nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool,
                  amp: str = "auto", channels_last: bool | str = "auto") -> None:
-        import tempfile
-
-        import torch
-
-        from yolov2.engine.precision import choose_precision, detect_hardware
-        from yolov2.inference import Predictor
-
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         precision = choose_precision(detect_hardware(device), amp, channels_last)
         with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # the workspace may be object storage
             local.write(workspace.read_bytes(model_path))
             local.flush()
-            self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size, letterbox=letterbox,
-                                             resize=resize, conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
-                                             max_candidates=max_candidates, precision=precision)
+            self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size,
+                                                 letterbox=letterbox, resize=resize, conf_thresh=conf_thresh,
+                                                 nms_thresh=nms_thresh, max_det=max_det,
+                                                 max_candidates=max_candidates, precision=precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from yolov2.data.images import decode_rgb
-
         records = [ImageRecord.from_dict(json.loads(r) if isinstance(r, (bytes, str)) else r) for r in batch["json"]]
         images = [decode_rgb(bytes(data), rec.path) for data, rec in zip(batch["jpg"], records)]
         table = detections_table([r.image_id for r in records], self.predictor(images))
@@ -96,9 +96,9 @@ POOL_START_TIMEOUT_S = 600  # generous: GPU nodes of an autoscaling cluster take
 def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, cfg: PipelineConfig,
                   image_order: list[str]) -> DetectionTable:
     """Detections of every image in the shards, ordered by ``image_order`` then score (deterministic)."""
-    import ray.data
+    import ray.data  # lazily: 0.6 s more at every start of full.py, which imports every stage
 
-    e = cfg.evaluate
+    settings = cfg.evaluate
     # Reading is light I/O: a small CPU share, so a pool of actors holding every CPU cannot starve it.
     # decoder=None keeps the raw JPEG bytes (decoder=False still decodes images in Ray 2.60), so the actors
     # decode exactly as every other path does (OpenCV, yolov2.data.images.decode_rgb).
@@ -109,19 +109,18 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
     ds.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     ds = ds.map_batches(
         DetectActor,
-        fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=e.input_size, letterbox=e.letterbox,
-                                   resize=e.resize,
-                                   conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh, max_det=e.max_det,
-                                   max_candidates=e.max_candidates, use_gpu=e.gpus_per_actor > 0,
-                                   amp=e.amp, channels_last=e.channels_last),
-        batch_size=e.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.num_actors),
-        num_gpus=e.gpus_per_actor or None, num_cpus=e.cpus_per_actor,
+        fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=settings.input_size,
+                                   letterbox=settings.letterbox, resize=settings.resize,
+                                   conf_thresh=settings.conf_thresh, nms_thresh=settings.nms_thresh,
+                                   max_det=settings.max_det, max_candidates=settings.max_candidates,
+                                   use_gpu=settings.gpus_per_actor > 0, amp=settings.amp,
+                                   channels_last=settings.channels_last),
+        batch_size=settings.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
+        num_gpus=settings.gpus_per_actor or None, num_cpus=settings.cpus_per_actor,
     )
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     parts = []
-    with Progress(STAGE, len(image_order), "images", desc="inference", heartbeat=True) as progress:
+    with Progress("evaluate", len(image_order), "images", desc="inference", heartbeat=True) as progress:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # each block as it is produced
             progress.advance(pc.sum(block["images"]).as_py() or 0)
             detections = block.filter(pc.not_equal(block["label"], TALLY_LABEL))
@@ -138,11 +137,12 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
 
 def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
-    e = cfg.evaluate
+    settings = cfg.evaluate
     shard_result = ctx.upstream["shard"]
-    split_info = shard_result.manifest["splits"].get(e.split)
+    split_info = shard_result.manifest["splits"].get(settings.split)
     if split_info is None:
-        raise ValueError(f"evaluate.split={e.split!r} is not a sharded split ({', '.join(shard_result.manifest['splits'])})")
+        raise ValueError(f"evaluate.split={settings.split!r} is not a sharded split "
+                         f"({', '.join(shard_result.manifest['splits'])})")
     class_names = shard_result.manifest["class_names"]
     index = ctx.workspace.read_parquet(shard_result.output_dir, split_info["index"])
     records = table_to_records(index)
@@ -154,10 +154,11 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
 
     flat: dict[str, float] = {}
     results: dict[str, Any] = {}
-    with Progress(STAGE, len(e.metrics), "metrics", desc="scoring", heartbeat=True) as progress:  # one by one
-        for name in e.metrics:
-            one_flat, one_result = compute_metrics(records, detections, class_names, [name], e.coco_backend,
-                                                   coco_chunks=e.coco_workers, map_fn=ray_map)
+    # one by one: a progress line per metric
+    with Progress("evaluate", len(settings.metrics), "metrics", desc="scoring", heartbeat=True) as progress:
+        for name in settings.metrics:
+            one_flat, one_result = compute_metrics(records, detections, class_names, [name], settings.coco_backend,
+                                                   coco_chunks=settings.coco_workers, map_fn=ray_map)
             flat.update(one_flat)
             results.update(one_result)
             progress.advance()
@@ -175,8 +176,6 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
 
 def ray_map(fn, *iterables):
     """``map`` over Ray tasks, results in input order (used for COCO category chunks)."""
-    import ray
-
     remote = ray.remote(num_cpus=1)(fn)
     return ray.get([remote.remote(*args) for args in zip(*iterables)])
 
@@ -194,25 +193,21 @@ def _per_class_table(results: dict[str, Any], class_names: list[str]) -> str:
 
 
 def _log_figures(ctx: StageContext, records, detections, class_names, results) -> None:
-    """PR curves, confusion matrix, error breakdown, sample images (whatever the metrics module offers)."""
-    try:
-        from yolov2.metrics import figures
-    except ImportError:
-        return
-    for name, figure in figures.evaluation_figures(records, detections, class_names, results,
-                                                   ctx.cfg.evaluate.num_sample_images).items():
+    """PR curves, confusion matrix, error breakdown and sample images, as MLflow figures."""
+    for name, figure in evaluation_figures(records, detections, class_names, results,
+                                           ctx.cfg.evaluate.num_sample_images).items():
         ctx.log_figure(figure, name)
 
 
-def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
-        force: bool = False, tracking_enabled: bool = True) -> StageResult:
-    return run_stage(STAGE, cfg, workspace, evaluate_body, upstream=upstream, force=force,
-                     tracking_enabled=tracking_enabled)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_common.stage_main(STAGE, run, __doc__, argv)
+SPEC = StageSpec(
+    name="evaluate",
+    upstream=(shard.SPEC, train.SPEC),
+    config_keys=("evaluate",),
+    version=1,
+    body=evaluate_body,
+    summary="parallel inference over the evaluation split's shards, then VOC and COCO mAP",
+)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_main(SPEC))

@@ -15,25 +15,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from yolov2.config import PipelineConfig
+from pipelines.cli_common import stage_main
+from pipelines.dag import StageContext, StageSpec
 from yolov2.data import download, synthetic
 from yolov2.errors import ConfigError
 
-from pipelines import cli_common
-from pipelines.stage import StageContext, StageResult, run_stage
-from pipelines.workspace import Workspace
-
 log = logging.getLogger(__name__)
-STAGE = "prepare"
 
 
 def prepare_body(ctx: StageContext) -> dict[str, Any]:
     data = ctx.cfg.data
     if data.kind == "synthetic":
-        s = data.synthetic
+        generated = data.synthetic
         root = ctx.workspace.local_path(ctx.out("synthetic"))
-        synthetic.write_synthetic_from_config(s, root, progress=True)
-        ctx.log_metrics({"images": s.num_train + s.num_val + s.num_test})
+        synthetic.write_synthetic_from_config(generated, root, progress=True)
+        ctx.log_metrics({"images": generated.num_train + generated.num_val + generated.num_test})
         return {"format": "voc", "root": str(root), "class_names": list(synthetic.SHAPE_CLASSES)}
     if data.root:
         root = Path(os.path.abspath(Path(data.root).expanduser()))  # absolute, symlinks kept as the user gave them
@@ -58,15 +54,15 @@ def _dataset_root(extracted: Path, kind: str) -> Path:
     return extracted
 
 
-def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
-        force: bool = False, tracking_enabled: bool = True) -> StageResult:
-    return run_stage(STAGE, cfg, workspace, prepare_body, upstream=upstream or {}, force=force,
-                     tracking_enabled=tracking_enabled)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_common.stage_main(STAGE, run, __doc__, argv)
+SPEC = StageSpec(
+    name="prepare",
+    upstream=(),
+    config_keys=("data.kind", "data.root", "data.download", "data.synthetic"),
+    version=1,
+    body=prepare_body,
+    summary="make the raw dataset named by the config exist on local disk",
+)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_main(SPEC))

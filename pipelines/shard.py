@@ -18,27 +18,27 @@ Run alone: ``python pipelines/shard.py --config configs/demo.yaml``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from yolov2.config import PipelineConfig
+from pipelines import prepare
+from pipelines.cli_common import stage_main
+from pipelines.dag import StageContext, StageSpec
+from pipelines.faults import FaultPlan, shard_write_fault
+from pipelines.workspace import Workspace
 from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_to_table
-from yolov2.data.shards import ShardItem, ShardOptions, write_shard
+from yolov2.data.shard_build import ShardItem, ShardOptions, write_shard
 from yolov2.data.sources import list_split_items
 from yolov2.errors import DatasetError, YoloV2Error
 from yolov2.progress import Progress
 
-from pipelines import cli_common
-from pipelines.stage import StageContext, StageResult, run_stage
-from pipelines.workspace import Workspace
-
 log = logging.getLogger(__name__)
-STAGE = "shard"
 
 
 @dataclass
@@ -68,7 +68,7 @@ def plan_shards(split: str, items: list[ShardItem], max_count: int, max_bytes: i
 class ShardIndexPart:
     """What a shard task reports back: its rows of the split index (records + ``shard`` + ``key``, as Arrow:
     cheap to send and to concatenate), its rejects, the bytes it wrote and its repair counts
-    (:class:`~yolov2.data.shards.ShardOutcome`)."""
+    (:class:`~yolov2.data.shard_build.ShardOutcome`)."""
 
     index: pa.Table
     rejects: list[Reject]
@@ -85,37 +85,17 @@ def index_table(records: list[ImageRecord], keys: list[str], shard_name: str, cl
 
 
 def _remote_write_shard(workspace: Workspace, shard_path: str, plan: PlannedShard, options: ShardOptions,
-                        class_names: list[str], fault: tuple[str, str] | None) -> ShardIndexPart:
+                        class_names: list[str], faults: FaultPlan) -> ShardIndexPart:
     """One shard task. ``plan`` travels as one object, not as a list: Ray pickles a list argument element by
-    element, which would repeat the items' shared parts (root, class names, reader) once per image."""
+    element, which would repeat the items' shared parts (root, class names, reader) once per image.
+    ``faults`` (the fault tests): the first attempt may die after writing the data, before the rename."""
     shard_name = shard_path.rsplit("/", 1)[-1]
     with workspace.atomic_output(shard_path) as stream:
         outcome = write_shard(stream, plan.items, options, shard_name=shard_name)
-        if fault:
-            _inject_first_attempt_fault(*fault, shard_path)
+        shard_write_fault(faults, shard_path)
     index = index_table(outcome.records, outcome.keys, shard_name, class_names)
     return ShardIndexPart(index, outcome.rejects, outcome.bytes_written, outcome.sizes_from_image,
                           outcome.trailing_data)
-
-
-def _inject_first_attempt_fault(mode: str, marker_dir: str, shard_path: str) -> None:
-    """Test hooks: the first attempt at each shard dies after writing the data but before the rename,
-    leaving an orphaned temp file behind. Env YOLOV2_FAULT_SHARD_DIR: the task calls ``os._exit``;
-    YOLOV2_FAULT_SHARD_HOLD_DIR: it writes its worker's pid to ``<shard>.pid`` and waits there for the
-    test to kill that process with a signal (giving up after 120 s, so a broken test cannot hang)."""
-    marker = os.path.join(marker_dir, shard_path.replace("/", "_") + ".attempted")
-    if os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write("1")
-    if mode == "exit":
-        os._exit(1)
-    pid_file = marker[: -len(".attempted")] + ".pid"
-    with open(pid_file + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(pid_file + ".tmp", pid_file)
-    time.sleep(120)
-    raise RuntimeError(f"fault hook: worker {os.getpid()} writing {shard_path} was not killed within 120 s")
 
 
 def _spread_strategies(count: int) -> list[Any]:
@@ -128,9 +108,6 @@ def _spread_strategies(count: int) -> list[Any]:
     on another node (small datasets) all ran, back to back, on the driver's node. A pinned task waits for its
     own node's worker instead; the SPREAD rest still balances over whichever workers are free.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
     pinned: list[Any] = [NodeAffinitySchedulingStrategy(node, soft=True) for node in nodes[:count]]
     return pinned + ["SPREAD"] * (count - len(pinned))
@@ -138,17 +115,14 @@ def _spread_strategies(count: int) -> list[Any]:
 
 def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions,
                      class_names: list[str]) -> list[ShardIndexPart]:
-    import ray
-
-    fault = _fault_hook_from_env()
     remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
     refs = [remote.options(scheduling_strategy=strategy).remote(ctx.workspace, ctx.out(p.name), p, options,
-                                                                class_names, fault)
+                                                                class_names, ctx.faults)
             for p, strategy in zip(planned, _spread_strategies(len(planned)))]
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardIndexPart | None] = [None] * len(refs)
     pending = list(refs)
-    with Progress(STAGE, sum(len(p.items) for p in planned), "images", heartbeat=True) as progress:
+    with Progress(SPEC.name, sum(len(p.items) for p in planned), "images", heartbeat=True) as progress:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -166,20 +140,9 @@ def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: Sh
 def _stop_tasks(refs: list) -> None:
     """Cancel the other shard tasks after one failed and wait for them, so none writes after the stage
     has failed (a cancelled task's atomic write removes its temp file)."""
-    import ray
-
     for ref in refs:
         ray.cancel(ref)
     ray.wait(refs, num_returns=len(refs), timeout=60)
-
-
-def _fault_hook_from_env() -> tuple[str, str] | None:
-    """(mode, marker dir) of the test hook named by the environment, if any."""
-    if os.environ.get("YOLOV2_FAULT_SHARD_DIR"):
-        return "exit", os.environ["YOLOV2_FAULT_SHARD_DIR"]
-    if os.environ.get("YOLOV2_FAULT_SHARD_HOLD_DIR"):
-        return "hold", os.environ["YOLOV2_FAULT_SHARD_HOLD_DIR"]
-    return None
 
 
 def shard_body(ctx: StageContext) -> dict[str, Any]:
@@ -244,8 +207,8 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     summary["rejects"] = "rejects.parquet"
     summary["images_per_second"] = total_images / max(seconds, 1e-9)
 
-    for split, s in summary["splits"].items():
-        ctx.log_metrics({f"{split}.{k}": v for k, v in s.items() if isinstance(v, int)})
+    for split, split_summary in summary["splits"].items():
+        ctx.log_metrics({f"{split}.{key}": value for key, value in split_summary.items() if isinstance(value, int)})
     ctx.log_metrics({"images_per_second": summary["images_per_second"], "bytes": total_bytes,
                      "rejects": len(all_rejects)})
     if all_rejects:
@@ -259,15 +222,15 @@ def _rejects_text(rejects: list[Reject]) -> bytes:
     return ("\n".join(["level\tsplit\tsource\treason", *lines]) + "\n").encode()
 
 
-def run(cfg: PipelineConfig, workspace: Workspace, *, upstream: dict[str, StageResult] | None = None,
-        force: bool = False, tracking_enabled: bool = True) -> StageResult:
-    return run_stage(STAGE, cfg, workspace, shard_body, upstream=upstream, force=force,
-                     tracking_enabled=tracking_enabled)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_common.stage_main(STAGE, run, __doc__, argv)
+SPEC = StageSpec(
+    name="shard",
+    upstream=(prepare.SPEC,),
+    config_keys=("data.splits", "data.class_names", "data.strict", "data.max_image_pixels", "shard"),
+    version=1,
+    body=shard_body,
+    summary="Ray tasks turn the prepared dataset into WebDataset tar shards and an index per split",
+)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_main(SPEC))

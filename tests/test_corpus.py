@@ -24,7 +24,8 @@ from PIL import Image
 from corpus.generate import BOMB_SIDE, CLASS_NAMES, INPUT_DEFECTS, MANY_BOXES, Case, build_corpus, corpus_layout
 from corpus.run import JPEG_SOI, error_message, matches, observe, rejected, run_shard
 from corpus.special import SPECIAL_KINDS
-from pipelines.stage import fingerprint
+from pipelines import shard
+from pipelines.dag import fingerprint
 
 LAYOUTS = ("voc", "coco", "yolo")
 
@@ -124,7 +125,7 @@ def test_whole_file_errors_fail_the_stage_clearly_and_mark_nothing_done(corpus, 
         assert matches(case, obs) == [], (case.name, obs.error)
         assert case.strict_error in obs.error, (case.name, obs.error)
         # never taken as done: no manifest for this config's shard output
-        assert not run.workspace.exists(f"shard/{fingerprint(run.config, 'shard')}", "manifest.json"), case.name
+        assert not run.workspace.exists(f"shard/{fingerprint(run.config, shard.SPEC)}", "manifest.json"), case.name
 
 
 def test_corpus_covers_each_input_defect_class_several_times(corpus):

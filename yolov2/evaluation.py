@@ -1,23 +1,27 @@
 """Detections of a model over shards, the plain single-process way, and the standard metric set.
 
 The evaluate stage runs the same :class:`~yolov2.inference.Predictor` in parallel Ray actors; the
-training loop's validation and the tests use :func:`predict_samples` here. Both produce a
+training loop's validation (:func:`voc07_map50`) and the tests use :func:`predict_samples` here. Both produce a
 :class:`~yolov2.metrics.DetectionTable` whose rows are ordered by image (input order), then by
 decreasing score, so the two paths give identical tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from torch import nn
 
 from yolov2.data.images import decode_rgb
 from yolov2.data.records import ImageRecord
-from yolov2.inference import Predictor
+from yolov2.data.shards import ShardSpec, read_samples
+from yolov2.engine.precision import Precision
+from yolov2.inference import ModelSpec, Predictor
 from yolov2.metrics import DetectionTable, coco_evaluate, voc_evaluate
 from yolov2.postprocess import Detections
+from yolov2.preprocess import Resize
 
 
 def detections_table(image_ids: Sequence[str], detections: Sequence[Detections]) -> DetectionTable:
@@ -86,3 +90,37 @@ def compute_metrics(
         else:
             raise ValueError(f"unknown metric {name!r} (voc07, voc12, coco)")
     return flat, results
+
+
+def voc07_map50(
+    model: nn.Module,
+    spec: ModelSpec,
+    shards: Sequence[ShardSpec],
+    *,
+    batch_size: int = 8,
+    input_size: int | None = None,
+    letterbox: bool = True,
+    resize: Resize = "darknet",
+    conf_thresh: float = 0.005,
+    nms_thresh: float = 0.45,
+    max_det: int | None = 100,
+    max_candidates: int | None = None,
+    precision: Precision | None = None,
+) -> float:
+    """VOC2007 11-point mAP at IoU 0.5 of ``model`` over every sample of ``shards``: training's validation.
+
+    The evaluate stage's :class:`Predictor` (the keyword arguments are its own) on the device the model's
+    parameters are on, and :func:`compute_metrics`; the model is put in eval mode for this and then back
+    in the mode it was in.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    predictor = Predictor(model, spec, input_size=input_size, letterbox=letterbox, resize=resize,
+                          conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
+                          max_candidates=max_candidates, device=device, precision=precision)
+    total = sum(s.num_samples for s in shards)
+    samples = ((raw.image_bytes, raw.record) for raw in read_samples(shards, 0, total))
+    detections, records = predict_samples(predictor, samples, batch_size=batch_size)
+    flat, _ = compute_metrics(records, detections, spec.class_names, ["voc07"])
+    model.train(was_training)
+    return flat["map50_voc07"]

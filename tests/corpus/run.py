@@ -11,9 +11,10 @@ index Parquet (what was sharded) and ``rejects.parquet`` (what was not, and why)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -28,7 +29,7 @@ class ShardRun:
 
     workspace: Any  # pipelines.workspace.Workspace
     config: Any  # yolov2.config.PipelineConfig
-    result: Any = None  # pipelines.stage.StageResult
+    result: Any = None  # pipelines.dag.StageResult
     error: BaseException | None = None
 
 
@@ -66,17 +67,18 @@ def corpus_config(workspace: Path, layout: Layout, root: Path, splits: Sequence[
 
 def run_shard(workspace: Path, layout: Layout, root: Path, splits: Sequence[str], strict: bool = False) -> ShardRun:
     """prepare (``data.root``) + shard on the running Ray instance; a DatasetError is kept, not raised."""
-    from yolov2.errors import DatasetError
-
     from pipelines import prepare, shard
+    from pipelines.dag import run_stage
     from pipelines.workspace import Workspace
+    from yolov2.errors import DatasetError
 
     cfg = corpus_config(workspace, layout, root, splits, strict)
     ws = Workspace.open(cfg.workspace)
     run = ShardRun(ws, cfg)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     try:
-        run.result = shard.run(cfg, ws, upstream={"prepare": prepared}, force=True, tracking_enabled=False)
+        run.result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=True,
+                               tracking_enabled=False)
     except DatasetError as e:  # under Ray a task's DatasetError arrives as RayTaskError(DatasetError)
         run.error = e
     return run

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from yolov2.data.loader import Batch, to_model_input
+from yolov2.data.batch import Batch, to_model_input
 from yolov2.engine.optim import build_sgd
 from yolov2.engine.trainer import Hooks, LoopSettings, train
 from yolov2.loss import region_loss

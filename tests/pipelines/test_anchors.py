@@ -13,20 +13,21 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines import anchors as stage
+from pipelines import prepare, shard
+from pipelines.dag import run_stage
+from pipelines.workspace import Workspace
 from yolov2 import anchors as A
 from yolov2.config import load_config
 from yolov2.errors import ConfigError
 from yolov2.progress import Progress
-
-from pipelines import anchors as stage
-from pipelines import prepare, shard
-from pipelines.workspace import Workspace
 
 TIMING_FIELDS = {"seconds", "clustering_seconds"}
 GENERATED = ["data.synthetic.num_train=30", "data.synthetic.num_val=2", "data.synthetic.num_test=2"]
@@ -35,9 +36,9 @@ GENERATED = ["data.synthetic.num_train=30", "data.synthetic.num_val=2", "data.sy
 def _run(ws_root, overrides: list[str], *, force: bool = False, tracking: bool = False):
     cfg = load_config(None, [f"workspace={ws_root}", *overrides])
     ws = Workspace.open(cfg.workspace)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
-    sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
-    result = stage.run(cfg, ws, upstream={"shard": sharded}, force=force, tracking_enabled=tracking)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
+    sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+    result = run_stage(stage.SPEC, cfg, ws, upstream={"shard": sharded}, force=force, tracking_enabled=tracking)
     return cfg, ws, sharded, result
 
 
@@ -243,4 +244,4 @@ def test_mlflow_run_has_metrics_and_plot(ray_local, tmp_path):
     assert {"anchors.png", "anchors.json"} <= artifacts
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="anchors.png",
                                                 dst_path=str(tmp_path / "dl"))
-    assert open(local, "rb").read() == ws.local_path(result.output_dir, "anchors.png").read_bytes()
+    assert Path(local).read_bytes() == ws.local_path(result.output_dir, "anchors.png").read_bytes()

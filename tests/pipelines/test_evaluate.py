@@ -9,6 +9,9 @@ import re
 import numpy as np
 import torch
 
+from pipelines import evaluate, prepare, shard
+from pipelines.dag import StageResult, run_stage
+from pipelines.workspace import Workspace
 from yolov2.config import load_config
 from yolov2.data.records import table_to_records
 from yolov2.data.shards import iter_shard_samples
@@ -16,10 +19,6 @@ from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor, save_model_file
 from yolov2.metrics import DetectionTable
 from yolov2.progress import Progress
-
-from pipelines import evaluate, prepare, shard
-from pipelines.stage import StageResult
-from pipelines.workspace import Workspace
 
 
 def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, capsys):
@@ -29,8 +28,8 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
                              "evaluate.coco_workers=2", "evaluate.amp=off",  # float32, as the plain loop below
                              "evaluate.channels_last=false"])
     ws = Workspace.open(cfg.workspace)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
-    sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
+    sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
 
     torch.manual_seed(0)
     spec = ModelSpec("yolov2_tiny_voc", 5, [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
@@ -41,7 +40,7 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
     trained = StageResult("train", "f" * 16, "fake-train", {"model": "model.pt"}, cached=True, seconds=0, run_id=None)
 
     monkeypatch.setattr(evaluate, "Progress", functools.partial(Progress, interval=0))  # a line per block
-    result = evaluate.run(cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
+    result = run_stage(evaluate.SPEC, cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[evaluate]")]
     inference = [line for line in lines if line.startswith("[evaluate] inference ")]
     assert inference[0] == "[evaluate] inference 0/13 images (0%) elapsed 0:00:00"

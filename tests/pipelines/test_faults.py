@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import full, prepare, shard
+from pipelines.dag import MANIFEST, run_stage
+from pipelines.workspace import Workspace, WorkspaceWriteError
 from test_cluster_scripts import session_processes
 from tiny_pipeline import TINY, set_args
 from yolov2.config import load_config
-
-from pipelines import full, prepare, shard
-from pipelines.stage import MANIFEST
-from pipelines.workspace import Workspace, WorkspaceWriteError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +60,7 @@ def _prepared(tmp_path: Path):
     """Config and the prepared (generated) dataset, on the ordinary disk."""
     cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", *SHARD_OVERRIDES])
     big = Workspace.open(cfg.workspace)
-    return cfg, big, prepare.run(cfg, big, tracking_enabled=False)
+    return cfg, big, run_stage(prepare.SPEC, cfg, big, tracking_enabled=False)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -83,16 +82,16 @@ def _assert_failed_cleanly(info: pytest.ExceptionInfo, small: Workspace, output_
 @pytest.mark.fault
 def test_disk_full_while_writing_shards_fails_clearly_and_a_rerun_with_space_succeeds(ray_local, tmp_path):
     cfg, big, prepared = _prepared(tmp_path)
-    clean = shard.run(cfg, big, upstream={"prepare": prepared}, tracking_enabled=False)
+    clean = run_stage(shard.SPEC, cfg, big, upstream={"prepare": prepared}, tracking_enabled=False)
     with tmpfs(tmp_path / "small", 64 * 1024) as mount_point:  # room for a fraction of one shard
         small = Workspace.open(mount_point)
         with pytest.raises(WorkspaceWriteError) as info:
-            shard.run(cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
+            run_stage(shard.SPEC, cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
         _assert_failed_cleanly(info, small, clean.output_dir, "No space left on device")
         assert ".tar" in str(info.value)
 
         remount(mount_point, "size=16m")  # space freed: the same command now completes
-        rerun = shard.run(cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
+        rerun = run_stage(shard.SPEC, cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
         assert not rerun.cached and rerun.output_dir == clean.output_dir
         assert _digests(small.local_path(rerun.output_dir)) == _digests(big.local_path(clean.output_dir))
         assert len(_digests(small.local_path(rerun.output_dir))) == 5
@@ -104,19 +103,19 @@ def test_disk_full_at_the_manifest_leaves_the_stage_not_done(ray_local, tmp_path
     """The disk has room for every shard and index but not the manifest: the stage fails on manifest.json
     and is not taken as done; the next run redoes it."""
     cfg, big, prepared = _prepared(tmp_path)
-    clean = shard.run(cfg, big, upstream={"prepare": prepared}, tracking_enabled=False)
+    clean = run_stage(shard.SPEC, cfg, big, upstream={"prepare": prepared}, tracking_enabled=False)
     outputs = [p for p in big.local_path(clean.output_dir).iterdir() if p.name != MANIFEST]
     room = sum(-(-p.stat().st_size // PAGE) * PAGE for p in outputs)
     with tmpfs(tmp_path / "small", room) as mount_point:
         small = Workspace.open(mount_point)
         with pytest.raises(WorkspaceWriteError) as info:
-            shard.run(cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
+            run_stage(shard.SPEC, cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
         _assert_failed_cleanly(info, small, clean.output_dir, "No space left on device")
         assert str(small.local_path(clean.output_dir, MANIFEST)) in str(info.value)
         assert sorted(p.name for p in small.local_path(clean.output_dir).iterdir()) == sorted(p.name for p in outputs)
 
         remount(mount_point, f"size={room + 4 * PAGE}")
-        rerun = shard.run(cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
+        rerun = run_stage(shard.SPEC, cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
         assert not rerun.cached and small.exists(rerun.output_dir, MANIFEST)
         assert _digests(small.local_path(rerun.output_dir)) == _digests(big.local_path(clean.output_dir))
 
@@ -128,7 +127,7 @@ def test_read_only_workspace_fails_clearly_before_any_work(ray_local, tmp_path):
         remount(mount_point, "ro")
         small = Workspace(str(mount_point))
         with pytest.raises(OSError, match="Read-only file system") as info:
-            shard.run(cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
+            run_stage(shard.SPEC, cfg, small, upstream={"prepare": prepared}, tracking_enabled=False)
         assert str(mount_point) in str(info.value)
         assert list(mount_point.iterdir()) == []
 
@@ -171,8 +170,8 @@ def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_trai
     log = tmp_path / "driver.log"
     # ray.address=local: a Ray instance of its own, never a cluster some other process started on this machine
     with open(log, "w") as out:
-        driver = subprocess.Popen([sys.executable, str(REPO / "pipelines/full.py"), *args, "--set", "ray.address=local"],
-                                  cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [sys.executable, str(REPO / "pipelines/full.py"), *args, "--set", "ray.address=local"]
+        driver = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: any(ws.glob("train/*/ray/**/state.pt")), driver, log, timeout=480)
         os.kill(driver.pid, signal.SIGKILL)

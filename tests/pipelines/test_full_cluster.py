@@ -23,10 +23,9 @@ import uuid
 
 import pytest
 
+from pipelines.stages import STAGE_NAMES
 from test_cluster_scripts import CLUSTER, VENV_BIN, pick_cluster_port, run
 from tiny_pipeline import TINY, set_args
-
-from pipelines.stage import STAGES
 
 # On top of the tiny pipeline: at least two tasks or actors per stage, each needing a whole node.
 TWO_NODES = [
@@ -94,7 +93,7 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
                    *set_args(TINY + TWO_NODES)], env=env, timeout=900)
         assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
         summary = json.loads((workspace / "summary.json").read_text())
-        assert [summary["stages"][s]["status"] for s in STAGES] == ["done"] * 5
+        assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["done"] * 5
 
         from ray.job_submission import JobSubmissionClient
 

@@ -6,8 +6,8 @@ The reference for every check is independent of the stage: the dataset readers c
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import os
 import re
 import signal
@@ -17,21 +17,23 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import prepare, shard
+from pipelines.dag import run_stage
+from pipelines.faults import NO_FAULTS, FaultPlan
+from pipelines.workspace import Workspace
 from yolov2.config import load_config
 from yolov2.data.coco import read_coco
 from yolov2.data.shards import iter_shard_samples
 from yolov2.data.voc import read_voc
 from yolov2.progress import Progress
 
-from pipelines import prepare, shard
-from pipelines.workspace import Workspace
 
-
-def _run(tmp_path: Path, overrides: list[str], force: bool = False):
+def _run(tmp_path: Path, overrides: list[str], force: bool = False, faults: FaultPlan = NO_FAULTS):
     cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", *overrides])
     ws = Workspace.open(cfg.workspace)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
-    result = shard.run(cfg, ws, upstream={"prepare": prepared}, force=force, tracking_enabled=False)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
+    result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=force, tracking_enabled=False,
+                       faults=faults)
     return cfg, ws, result
 
 
@@ -46,7 +48,7 @@ def _assert_shards_match(ws: Workspace, result, split: str, expected_records) ->
     urls = [str(folder / name) for name in result.manifest["splits"][split]["shards"]]
     samples = list(iter_shard_samples(urls))
     assert [rec.image_id for _, _, rec in samples] == [r.image_id for r in expected_records]
-    for (key, image_bytes, rec), expected in zip(samples, expected_records):
+    for (_key, image_bytes, rec), expected in zip(samples, expected_records):
         assert rec.to_dict() == expected.to_dict()
         assert image_bytes == Path(expected.path).read_bytes()
     index = pq.read_table(folder / f"{split}-index.parquet")
@@ -64,7 +66,7 @@ def test_generated_dataset_round_trip_cache_and_force(ray_local, tmp_path, monke
     assert any(re.fullmatch(r"\[shard\] \d+/36 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
                             r"ETA 0:\d\d:\d\d", line) for line in lines), lines
     assert lines[-1].startswith("[shard] 36/36 images (100%)")
-    root = result.manifest and prepare.run(cfg, ws, tracking_enabled=False).manifest["root"]
+    root = result.manifest and run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False).manifest["root"]
     for split, n in [("train", 24), ("val", 6), ("test", 6)]:
         records, rejects = read_voc(root, split, class_names=result.manifest["class_names"])
         assert len(records) == n and rejects == []
@@ -104,7 +106,8 @@ def test_raccoon_two_splits_grayscale_kept(ray_local, tmp_path, shared_data):
 
 def test_coco_tiny(ray_local, tmp_path, shared_data):
     root = shared_data / "coco_tiny"
-    _, ws, result = _run(tmp_path, ["data.kind=coco", f"data.root={root}", "data.splits={train: [train2017], val: [val2017]}"])
+    _, ws, result = _run(tmp_path, ["data.kind=coco", f"data.root={root}",
+                                    "data.splits={train: [train2017], val: [val2017]}"])
     for split, name in [("train", "train2017"), ("val", "val2017")]:
         records, rejects = read_coco(root / "annotations" / f"instances_{name}.json", root / name, split,
                                      class_names=result.manifest["class_names"])
@@ -146,10 +149,10 @@ def _clean_run_and_marker_dir(tmp_path: Path):
 
 
 @pytest.mark.fault
-def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
+def test_killed_task_is_retried_and_output_identical(ray_local, tmp_path):
     ws, clean_digests, markers = _clean_run_and_marker_dir(tmp_path)
-    monkeypatch.setenv("YOLOV2_FAULT_SHARD_DIR", str(markers))
-    _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True)
+    exit_once = FaultPlan(shard_kind="exit", shard_marker_dir=str(markers))
+    _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True, faults=exit_once)
     assert len(list(markers.iterdir())) == len(clean_digests) == 5  # every shard's first attempt died
     assert _shard_digests(ws, faulty) == clean_digests
     assert not list(ws.local_path(faulty.output_dir).glob(".tmp-*"))
@@ -176,16 +179,16 @@ def _process_gone(pid: int) -> bool:
 
 
 @pytest.mark.fault
-def test_worker_killed_by_signal_is_retried_and_output_identical(ray_local, tmp_path, monkeypatch):
+def test_worker_killed_by_signal_is_retried_and_output_identical(ray_local, tmp_path):
     """The worker process running each shard's first attempt is SIGKILLed from outside, mid-write (data
     written, temp file not yet renamed): Ray retries the task on a new worker, shards are byte-identical."""
     ws, clean_digests, markers = _clean_run_and_marker_dir(tmp_path)
-    monkeypatch.setenv("YOLOV2_FAULT_SHARD_HOLD_DIR", str(markers))
+    hold_once = FaultPlan(shard_kind="hold", shard_marker_dir=str(markers))
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_held_workers, args=(markers, stop, killed), daemon=True)
     killer.start()
     try:
-        _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True)
+        _, _, faulty = _run(tmp_path, FAULT_OVERRIDES, force=True, faults=hold_once)
     finally:
         stop.set()
         killer.join()

@@ -2,7 +2,7 @@
 
 It knows nothing of Ray or MLflow: the caller passes the data, the model (already wrapped in DDP when
 distributed) and :class:`Hooks` (plain callables) for logging, validation, checkpoints and the end of an epoch.
-``pipelines/train.py`` supplies Ray Train's versions; tests can pass plain functions.
+``pipelines/train/worker.py`` supplies Ray Train's versions; tests can pass plain functions.
 
 Units: a *micro-batch* is one forward/backward on one rank; an optimizer *step* happens every
 ``accumulation`` micro-batches (Darknet's ``subdivisions``), so the effective batch is
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolov2.data.loader import Batch, to_model_input
+from yolov2.data.batch import Batch, to_model_input
 from yolov2.engine.checkpoint import model_state_for_export, restore_rng_state, rng_state, unwrap
 from yolov2.engine.ema import ModelEMA
 from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
@@ -78,7 +78,6 @@ class Hooks:
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     validate: Callable[[nn.Module, TrainState], dict[str, float]] = lambda model, state: {}
     end_epoch: Callable[[TrainState, dict[str, float], dict[str, Any] | None], None] = lambda state, metrics, ckpt: None
-    before_step: Callable[[TrainState], None] = lambda state: None  # e.g. fault injection in tests
     step_end: Callable[[StepReport], None] = lambda report: None  # after every optimizer step: progress lines
 
 
@@ -187,7 +186,6 @@ def train(
             for name, value in zip(LOSS_PARTS, loss_values):
                 totals[name] = totals.get(name, 0.0) + value
             if micro % settings.accumulation == 0:
-                hooks.before_step(state)
                 lr = learning_rate(settings, state.step)
                 set_lr(optimizer, lr)
                 if scaler:

@@ -1,4 +1,5 @@
-"""Matplotlib figures of the analysis data: PR curves, confusion matrix, error breakdown, sample images.
+"""Matplotlib figures of the analysis data: PR curves, confusion matrix, error breakdown, sample images,
+and the anchors stage's anchor shapes over the box shapes.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global state, no
 display, no backend to select (saving uses Agg), so they work in Ray workers and on headless
@@ -7,12 +8,17 @@ machines. Each function returns a Figure; ``fig.savefig(path)`` or ``mlflow.log_
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
 from yolov2.data.records import ImageRecord
 from yolov2.metrics.analysis import (
@@ -102,9 +108,7 @@ def sample_detections_figure(
 ) -> Figure | None:
     """A grid of the first ``num_images`` readable images (``record.path``) with ground truth in green
     and detections (score >= ``score_threshold``) in red; None when no image file can be read."""
-    from PIL import Image
-
-    chosen = []
+    chosen: list[tuple[ImageRecord, np.ndarray]] = []
     for record in records:
         if len(chosen) == num_images:
             break
@@ -162,8 +166,63 @@ def evaluation_figures(
 
 
 def _draw_box(ax, box: np.ndarray, color: str, text: str) -> None:
-    from matplotlib.patches import Rectangle
-
     x1, y1, x2, y2 = (float(v) for v in box)
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.0))
     ax.text(x1, y1, text, fontsize=5, color="black", backgroundcolor=color, va="bottom")
+
+
+MAX_ANCHOR_PLOT_POINTS = 20_000  # box shapes drawn by anchors_figure (a seeded subsample beyond this)
+
+
+def anchors_figure(wh_grid: np.ndarray, anchors_grid: np.ndarray, table: Mapping[int, float], k: int,
+                   mean_iou: float, title: str, seed: int = 0) -> Figure:
+    """Left: box shapes wh_grid (float64[N, 2], (w, h) in grid cells; a seeded subsample of at most
+    :data:`MAX_ANCHOR_PLOT_POINTS`) with each anchor of anchors_grid (float64[k, 2], grid cells) drawn as a
+    rectangle from the origin to its (w, h); right: mean IoU against k (``table``), the chosen k marked."""
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    ax_shapes, ax_k = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
+    points = wh_grid
+    if len(points) > MAX_ANCHOR_PLOT_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(points), MAX_ANCHOR_PLOT_POINTS, replace=False))
+        points = points[keep]
+    dense = len(points) > 2000
+    ax_shapes.scatter(points[:, 0], points[:, 1], s=2 if dense else 8, alpha=0.2 if dense else 0.5, color="tab:blue",
+                      linewidths=0,
+                      label=f"boxes ({len(points)} of {len(wh_grid)})" if len(points) < len(wh_grid) else "boxes")
+    colors = [f"C{(i + 1) % 10}" for i in range(len(anchors_grid))]
+    for (w, h), color in zip(anchors_grid, colors):
+        ax_shapes.add_patch(Rectangle((0, 0), w, h, fill=False, lw=1.6, edgecolor=color))
+        ax_shapes.plot([w], [h], marker="o", ms=5, color=color)
+        ax_shapes.annotate(f"{w:.2f}x{h:.2f}", (w, h), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                           color=color)
+    limit = 1.05 * max(float(np.max(wh_grid)), float(np.max(anchors_grid)))
+    ax_shapes.set_xlim(0, limit)
+    ax_shapes.set_ylim(0, limit)
+    ax_shapes.set_aspect("equal")
+    ax_shapes.set_xlabel("box width (grid cells)")
+    ax_shapes.set_ylabel("box height (grid cells)")
+    ax_shapes.set_title(f"{len(anchors_grid)} anchors, mean IoU {mean_iou:.4f}", fontsize=10)
+    ax_shapes.legend(loc="upper left", fontsize=7)
+
+    if table:
+        ks = sorted(table)
+        ax_k.plot(ks, [table[x] for x in ks], marker="o", color="tab:blue", label="k-means (1 - IoU)")
+    ax_k.plot([k], [mean_iou], marker="*", ms=14, color="tab:red", linestyle="none", label=f"chosen: k={k}")
+    ax_k.set_xlabel("number of anchors k")
+    ax_k.set_ylabel("mean IoU of boxes with their best anchor")
+    ax_k.set_xticks(sorted(set(table) | {k}))
+    ax_k.set_ylim(0, 1)
+    ax_k.grid(alpha=0.3)
+    ax_k.legend(loc="lower right", fontsize=8)
+    ax_k.set_title("Box generation: mean IoU against k" if table else "clustering skipped (pinned anchors)",
+                   fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (Agg, 110 dpi unless told)."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipelines.metric_sender import MetricSender
+from pipelines.tracking.sender import MetricSender
 
 
 class FlakyServer:

@@ -1,11 +1,12 @@
-"""The train stage on real Ray Train: 2 CPU workers with gloo, a tiny model, tiny images.
+"""The train stage (pipelines/train/driver.py) on real Ray Train: 2 CPU workers with gloo, a tiny model, tiny images.
 
 Checks: the loss falls; ranks see disjoint samples and the same multi-scale size at every step; DDP keeps
 the weights identical across ranks; MLflow gets the metrics from rank 0; a worker that fails mid-run is
 restarted from the last checkpoint with the same total step count, also when killed by SIGKILL (the metrics
 go on in the stage's one MLflow run); a stopped run resumes; checkpoints load with weights_only=True; a
-real MLflow server killed mid-training and restarted gets every step's metrics afterwards, and metrics
-that never reach a server are kept in a file and reported.
+real MLflow server killed mid-training and restarted gets every step's metrics afterwards. (Without Ray:
+tests/pipelines/train/test_checkpoints.py, test_worker.py; metrics that never reach a server are kept in a
+file and reported: tests/pipelines/tracking/test_rank_zero.py.)
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines import prepare, shard, tracking, train
+from pipelines.dag import StageResult, run_stage
+from pipelines.faults import FaultPlan
+from pipelines.workspace import Workspace
 from yolov2.config import load_config
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.inference import load_model_file
-
-from pipelines import prepare, shard, train
-from pipelines.stage import StageResult
-from pipelines.workspace import Workspace
 
 ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
 
@@ -42,8 +43,8 @@ def _setup(tmp_path: Path, extra: list[str]):
         "train.multiscale_every=2", "train.burn_in=0", "train.lr=0.0005", "train.log_every=1",
         "train.register_name=null", *extra])
     ws = Workspace.open(cfg.workspace)
-    prepared = prepare.run(cfg, ws, tracking_enabled=False)
-    sharded = shard.run(cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+    prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
+    sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
     anchors = StageResult("anchors", "a" * 16, "anchors/x", {"anchors": ANCHORS}, cached=True, seconds=0, run_id=None)
     return cfg, ws, {"shard": sharded, "anchors": anchors}
 
@@ -52,18 +53,15 @@ def _trace(trace_dir: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in (trace_dir / f"batches-rank{rank}.jsonl").read_text().splitlines()]
 
 
-def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, tmp_path, monkeypatch):
+def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, tmp_path):
     import mlflow
-
-    from pipelines import tracking
 
     trace = tmp_path / "trace"
     trace.mkdir()
-    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
     cfg, ws, upstream = _setup(tmp_path, ["train.epochs=8", "train.val_every=8", "train.lr=0.002"])
     tracking.setup_mlflow(None, "train-test", ws)
     with mlflow.start_run(run_name="pipeline"):
-        result = train.run(cfg, ws, upstream=upstream)
+        result = run_stage(train.SPEC, cfg, ws, upstream=upstream, faults=FaultPlan(train_trace_dir=str(trace)))
     assert result.manifest["steps"] == 8 * 2  # 32 images / (2 ranks x 4) = 4 micro-batches, 2 per step (16 / 8)
 
     ranks = [_trace(trace, 0), _trace(trace, 1)]
@@ -97,35 +95,36 @@ def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, t
 
 
 @pytest.mark.fault
-def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_local, tmp_path, monkeypatch):
+def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_local, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_DIR", str(markers))
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_STEP", "3")  # in epoch 1, after epoch 0's checkpoint
+    fault = FaultPlan(train_step=3, train_marker_dir=str(markers))  # in epoch 1, after epoch 0's checkpoint
     cfg, ws, upstream = _setup(tmp_path, ["train.epochs=3", "train.val_every=100", "train.max_failures=1"])
-    recovered = train.run(cfg, ws, upstream=upstream, tracking_enabled=False)
+    recovered = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False, faults=fault)
     assert (markers / "train-step-3.failed").exists()  # the failure really happened
     assert recovered.manifest["steps"] == 6 and recovered.manifest["epochs"] == 3
 
     # A run that stops (no retries left) leaves its checkpoint; --resume continues from it.
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_STEP", "4")
-    cfg2, ws2, upstream2 = _setup(tmp_path / "second", ["train.epochs=3", "train.val_every=100", "train.max_failures=0"])
+    fault = FaultPlan(train_step=4, train_marker_dir=str(markers))
+    cfg2, ws2, upstream2 = _setup(tmp_path / "second",
+                                  ["train.epochs=3", "train.val_every=100", "train.max_failures=0"])
     with pytest.raises(Exception, match="injected training failure"):
-        train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False)
-    resumed = train.run(cfg2, ws2, upstream=upstream2, tracking_enabled=False, resume=True)
+        run_stage(train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, faults=fault)
+    resumed = run_stage(train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, flags={"resume": True},
+                        faults=fault)
     assert resumed.manifest["resumed"] and resumed.manifest["steps"] == 6
 
 
-def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, tmp_path, monkeypatch):
+def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, tmp_path):
     """train.ingest=ray_data: Ray Data decodes and augments, each trainer gets its get_dataset_shard stream.
     31 images on 2 ranks: one repeat pads the split; every image once per epoch; same size per step."""
     trace = tmp_path / "trace"
     trace.mkdir()
-    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
     epochs = 2
     cfg, ws, upstream = _setup(tmp_path, ["train.ingest=ray_data", "data.synthetic.num_train=31",
                                           f"train.epochs={epochs}", "train.val_every=100", "train.lr=0.002"])
-    result = train.run(cfg, ws, upstream=upstream, tracking_enabled=False)
+    result = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False,
+                       faults=FaultPlan(train_trace_dir=str(trace)))
     assert result.manifest["steps"] == epochs * 2  # 32 padded / (2 ranks x 4) = 4 micro-batches, 2 per step
 
     ranks = [_trace(trace, 0), _trace(trace, 1)]
@@ -147,24 +146,19 @@ def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, 
 @pytest.mark.slow  # ~140 s each on 2 busy cores: Ray starts the worker group twice
 @pytest.mark.fault
 @pytest.mark.parametrize("rank", [1, 0])
-def test_sigkilled_worker_restarts_from_checkpoint_and_logs_into_the_same_mlflow_run(ray_local, tmp_path, monkeypatch,
-                                                                                    rank):
+def test_sigkilled_worker_restarts_from_checkpoint_and_logs_into_the_same_mlflow_run(ray_local, tmp_path, rank):
     """A worker process dies by SIGKILL mid-epoch (no exception, no cleanup): Ray Train restarts the group
     from the last checkpoint, the step count is unchanged, and the metrics go on in the stage's one run."""
     import mlflow
 
-    from pipelines import tracking
-
     markers = tmp_path / "markers"
     markers.mkdir()
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_DIR", str(markers))
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_STEP", "3")  # mid-epoch 1, after epoch 0's checkpoint (step 2)
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_RANK", str(rank))
-    monkeypatch.setenv("YOLOV2_FAULT_TRAIN_KIND", "sigkill")
+    # mid-epoch 1, after epoch 0's checkpoint (step 2)
+    fault = FaultPlan(train_step=3, train_rank=rank, train_kind="sigkill", train_marker_dir=str(markers))
     cfg, ws, upstream = _setup(tmp_path, ["train.epochs=3", "train.val_every=100", "train.max_failures=1"])
     tracking.setup_mlflow(None, "train-sigkill", ws)
     with mlflow.start_run(run_name="pipeline") as parent:
-        result = train.run(cfg, ws, upstream=upstream)
+        result = run_stage(train.SPEC, cfg, ws, upstream=upstream, faults=fault)
     assert (markers / "train-step-3.failed").read_text().startswith(f"rank {rank} ")  # the kill really happened
     assert result.manifest["steps"] == 6 and result.manifest["epochs"] == 3
 
@@ -184,26 +178,6 @@ def test_sigkilled_worker_restarts_from_checkpoint_and_logs_into_the_same_mlflow
     for step in (3, 4):
         values = [m.value for m in history if m.step == step]
         assert max(values) - min(values) <= 1e-4 * abs(values[0])
-
-
-def test_resume_takes_the_newest_complete_checkpoint_ray_had_not_registered(tmp_path):
-    """A kill right after a report leaves a checkpoint Ray did not register (seen with SIGKILL): it is used;
-    a half-written one is skipped; an older one never replaces what Ray restored."""
-    ws = Workspace.open(tmp_path)
-
-    def save(name: str, step: int) -> None:
-        (tmp_path / "run" / name).mkdir(parents=True)
-        torch.save({"state": {"step": step, "epoch": step // 2}}, tmp_path / "run" / name / train.STATE_FILE)
-
-    save("checkpoint_2026-01-01_00-00-01.000000", 2)
-    save("checkpoint_2026-01-01_00-00-02.000000", 4)
-    (tmp_path / "run" / "checkpoint_2026-01-01_00-00-03.000000").mkdir()
-    (tmp_path / "run" / "checkpoint_2026-01-01_00-00-03.000000" / train.STATE_FILE).write_bytes(b"PK\x03\x04trunc")
-    restored = {"state": {"step": 2, "epoch": 1}}
-    assert train._newest_checkpoint(ws, "run", restored, rank=0, world=1)["state"]["step"] == 4
-    assert train._newest_checkpoint(ws, "run", None, rank=0, world=1)["state"]["step"] == 4
-    assert train._newest_checkpoint(ws, "run", {"state": {"step": 6}}, rank=0, world=1)["state"]["step"] == 6
-    assert train._newest_checkpoint(ws, "missing", None, rank=0, world=1) is None
 
 
 def _wait_until(condition, timeout: float, what: str) -> None:
@@ -233,19 +207,15 @@ def _start_server_on(root: Path, port: int, timeout: float = 120):
 
 @pytest.mark.slow  # ~200 s on 2 busy cores (Ray's worker start-up, two MLflow server start-ups)
 @pytest.mark.fault
-def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(ray_local, tmp_path, monkeypatch,
-                                                                                caplog):
+def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(ray_local, tmp_path, caplog):
     """A real MLflow server is SIGKILLed while training logs, and restarted on the same port and store:
     training goes on meanwhile, the stage completes, and every step's metrics are in the run, once."""
     import mlflow
 
     from test_cluster_scripts import free_port, stop_session
 
-    from pipelines import tracking
-
     trace = tmp_path / "trace"
     trace.mkdir()
-    monkeypatch.setenv("YOLOV2_TRAIN_TRACE_DIR", str(trace))
     cfg, ws, upstream = _setup(tmp_path, ["train.epochs=6", "train.val_every=100"])  # 12 steps, 2 micro-batches each
     root, port = tmp_path / "server", free_port()
     root.mkdir()
@@ -274,8 +244,8 @@ def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(
         tracking.setup_mlflow(base, "train-outage", ws)
         killer = threading.Thread(target=kill_and_restart)
         killer.start()
-        with caplog.at_level(logging.INFO, logger="pipelines.train"), mlflow.start_run(run_name="pipeline"):
-            result = train.run(cfg, ws, upstream=upstream)
+        with caplog.at_level(logging.INFO, logger="pipelines"), mlflow.start_run(run_name="pipeline"):
+            result = run_stage(train.SPEC, cfg, ws, upstream=upstream, faults=FaultPlan(train_trace_dir=str(trace)))
         killer.join(timeout=300)
         assert "error" not in outage, outage.get("error")
         assert outage["steps_while_down"] and result.manifest["steps"] == 12  # training went on and finished
@@ -288,29 +258,8 @@ def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(
         assert client.get_run(result.run_id).info.status == "FINISHED"
         delivery = result.manifest["mlflow_delivery"]
         assert delivery["outages"] >= 1 and delivery["sent_late"] >= 2 * 11 and delivery["unsent"] == 0
-        assert not ws.exists(result.output_dir, train.UNSENT_METRICS)
+        assert not ws.exists(result.output_dir, tracking.UNSENT_METRICS)
         assert any("buffered and sent afterwards" in r.getMessage() for r in caplog.records)  # the stage says so
     finally:
         for server in servers:
             stop_session(server)
-
-
-@pytest.mark.fault
-def test_metrics_unsent_when_training_ends_are_kept_in_a_file_and_reported(tmp_path, caplog):
-    """No server at all until the end (a closed port, real MLflow client): after flush_timeout the values
-    are written to the stage output, and the driver's report names the file."""
-    from test_cluster_scripts import free_port
-
-    ws = Workspace.open(tmp_path)
-    logger = train._RankZeroLogger(f"http://127.0.0.1:{free_port()}", "0123456789abcdef", 0, 2, ws, "out",
-                                   flush_timeout=1.0)
-    logger.log({"loss/total": 3.5, "lr": 0.001}, 1)
-    logger.log({"loss/total": 2.5, "lr": 0.001}, 2)
-    logger.close(2)
-    kept = [json.loads(line) for line in (tmp_path / "out" / train.UNSENT_METRICS).read_text().splitlines()]
-    assert [(m["key"], m["value"], m["step"]) for m in kept] == [
-        ("loss_total", 3.5, 1), ("lr", 0.001, 1), ("loss_total", 2.5, 2), ("lr", 0.001, 2)]
-    with caplog.at_level(logging.WARNING, logger="pipelines.train"):
-        report = train._report_delivery(ws, "out")
-    assert report["unsent"] == 4 and report["sent"] == 0 and report["outages"] == 1
-    assert any(str(tmp_path / "out" / train.UNSENT_METRICS) in r.getMessage() for r in caplog.records)

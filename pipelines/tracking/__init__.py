@@ -1,0 +1,45 @@
+"""MLflow for the stages (the library never imports mlflow): the store, runs, what goes into them, and
+training metrics that never wait on the server.
+
+- :mod:`~pipelines.tracking.server`: which store, does it answer, fail-fast HTTP settings, ``setup_mlflow``
+- :mod:`~pipelines.tracking.runs`: guarded runs (a dead server holds nothing up), stale runs, environment tags
+- :mod:`~pipelines.tracking.params`: params with secrets masked, metrics, artifacts, figures, the final model
+- :mod:`~pipelines.tracking.sender`: :class:`MetricSender`, values buffered while the server is down
+- :mod:`~pipelines.tracking.rank_zero`: Ray Train rank 0's logger and the driver's delivery report
+
+Callers use the names re-exported here: ``from pipelines import tracking; tracking.setup_mlflow(...)``.
+"""
+
+from pipelines.tracking.params import (
+                                       log_artifact_bytes,
+                                       log_figure,
+                                       log_final_model,
+                                       log_metrics,
+                                       log_params,
+                                       mask_secrets,
+                                       safe_params,
+)
+from pipelines.tracking.rank_zero import (
+                                       DELIVERY_REPORT,
+                                       UNSENT_METRICS,
+                                       RankZeroLogger,
+                                       console,
+                                       report_delivery,
+                                       worker_mlflow_env,
+)
+from pipelines.tracking.runs import TrackingGuard, end_stale_stage_runs, environment_tags, guarded_run
+from pipelines.tracking.sender import Delivery, MetricSender
+from pipelines.tracking.server import (
+                                       fail_fast_mlflow_env,
+                                       mlflow_requests_without_retries,
+                                       server_reachable,
+                                       setup_mlflow,
+                                       tracking_uri_for,
+)
+
+__all__ = [
+    "DELIVERY_REPORT", "UNSENT_METRICS", "Delivery", "MetricSender", "RankZeroLogger", "TrackingGuard", "console",
+    "end_stale_stage_runs", "environment_tags", "fail_fast_mlflow_env", "guarded_run", "log_artifact_bytes",
+    "log_figure", "log_final_model", "log_metrics", "log_params", "mask_secrets", "mlflow_requests_without_retries",
+    "report_delivery", "safe_params", "server_reachable", "setup_mlflow", "tracking_uri_for", "worker_mlflow_env",
+]

@@ -1,0 +1,139 @@
+"""The `train` stage: YOLOv2 on N Ray Train workers (gloo on CPU, NCCL on GPU), Darknet's recipe.
+
+Each worker (:mod:`pipelines.train.worker`) reads its share of the training shards, trains with
+:func:`yolov2.engine.trainer.train`, and reports a checkpoint through ``ray.train.report`` at the end of
+every ``checkpoint_every`` epochs. ``FailureConfig(max_failures)`` restarts failed workers from the last
+checkpoint; ``--resume`` continues a stopped run; a restart takes the newest complete checkpoint, also one
+Ray had not registered when the worker died. Rank 0 logs to MLflow (into this stage's run; buffered while
+the server is unreachable), validates (VOC07 mAP@0.5 on the val split) and keeps ``best.pt``. At the end
+the driver writes ``model.pt`` (EMA weights when enabled), logs it with ``mlflow.pytorch.log_model`` and
+registers it.
+
+Run alone: ``python -m pipelines.train --config configs/demo.yaml [--resume]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from pipelines import anchors, shard, tracking
+from pipelines.dag import StageContext, StageFlag, StageSpec
+from pipelines.train.checkpoints import RUN_NAME, STATE_FILE, has_checkpoint, model_file_bytes
+from pipelines.train.ingest import RAY_DATA_CPUS, ray_data_train_dataset
+from pipelines.train.job import TrainJob, model_spec
+from pipelines.train.worker import train_loop_per_worker
+from yolov2.engine.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
+    import mlflow  # here: `import mlflow` takes about 2 s, and only a tracked run needs it
+
+    cfg, t = ctx.cfg, ctx.cfg.train
+    shard_result, anchors_result = ctx.upstream["shard"], ctx.upstream["anchors"]
+    class_names = shard_result.manifest["class_names"]
+    spec = model_spec(cfg, class_names, anchors_result.manifest["anchors"])
+    splits = shard_result.manifest["splits"]
+    run_id = mlflow.active_run().info.run_id if ctx.tracking_enabled and mlflow.active_run() else None
+    job = TrainJob(
+        workspace_uri=ctx.workspace.uri,
+        output_dir=ctx.output_dir,
+        # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
+        # deleted that folder unless resuming), so --resume only has to keep the folder.
+        checkpoint_dir=ctx.out("ray", RUN_NAME),
+        shard_dir=shard_result.output_dir,
+        train_index=splits["train"]["index"],
+        val_index=splits["val"]["index"] if "val" in splits and splits["val"]["images"] else None,
+        train_total=splits["train"]["images"],
+        spec=spec,
+        train=t,
+        loss=cfg.loss,
+        evaluate=cfg.evaluate,
+        flush_timeout=cfg.mlflow.flush_timeout,
+        tracking_uri=mlflow.get_tracking_uri() if run_id else None,
+        run_id=run_id,
+        faults=ctx.faults,
+    )
+    datasets = None
+    if t.ingest == "ray_data":
+        urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in splits["train"]["shards"]]
+        datasets = {"train": ray_data_train_dataset(t, urls, splits["train"]["images"], t.num_workers)}
+    storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
+    resumed = resume and (not ctx.workspace.is_local or has_checkpoint(Path(storage)))
+    if resume and not resumed:
+        log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
+    trainer = _torch_trainer(job, storage, datasets)
+    started = time.time()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+    model = spec.build()
+    model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
+    model_bytes = model_file_bytes(model, spec)
+    ctx.workspace.write_bytes(model_bytes, ctx.out("model.pt"))
+    has_best = ctx.workspace.exists(ctx.out("best.pt"))
+    final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    delivery = tracking.report_delivery(ctx.workspace, ctx.output_dir)
+    if ctx.tracking_enabled:
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "model.pt").write_bytes(model_bytes)
+            ctx.track("final model", tracking.log_final_model, model, t.register_name, Path(folder) / "model.pt",
+                      t.input_size)
+    return {
+        "model": "model.pt",
+        "best": "best.pt" if has_best else None,
+        "steps": int(state["state"]["step"]),
+        "epochs": int(state["state"]["epoch"]),
+        "seen": int(state["state"]["seen"]),
+        "best_map50_voc07": float(state["state"]["best_metric"]),
+        "final_metrics": final_metrics,
+        "train_seconds": round(time.time() - started, 1),
+        "spec": spec.__dict__,
+        "resumed": resumed,
+        "precision": state.get("precision"),
+        "mlflow_delivery": delivery,
+    }
+
+
+def _torch_trainer(job: TrainJob, storage: str, datasets: dict[str, ray.data.Dataset] | None) -> TorchTrainer:
+    """Ray Train's trainer for the job: its workers and their resources (ray_data trainers leave some CPU to
+    Ray Data's tasks), checkpoints under ``storage``, restarts, and fail-fast MLflow requests when tracked."""
+    t = job.train
+    worker_cpus = max(t.cpus_per_worker - RAY_DATA_CPUS, RAY_DATA_CPUS) if datasets else t.cpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.as_loop_config(),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": worker_cpus,
+                                                                     **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": tracking.worker_mlflow_env()} if job.run_id else None,
+        ),
+        datasets=datasets,
+    )
+
+
+SPEC = StageSpec(
+    name="train",
+    upstream=(shard.SPEC, anchors.SPEC),
+    config_keys=("model", "loss", "train"),
+    version=1,
+    body=train_body,
+    flags=(StageFlag("resume", "continue an interrupted run of this config from its last checkpoint",
+                     keeps_partial_output=True),),
+    summary="YOLOv2 on Ray Train workers: checkpoints, restarts, resume; rank 0 logs to MLflow and keeps best.pt",
+)
