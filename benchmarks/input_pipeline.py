@@ -5,7 +5,7 @@ boxes, first written into tar shards in a temporary folder. Timed, at 416x416, b
 (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``):
 
 * ``train_cpu_color``: our training path, whole: shard read (webdataset) + JSON record + decode + Darknet
-  augmentation (jitter crop, flip, HSV on the CPU) + collate into a :class:`yolov2.data.loader.Batch` (uint8
+  augmentation (jitter crop, flip, HSV on the CPU) + collate into a :class:`yolov2.data.batch.Batch` (uint8
   images, padded targets);
 * ``train_device_color``: the same with the HSV step deferred to the device (``Augmentation(device_color=True)``,
   the GPU-training path; the colour draws travel in ``Batch.color``); the CPU cost of that step in torch is
@@ -65,8 +65,7 @@ def load_records() -> list:
 
 
 def write_shards(records: list, folder: Path, per_shard: int = 100) -> list:
-    from yolov2.data.loader import ShardSpec
-    from yolov2.data.shards import TarShardWriter
+    from yolov2.data.shards import ShardSpec, TarShardWriter
 
     specs = []
     for start in range(0, len(records), per_shard):
@@ -100,7 +99,7 @@ def drain(stream, epoch: int, counted: list[int]) -> None:
 
 def device_color_cost(size: int, batch: int, rounds: int = 3) -> float:
     """CPU seconds per image of the deferred colour step itself (torch, float32, one thread), for reference."""
-    from yolov2.data.transforms import darknet_color_tensor
+    from yolov2.data.color import darknet_color_tensor
 
     images = torch.rand(batch, 3, size, size)
     params = torch.tensor([[0.05, 1.3, 0.8]] * batch)
@@ -130,7 +129,8 @@ def main() -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    from yolov2.data.loader import Augmentation, ShardStream
+    from yolov2.data.augment import Augmentation
+    from yolov2.data.stream import ShardStream
 
     records = load_records()
     blobs = [Path(r.path).read_bytes() for r in records]

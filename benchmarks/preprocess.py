@@ -4,7 +4,7 @@ Prints one JSON object. Images: the photos of ``voc100`` (shared data, ``YOLOV2_
 beforehand; synthetic 500x375 images when that folder is absent. Timed, at 416x416, with one torch and one OpenCV
 thread (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``):
 
-* ``letterbox_darknet``: :func:`yolov2.preprocess.letterbox` with ``resize="darknet"`` (Darknet's
+* ``letterbox_darknet``: :func:`yolov2.preprocess.letterbox_tensor` with ``resize="darknet"`` (Darknet's
   ``resize_image`` arithmetic in float32), per image;
 * ``letterbox_opencv``: the same with ``resize="opencv"`` (``cv2.resize`` INTER_LINEAR on uint8, then / 255);
 * ``forward_yolov2_voc`` and ``forward_yolov2_tiny_voc``: one eval-mode forward pass, batch 1, float32, NCHW,
@@ -64,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from yolov2.models import build_model
-    from yolov2.preprocess import letterbox
+    from yolov2.preprocess import letterbox_tensor
 
     load_average = os.getloadavg()[0]
     images, source = load_images(args.images)
@@ -72,7 +72,7 @@ def main() -> None:
     models = {name: build_model(name, 20).eval() for name in MODELS}
 
     def letterbox_all(resize: str) -> Callable[[], None]:
-        return lambda: [letterbox(im, args.size, args.size, resize) for im in images]
+        return lambda: [letterbox_tensor(im, args.size, args.size, resize) for im in images]
 
     def forward(model: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:

@@ -11,7 +11,7 @@ where bf16 is native, float32 + channels_last on AVX2 CPUs), the default trainin
   (``x`` already float, in the picked layout), gradients dropped between runs: the work no training loop can
   avoid;
 * ``step``: one optimizer step of :func:`yolov2.engine.trainer.train` itself, fed the same batch (a real
-  :class:`~yolov2.data.loader.Batch` of voc100 photos, augmented, uint8, with their boxes): ``to_model_input``,
+  :class:`~yolov2.data.batch.Batch` of voc100 photos, augmented, uint8, with their boxes): ``to_model_input``,
   forward, region loss in float32, backward, lr schedule, SGD step (two weight-decay groups), ``zero_grad``, the
   loss parts read back as floats. The time of a step is the time between two requests for a batch (so data
   loading is excluded: benchmark (a) covers it);
@@ -60,7 +60,7 @@ NUM_CLASSES = 20
 
 def real_batch(size: int, batch: int):
     """One augmented training batch of real photos (voc100) at ``size``, as the loader gives it."""
-    from yolov2.data.loader import ShardStream
+    from yolov2.data.stream import ShardStream
 
     records = [r for r in load_records() if len(r.labels) and r.labels.max() < NUM_CLASSES][:batch]
     with tempfile.TemporaryDirectory(prefix="yolov2-bench-train-") as tmp:
@@ -128,7 +128,7 @@ def bare_times(model, x: torch.Tensor, grad: torch.Tensor, iters: int,
 def overhead(model, batch, anchors: torch.Tensor, rounds: int, iters: int, precision: Precision,
              device: torch.device) -> dict:
     """bare, step and step_ema in ``precision``, rounds interleaved: medians, minima and the ratios to bare."""
-    from yolov2.data.loader import to_model_input
+    from yolov2.data.batch import to_model_input
 
     model.to(memory_format=precision.memory_format)
     x = to_model_input(batch.images, device).contiguous(memory_format=precision.memory_format)

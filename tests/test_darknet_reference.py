@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from yolov2.boxes import letterbox_params
 from yolov2.cli import main
 from yolov2.inference import load_model_file
-from yolov2.postprocess import decode, letterbox_params, postprocess
+from yolov2.postprocess import decode, postprocess
 
 NETWORKS = ("yolov2-mini", "yolov2-tiny-mini")
 IMAGES = ("2007_000039", "2007_000032")

@@ -19,9 +19,9 @@ import pytest
 import torch
 from torchvision.ops import complete_box_iou
 
-from yolov2.boxes import efficient_iou_loss, pairwise_box_iou
+from yolov2.boxes import efficient_iou_loss, pairwise_box_iou, targets_from_boxes
 from yolov2.errors import ConfigError, DatasetError
-from yolov2.loss import region_loss, targets_from_boxes
+from yolov2.loss import region_loss
 
 # ------------------------------------------------------------------------------------------------------------
 # Darknet port (slow, plain Python floats; x is indexed [b, n, entry, j, i])

@@ -8,14 +8,8 @@ import pytest
 import torch
 from torchvision.ops import distance_box_iou, nms
 
-from yolov2.boxes import pairwise_distance_box_iou
-from yolov2.postprocess import (
-    batched_diou_nms,
-    decode,
-    letterbox_geometry,
-    letterbox_params,
-    postprocess,
-)
+from yolov2.boxes import letterbox_geometry, letterbox_params, pairwise_distance_box_iou
+from yolov2.postprocess import batched_diou_nms, decode, postprocess
 
 ANCHORS = [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)]
 

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from yolov2.boxes import letterbox_params
 from yolov2.data.images import decode_rgb
-from yolov2.postprocess import letterbox_params
-from yolov2.preprocess import RESIZE_MODES, darknet_resize, images_to_tensor, letterbox, plain_resize, to_planes
+from yolov2.preprocess import (
+    RESIZE_MODES,
+    darknet_resize,
+    images_to_tensor,
+    letterbox_tensor,
+    plain_resize_tensor,
+    to_planes,
+)
 
 f32 = np.float32
 
@@ -96,17 +103,18 @@ def test_uint8_to_float_is_darknets_division():
 @pytest.mark.parametrize("resize", RESIZE_MODES)
 def test_letterbox_places_the_image_on_exact_gray(resize: str):
     image = np.random.default_rng(1).integers(0, 256, (281, 500, 3), dtype=np.uint8)
-    out = letterbox(image, 416, 416, resize)
+    out = letterbox_tensor(image, 416, 416, resize)
     p = letterbox_params(500, 281, 416, 416)
     assert out.shape == (3, 416, 416) and out.dtype == torch.float32
     inside = torch.zeros(416, 416, dtype=torch.bool)
     inside[p.pad_y : p.pad_y + p.new_h, p.pad_x : p.pad_x + p.new_w] = True
     assert bool((out[:, ~inside] == 0.5).all())
-    assert torch.equal(out[:, inside].reshape(3, p.new_h, p.new_w), plain_resize(image, p.new_w, p.new_h, resize))
+    resized = plain_resize_tensor(image, p.new_w, p.new_h, resize)
+    assert torch.equal(out[:, inside].reshape(3, p.new_h, p.new_w), resized)
 
 
 def test_letterbox_of_a_sliver_is_the_gray_canvas():
-    out = letterbox(np.zeros((1, 1000, 3), np.uint8), 416, 416)
+    out = letterbox_tensor(np.zeros((1, 1000, 3), np.uint8), 416, 416)
     assert bool((out == 0.5).all())
 
 
@@ -116,7 +124,7 @@ def test_images_to_tensor(letterboxed: bool):
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 60), (75, 31))]
     batch = images_to_tensor(images, 64, letterboxed, "darknet")
     assert batch.shape == (2, 3, 64, 64) and batch.dtype == torch.float32
-    one = letterbox if letterboxed else plain_resize
+    one = letterbox_tensor if letterboxed else plain_resize_tensor
     assert torch.equal(batch[1], one(images[1], 64, 64, "darknet"))
     assert images_to_tensor([], 64, letterboxed).shape == (0, 3, 64, 64)
 
@@ -134,7 +142,7 @@ def test_images_to_tensor(letterboxed: bool):
     ids=["float32", "uint16", "gray", "rgba", "chw", "empty"],
 )
 def test_bad_images_are_rejected(image: np.ndarray):
-    for fn in (letterbox, plain_resize):
+    for fn in (letterbox_tensor, plain_resize_tensor):
         with pytest.raises(ValueError, match="uint8|H x W x 3"):
             fn(image, 32, 32)
     with pytest.raises(ValueError):
@@ -143,7 +151,8 @@ def test_bad_images_are_rejected(image: np.ndarray):
 
 def test_unknown_resize_mode_is_named():
     image = np.zeros((8, 8, 3), np.uint8)
-    for call in (lambda: letterbox(image, 32, 32, "bilinear"), lambda: plain_resize(image, 32, 32, "bilinear"),
+    for call in (lambda: letterbox_tensor(image, 32, 32, "bilinear"),
+                 lambda: plain_resize_tensor(image, 32, 32, "bilinear"),
                  lambda: images_to_tensor([image], 32, False, "bilinear")):
         with pytest.raises(ValueError, match="'bilinear'.*'darknet', 'opencv'"):
             call()
@@ -183,7 +192,7 @@ def test_letterbox_matches_darknets_network_input(shared_data: Path, name: str):
 
     diffs = {}
     for resize in RESIZE_MODES:
-        ours = letterbox(image, net_w, net_h, resize).numpy()
+        ours = letterbox_tensor(image, net_w, net_h, resize).numpy()
         for planes in (ours, reference):  # the gray is exactly 0.5 and exactly where Darknet pastes around
             assert np.array_equal(~np.all(planes == 0.5, axis=(0, 2)), rows)
             assert np.array_equal(~np.all(planes == 0.5, axis=(0, 1)), cols)

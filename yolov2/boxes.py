@@ -1,4 +1,5 @@
-"""All box arithmetic in one place: formats, IoU, and width/height IoU for anchor matching.
+"""All box arithmetic in one place: formats, IoU, width/height IoU for anchor matching, Darknet's letterbox
+geometry, the box side of the training transforms (map through an affine, flip, clip) and the padded truth tensor.
 
 Conventions: ``xyxy`` is (x1, y1, x2, y2), ``cxcywh`` is (centre x, centre y, width, height).
 Which unit (pixels, normalised, grid cells) is stated at each call site; these functions don't care.
@@ -6,6 +7,9 @@ Torch functions reuse ``torchvision.ops``; the NumPy twins exist for the data an
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +27,17 @@ __all__ = [
     "pairwise_distance_box_iou",
     "efficient_iou_loss",
     "region_boxes",
+    "DARKNET_MIN_BOX",
+    "map_boxes",
+    "flip_boxes",
+    "clip_boxes",
+    "LetterboxParams",
+    "letterbox_geometry",
+    "letterbox_params",
+    "targets_from_boxes",
 ]
+
+DARKNET_MIN_BOX = 0.001  # fill_truth_detection drops boxes with w or h < .001 of the input
 
 
 def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
@@ -167,3 +181,120 @@ def box_iou_pairs_np(boxes1: np.ndarray, boxes2: np.ndarray, pixel_offset: float
     area1 = (b1[:, 2] - b1[:, 0] + pixel_offset) * (b1[:, 3] - b1[:, 1] + pixel_offset)
     area2 = (b2[:, 2] - b2[:, 0] + pixel_offset) * (b2[:, 3] - b2[:, 1] + pixel_offset)
     return inter / np.maximum(area1 + area2 - inter, np.finfo(np.float64).eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes through the training transforms (NumPy, float32)
+# ---------------------------------------------------------------------------------------------
+
+
+def map_boxes(boxes: np.ndarray, affine: tuple[float, float, float, float]) -> np.ndarray:
+    """boxes (float[N, 4]) xyxy through ``u = x * sx + tx, v = y * sy + ty`` (sx, sy > 0) -> float32[N, 4]."""
+    sx, sy, tx, ty = affine
+    scale = np.array([sx, sy, sx, sy], np.float32)
+    offset = np.array([tx, ty, tx, ty], np.float32)
+    return np.asarray(boxes, np.float32).reshape(-1, 4) * scale + offset
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Mirror boxes (float[N, 4] xyxy pixels) left-right in an image ``width`` wide: ``x -> width - x``."""
+    flipped = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    flipped[:, [0, 2]] = width - flipped[:, [2, 0]]
+    return flipped
+
+
+def clip_boxes(
+    boxes: np.ndarray, width: int, height: int, min_visibility: float = 0.0, min_size: float = DARKNET_MIN_BOX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip boxes (float[N, 4] xyxy pixels) to ``[0, width] x [0, height]`` and say which to keep.
+
+    A box is kept when its clipped width >= ``min_size * width`` and height >= ``min_size * height`` (Darknet's
+    0.001 rule) and its clipped area is at least ``min_visibility`` of its unclipped area.
+    Returns ``(clipped float32[N, 4], keep bool[N])``.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    limits = np.array([width, height, width, height], np.float32)
+    clipped = np.minimum(np.maximum(boxes, 0.0), limits)
+    wh = clipped[:, 2:] - clipped[:, :2]
+    keep = (wh >= min_size * limits[:2]).all(axis=1)
+    if min_visibility > 0:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep &= wh[:, 0] * wh[:, 1] >= min_visibility * np.maximum(area, np.finfo(np.float32).tiny)
+    return clipped, keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Darknet's letterbox geometry (integer pixels)
+# ---------------------------------------------------------------------------------------------
+
+
+class LetterboxParams(NamedTuple):
+    """Where an image lands inside the letterboxed network input (pixels).
+
+    The image is resized to (new_w, new_h) and pasted at (pad_x, pad_y); an original pixel coordinate x maps to
+    ``x * new_w / image_w + pad_x`` (y likewise).
+    """
+
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+
+def letterbox_geometry(image_sizes: torch.Tensor, input_w: int, input_h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Darknet's ``letterbox_image`` geometry for a batch, in integers.
+
+    image_sizes (Tensor[B, 2]) original (w, h) -> (new_wh (Tensor[B, 2] int64), pad_xy (Tensor[B, 2] int64)):
+    the side that limits the scale fills the input exactly, the other is ``size * input / limiting_size`` rounded
+    down, and the image is pasted at ``(input - new) // 2``. Both letterboxes (``yolov2.data.transforms.letterbox``,
+    uint8, and ``yolov2.preprocess.letterbox_tensor``, float) call this function, so the pixels and the inverse
+    (:func:`yolov2.postprocess.to_image_pixels`) share one geometry.
+    """
+    sizes = torch.as_tensor(image_sizes).to(torch.int64).reshape(-1, 2)
+    w, h = sizes[:, 0], sizes[:, 1]
+    width_limited = input_w * h < input_h * w  # input_w / w < input_h / h, exactly
+    new_w = torch.where(width_limited, torch.full_like(w, input_w), torch.div(w * input_h, h, rounding_mode="floor"))
+    new_h = torch.where(width_limited, torch.div(h * input_w, w, rounding_mode="floor"), torch.full_like(h, input_h))
+    new_wh = torch.stack((new_w, new_h), 1)
+    pad = torch.div(torch.tensor([input_w, input_h], device=sizes.device) - new_wh, 2, rounding_mode="floor")
+    return new_wh, pad
+
+
+def letterbox_params(image_w: int, image_h: int, input_w: int, input_h: int) -> LetterboxParams:
+    """:func:`letterbox_geometry` for one image, as plain ints."""
+    new_wh, pad = letterbox_geometry(torch.tensor([[image_w, image_h]]), input_w, input_h)
+    return LetterboxParams(int(new_wh[0, 0]), int(new_wh[0, 1]), int(pad[0, 0]), int(pad[0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The padded truth tensor (what batches carry and the region loss takes)
+# ---------------------------------------------------------------------------------------------
+
+
+def targets_from_boxes(
+    samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    input_w: int,
+    input_h: int,
+    max_boxes: int | None = None,
+) -> torch.Tensor:
+    """Pack per-image boxes into the padded truth tensor that :func:`yolov2.loss.region_loss` takes.
+
+    samples: one ``(boxes, labels)`` per image, boxes (Tensor[K, 4]) xyxy in pixels of the network input (after
+    letterbox/resize), labels (Tensor[K]) int. Returns Tensor[B, T, 5] float32 rows ``[label, cx, cy, w, h]``
+    normalised to [0, 1] by the input size, in the given order, padded with rows of -1 (label -1 = padding).
+    T = ``max_boxes`` or, if None, the largest K of the batch. More than ``max_boxes`` boxes is an error rather
+    than a silent truncation.
+    """
+    counts = [int(boxes.shape[0]) for boxes, _ in samples]
+    width = max(counts, default=0) if max_boxes is None else max_boxes
+    for index, count in enumerate(counts):
+        if count > width:
+            raise ValueError(f"targets_from_boxes: image {index} has {count} boxes, more than max_boxes={width}")
+    out = torch.full((len(samples), width, 5), -1.0, dtype=torch.float32)
+    scale = torch.tensor([input_w, input_h, input_w, input_h], dtype=torch.float32)
+    for index, (boxes, labels) in enumerate(samples):
+        if counts[index] == 0:
+            continue
+        out[index, : counts[index], 0] = labels.to(torch.float32)
+        out[index, : counts[index], 1:] = xyxy_to_cxcywh(boxes.to(torch.float32) / scale)
+    return out

@@ -17,10 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from yolov2.errors import ConfigError
-
-# Darknet's anchors (grid units at stride 32), from cfg/yolov2-voc.cfg and cfg/yolov2.cfg.
-VOC_ANCHORS = [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)]
-COCO_ANCHORS = [(0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434), (7.88282, 3.52778), (9.77052, 9.16828)]
+from yolov2.models.priors import COCO_ANCHORS, VOC_ANCHORS  # noqa: F401  Darknet's anchors (grid units at stride 32)
 
 
 @dataclass

@@ -19,8 +19,6 @@ a network from it and comparing its layers to the model's) and a ``.names`` file
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yolov2.data.atomic import atomic_write_text
 from yolov2.errors import ConfigError, WeightsError
+from yolov2.io import atomic_output, write_names
 from yolov2.models import build_from_darknet_cfg, save_darknet_weights
 from yolov2.models.darknet_cfg_writer import darknet_cfg_text
 from yolov2.models.darknet_io import conv_layer_shapes
@@ -38,7 +36,6 @@ from yolov2.models.layers import SPPF, Reorg
 from yolov2.postprocess import decode
 
 MIN_OPSET = 17
-FILE_MODE = 0o644  # mkstemp creates 0600; exported files are meant to be shared
 RAW_OUTPUTS = ("output",)
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 
@@ -114,13 +111,10 @@ def export_onnx(
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(1, 3, h, w, device=device)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     was_training = model.training
     module.to(device).eval()
     try:
-        with warnings.catch_warnings():
+        with atomic_output(path) as tmp, warnings.catch_warnings():
             # The tracer notes Python-level shape checks (e.g. the maxpool's "divisible by 2" branch);
             # those are constant for every input divisible by 32, which the dynamic axes promise.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -130,7 +124,7 @@ def export_onnx(
             torch.onnx.export(
                 module,
                 (example,),
-                tmp,
+                str(tmp),
                 dynamo=False,
                 opset_version=opset,
                 input_names=["images"],
@@ -138,11 +132,6 @@ def export_onnx(
                 dynamic_axes=_dynamic_axes(output_names) if dynamic else None,
                 do_constant_folding=True,
             )
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         model.train(was_training)
     return path
@@ -188,12 +177,9 @@ def export_darknet(
         raise ConfigError(f"export_darknet: {len(class_names)} class names for a model with {num_classes} classes")
     text = darknet_cfg_text(name, num_classes, [tuple(a) for a in anchors], width_multiplier, input_size)
     cfg_path = weights_path.with_suffix(".cfg")
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{cfg_path.name}.", suffix=".cfg", dir=cfg_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        expected, actual = conv_layer_shapes(model), conv_layer_shapes(build_from_darknet_cfg(tmp))
+    with atomic_output(cfg_path, suffix=".cfg") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        expected, actual = conv_layer_shapes(model), conv_layer_shapes(build_from_darknet_cfg(str(tmp)))
         if expected != actual:
             raise WeightsError(
                 f"{cfg_path}: the cfg rendered for {name} (width {width_multiplier}) does not match the model's "
@@ -201,14 +187,9 @@ def export_darknet(
                 f"{next(i for i, (a, b) in enumerate(zip(actual + [None], expected + [None])) if a != b)})"
             )
         save_darknet_weights(model, weights_path, seen=seen)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, cfg_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     written = [weights_path, cfg_path]
     if class_names:
         names_path = weights_path.with_suffix(".names")
-        atomic_write_text(names_path, "".join(f"{n}\n" for n in class_names))
+        write_names(class_names, names_path)
         written.append(names_path)
     return written

@@ -53,7 +53,6 @@ coordinate MSE by ``coord_scale * (1 - CIoU)`` (torchvision) or EIoU on boxes in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -66,11 +65,10 @@ from yolov2.boxes import (
     pairwise_box_iou,
     region_boxes,
     wh_iou,
-    xyxy_to_cxcywh,
 )
 from yolov2.errors import ConfigError, DatasetError
 
-__all__ = ["LossOutput", "region_loss", "targets_from_boxes", "region_loss_kwargs"]
+__all__ = ["LossOutput", "region_loss", "region_loss_kwargs"]
 
 
 class LossOutput(NamedTuple):
@@ -89,35 +87,6 @@ class LossOutput(NamedTuple):
     cls: torch.Tensor
     avg_iou: torch.Tensor
     recall: torch.Tensor
-
-
-def targets_from_boxes(
-    samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    input_w: int,
-    input_h: int,
-    max_boxes: int | None = None,
-) -> torch.Tensor:
-    """Pack per-image boxes into the padded truth tensor that :func:`region_loss` takes.
-
-    samples: one ``(boxes, labels)`` per image, boxes (Tensor[K, 4]) xyxy in pixels of the network input (after
-    letterbox/resize), labels (Tensor[K]) int. Returns Tensor[B, T, 5] float32 rows ``[label, cx, cy, w, h]``
-    normalised to [0, 1] by the input size, in the given order, padded with rows of -1 (label -1 = padding).
-    T = ``max_boxes`` or, if None, the largest K of the batch. More than ``max_boxes`` boxes is an error rather
-    than a silent truncation.
-    """
-    counts = [int(boxes.shape[0]) for boxes, _ in samples]
-    width = max(counts, default=0) if max_boxes is None else max_boxes
-    for index, count in enumerate(counts):
-        if count > width:
-            raise ValueError(f"targets_from_boxes: image {index} has {count} boxes, more than max_boxes={width}")
-    out = torch.full((len(samples), width, 5), -1.0, dtype=torch.float32)
-    scale = torch.tensor([input_w, input_h, input_w, input_h], dtype=torch.float32)
-    for index, (boxes, labels) in enumerate(samples):
-        if counts[index] == 0:
-            continue
-        out[index, : counts[index], 0] = labels.to(torch.float32)
-        out[index, : counts[index], 1:] = xyxy_to_cxcywh(boxes.to(torch.float32) / scale)
-    return out
 
 
 def region_loss(

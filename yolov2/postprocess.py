@@ -19,14 +19,11 @@ from typing import Literal, NamedTuple
 import torch
 from torchvision.ops import batched_nms
 
-from yolov2.boxes import cxcywh_to_xyxy, pairwise_distance_box_iou, region_boxes
+from yolov2.boxes import cxcywh_to_xyxy, letterbox_geometry, pairwise_distance_box_iou, region_boxes
 from yolov2.errors import ConfigError
 
 __all__ = [
     "Detections",
-    "LetterboxParams",
-    "letterbox_params",
-    "letterbox_geometry",
     "decode",
     "to_image_pixels",
     "clip_to_image",
@@ -45,43 +42,6 @@ class Detections(NamedTuple):
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-
-
-class LetterboxParams(NamedTuple):
-    """Where an image lands inside the letterboxed network input (pixels).
-
-    The image is resized to (new_w, new_h) and pasted at (pad_x, pad_y); an original pixel coordinate x maps to
-    ``x * new_w / image_w + pad_x`` (y likewise).
-    """
-
-    new_w: int
-    new_h: int
-    pad_x: int
-    pad_y: int
-
-
-def letterbox_geometry(image_sizes: torch.Tensor, input_w: int, input_h: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Darknet's ``letterbox_image`` geometry for a batch, in integers.
-
-    image_sizes (Tensor[B, 2]) original (w, h) -> (new_wh (Tensor[B, 2] int64), pad_xy (Tensor[B, 2] int64)):
-    the side that limits the scale fills the input exactly, the other is ``size * input / limiting_size`` rounded
-    down, and the image is pasted at ``(input - new) // 2``. The transforms call this function, so the pixels
-    and the inverse (:func:`to_image_pixels`) share one geometry.
-    """
-    sizes = torch.as_tensor(image_sizes).to(torch.int64).reshape(-1, 2)
-    w, h = sizes[:, 0], sizes[:, 1]
-    width_limited = input_w * h < input_h * w  # input_w / w < input_h / h, exactly
-    new_w = torch.where(width_limited, torch.full_like(w, input_w), torch.div(w * input_h, h, rounding_mode="floor"))
-    new_h = torch.where(width_limited, torch.div(h * input_w, w, rounding_mode="floor"), torch.full_like(h, input_h))
-    new_wh = torch.stack((new_w, new_h), 1)
-    pad = torch.div(torch.tensor([input_w, input_h], device=sizes.device) - new_wh, 2, rounding_mode="floor")
-    return new_wh, pad
-
-
-def letterbox_params(image_w: int, image_h: int, input_w: int, input_h: int) -> LetterboxParams:
-    """:func:`letterbox_geometry` for one image, as plain ints."""
-    new_wh, pad = letterbox_geometry(torch.tensor([[image_w, image_h]]), input_w, input_h)
-    return LetterboxParams(int(new_wh[0, 0]), int(new_wh[0, 1]), int(pad[0, 0]), int(pad[0, 1]))
 
 
 def decode(
@@ -115,7 +75,7 @@ def to_image_pixels(
     """Map boxes (Tensor[B, N, 4]) xyxy normalised to the network input into each original image's pixels.
 
     input_size (w, h) of the network input; image_sizes (Tensor[B, 2]) original (w, h). ``letterbox=True``
-    undoes :func:`letterbox_geometry` as Darknet's ``correct_region_boxes`` does, with the padding
+    undoes :func:`yolov2.boxes.letterbox_geometry` as Darknet's ``correct_region_boxes`` does, with the padding
     ``(input - new) / 2`` as a float: half a pixel from where an odd padding pasted the image (``91`` rows,
     undone with ``91.5``), which is what Darknet's detections are. ``False`` undoes a plain resize. Not clipped
     (:func:`clip_to_image`).

@@ -7,8 +7,12 @@ pixel, which a Darknet-trained detector sees. ``"darknet"`` reproduces Darknet's
 float rounding); ``"opencv"`` is the faster approximation.
 
 The pipeline is Darknet's ``load_image_color`` + ``letterbox_image``: uint8 / 255 to float32 planes (C, H, W),
-resize to :func:`yolov2.postprocess.letterbox_params`' (new_w, new_h), paste at its (pad_x, pad_y) on a canvas
-of exactly 0.5.
+resize to :func:`yolov2.boxes.letterbox_params`' (new_w, new_h), paste at its (pad_x, pad_y) on a canvas
+of exactly 0.5 (:func:`letterbox_tensor`).
+
+The training and validation batches use the other letterbox, ``yolov2.data.transforms.letterbox``: same geometry
+(:func:`yolov2.boxes.letterbox_params`), same grey (:data:`LETTERBOX_FILL_UINT8`), but on uint8 arrays with
+OpenCV's resize, written into a batch slot, boxes mapped along.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import cv2
 import numpy as np
 import torch
 
-from yolov2.postprocess import letterbox_params
+from yolov2.boxes import letterbox_params
 
-__all__ = ["Resize", "RESIZE_MODES", "LETTERBOX_FILL", "to_planes", "darknet_resize", "letterbox", "plain_resize",
-           "images_to_tensor"]
+__all__ = ["Resize", "RESIZE_MODES", "LETTERBOX_FILL", "LETTERBOX_FILL_UINT8", "to_planes", "darknet_resize",
+           "letterbox_tensor", "plain_resize_tensor", "images_to_tensor"]
 
 Resize = Literal["darknet", "opencv"]
 RESIZE_MODES: tuple[Resize, ...] = ("darknet", "opencv")
-LETTERBOX_FILL = 0.5  # Darknet's fill_image(boxed, .5)
+LETTERBOX_FILL = 0.5  # Darknet's fill_image(boxed, .5): the canvas of letterbox_tensor
+LETTERBOX_FILL_UINT8 = 127  # the same grey on uint8 images (0.5 * 255 truncated): yolov2.data.transforms.letterbox
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -110,10 +115,10 @@ def _resized(image: np.ndarray, width: int, height: int, resize: Resize) -> torc
     return to_planes(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
-def letterbox(image: np.ndarray, input_w: int, input_h: int, resize: Resize = "darknet") -> torch.Tensor:
+def letterbox_tensor(image: np.ndarray, input_w: int, input_h: int, resize: Resize = "darknet") -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> float32 (3, input_h, input_w) in [0, 1]: Darknet's ``letterbox_image``.
 
-    The image keeps its aspect, resized to :func:`yolov2.postprocess.letterbox_params`' size and pasted at its
+    The image keeps its aspect, resized to :func:`yolov2.boxes.letterbox_params`' size and pasted at its
     padding (the geometry the postprocess inverts) on a canvas of exactly 0.5. An image so elongated that one
     side rounds down to 0 pixels leaves the plain canvas, as in Darknet.
     """
@@ -126,10 +131,7 @@ def letterbox(image: np.ndarray, input_w: int, input_h: int, resize: Resize = "d
     return canvas
 
 
-_letterbox = letterbox  # images_to_tensor's flag argument shadows the name
-
-
-def plain_resize(image: np.ndarray, input_w: int, input_h: int, resize: Resize = "darknet") -> torch.Tensor:
+def plain_resize_tensor(image: np.ndarray, input_w: int, input_h: int, resize: Resize = "darknet") -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> float32 (3, input_h, input_w) in [0, 1], stretched to the input (no letterbox):
     what Darknet's ``load_image_color(path, w, h)`` gives."""
     return _resized(image, input_w, input_h, resize)
@@ -140,7 +142,7 @@ def images_to_tensor(
 ) -> torch.Tensor:
     """RGB uint8 images of any sizes -> float32 Tensor[B, 3, S, S] in [0, 1], letterboxed or stretched."""
     _check_resize(resize)
-    prepare = _letterbox if letterbox else plain_resize
+    prepare = letterbox_tensor if letterbox else plain_resize_tensor
     if not images:
         return torch.empty((0, 3, input_size, input_size), dtype=torch.float32)
     return torch.stack([prepare(im, input_size, input_size, resize) for im in images])

@@ -1,16 +1,31 @@
-"""The tar writer against the references: Python's `tarfile` and `webdataset` must read it back."""
+"""yolov2/data/shards.py, both ways. The writer against the references: Python's `tarfile` and `webdataset` must read
+it back. The reader (ours for plain ustar, webdataset for anything else) against webdataset, on tiny shards written
+here (tests/tiny_shards.py), and on PAX, corrupt and truncated tars.
+"""
 
 from __future__ import annotations
 
-import functools
 import io
+import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tiny_shards import SHARD_SIZES, write_tiny_shards
+from yolov2.data import shards as S
 from yolov2.data.records import ImageRecord
-from yolov2.data.shards import iter_shard_samples, record_json, tar_header, write_shard_bytes
+from yolov2.data.shards import (
+    ShardSpec,
+    count_shard_samples,
+    read_samples,
+    record_json,
+    shard_specs_from_index,
+    tar_header,
+    write_shard_bytes,
+)
+from yolov2.errors import DatasetError
 
 
 def _record(i: int) -> ImageRecord:
@@ -47,7 +62,7 @@ def test_webdataset_reads_back_bytes_and_records(tmp_path):
     samples = _samples(9)
     path = tmp_path / "train-000000.tar"
     path.write_bytes(write_shard_bytes(samples))
-    back = list(iter_shard_samples(str(path)))
+    back = list(S.iter_shard_samples(str(path)))
     assert len(back) == len(samples)
     for (key, image, record), (key2, image2, record2) in zip(samples, back):
         assert key == key2 and image == image2
@@ -71,99 +86,66 @@ def test_bad_keys_are_refused(key):
         write_shard_bytes([(key, b"1", _record(0))])
 
 
-def test_write_shard_reject_names_the_file_it_read(tmp_path):
-    """A VOC image found through <filename> (here a .png) is not the listed <id>.jpg: name the real file."""
-    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
-    from yolov2.errors import DatasetError
-
-    png = tmp_path / "JPEGImages" / "a.png"
-    png.parent.mkdir()
-    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG signature and nothing usable
-    record = ImageRecord("a", "train", str(png), 80, 60)
-    item = ShardItem("00000000", str(tmp_path / "JPEGImages" / "a.jpg"), functools.partial(_loaded, record))
-    outcome = write_shard(io.BytesIO(), [item], ShardOptions())
-    (reject,) = outcome.rejects
-    assert reject.source == str(png) and reject.level == "image" and reject.image_id == "a"
-    assert not reject.reason.startswith(str(png)), reject.reason  # the path is the source, not repeated
-    with pytest.raises(DatasetError) as err:
-        write_shard(io.BytesIO(), [item], ShardOptions(strict=True))
-    assert str(err.value).startswith(f"{png}: ") and str(err.value).count(str(png)) == 1
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
 
 
-def _loaded(record):
-    return record, []
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[ShardSpec]:
+    return write_tiny_shards(tmp_path_factory.mktemp("shards"))
 
 
-def test_write_shard_applies_the_pixel_limit(tmp_path):
-    """ShardOptions.max_pixels (data.max_image_pixels) rejects larger images, naming the file."""
-    import cv2
+def test_shard_specs_from_index_count_records_per_shard(shards):
+    import pyarrow as pa
 
-    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
-
-    path = tmp_path / "big.jpg"
-    cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
-    record = ImageRecord("big", "train", str(path), 30, 20)
-    item = ShardItem("00000000", str(path), lambda: (record, []))
-    kept = write_shard(io.BytesIO(), [item], ShardOptions(max_pixels=600))
-    assert [r.image_id for r in kept.records] == ["big"]
-    refused = write_shard(io.BytesIO(), [item], ShardOptions(max_pixels=599))
-    assert refused.records == [] and len(refused.rejects) == 1
-    assert "limit" in refused.rejects[0].reason and refused.rejects[0].source == str(path)
+    index = pa.table({"shard": ["b.tar", "a.tar", "b.tar", "c.tar", "b.tar"], "key": list("vwxyz")})
+    assert shard_specs_from_index(index, "/data/") == [
+        ShardSpec("/data/a.tar", 1), ShardSpec("/data/b.tar", 3), ShardSpec("/data/c.tar", 1)
+    ]
 
 
-def _shard_samples(shard: bytes, tmp_path):
-    path = tmp_path / "shard.tar"
-    path.write_bytes(shard)
-    return iter_shard_samples(str(path))
+def test_read_samples_checks_the_index_counts(shards):
+    wrong = [ShardSpec(shards[0].url, shards[0].num_samples + 1)]
+    with pytest.raises(DatasetError, match="index says"):
+        list(read_samples(wrong, 0, shards[0].num_samples + 1))
+    assert [count_shard_samples(s.url) for s in shards] == list(SHARD_SIZES)
 
 
-def _jpeg(width: int, height: int) -> bytes:
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
-    assert ok
-    return data.tobytes()
-
-
-def test_write_shard_names_the_annotation_and_its_size_when_they_disagree_with_the_image(tmp_path):
-    """The XML (here ``ann``) is what gives the wrong size: the reject and the strict error name it, its
-    size and the image's, as read_voc does."""
-    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
-    from yolov2.errors import DatasetError
-
-    path = tmp_path / "a.jpg"
-    path.write_bytes(_jpeg(80, 60))
-    ann = str(tmp_path / "Annotations" / "a.xml")
-    item = ShardItem("00000000", str(path), lambda: (ImageRecord("a", "train", str(path), 100, 60), []), ann)
-    (reject,) = write_shard(io.BytesIO(), [item], ShardOptions()).rejects
-    assert reject.source == ann and reject.reason.startswith(f"{ann} gives the size 100x60 but the image a.jpg is 80x60")
-    with pytest.raises(DatasetError) as err:
-        write_shard(io.BytesIO(), [item], ShardOptions(strict=True))
-    assert str(err.value) == reject.reason  # the annotation named once, then both sizes
+def test_fast_tar_reader_equals_webdataset(shards):
+    for spec in shards:
+        fast = list(S._samples_fast(spec.url))
+        reference = list(S._samples_webdataset(spec.url))
+        assert len(fast) == spec.num_samples and fast == reference
 
 
-def test_write_shard_counts_sizes_from_the_image_and_jpegs_with_trailing_data(tmp_path):
-    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
+def test_shards_with_other_tar_members_fall_back_to_webdataset(tmp_path, shards):
+    """A tar written by Python's tarfile in PAX format (a pax header before a long-named member)."""
+    import io
+    import tarfile
 
-    plain, motion = tmp_path / "plain.jpg", tmp_path / "motion.jpg"
-    plain.write_bytes(_jpeg(80, 60))
-    motion.write_bytes(_jpeg(80, 60) + b"\x00\x00\x00\x18ftypmp42 a video")
-    records = [ImageRecord("plain", "train", str(plain), 80, 60, size_from_image=True),
-               ImageRecord("motion", "train", str(motion), 80, 60)]
-    items = [ShardItem(f"{i:08d}", r.path, functools.partial(_loaded, r)) for i, r in enumerate(records)]
-    buffer = io.BytesIO()
-    outcome = write_shard(buffer, items, ShardOptions())
-    assert outcome.rejects == [] and (outcome.sizes_from_image, outcome.trailing_data) == (1, 1)
-    samples = {key: data for key, data, _ in _shard_samples(buffer.getvalue(), tmp_path)}
-    assert samples["00000001"] == motion.read_bytes()  # kept as it is, video included
+    raws = list(read_samples(shards, 0, 3))
+    path = tmp_path / "pax.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, raw in enumerate(raws):
+            key = raw.key if i < 2 else "long/" + "x" * 120  # > 100 bytes: needs a pax header
+            for ext, data in (("jpg", raw.image_bytes), ("json", json.dumps(raw.record.to_dict()).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    got = list(S._iter_shard(str(path)))
+    assert [k for k, _, _ in got] == [raws[0].key, raws[1].key, "long/" + "x" * 120]
+    assert [img for _, img, _ in got] == [r.image_bytes for r in raws]
 
 
-def test_write_shard_rejects_an_image_that_is_not_a_regular_file_without_blocking(tmp_path):
-    from corpus.special import finishes_within, make_special
-    from yolov2.data.shards import ShardItem, ShardOptions, write_shard
-
-    path = make_special(tmp_path / "a.jpg", "fifo")
-    item = ShardItem("00000000", str(path), lambda: (ImageRecord("a", "train", str(path), 80, 60), []))
-    outcome = finishes_within(10, lambda: write_shard(io.BytesIO(), [item], ShardOptions()))
-    (reject,) = outcome.rejects
-    assert reject.source == str(path) and "not a regular file but a named pipe (FIFO)" in reject.reason
+def test_corrupt_or_truncated_tar_is_an_error(tmp_path, shards):
+    data = bytearray(Path(shards[0].url).read_bytes())
+    data[5] ^= 0xFF  # a byte of the first member's name, in its header
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="checksum"):
+        list(S._iter_shard(str(bad)))
+    short = tmp_path / "short.tar"
+    short.write_bytes(Path(shards[0].url).read_bytes()[:700])
+    with pytest.raises(DatasetError, match="truncated"):
+        list(S._iter_shard(str(short)))

@@ -15,8 +15,9 @@ from PIL import Image
 from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.records import ImageRecord, Reject
 from yolov2.data.voc import VOC_CLASSES, read_voc
-from yolov2.data.yolo_txt import read_names, read_yolo_txt, write_names, write_yolo_txt
+from yolov2.data.yolo_txt import read_yolo_txt, write_yolo_txt
 from yolov2.errors import DatasetError
+from yolov2.io import read_names
 
 
 def image_level(rejects: list[Reject]) -> list[Reject]:
@@ -161,19 +162,6 @@ def test_images_sharing_a_stem_are_ambiguous(tmp_path: Path) -> None:
     records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")
     assert records == [] and len(rejects) == 2 and all("ambiguous" in r.reason for r in rejects)
     assert 2 == len(records) + len(image_level(rejects))
-
-
-def test_names_files(shared_data: Path, tmp_path: Path) -> None:
-    assert read_names(shared_data / "darknet_cfg" / "voc.names") == list(VOC_CLASSES)
-    assert len(read_names(shared_data / "darknet_cfg" / "coco.names")) == 80
-    write_names(["a", "b"], tmp_path / "x.names")
-    assert (tmp_path / "x.names").read_text() == "a\nb\n"
-    (tmp_path / "dup.names").write_text("a\nb\na\n")
-    with pytest.raises(DatasetError, match="dup.names: names file repeats a"):
-        read_names(tmp_path / "dup.names")
-    (tmp_path / "empty.names").write_text("\n\n")
-    with pytest.raises(DatasetError, match="lists no class names"):
-        read_names(tmp_path / "empty.names")
 
 
 def test_writer_refuses_colliding_stems(tmp_path: Path) -> None:

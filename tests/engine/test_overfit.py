@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolov2.data.loader import Batch
+from yolov2.boxes import letterbox_params, targets_from_boxes
+from yolov2.data.batch import Batch
 from yolov2.data.synthetic import SHAPE_CLASSES, write_synthetic_dataset
 from yolov2.data.transforms import letterbox
 from yolov2.data.voc import read_voc
@@ -22,8 +23,6 @@ from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.engine.trainer import Hooks, LoopSettings, train
 from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor
-from yolov2.loss import targets_from_boxes
-from yolov2.postprocess import letterbox_params
 
 INPUT = 256
 STEPS = 300

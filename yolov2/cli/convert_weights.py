@@ -16,9 +16,9 @@ import argparse
 from pathlib import Path
 
 from yolov2.convert import darknet_to_model
-from yolov2.data.yolo_txt import read_names
 from yolov2.export import export_darknet
 from yolov2.inference import load_model_file, save_model_file
+from yolov2.io import read_names
 from yolov2.models import MODELS
 
 

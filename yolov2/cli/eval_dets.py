@@ -80,6 +80,7 @@ def evaluate_files(args: argparse.Namespace) -> dict:
     class_names = _read_class_file(args.classes) if args.classes else None
     gt = read_ground_truth(args.gt, args.box_format, args.coords, class_names)
     dets = read_detections(args.dets, gt, args.box_format, args.coords)
+    result: VocResult | CocoResult
     if args.metric == "coco":
         result = _coco(args, gt)
     else:
@@ -134,6 +135,7 @@ def _coco(args: argparse.Namespace, gt: GroundTruth) -> CocoResult:
     map_fn = pool.map if pool is not None else map
     try:
         if exact:  # the files' own values: the numbers pycocotools gives on these files
+            assert gt.coco is not None and gt.category_ids is not None  # checked by exact
             coco_dets = read_coco_results_arrays(dets_path, gt)
             return coco_evaluate_arrays(
                 gt.coco, coco_dets, gt.class_names, gt.category_ids, args.backend, workers, map_fn
@@ -146,7 +148,7 @@ def _coco(args: argparse.Namespace, gt: GroundTruth) -> CocoResult:
 
 
 def _write_plots(out: Path, gt: GroundTruth, dets, result: VocResult | CocoResult) -> None:
-    from yolov2.data.atomic import atomic_write_bytes
+    from yolov2.io import atomic_write_bytes
     from yolov2.metrics.figures import evaluation_figures
 
     out.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from yolov2.data.images import IMAGE_EXTENSIONS, decode_rgb
-from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.engine.precision import choose_precision, detect_hardware, slow_path_warnings
 from yolov2.errors import DatasetError
 from yolov2.inference import Predictor
+from yolov2.io import atomic_write_bytes, atomic_write_text
 
 _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                      [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], np.uint8)
@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
             results.append({
                 "image": str(path),
                 "detections": [
-                    {"label": int(l), "name": names[int(l)] if int(l) < len(names) else str(int(l)),
+                    {"label": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
                      "score": float(s), "box_xyxy": [float(v) for v in b]}
-                    for b, s, l in zip(boxes, scores, labels)
+                    for b, s, c in zip(boxes, scores, labels)
                 ],
             })
     atomic_write_text(out / "detections.json", json.dumps(results, indent=2))

@@ -39,11 +39,11 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
 from yolov2.data.paths import dataset_file_reason, not_utf8_reason, printable, read_regular_file
 from yolov2.data.records import ImageRecord, Reject, reject_message, sanitize_boxes
 from yolov2.errors import DatasetError
+from yolov2.io import atomic_write_text
 
 RECORD_ID_KEY = "yolov2_image_id"
 

@@ -37,9 +37,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from yolov2.data.atomic import atomic_write_text
 from yolov2.data.paths import open_regular, read_regular_file, special_file_reason
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.io import atomic_write_text
 from yolov2.progress import BYTES_UNIT, Progress
 
 _CHUNK = 1 << 20

@@ -162,17 +162,20 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode an encoded image to uint8[H, W, 3] RGB (H, W as stored: EXIF orientation ignored).
 
     Grayscale, CMYK, palette, 16-bit and alpha images are converted to 8-bit RGB by OpenCV
-    (``IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION``); alpha is dropped, not composited.
+    (``IMREAD_COLOR_RGB | IMREAD_IGNORE_ORIENTATION``); alpha is dropped, not composited. The decoder writes
+    RGB directly (libjpeg-turbo converts to RGB itself): the same pixels as decoding to BGR and swapping
+    the channels (checked on every format above), without a full-size copy. Training, evaluation and
+    prediction all decode here. Raises :class:`DatasetError` naming ``source``.
     """
     import cv2
 
     buf = np.frombuffer(data, np.uint8)
     if buf.size == 0:
         raise DatasetError(f"{source}: cannot decode an empty image")
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
+    rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if rgb is None:
         raise DatasetError(f"{source}: OpenCV cannot decode this image (corrupt or unsupported format)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return rgb
 
 
 # Markers a plain JPEG header may hold before its scan: segments PIL only stores or skips.

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from yolov2.data.coco import read_coco, read_coco_categories
-from yolov2.data.records import ImageRecord, Reject, reject_or_raise
-from yolov2.data.shards import ShardItem
-from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
-from yolov2.data.yolo_txt import orphan_label_rejects, read_names, read_yolo_item
 from yolov2.data.images import IMAGE_EXTENSIONS
 from yolov2.data.paths import RootConfinement, dataset_file_reason, printable
+from yolov2.data.records import ImageRecord, Reject, reject_or_raise
+from yolov2.data.shard_build import ShardItem
+from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
+from yolov2.data.yolo_txt import orphan_label_rejects, read_yolo_item
 from yolov2.errors import DatasetError
+from yolov2.io import read_names
 
 
 @dataclass

@@ -32,10 +32,10 @@ import numpy as np
 
 from yolov2.config import SyntheticConfig
 from yolov2.data import coco as coco_io
-from yolov2.data.atomic import atomic_write_bytes, atomic_write_text
 from yolov2.data.records import ImageRecord
 from yolov2.data.voc import write_voc_annotation
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.io import atomic_write_bytes, atomic_write_text
 from yolov2.progress import Progress, track
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")

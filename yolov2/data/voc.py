@@ -45,12 +45,12 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from yolov2.data.atomic import atomic_copy, atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, check_image_against_record, inspect_image_file
 from yolov2.data.paths import RootConfinement, dataset_file_reason, not_utf8_reason, printable, read_regular_file
 from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_box
 from yolov2.data.voc_xml import XmlRefused, parse_voc_texts
 from yolov2.errors import DatasetError
+from yolov2.io import atomic_copy, atomic_output, atomic_write_text
 
 # Darknet's data/voc.names order (alphabetical), the label order of every VOC model.
 VOC_CLASSES: tuple[str, ...] = (
@@ -495,14 +495,12 @@ def _place_image(src: Path, dst: Path, how: str) -> None:
     if how == "copy":
         atomic_copy(src, dst)
     elif how in ("hardlink", "symlink"):
-        tmp = dst.with_name(f".{dst.name}.link.tmp")
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
-        try:
-            os.link(src, tmp) if how == "hardlink" else os.symlink(os.path.abspath(src), tmp)
-        except OSError:  # e.g. across file systems: fall back to a copy
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_output(dst, suffix=".link.tmp", mode=None) as tmp:  # mode=None: chmod would follow a symlink
+            tmp.unlink()  # the link takes the temporary name
+            try:
+                os.link(src, tmp) if how == "hardlink" else os.symlink(os.path.abspath(src), tmp)
+            except OSError:  # e.g. across file systems: fall back to a copy
+                shutil.copyfile(src, tmp)
     else:
         raise ValueError(f"images must be 'copy', 'hardlink' or 'symlink', got {how!r}")
 

@@ -1,5 +1,7 @@
 """YOLO txt labels (Darknet / Ultralytics): one ``<stem>.txt`` per image, a names file; read and write.
 
+The names file itself is read and written by :func:`yolov2.io.read_names` / :func:`yolov2.io.write_names`.
+
 Each label line is ``<class> <cx> <cy> <w> <h>``: a class index into the names file and the box
 centre and size **normalised** by the image width/height (cxcywh in [0, 1]). Records hold absolute
 0-based continuous xyxy pixels, so reading needs each image's size: it comes from the image header
@@ -34,35 +36,13 @@ from typing import Sequence
 
 import numpy as np
 
-from yolov2.data.atomic import atomic_write_text
 from yolov2.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, check_image_against_record, inspect_image_file
 from yolov2.data.paths import dataset_file_reason, not_utf8_reason, printable, read_regular_file
 from yolov2.data.records import ImageRecord, Reject, reject_or_raise, sanitize_boxes
 from yolov2.errors import DatasetError
+from yolov2.io import atomic_write_text, write_names
 
 EDGE_TOLERANCE = 1e-5  # normalised units; the writer's 6 decimals are off by at most 1e-6
-
-
-def read_names(path: str | Path) -> list[str]:
-    """Class names, one per line (blank lines ignored), as in Darknet's ``voc.names``."""
-    try:
-        text = read_regular_file(path).decode("utf-8-sig")
-    except FileNotFoundError as e:
-        raise DatasetError(f"{path}: names file is missing") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read names file ({e})") from e
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise DatasetError(f"{path}: names file lists no class names")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DatasetError(f"{path}: names file repeats {', '.join(dupes)}")
-    return names
-
-
-def write_names(class_names: Sequence[str], path: str | Path) -> None:
-    """Write a names file (one class per line), atomically."""
-    atomic_write_text(path, "".join(f"{n}\n" for n in class_names))
 
 
 def read_yolo_txt(

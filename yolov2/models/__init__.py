@@ -24,12 +24,12 @@ from pathlib import Path
 
 from torch import nn
 
-from yolov2.config import COCO_ANCHORS, VOC_ANCHORS
 from yolov2.errors import ConfigError
 from yolov2.models.darknet19 import Darknet19
 from yolov2.models.darknet_cfg import DarknetNet, build_from_cfg
 from yolov2.models.darknet_io import LoadReport, load_darknet_weights, save_darknet_weights
 from yolov2.models.layers import BatchNormFormula, check_batch_norm_formula, set_batch_norm_formula
+from yolov2.models.priors import COCO_ANCHORS, VOC_ANCHORS
 from yolov2.models.resnet import ResNetBackbone
 from yolov2.models.summary import model_summary
 from yolov2.models.tiny import TINY_VOC_ANCHORS, TinyYOLOv2

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from yolov2.errors import WeightsError
+from yolov2.io import atomic_output
 from yolov2.models.layers import ConvPair
 
 WRITE_VERSION = (0, 2, 0)
@@ -172,21 +172,13 @@ def save_darknet_weights(
     n = len(pairs) if max_layers is None else max_layers
     if not 0 <= n <= len(pairs):
         raise WeightsError(f"{path}: max_layers={max_layers} but the model has {len(pairs)} conv layers")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     written = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            written += f.write(struct.pack("<3iq", *WRITE_VERSION, seen))
-            for conv, bn in pairs[:n]:
-                written += _write_tensors(f, _layer_tensors(conv, bn))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, mode=None) as tmp, open(tmp, "wb") as f:
+        written += f.write(struct.pack("<3iq", *WRITE_VERSION, seen))
+        for conv, bn in pairs[:n]:
+            written += _write_tensors(f, _layer_tensors(conv, bn))
+        f.flush()
+        os.fsync(f.fileno())
     return written
 
 

@@ -1,0 +1,123 @@
+"""yolov2/data/stream.py: every sample once per epoch across ranks and workers, the DataLoader's workers,
+multi-scale sizes per batch, evaluation batches, and errors naming the shard and key.
+
+The shards are tiny and written here (tests/tiny_shards.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from tiny_shards import all_ids, make_record, rank_batches, stream, write_tiny_shards
+from yolov2.config import TrainConfig
+from yolov2.data.augment import Augmentation, MultiScaleSchedule
+from yolov2.data.partition import batches_per_epoch, rank_length
+from yolov2.data.shards import ShardSpec, write_shard_bytes
+from yolov2.data.stream import ShardStream, make_dataloader
+from yolov2.errors import DatasetError
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[ShardSpec]:
+    return write_tiny_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_every_sample_once_per_epoch_across_ranks_and_workers(shards, train):
+    world, workers = 2, 2
+    seen: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
+    counts = []
+    for rank in range(world):
+        batches = rank_batches(shards, world, rank, workers, train=train)
+        counts.append(len(batches))
+        assert [b.index for b in batches] == list(range(len(batches)))  # positions are a permutation
+        for b in batches:
+            for image_id, rep in zip(b.image_ids, b.repeated.tolist()):
+                (repeated if rep else seen)[image_id] += 1
+    assert counts[0] == counts[1] == batches_per_epoch(21, world, 3, workers)  # equal batches per rank
+    assert sorted(seen) == all_ids(shards) and set(seen.values()) == {1}
+    assert sum(repeated.values()) == rank_length(21, world) * world - 21 == 1  # the documented padding
+
+
+def test_order_changes_with_the_epoch_and_repeats_with_the_seed(shards):
+    def order(epoch, seed=0):
+        batches = rank_batches(shards, 2, 0, 2, epoch=epoch, seed=seed)
+        return [i for b in batches for i in b.image_ids], batches
+
+    first, batches_a = order(0)
+    again, batches_b = order(0)
+    assert first == again
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+               for a, b in zip(batches_a, batches_b))
+    assert order(1)[0] != first
+    assert order(0, seed=1)[0] != first
+
+
+def test_stream_from_config(shards):
+    cfg = TrainConfig(batch_size=5, input_size=64, multiscale=False, seed=9)
+    s = ShardStream.from_config(shards, cfg, world_size=2, rank=1)
+    assert (s.batch_size, s.size, s.schedule, s.seed, s.rank, s.world_size) == (5, 64, None, 9, 1, 2)
+    assert [b.images.shape[-1] for b in s.iter_slot(0, 1)] == [64, 64, 64]  # 11 samples: 5 + 5 + 1
+
+
+def test_dataloader_workers_deliver_batches_in_position_order_with_their_sizes(shards):
+    schedule = MultiScaleSchedule(32, 96, 32, every=1, seed=3)
+    s = stream(shards, schedule=schedule, world_size=1, batch_size=4)  # 21 samples, 2 workers: 11 + 10 -> 3 + 3
+    loader = make_dataloader(s, num_workers=2)
+    batches = list(loader)
+    assert [b.index for b in batches] == list(range(len(batches))) == list(range(s.batches_per_epoch(2)))
+    assert [b.images.shape[-1] for b in batches] == [schedule.size_at(i) for i in range(len(batches))]
+    assert sorted(i for b in batches for i in b.image_ids) == all_ids(shards)
+    # the worker processes compute exactly what the in-process slots compute, and pick up set_epoch
+    simulated = rank_batches(shards, 1, 0, 2, schedule=schedule, batch_size=4)
+    assert [b.image_ids for b in batches] == [b.image_ids for b in simulated]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches, simulated))
+    s.set_epoch(1)
+    assert [i for b in loader for i in b.image_ids] != [i for b in batches for i in b.image_ids]
+
+
+def test_accumulation_and_first_batch_shift_the_schedule(shards):
+    schedule = MultiScaleSchedule(32, 128, 32, every=1, seed=5)
+    s = stream(shards, schedule=schedule, first_batch=10, accumulation=2)
+    batches = sorted(s.iter_slot(0, 1), key=lambda b: b.index)
+    assert [b.images.shape[-1] for b in batches] == [schedule.size_at((10 + i) // 2) for i in range(len(batches))]
+
+
+def test_difficult_boxes_left_out_of_training_targets_unless_kept(shards):
+    def boxes_of(keep):
+        s = stream(shards, train=False, augmentation=Augmentation(keep_difficult=keep))
+        return sum(int((b.targets[..., 0] >= 0).sum()) for b in s.iter_slot(0, 1))
+
+    difficult = sum(1 for i in range(21) if i % 4 == 0)
+    assert boxes_of(True) == 2 * 21 and boxes_of(False) == 2 * 21 - difficult
+
+
+def test_eval_stream_is_letterboxed_in_file_order(shards):
+    s = stream(shards, train=False, size=64)
+    batches = list(s.iter_slot(0, 1))
+    assert [i for b in batches for i in b.image_ids] == all_ids(shards)
+    first = batches[0]
+    assert first.images.shape[1:] == (3, 64, 64) and first.color is None
+    # img000 is 48x40: letterboxed to 64x53 with 5 grey rows on top
+    assert (first.images[0, :, :5] == 127).all() and (first.images[0, :, 5:58, 20] != 127).any()
+
+
+def test_mosaic_and_mixup_paths_run_and_keep_boxes_inside(shards):
+    aug = Augmentation(mosaic=1.0, mixup=1.0)
+    batches = list(stream(shards, augmentation=aug, size=64).iter_slot(0, 1))
+    targets = torch.cat([b.targets.reshape(-1, 5) for b in batches])
+    real = targets[targets[:, 0] >= 0]
+    assert len(real) > 21  # mosaic + mixup gather boxes from several images
+    assert ((real[:, 1:] >= 0) & (real[:, 1:] <= 1)).all()
+
+
+def test_corrupt_image_names_shard_and_key(tmp_path):
+    record = make_record(0, 48, 40)
+    path = tmp_path / "bad-000000.tar"
+    path.write_bytes(write_shard_bytes([("k0", b"\xff\xd8\xffnot a jpeg", record)]))
+    with pytest.raises(DatasetError, match=r"bad-000000.tar:k0"):
+        list(stream([ShardSpec(str(path), 1)]).iter_slot(0, 1))
