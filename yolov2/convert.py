@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,15 +21,17 @@ from torch import nn
 from yolov2.errors import ConfigError, WeightsError
 from yolov2.inference import ModelSpec
 from yolov2.models import LoadReport, build_from_darknet_cfg, build_model, load_darknet_weights
+from yolov2.models.darknet_cfg import DarknetNet
 from yolov2.models.darknet_cfg_writer import DARKNET_MODELS
 from yolov2.models.darknet_io import conv_layer_shapes
 from yolov2.models.layers import BatchNormFormula
+from yolov2.models.yolov2 import Anchors
 
 CHECK_INPUT = 64  # side of the random image both networks run to confirm they compute the same function
 
 
 def match_named_model(
-    cfg_net: nn.Module,
+    cfg_net: DarknetNet,
     width_multiplier: float = 1.0,
     names: Sequence[str] = DARKNET_MODELS,
     batch_norm: BatchNormFormula = "darknet",
@@ -37,6 +40,8 @@ def match_named_model(
     initialised) with the cfg's classes and anchor count. When several fit (yolov2_voc and yolov2_coco
     differ only in anchors), the one whose default anchors are the cfg's wins, else the first.
     Raises ConfigError if none fits."""
+    # darknet_to_model checks that the cfg has a [region], which sets these
+    assert cfg_net.num_classes is not None and cfg_net.num_anchors is not None
     target = conv_layer_shapes(cfg_net)
     fits = []
     for name in names:
@@ -51,10 +56,13 @@ def match_named_model(
         )
     cfg_anchors = torch.tensor(cfg_net.default_anchors, dtype=torch.float64)
     for name, model in fits:
-        defaults = model.default_anchors
-        if defaults is not None and len(defaults) == len(cfg_anchors):
-            if torch.allclose(torch.tensor(defaults, dtype=torch.float64), cfg_anchors, rtol=0, atol=1e-6):
-                return name, model
+        defaults = cast("Anchors | None", model.default_anchors)  # nn.Module types attributes as Tensor | Module
+        if (
+            defaults is not None
+            and len(defaults) == len(cfg_anchors)
+            and torch.allclose(torch.tensor(defaults, dtype=torch.float64), cfg_anchors, rtol=0, atol=1e-6)
+        ):
+            return name, model
     return fits[0]
 
 
@@ -108,7 +116,7 @@ def darknet_to_model(
         if getattr(model, "default_anchors", None) is None:
             raise ConfigError(f"model {name} has no default anchors; convert with --cfg to take them from [region]")
         report = load_darknet_weights(model, weights)
-        anchors = [list(a) for a in model.default_anchors]
+        anchors = [list(a) for a in cast(Anchors, model.default_anchors)]
     if class_names and len(class_names) != num_classes:
         raise ConfigError(f"{len(class_names)} class names for {num_classes} classes")
     if report.layers_loaded != report.layers_total:

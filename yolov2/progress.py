@@ -17,8 +17,9 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ class Progress:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
-    def start(self) -> "Progress":
+    def start(self) -> Progress:
         """Start the clock and print the first line, unless an update already did; start the heartbeat."""
         with self._lock:
             if self._started is None:
@@ -165,7 +166,7 @@ class Progress:
             stats.append(f"ETA {format_duration((self.total - self.done) / rate)}")
         return " ".join(parts) + " " + ", ".join(stats)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

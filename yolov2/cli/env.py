@@ -206,7 +206,7 @@ def run_bench(device: str, size: int, batch: int, iters: int, budget_s: float) -
         return step
 
     times = interleaved_times({name: make_step(*v) for name, v in variants.items()}, iters, budget_s)
-    rows = [{"name": name, "amp": amp, "channels_last": cl, "seconds_per_iter": statistics.median(times[name]),
+    rows: list[dict[str, Any]] = [{"name": name, "amp": amp, "channels_last": cl, "seconds_per_iter": statistics.median(times[name]),
              "iters": len(times[name])} for name, (amp, cl) in variants.items()]
     rows = with_ratios(rows)
     auto_name = auto.describe()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from torch import nn
+
 from yolov2.models import MODELS, build_from_darknet_cfg, build_model, model_summary
 
 
@@ -21,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    model: nn.Module
     if args.cfg:
         model = build_from_darknet_cfg(args.cfg)
         name = args.cfg

@@ -56,7 +56,7 @@ def _paired_tensors(ema: nn.Module, model: nn.Module) -> tuple[list, list, list,
     """(averaged, their sources, copied, their sources): floating parameters and buffers other than BN
     statistics are averaged; BN statistics and integer buffers are copied. Raises if the modules differ."""
     averaged, averaged_src, copied, copied_src = [], [], [], []
-    source = dict(model.named_parameters())
+    source: dict[str, torch.Tensor] = dict(model.named_parameters())
     source.update(model.named_buffers())
     for name, value in [*ema.named_parameters(), *ema.named_buffers()]:
         if name not in source:

@@ -9,7 +9,7 @@ biases (standard practice; Darknet decays BN scales too, which hurts small batch
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,7 +19,8 @@ from yolov2.errors import ConfigError
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: conv/linear weights with ``weight_decay``; BN parameters and biases without."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:

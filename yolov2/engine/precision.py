@@ -100,16 +100,15 @@ def detect_hardware(device: torch.device | str = "cpu") -> Hardware:
     """Read the capabilities of ``device`` (the CPU's are read even for CUDA, for reports)."""
     device = torch.device(device)
     cpu = torch.cpu
-    common = dict(
-        cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        avx512_bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
-        amx=bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
-    )
+    cpu_capability = torch.backends.cpu.get_cpu_capability()
+    avx512_bf16 = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    amx = bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)())
     if device.type == "cuda":
         with torch.cuda.device(device):  # is_bf16_supported() asks about the current device, not cuda:N
             native = torch.cuda.is_bf16_supported(including_emulation=False)  # the default counts emulated bf16
-        return Hardware("cuda", cuda_bf16=native, device_name=torch.cuda.get_device_name(device), **common)
-    return Hardware("cpu", **common)
+        return Hardware("cuda", cpu_capability, avx512_bf16, amx, cuda_bf16=native,
+                        device_name=torch.cuda.get_device_name(device))
+    return Hardware("cpu", cpu_capability, avx512_bf16, amx)
 
 
 def auto_amp(hw: Hardware) -> tuple[Amp, str]:

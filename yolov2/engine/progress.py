@@ -78,6 +78,7 @@ class TrainProgress:
             return self._print(line, now)
 
     def _step_line(self, report: StepReport, now: float) -> str:
+        assert self.first_done is not None  # step() sets it before the first line
         seconds = sum(r.seconds for r in self.window)
         images = sum(r.images for r in self.window)
         wait = sum(r.data_wait for r in self.window)

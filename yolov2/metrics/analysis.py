@@ -20,8 +20,8 @@ target of a localization or classification error. Detections matched to difficul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -117,7 +117,8 @@ def confusion_matrix(
         d, g = np.array(pairs).T
         counted = ~ignore[g]
         np.add.at(matrix, (pred_label[d[counted]], gt.label[g[counted]]), 1)
-    np.add.at(matrix, (pred_label[~det_used], num_classes), 1)
+    # numpy's stubs reject an index tuple that mixes an array and an int; numpy accepts it (broadcast)
+    np.add.at(matrix, (pred_label[~det_used], num_classes), 1)  # type: ignore[arg-type]
     missed = ~gt_used & ~ignore
     np.add.at(matrix, (num_classes, gt.label[missed]), 1)
     return matrix

@@ -33,8 +33,9 @@ import contextlib
 import gc
 import importlib.util
 import io
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class CocoGroundTruth:
     area: np.ndarray
     iscrowd: np.ndarray
 
-    def select(self, category_ids: np.ndarray) -> "CocoGroundTruth":
+    def select(self, category_ids: np.ndarray) -> CocoGroundTruth:
         """Only the boxes of ``category_ids`` (images are kept: they are small)."""
         keep = np.isin(self.category, category_ids)
         return CocoGroundTruth(
@@ -95,7 +96,7 @@ class CocoDetections:
     bbox: np.ndarray
     score: np.ndarray
 
-    def select(self, category_ids: np.ndarray) -> "CocoDetections":
+    def select(self, category_ids: np.ndarray) -> CocoDetections:
         keep = np.isin(self.category, category_ids)
         return CocoDetections(self.image[keep], self.category[keep], self.bbox[keep], self.score[keep])
 
@@ -156,7 +157,7 @@ def to_coco_arrays(
 
 
 def evaluate_category_chunk(
-    gt: CocoGroundTruth, dets: CocoDetections, category_ids: Sequence[int], backend: str
+    gt: CocoGroundTruth, dets: CocoDetections, category_ids: Sequence[int] | np.ndarray, backend: str
 ) -> CocoChunkResult:
     """Run one backend's evaluate + accumulate on the categories ``category_ids`` only.
 
@@ -336,7 +337,7 @@ def coco_evaluate_arrays(
     gt: CocoGroundTruth,
     dets: CocoDetections,
     class_names: Sequence[str],
-    category_ids: Sequence[int],
+    category_ids: Sequence[int] | np.ndarray,
     backend: str | None = None,
     num_chunks: int = 1,
     map_fn: Callable[..., Iterable[Any]] = map,

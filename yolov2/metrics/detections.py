@@ -14,8 +14,8 @@ ranks first (the VOC devkit's MATLAB ``sort`` and pycocotools' ``mergesort`` do 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +65,7 @@ class DetectionTable:
         label: Sequence[int] | np.ndarray,
         score: Sequence[float] | np.ndarray,
         boxes: Sequence[Sequence[float]] | np.ndarray,
-    ) -> "DetectionTable":
+    ) -> DetectionTable:
         """Build from any array-likes; boxes (float[N, 4]) xyxy absolute pixels, 0-based continuous."""
         ids = np.asarray(image_id, dtype=object).reshape(-1)
         ids = np.array([str(i) for i in ids], dtype=object)
@@ -77,11 +77,11 @@ class DetectionTable:
         )
 
     @classmethod
-    def empty(cls) -> "DetectionTable":
+    def empty(cls) -> DetectionTable:
         return cls.from_arrays([], [], [], np.zeros((0, 4)))
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> "DetectionTable":
+    def from_arrow(cls, table: pa.Table) -> DetectionTable:
         """From a table with the columns of :data:`DETECTION_SCHEMA` (extra columns are ignored)."""
         missing = [f.name for f in DETECTION_SCHEMA if f.name not in table.column_names]
         if missing:
@@ -110,12 +110,12 @@ class DetectionTable:
     def __len__(self) -> int:
         return len(self.image_id)
 
-    def take(self, index: np.ndarray) -> "DetectionTable":
+    def take(self, index: np.ndarray) -> DetectionTable:
         """The rows ``index`` (int or bool array), in that order."""
         return DetectionTable(self.image_id[index], self.label[index], self.score[index], self.boxes[index])
 
     @classmethod
-    def concat(cls, tables: Sequence["DetectionTable"]) -> "DetectionTable":
+    def concat(cls, tables: Sequence[DetectionTable]) -> DetectionTable:
         if not tables:
             return cls.empty()
         return cls(
@@ -141,7 +141,7 @@ class GroundTruthArrays:
     iscrowd: np.ndarray
 
     @classmethod
-    def from_records(cls, records: Sequence[ImageRecord]) -> "GroundTruthArrays":
+    def from_records(cls, records: Sequence[ImageRecord]) -> GroundTruthArrays:
         counts = np.array([r.num_boxes for r in records], np.int64)
         if counts.sum() == 0:
             empty = np.zeros(0, np.int64)

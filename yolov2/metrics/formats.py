@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, TypeGuard
 
 import numpy as np
 
@@ -398,7 +399,7 @@ def _numbers(tokens: Sequence[str], path: Path, line_no: int) -> list[float]:
     return values
 
 
-def _is_finite_number(v) -> bool:
+def _is_finite_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -30,8 +30,9 @@ numbers depend on the +1, it is in how a *file's* coordinates are read (see ``me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -196,6 +196,7 @@ class DarknetNet(nn.Module):
             c_in, st_in = channels[-1], strides[-1]
             if self.region is not None:
                 raise ConfigError(f"{s.where()}: [{s.name}] after [region] is not supported")
+            layer: nn.Module
             if s.name == "convolutional":
                 layer, c, st = _conv_layer(s, c_in), s.get_int("filters", 1), st_in * s.get_int("stride", 1)
             elif s.name == "maxpool":
@@ -206,8 +207,8 @@ class DarknetNet(nn.Module):
                 sources = _route_sources(s, idx)
                 layer, c, st = Route(sources), sum(channels[i + 1] for i in sources), strides[sources[0] + 1]
             elif s.name == "reorg":
-                layer = _reorg_layer(s, c_in)
-                c, st = c_in * layer.stride**2, st_in * layer.stride
+                reorg = _reorg_layer(s, c_in)
+                layer, c, st = reorg, c_in * reorg.stride**2, st_in * reorg.stride
             else:  # region
                 self.region = region_options(s)
                 expected = self.region["num"] * (5 + self.region["classes"])

@@ -63,11 +63,11 @@ def _yolov2_layers(num_classes: int, num_anchors: int, width_multiplier: float) 
     passthrough_index = -1
     for stage in (STAGE16, STAGE32):
         for item in stage:
-            if item == "M":
-                layers.append(_maxpool(2))
-            else:
+            if isinstance(item, tuple):  # (filters, size) of a conv; else "M", a maxpool
                 filters, size = item
                 layers.append(_conv(scaled_channels(filters, width_multiplier), size))
+            else:
+                layers.append(_maxpool(2))
         if stage is STAGE16:
             passthrough_index = len(layers) - 1  # the stride-16 map the [route] reaches back to
     head_c = scaled_channels(1024, width_multiplier)

@@ -7,8 +7,8 @@ Tensors are NCHW throughout.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +137,8 @@ def chain_darknet_layers(*modules: nn.Module) -> Iterator[ConvPair]:
     """
     for module in modules:
         if hasattr(module, "darknet_layers"):
-            yield from module.darknet_layers()
+            # nn.Module.__getattr__ is typed as returning a Tensor or Module; this is a method
+            yield from cast(Callable[[], Iterator[ConvPair]], module.darknet_layers)()
         elif isinstance(module, (nn.Sequential, nn.ModuleList)):
             yield from chain_darknet_layers(*module)
         elif any(True for _ in module.parameters()):

@@ -8,6 +8,7 @@ conv 3x3/1024, conv 3x3/1024; route back to the stride-16 map, conv 1x1/64, reor
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,11 +48,12 @@ class YOLOv2(nn.Module):
         head_c = scaled_channels(1024, width_multiplier)
         route_c = scaled_channels(64, width_multiplier)
         self.backbone = backbone
-        c32 = backbone.out_channels
+        # plain ints on every backbone (nn.Module types unknown attributes as Tensor | Module)
+        c32 = cast(int, backbone.out_channels)
         self.neck = SPPF(c32, c32) if sppf else nn.Identity()
         self.head1 = DarknetConv(c32, head_c, 3)
         self.head2 = DarknetConv(head_c, head_c, 3)
-        self.passthrough = DarknetConv(backbone.passthrough_channels, route_c, 1)
+        self.passthrough = DarknetConv(cast(int, backbone.passthrough_channels), route_c, 1)
         self.reorg = Reorg(2, reorg)
         self.fuse = DarknetConv(route_c * 4 + head_c, head_c, 3)
         self.pred = make_head(head_c, num_anchors, num_classes, decoupled_head)

@@ -1,9 +1,9 @@
-"""Compiled map step of the anchor k-means (see :mod:`yolov2.anchors`): assign boxes to centroids.
+"""Compiled map step of the anchor k-means (see :mod:`yolov2.anchors.assignment`): assign boxes to centroids.
 
-Kept apart from ``anchors.py`` so that NumPy-only users never import numba, and so that numba's
+Kept apart from the NumPy modules so that NumPy-only users never import numba, and so that numba's
 on-disk cache (``cache=True``, written to ``__pycache__`` next to this file) keys on one small file.
 
-The kernel gives *bit-identical* results to the NumPy path in ``anchors.py``:
+The kernel gives *bit-identical* results to the NumPy path in :mod:`yolov2.anchors.assignment`:
 
 * IoU of a box (w, h) with a centroid (cw, ch), both centred, is evaluated exactly as
   :func:`yolov2.boxes.wh_iou_np` does: ``inter = min(w, cw) * min(h, ch)``,
@@ -15,7 +15,7 @@ The kernel gives *bit-identical* results to the NumPy path in ``anchors.py``:
   2**-53 relative, so the exact ratios, and the correctly rounded quotients NumPy compares, are then
   ordered the same way). Otherwise (exact ties included) the box is flagged and redone with the
   division loop, which is the NumPy definition itself. Products stay in the normal float64 range
-  because :func:`yolov2.anchors.assign` only accepts sizes in [1e-32, 1e32].
+  because :func:`yolov2.anchors.assignment.assign` only accepts sizes in [1e-32, 1e32].
 * Sums of w and h are accumulated per block of ``block_size`` boxes and per cluster, sequentially
   in box order from 0.0 (the order ``np.bincount`` uses). The sum of best IoU of a block goes into
   ``LANES`` interleaved running sums (box t of the block into lane t % LANES, each in box order)
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-LANES = 8  # must equal yolov2.anchors.IOU_LANES (checked at every call)
+LANES = 8  # must equal yolov2.anchors.assignment.IOU_LANES (checked at every call)
 _DELTA = 1e-12  # relative gap below which a cross-multiplied comparison is not trusted
 
 
@@ -122,7 +122,7 @@ def assign_blocks(
     num_blocks = sum_w.shape[0]
     has_previous = previous.shape[0] == n
     if lanes != LANES:
-        raise ValueError("lanes must equal anchors_numba.LANES")
+        raise ValueError("lanes must equal yolov2.anchors.kernels.LANES")
     ca = np.empty(k)
     for j in range(k):
         ca[j] = cw[j] * ch[j]
