@@ -53,7 +53,9 @@ from machine import NO_MODEL, machine_facts  # noqa: E402  (no torch: the baseli
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
-def make_case(num_images: int = 5000, num_classes: int = 80, mean_boxes: float = 7.0, max_dets: int = 100, seed: int = 0):
+def make_case(
+    num_images: int = 5000, num_classes: int = 80, mean_boxes: float = 7.0, max_dets: int = 100, seed: int = 0
+):
     """Generated records (float32 boxes, as records store them) and a detection table around them."""
     from yolov2.data.records import ImageRecord
     from yolov2.metrics.detections import DetectionTable
@@ -69,7 +71,9 @@ def make_case(num_images: int = 5000, num_classes: int = 80, mean_boxes: float =
         gt = np.stack([x, y, x + bw, y + bh], 1).astype(np.float32)
         lab = rng.integers(0, num_classes, k)
         image_id = str(100000 + i)
-        records.append(ImageRecord(image_id, "val", f"{image_id}.jpg", w, h, gt, lab, np.zeros(k, bool), np.zeros(k, bool)))
+        records.append(
+            ImageRecord(image_id, "val", f"{image_id}.jpg", w, h, gt, lab, np.zeros(k, bool), np.zeros(k, bool))
+        )
 
         n = int(rng.integers(20, max_dets + 1))
         n_true = min(n, int(rng.integers(0, 4 * k + 1))) if k else 0
@@ -204,7 +208,9 @@ def run_ours(records, dets, names: list[str], workers: int) -> tuple[np.ndarray,
     else:
         with ProcessPoolExecutor(workers) as pool:
             recorder = _ChunkCpu(pool)
-            result = coco_evaluate(records, dets, names, backend="faster_coco_eval", num_chunks=workers, map_fn=recorder)
+            result = coco_evaluate(
+                records, dets, names, backend="faster_coco_eval", num_chunks=workers, map_fn=recorder
+            )
         worker_cpu = max(recorder.cpu)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = np.array([result.stats[k] for k in STAT_NAMES], np.float64)
@@ -267,9 +273,18 @@ def main() -> None:
     ours_stats, fast_stats = ours_runs[0][0], np.array(fast["stats"])
     out: dict = {
         "benchmark": "coco_map",
-        "case": {"images": len(records), "gt_boxes": int(sum(r.num_boxes for r in records)),
-                 "detections": len(dets), "categories": args.classes, "seed": args.seed},  # fmt: skip
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1min_at_start": load_at_start},
+        "case": {
+            "images": len(records),
+            "gt_boxes": int(sum(r.num_boxes for r in records)),
+            "detections": len(dets),
+            "categories": args.classes,
+            "seed": args.seed,
+        },  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1min_at_start": load_at_start,
+        },
         "repeats": args.repeats,
         "wall_seconds_median": wall,
         "cpu_seconds_median": cpu,
@@ -281,8 +296,12 @@ def main() -> None:
             "ours_workers_vs_faster_max_abs_diff": float(np.abs(ours_stats - fast_stats).max()),
             "ours_1_process_vs_faster_max_abs_diff": float(np.abs(single_runs[0][0] - fast_stats).max()),
         },
-        "all_runs_wall_seconds": {"ours_workers": [r[1] for r in ours_runs], "ours_1_process": [r[1] for r in single_runs],
-                                  "faster_coco_eval": fast["wall"], "voc": [v[0] for v in voc_runs]},  # fmt: skip
+        "all_runs_wall_seconds": {
+            "ours_workers": [r[1] for r in ours_runs],
+            "ours_1_process": [r[1] for r in single_runs],
+            "faster_coco_eval": fast["wall"],
+            "voc": [v[0] for v in voc_runs],
+        },  # fmt: skip
     }
     if pyc is not None:
         wall["pycocotools_single"], cpu["pycocotools_single"] = pyc["wall"][0], pyc["cpu"][0]
@@ -290,8 +309,12 @@ def main() -> None:
             "wall": pyc["wall"][0] / wall[ours_key],
             "cpu_critical_path": pyc["cpu"][0] / cpu[ours_key + "_critical_path"],
         }
-        out["identical"]["ours_workers_vs_pycocotools_max_abs_diff"] = float(np.abs(ours_stats - np.array(pyc["stats"])).max())
-        out["identical"]["faster_vs_pycocotools_max_abs_diff"] = float(np.abs(fast_stats - np.array(pyc["stats"])).max())
+        out["identical"]["ours_workers_vs_pycocotools_max_abs_diff"] = float(
+            np.abs(ours_stats - np.array(pyc["stats"])).max()
+        )
+        out["identical"]["faster_vs_pycocotools_max_abs_diff"] = float(
+            np.abs(fast_stats - np.array(pyc["stats"])).max()
+        )
     out["stats"] = dict(zip(STAT_NAMES, ours_stats.tolist()))
     out["machine"]["load_avg_1min_at_end"] = os.getloadavg()[0]
     out.update(machine_facts(args.workers, NO_MODEL, "worker processes of ours (the baselines: one process)"))

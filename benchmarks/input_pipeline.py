@@ -70,7 +70,7 @@ def write_shards(records: list, folder: Path, per_shard: int = 100) -> list:
     specs = []
     for start in range(0, len(records), per_shard):
         path = folder / f"train-{start // per_shard:06d}.tar"
-        chunk = records[start:start + per_shard]
+        chunk = records[start : start + per_shard]
         with open(path, "wb") as f, TarShardWriter(f) as writer:
             for i, record in enumerate(chunk):
                 writer.write_sample(f"s{start + i:06d}", Path(record.path).read_bytes(), record)
@@ -139,8 +139,9 @@ def main() -> None:
         specs = write_shards(records, Path(tmp))
         streams = {
             "train_cpu_color": ShardStream(specs, args.batch, train=True, size=args.size, augmentation=Augmentation()),
-            "train_device_color": ShardStream(specs, args.batch, train=True, size=args.size,
-                                              augmentation=Augmentation(device_color=True)),
+            "train_device_color": ShardStream(
+                specs, args.batch, train=True, size=args.size, augmentation=Augmentation(device_color=True)
+            ),
             "eval_letterbox": ShardStream(specs, args.batch, train=False, size=args.size),
         }
         for stream in streams.values():  # warm the page cache, imports and allocator
@@ -163,33 +164,39 @@ def main() -> None:
     sizes = np.array([(r.width, r.height) for r in records])
     target = 0.75
     budget_ms = 1000 / (target * rate["baseline"])  # per image, for the whole pipeline to reach the target
-    print(json.dumps({
-        "benchmark": "input_pipeline",
-        "images": n,
-        "datasets": ["voc100", "raccoon"],
-        "source_pixels_median": int(np.median(sizes[:, 0] * sizes[:, 1])),
-        "size": args.size,
-        "batch": args.batch,
-        **machine_facts(torch.get_num_threads(), NO_MODEL, "torch and OpenCV threads (one each)"),
-        "rounds": args.rounds,
-        "timing": "process CPU time, median over rounds (wall-clock figures alongside)",
-        "images_per_cpu_s": {k: round(v, 1) for k, v in rate.items()},
-        "images_per_wall_s": {k: round(v, 1) for k, v in wall_rate.items()},
-        "ratio_vs_baseline": {k: round(v / rate["baseline"], 3) for k, v in rate.items() if k != "baseline"},
-        "ratio_vs_baseline_wall": {
-            k: round(v / wall_rate["baseline"], 3) for k, v in wall_rate.items() if k != "baseline"
-        },
-        "device_color_op_cpu_ms_per_image": round(1000 * device_color_cost(args.size, args.batch), 2),
-        "target_ratio": target,
-        "cpu_color_analysis_ms_per_image": {
-            "budget_whole_pipeline_at_target": round(budget_ms, 3),
-            "pipeline_without_color": round(1000 / rate["train_device_color"], 3),
-            "left_for_cpu_color": round(budget_ms - 1000 / rate["train_device_color"], 3),
-            "cpu_color_step_measured": round(1000 / rate["train_cpu_color"] - 1000 / rate["train_device_color"], 3),
-            "hsv_round_trip_alone": round(1000 * hsv_round_trip_cost(blobs, args.size), 3),
-        },
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "input_pipeline",
+                "images": n,
+                "datasets": ["voc100", "raccoon"],
+                "source_pixels_median": int(np.median(sizes[:, 0] * sizes[:, 1])),
+                "size": args.size,
+                "batch": args.batch,
+                **machine_facts(torch.get_num_threads(), NO_MODEL, "torch and OpenCV threads (one each)"),
+                "rounds": args.rounds,
+                "timing": "process CPU time, median over rounds (wall-clock figures alongside)",
+                "images_per_cpu_s": {k: round(v, 1) for k, v in rate.items()},
+                "images_per_wall_s": {k: round(v, 1) for k, v in wall_rate.items()},
+                "ratio_vs_baseline": {k: round(v / rate["baseline"], 3) for k, v in rate.items() if k != "baseline"},
+                "ratio_vs_baseline_wall": {
+                    k: round(v / wall_rate["baseline"], 3) for k, v in wall_rate.items() if k != "baseline"
+                },
+                "device_color_op_cpu_ms_per_image": round(1000 * device_color_cost(args.size, args.batch), 2),
+                "target_ratio": target,
+                "cpu_color_analysis_ms_per_image": {
+                    "budget_whole_pipeline_at_target": round(budget_ms, 3),
+                    "pipeline_without_color": round(1000 / rate["train_device_color"], 3),
+                    "left_for_cpu_color": round(budget_ms - 1000 / rate["train_device_color"], 3),
+                    "cpu_color_step_measured": round(
+                        1000 / rate["train_cpu_color"] - 1000 / rate["train_device_color"], 3
+                    ),
+                    "hsv_round_trip_alone": round(1000 * hsv_round_trip_cost(blobs, args.size), 3),
+                },
+                "load_average_1min": round(os.getloadavg()[0], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

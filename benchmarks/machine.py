@@ -86,8 +86,9 @@ def timed(fn: Callable[[], object]) -> Timing:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_variants(variants: list[Precision], run: Callable[[Precision, int], list[Timing]], rounds: int,
-                  iters: int, cap_on: int = 1) -> tuple[dict[str, list[Timing]], set[str]]:
+def time_variants(
+    variants: list[Precision], run: Callable[[Precision, int], list[Timing]], rounds: int, iters: int, cap_on: int = 1
+) -> tuple[dict[str, list[Timing]], set[str]]:
     """(wall, CPU) seconds per iteration of each variant, and the names of the capped ones.
 
     ``run(p, n)`` runs ``n`` iterations in precision ``p`` and returns the time of each. Every variant runs one
@@ -128,9 +129,15 @@ def summarise(times: dict[str, list[Timing]], capped: set[str], auto: Precision)
     ratio_cpu = median_cpu[name] / min(median_cpu.values())
     return {
         "variants": [
-            {"precision": v, "median_s": round(median[v], 4), "min_s": round(min(wall[v]), 4),
-             "median_cpu_s": round(median_cpu[v], 4), "samples": len(wall[v]), "capped": v in capped,
-             "ratio_to_fastest": round(median[v] / median[fastest], 3)}
+            {
+                "precision": v,
+                "median_s": round(median[v], 4),
+                "min_s": round(min(wall[v]), 4),
+                "median_cpu_s": round(median_cpu[v], 4),
+                "samples": len(wall[v]),
+                "capped": v in capped,
+                "ratio_to_fastest": round(median[v] / median[fastest], 3),
+            }
             for v in times
         ],
         "fastest": fastest,
@@ -145,14 +152,14 @@ def summarise(times: dict[str, list[Timing]], capped: set[str], auto: Precision)
     }
 
 
-def precision_table(device: torch.device | str, run: Callable[[Precision, int], list[Timing]], rounds: int,
-                    iters: int) -> dict:
+def precision_table(
+    device: torch.device | str, run: Callable[[Precision, int], list[Timing]], rounds: int, iters: int
+) -> dict:
     """:func:`time_variants` over every variant on ``device``, summarised against ``auto``'s pick."""
     auto = auto_precision(device)
     cap_on = 0 if torch_device_type(device) == "cuda" else 1
     times, capped = time_variants(precision_variants(device), run, rounds, iters, cap_on)
     return summarise(times, capped, auto)
-
 
 
 def precision_section(device: torch.device | str, tables: dict[str, dict]) -> dict:
@@ -162,9 +169,11 @@ def precision_section(device: torch.device | str, tables: dict[str, dict]) -> di
     return {
         "auto": auto.describe(),
         "auto_reason": auto.reason,
-        "timing": (f"wall seconds per iteration (median, min) and process CPU (median) after one warm-up; a variant "
-                   f"over {CAP_FACTOR:g}x the fastest so far on its first timed iteration ({cap_time} time) keeps "
-                   "that one ('capped'); auto_target_met on wall medians, auto_target_met_cpu on CPU medians"),
+        "timing": (
+            f"wall seconds per iteration (median, min) and process CPU (median) after one warm-up; a variant "
+            f"over {CAP_FACTOR:g}x the fastest so far on its first timed iteration ({cap_time} time) keeps "
+            "that one ('capped'); auto_target_met on wall medians, auto_target_met_cpu on CPU medians"
+        ),
         **tables,
         "auto_target_met": all(t["auto_target_met"] for t in tables.values()),
         "auto_target_met_cpu": all(t["auto_target_met_cpu"] for t in tables.values()),
@@ -179,8 +188,18 @@ def main() -> None:
 
     auto = auto_precision(args.device)
     facts = machine_facts(torch.get_num_threads(), "n/a (nothing timed)")
-    print(json.dumps({"benchmark": "machine (nothing timed)", **facts, "device": args.device, "auto": auto.describe(),
-                      "auto_reason": auto.reason, "variants": [p.describe() for p in precision_variants(args.device)]}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "machine (nothing timed)",
+                **facts,
+                "device": args.device,
+                "auto": auto.describe(),
+                "auto_reason": auto.reason,
+                "variants": [p.describe() for p in precision_variants(args.device)],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

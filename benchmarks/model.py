@@ -106,16 +106,20 @@ def shift_for_candidates(output: torch.Tensor, num_anchors: int, thresh: float, 
 
 
 def stats(times: list[float]) -> dict[str, float | list[float]]:
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "runs_s": [round(t, 4) for t in times]}
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "runs_s": [round(t, 4) for t in times],
+    }
 
 
 def median_ratio(parts: list[float], wholes: list[float]) -> float:
     return round(statistics.median(p / w for p, w in zip(parts, wholes)), 5)
 
 
-def precision_tables(model: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, train_rounds: int,
-                     infer_rounds: int) -> dict:
+def precision_tables(
+    model: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, train_rounds: int, infer_rounds: int
+) -> dict:
     """Training forward + backward and eval forward of the bare network in each precision and layout."""
 
     def train_iters(precision: Precision, n: int) -> list[Timing]:
@@ -136,8 +140,10 @@ def precision_tables(model: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor
         with torch.inference_mode(), precision.autocast("cpu"):
             return [timed(lambda: model(xp)) for _ in range(n)]
 
-    tables = {"train_forward_backward": precision_table("cpu", train_iters, train_rounds, 1),
-              "eval_forward": precision_table("cpu", eval_iters, infer_rounds, 1)}
+    tables = {
+        "train_forward_backward": precision_table("cpu", train_iters, train_rounds, 1),
+        "eval_forward": precision_table("cpu", eval_iters, infer_rounds, 1),
+    }
     model.zero_grad(set_to_none=True)
     return precision_section("cpu", tables)
 
@@ -199,13 +205,22 @@ def main() -> None:
     image_sizes = torch.tensor([[500, 375]] * args.batch)
     with torch.inference_mode():
         eval_out = model(x)
-        shifts = [0.0 if t is None else shift_for_candidates(eval_out, num_anchors, CONF_THRESH, t)
-                  for t in CANDIDATE_TARGETS]
+        shifts = [
+            0.0 if t is None else shift_for_candidates(eval_out, num_anchors, CONF_THRESH, t) for t in CANDIDATE_TARGETS
+        ]
         heads = [shift_objectness(eval_out, num_anchors, s) for s in shifts]
 
     def post(head: torch.Tensor) -> list:
-        return postprocess(head, anchors, args.classes, (args.size, args.size), image_sizes,
-                           conf_thresh=CONF_THRESH, nms_thresh=0.45, max_det=100)
+        return postprocess(
+            head,
+            anchors,
+            args.classes,
+            (args.size, args.size),
+            image_sizes,
+            conf_thresh=CONF_THRESH,
+            nms_thresh=0.45,
+            max_det=100,
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_size=args.size)
@@ -249,8 +264,11 @@ def main() -> None:
         "num_classes": args.classes,
         "dtype": "float32",
         "device": "cpu",
-        **machine_facts(args.threads, "float32, NCHW (loss, postprocess, ONNX Runtime); 'precisions': each variant",
-                        "torch intra-op threads = ONNX Runtime intra_op_num_threads"),
+        **machine_facts(
+            args.threads,
+            "float32, NCHW (loss, postprocess, ONNX Runtime); 'precisions': each variant",
+            "torch intra-op threads = ONNX Runtime intra_op_num_threads",
+        ),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": round(load_at_start, 2),
         "cpu": platform.processor() or platform.machine(),

@@ -78,11 +78,14 @@ def main() -> None:
         def run() -> None:
             with torch.inference_mode():
                 model(x)
+
         return run
 
-    per_item = {"letterbox_darknet": (letterbox_all("darknet"), len(images)),
-                "letterbox_opencv": (letterbox_all("opencv"), len(images)),
-                **{f"forward_{name}": (forward(model), 1) for name, model in models.items()}}
+    per_item = {
+        "letterbox_darknet": (letterbox_all("darknet"), len(images)),
+        "letterbox_opencv": (letterbox_all("opencv"), len(images)),
+        **{f"forward_{name}": (forward(model), 1) for name, model in models.items()},
+    }
     for fn, _ in per_item.values():  # warm-up: imports, allocator, oneDNN primitives
         fn()
     cpu: dict[str, list[float]] = {k: [] for k in per_item}
@@ -99,30 +102,39 @@ def main() -> None:
         return {
             "darknet_vs_opencv_letterbox": round(t["letterbox_darknet"] / t["letterbox_opencv"], 2),
             "darknet_letterbox_per_yolov2_voc_forward": round(t["letterbox_darknet"] / t["forward_yolov2_voc"], 4),
-            "darknet_letterbox_per_yolov2_tiny_voc_forward":
-                round(t["letterbox_darknet"] / t["forward_yolov2_tiny_voc"], 4),
+            "darknet_letterbox_per_yolov2_tiny_voc_forward": round(
+                t["letterbox_darknet"] / t["forward_yolov2_tiny_voc"], 4
+            ),
             "opencv_letterbox_per_yolov2_voc_forward": round(t["letterbox_opencv"] / t["forward_yolov2_voc"], 4),
         }
 
     sizes = np.array([im.shape[:2] for im in images])
-    print(json.dumps({
-        "benchmark": "preprocess",
-        "images": len(images),
-        "source": source,
-        "source_pixels_median": int(np.median(sizes[:, 0] * sizes[:, 1])),
-        "size": args.size,
-        "batch": 1,
-        **machine_facts(torch.get_num_threads(), "float32, NCHW (the forward passes; the letterbox in float32)",
-                        "torch and OpenCV threads (one each)"),
-        "rounds": args.rounds,
-        "timing": "process CPU time per image (letterbox) or per forward pass, median over rounds after one warm-up "
-                  "round (wall-clock figures alongside)",
-        "cpu_ms": {k: round(v, 3) for k, v in ms.items()},
-        "wall_ms": {k: round(v, 3) for k, v in ms_wall.items()},
-        "ratios": ratios(ms),
-        "ratios_wall": ratios(ms_wall),
-        "load_average_1min": round(load_average, 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "preprocess",
+                "images": len(images),
+                "source": source,
+                "source_pixels_median": int(np.median(sizes[:, 0] * sizes[:, 1])),
+                "size": args.size,
+                "batch": 1,
+                **machine_facts(
+                    torch.get_num_threads(),
+                    "float32, NCHW (the forward passes; the letterbox in float32)",
+                    "torch and OpenCV threads (one each)",
+                ),
+                "rounds": args.rounds,
+                "timing": "process CPU time per image (letterbox) or per forward pass, median over rounds after one warm-up "
+                "round (wall-clock figures alongside)",
+                "cpu_ms": {k: round(v, 3) for k, v in ms.items()},
+                "wall_ms": {k: round(v, 3) for k, v in ms_wall.items()},
+                "ratios": ratios(ms),
+                "ratios_wall": ratios(ms_wall),
+                "load_average_1min": round(load_average, 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

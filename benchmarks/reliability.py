@@ -69,8 +69,11 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
         for case in cases:
             if case.layout != name:
                 continue
-            this = run if case.outcome != "error" else run_shard(out_dir / "ws" / case.name, name,
-                                                                  layout.root(name), [case.split])
+            this = (
+                run
+                if case.outcome != "error"
+                else run_shard(out_dir / "ws" / case.name, name, layout.root(name), [case.split])
+            )
             obs = observe(this, case)
             per_case[case.name] = {
                 "layout": name,
@@ -84,8 +87,9 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
 
     started = time.perf_counter()
     for case in cases:  # strict: one run per case
-        run = run_shard(out_dir / "strict" / case.layout, case.layout, layout.root(case.layout), [case.split],
-                        strict=True)
+        run = run_shard(
+            out_dir / "strict" / case.layout, case.layout, layout.root(case.layout), [case.split], strict=True
+        )
         if run.error is None:
             strict, ok = "accepted", case.strict_error is None
         else:
@@ -109,15 +113,20 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
         "error_in_strict": sum(c["strict"] == "error" for c in per_case.values()),
         "accepted_in_strict": sum(c["strict"] == "accepted" for c in per_case.values()),
         "strict_as_expected_every_case": all(c["strict_as_expected"] for c in per_case.values()),
-        "strict_stops_exactly_when_non_strict_rejects_every_case": all(c["strict_stops_iff_rejected"]
-                                                                       for c in per_case.values()),
+        "strict_stops_exactly_when_non_strict_rejects_every_case": all(
+            c["strict_stops_iff_rejected"] for c in per_case.values()
+        ),
         "records_in_eq_sharded_plus_rejected_every_case": bool(accounted) and all(accounted),
         "cases_checked_for_accounting": len(accounted),
         "matches_expected": sum(c["matches_expected"] for c in per_case.values()),
         "mismatches": sorted(n for n, c in per_case.items() if not as_expected(c)),
-        "input_defects": {g: {"cases": sum(c["group"] == g for c in per_case.values()),
-                              "as_expected": sum(c["group"] == g and as_expected(c) for c in per_case.values())}
-                          for g in INPUT_DEFECTS},
+        "input_defects": {
+            g: {
+                "cases": sum(c["group"] == g for c in per_case.values()),
+                "as_expected": sum(c["group"] == g and as_expected(c) for c in per_case.values()),
+            }
+            for g in INPUT_DEFECTS
+        },
         "seconds": seconds,
         "per_case": {n: c["outcome"] for n, c in per_case.items()},
         "strict_per_case": {n: c["strict"] for n, c in per_case.items()},
@@ -127,9 +136,24 @@ def corpus_report(out_dir: Path, shared_data: Path) -> dict:
 def fault_report(marker_expr: str, junit_xml: Path) -> dict:
     """Run the tests selected by ``-m marker_expr`` in a pytest subprocess; each one's outcome and time."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", marker_expr, "-q", "-p", "no:cacheprovider",
-                           "--continue-on-collection-errors", f"--junitxml={junit_xml}", "tests"],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            marker_expr,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            f"--junitxml={junit_xml}",
+            "tests",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     scenarios = scenarios_from_junit(junit_xml) if junit_xml.exists() else {}
     broken = sorted(n for n, s in scenarios.items() if s.get("reason") == "collection failure")
     scenarios = {n: s for n, s in scenarios.items() if n not in broken}
@@ -166,14 +190,22 @@ def scenarios_from_junit(path: Path) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared-data",
-                        default=os.environ.get("YOLOV2_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--shared-data", default=os.environ.get("YOLOV2_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--keep", default=None, help="write the corpus and workspaces here instead of a temp folder")
-    parser.add_argument("--faults", default="fault", metavar="MARKERS",
-                        help='pytest -m expression selecting the fault scenarios (default "fault"; "none": skip them)')
-    parser.add_argument("--security", default="security", metavar="MARKERS",
-                        help='pytest -m expression selecting the security checks (default "security"; "none": skip '
-                             'them)')
+    parser.add_argument(
+        "--faults",
+        default="fault",
+        metavar="MARKERS",
+        help='pytest -m expression selecting the fault scenarios (default "fault"; "none": skip them)',
+    )
+    parser.add_argument(
+        "--security",
+        default="security",
+        metavar="MARKERS",
+        help='pytest -m expression selecting the security checks (default "security"; "none": skip them)',
+    )
     args = parser.parse_args()
 
     from pipelines import ray_auth
@@ -198,9 +230,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="yolov2-security-") as tmp:
             security = fault_report(args.security, Path(tmp) / "security.xml")
     facts = machine_facts(RAY_CPUS, NO_MODEL, "Ray CPUs of the corpus runs (the fault tests start their own)")
-    print(json.dumps({"benchmark": "reliability", **facts, "bad_input_corpus": report, "fault_scenarios": faults,
-                      "security_checks": security},
-                     indent=1, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "benchmark": "reliability",
+                **facts,
+                "bad_input_corpus": report,
+                "fault_scenarios": faults,
+                "security_checks": security,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def make_dataset(cache: Path, images: int) -> Path:
     from yolov2.data.synthetic import write_synthetic_dataset
 
     base = cache / f"synthetic-{min(images, GENERATED)}"
-    write_synthetic_dataset(base, seed=1, width=640, height=480, splits={"train": min(images, GENERATED)},
-                            write_coco=False, progress=True)
+    write_synthetic_dataset(
+        base, seed=1, width=640, height=480, splits={"train": min(images, GENERATED)}, write_coco=False, progress=True
+    )
     if images <= GENERATED:
         return base
     root = cache / f"synthetic-{GENERATED}-copied-to-{images}"
@@ -101,9 +102,17 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     # one throw-away task per worker so worker processes exist before the clock starts
     ray.get([ray.remote(lambda: None).remote() for _ in range(workers)])
-    cfg = load_config(None, [f"workspace={out_dir / f'ws{workers}'}", "data.kind=voc", f"data.root={root}",
-                             "data.splits={train: [train]}", f"shard.max_count={max_count}",
-                             "data.class_names=[circle, square, triangle, star, cross]"])
+    cfg = load_config(
+        None,
+        [
+            f"workspace={out_dir / f'ws{workers}'}",
+            "data.kind=voc",
+            f"data.root={root}",
+            "data.splits={train: [train]}",
+            f"shard.max_count={max_count}",
+            "data.class_names=[circle, square, triangle, star, cross]",
+        ],
+    )
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     started = time.perf_counter()
@@ -122,8 +131,9 @@ def time_library(root: Path, out_dir: Path) -> float:
 
     target = out_dir / "library.tar"
     started = time.perf_counter()
-    listing = list_split_items({"format": "voc", "root": str(root)}, "train", ["train"],
-                               ["circle", "square", "triangle", "star", "cross"])
+    listing = list_split_items(
+        {"format": "voc", "root": str(root)}, "train", ["train"], ["circle", "square", "triangle", "star", "cross"]
+    )
     with open(target, "wb") as f:
         outcome = write_shard(f, listing.items, ShardOptions())
     seconds = time.perf_counter() - started
@@ -160,8 +170,11 @@ def time_python_io_floor(root: Path, out_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10000, help="number of 640x480 images (default 10000)")
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "yolov2-bench-shard"),
-                        help="where the generated dataset is kept between runs")
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(tempfile.gettempdir(), "yolov2-bench-shard"),
+        help="where the generated dataset is kept between runs",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timings per configuration; the best is reported")
     args = parser.parse_args()
 
@@ -176,26 +189,34 @@ def main() -> None:
         one = min(time_stage(root, out, 1, max_count) for _ in range(args.repeats))
         two = min(time_stage(root, out, 2, max_count) for _ in range(args.repeats))
     n = args.images
-    print(json.dumps({
-        "benchmark": "shard",
-        "images": n,
-        "images_note": "more than the issue's minimum of 2,000 to amortise the stage's fixed costs (see docstring)"
-        if n > 2000 else "the issue's minimum",
-        "dataset_mb": round(dataset_bytes / 1e6, 1),
-        "shards": 16,
-        "tar_images_per_s": round(n / tar_s, 1),
-        "python_io_floor_images_per_s": round(n / floor_s, 1),
-        "library_1_process_images_per_s": round(n / library_s, 1),
-        "stage_1_worker_images_per_s": round(n / one, 1),
-        "stage_2_workers_images_per_s": round(n / two, 1),
-        "ratio_1_worker_vs_tar": round(tar_s / one, 3),
-        "ratio_2_workers_vs_1": round(one / two, 3),
-        "ratio_python_io_floor_vs_tar": round(tar_s / floor_s, 3),
-        "ratio_library_vs_tar": round(tar_s / library_s, 3),
-        "targets": {"ratio_1_worker_vs_tar": ">= 1.0", "ratio_2_workers_vs_1": ">= 1.8"},
-        "cpus": os.cpu_count(),
-        **machine_facts(2, NO_MODEL, "Ray workers, the most timed (stages with 1 and 2; tar, library: one process)"),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "shard",
+                "images": n,
+                "images_note": "more than the issue's minimum of 2,000 to amortise the stage's fixed costs (see docstring)"
+                if n > 2000
+                else "the issue's minimum",
+                "dataset_mb": round(dataset_bytes / 1e6, 1),
+                "shards": 16,
+                "tar_images_per_s": round(n / tar_s, 1),
+                "python_io_floor_images_per_s": round(n / floor_s, 1),
+                "library_1_process_images_per_s": round(n / library_s, 1),
+                "stage_1_worker_images_per_s": round(n / one, 1),
+                "stage_2_workers_images_per_s": round(n / two, 1),
+                "ratio_1_worker_vs_tar": round(tar_s / one, 3),
+                "ratio_2_workers_vs_1": round(one / two, 3),
+                "ratio_python_io_floor_vs_tar": round(tar_s / floor_s, 3),
+                "ratio_library_vs_tar": round(tar_s / library_s, 3),
+                "targets": {"ratio_1_worker_vs_tar": ">= 1.0", "ratio_2_workers_vs_1": ">= 1.8"},
+                "cpus": os.cpu_count(),
+                **machine_facts(
+                    2, NO_MODEL, "Ray workers, the most timed (stages with 1 and 2; tar, library: one process)"
+                ),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,9 @@ def stamped(batch, n: int, stamps: list[tuple[float, float]]) -> Iterator:
     stamps.append(now())
 
 
-def loop_step_times(model, batch, iters: int, ema: bool, anchors: torch.Tensor, precision: Precision,
-                    device: torch.device) -> list[tuple[float, float]]:
+def loop_step_times(
+    model, batch, iters: int, ema: bool, anchors: torch.Tensor, precision: Precision, device: torch.device
+) -> list[tuple[float, float]]:
     """(wall, CPU) seconds per optimizer step of the real training loop over ``iters`` steps of the same batch."""
     from yolov2.config import LossConfig
     from yolov2.engine.ema import ModelEMA
@@ -100,18 +101,34 @@ def loop_step_times(model, batch, iters: int, ema: bool, anchors: torch.Tensor, 
     model.to(memory_format=precision.memory_format)
     optimizer = build_sgd(model, 0.001, 0.9, 0.0005)
     settings = LoopSettings(
-        epochs=1, steps_per_epoch=iters, accumulation=1, images_per_micro_batch=len(batch.image_ids),
-        anchors=anchors, num_classes=NUM_CLASSES, loss_kwargs=region_loss_kwargs(LossConfig()), lr=0.001,
-        burn_in=1000, amp=precision.amp, channels_last=precision.channels_last, log_every=10,
+        epochs=1,
+        steps_per_epoch=iters,
+        accumulation=1,
+        images_per_micro_batch=len(batch.image_ids),
+        anchors=anchors,
+        num_classes=NUM_CLASSES,
+        loss_kwargs=region_loss_kwargs(LossConfig()),
+        lr=0.001,
+        burn_in=1000,
+        amp=precision.amp,
+        channels_last=precision.channels_last,
+        log_every=10,
     )
     stamps: list[tuple[float, float]] = []
-    train(model, optimizer, lambda epoch, first: stamped(batch, iters, stamps), settings, device,
-          ema=ModelEMA(model) if ema else None)
+    train(
+        model,
+        optimizer,
+        lambda epoch, first: stamped(batch, iters, stamps),
+        settings,
+        device,
+        ema=ModelEMA(model) if ema else None,
+    )
     return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
 
 
-def bare_times(model, x: torch.Tensor, grad: torch.Tensor, iters: int,
-               precision: Precision) -> list[tuple[float, float]]:
+def bare_times(
+    model, x: torch.Tensor, grad: torch.Tensor, iters: int, precision: Precision
+) -> list[tuple[float, float]]:
     """(wall, CPU) seconds of ``iters`` bare forward + backward passes in ``precision``."""
     times = []
     for _ in range(iters):
@@ -125,8 +142,9 @@ def bare_times(model, x: torch.Tensor, grad: torch.Tensor, iters: int,
     return times
 
 
-def overhead(model, batch, anchors: torch.Tensor, rounds: int, iters: int, precision: Precision,
-             device: torch.device) -> dict:
+def overhead(
+    model, batch, anchors: torch.Tensor, rounds: int, iters: int, precision: Precision, device: torch.device
+) -> dict:
     """bare, step and step_ema in ``precision``, rounds interleaved: medians, minima and the ratios to bare."""
     from yolov2.data.batch import to_model_input
 
@@ -171,8 +189,11 @@ def measure(label: str, batch, rounds: int, iters: int, device: torch.device) ->
     torch.manual_seed(0)
     model = build_model(name, NUM_CLASSES, width_multiplier=width).to(device).train()
     anchors = torch.tensor(model.default_anchors, dtype=torch.float32)
-    result = {"model": name, "width_multiplier": width,
-              **overhead(model, batch, anchors, rounds, iters, auto_precision(device), device)}
+    result = {
+        "model": name,
+        "width_multiplier": width,
+        **overhead(model, batch, anchors, rounds, iters, auto_precision(device), device),
+    }
 
     def steps(precision: Precision, n: int) -> list[tuple[float, float]]:
         return loop_step_times(model, batch, n, False, anchors, precision, device)
@@ -198,23 +219,30 @@ def main() -> None:
     batch = real_batch(args.size, args.batch)
     results = [measure(label, batch, args.rounds, args.iters, device) for label in args.models.split(",")]
     precision = auto_precision(device)
-    print(json.dumps({
-        "benchmark": "train_step",
-        "device": str(device),
-        "size": args.size,
-        "batch": args.batch,
-        **machine_facts(threads, f"{precision.describe()} (auto), loss in float32",
-                        "torch intra-op threads (the region loss runs on one, as in training)"),
-        "auto_reason": precision.reason,
-        "boxes_in_batch": int((batch.targets[..., 0] >= 0).sum()),
-        "timing": "per iteration, median over rounds x iters after a warm-up round; wall and process CPU time",
-        "models": results,
-        "target_overhead": 1.15,
-        "auto_target_ratio": AUTO_TARGET_RATIO,
-        "auto_target_met": all(r["precisions"]["auto_target_met"] for r in results),
-        "auto_target_met_cpu": all(r["precisions"]["auto_target_met_cpu"] for r in results),
-        "load_average_1min": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "device": str(device),
+                "size": args.size,
+                "batch": args.batch,
+                **machine_facts(
+                    threads,
+                    f"{precision.describe()} (auto), loss in float32",
+                    "torch intra-op threads (the region loss runs on one, as in training)",
+                ),
+                "auto_reason": precision.reason,
+                "boxes_in_batch": int((batch.targets[..., 0] >= 0).sum()),
+                "timing": "per iteration, median over rounds x iters after a warm-up round; wall and process CPU time",
+                "models": results,
+                "target_overhead": 1.15,
+                "auto_target_ratio": AUTO_TARGET_RATIO,
+                "auto_target_met": all(r["precisions"]["auto_target_met"] for r in results),
+                "auto_target_met_cpu": all(r["precisions"]["auto_target_met_cpu"] for r in results),
+                "load_average_1min": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -62,11 +62,26 @@ def stage_block_size(num_boxes: int, partitions: int) -> int:
     return min(A.BLOCK_SIZE, max(lanes, -(-per_part // lanes) * lanes))
 
 
-def _assign_partition(part: np.ndarray, centroids: np.ndarray, previous: np.ndarray | None, start: int,
-                      block_size: int, collect_values: bool, backend: A.Backend):
+def _assign_partition(
+    part: np.ndarray,
+    centroids: np.ndarray,
+    previous: np.ndarray | None,
+    start: int,
+    block_size: int,
+    collect_values: bool,
+    backend: A.Backend,
+):
     """Ray task body: :func:`yolov2.anchors.assign` on one partition with one numba thread (one CPU)."""
-    return A.assign(part, centroids, previous, start=start, block_size=block_size, collect_values=collect_values,
-                    backend=backend, num_threads=1)
+    return A.assign(
+        part,
+        centroids,
+        previous,
+        start=start,
+        block_size=block_size,
+        collect_values=collect_values,
+        backend=backend,
+        num_threads=1,
+    )
 
 
 def _farthest_partition(part: np.ndarray, centroids: np.ndarray, count: int, start: int) -> A.FarthestBoxes:
@@ -89,13 +104,18 @@ class RayPartitions:
     farthest_task: Any
 
     @staticmethod
-    def put(wh: np.ndarray, partitions: int, block_size: int = A.BLOCK_SIZE,
-            backend: A.Backend = "auto") -> RayPartitions:
+    def put(
+        wh: np.ndarray, partitions: int, block_size: int = A.BLOCK_SIZE, backend: A.Backend = "auto"
+    ) -> RayPartitions:
         wh = A.validate_shapes(wh)
         bounds = A.partition_bounds(len(wh), partitions, block_size)
         refs = tuple(ray.put(np.asfortranarray(wh[lo:hi])) for lo, hi in bounds)
         return RayPartitions(
-            refs=refs, bounds=tuple(bounds), block_size=block_size, num_boxes=len(wh), backend=backend,
+            refs=refs,
+            bounds=tuple(bounds),
+            block_size=block_size,
+            num_boxes=len(wh),
+            backend=backend,
             assign_task=ray.remote(num_cpus=1, num_returns=2, scheduling_strategy="SPREAD")(_assign_partition),
             farthest_task=ray.remote(num_cpus=1)(_farthest_partition),
         )
@@ -130,9 +150,16 @@ class RayMapper:
         return ray.get([p.farthest_task.remote(ref, centroids, count, lo) for ref, (lo, _) in zip(p.refs, p.bounds)])
 
 
-def parallel_kmeans(wh: np.ndarray, partitions: RayPartitions, ks: Sequence[int], seed: int = 0, n_init: int = 3,
-                    max_iter: int = 300, update: A.Update = "mean",
-                    progress: bool = False) -> dict[int, A.AnchorResult]:
+def parallel_kmeans(
+    wh: np.ndarray,
+    partitions: RayPartitions,
+    ks: Sequence[int],
+    seed: int = 0,
+    n_init: int = 3,
+    max_iter: int = 300,
+    update: A.Update = "mean",
+    progress: bool = False,
+) -> dict[int, A.AnchorResult]:
     """``kmeans_anchors(wh, k, seed, n_init, ...)`` for every k in ``ks``, all restarts at once.
 
     wh (float64[N, 2], normalised) is the same array ``partitions`` holds (the k-means++ draws run
@@ -156,8 +183,10 @@ def parallel_kmeans(wh: np.ndarray, partitions: RayPartitions, ks: Sequence[int]
     if not jobs:
         return {}
     results: dict[int, A.AnchorResult] = {}  # by position in jobs
-    with (ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool,
-          Progress("anchors", len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar):
+    with (
+        ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool,
+        Progress("anchors", len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar,
+    ):
         position = {pool.submit(one_restart, job): i for i, job in enumerate(jobs)}
         for future in as_completed(position):
             results[position[future]] = future.result()
@@ -225,11 +254,17 @@ def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[A.AnchorResult, dict[
     block_size = stage_block_size(len(wh), settings.partitions)
     partitions = RayPartitions.put(wh, settings.partitions, block_size)
     started = time.time()
-    results = parallel_kmeans(wh, partitions, ks, settings.seed, settings.n_init, settings.max_iter, settings.update,
-                              progress=True)
-    info = {"partitions": len(partitions.bounds), "block_size": block_size, "distinct_shapes": distinct,
-            "table_skipped_ks": [k for k in TABLE_KS if k > distinct], "lloyd_runs": len(ks) * settings.n_init,
-            "clustering_seconds": round(time.time() - started, 3)}
+    results = parallel_kmeans(
+        wh, partitions, ks, settings.seed, settings.n_init, settings.max_iter, settings.update, progress=True
+    )
+    info = {
+        "partitions": len(partitions.bounds),
+        "block_size": block_size,
+        "distinct_shapes": distinct,
+        "table_skipped_ks": [k for k in TABLE_KS if k > distinct],
+        "lloyd_runs": len(ks) * settings.n_init,
+        "clustering_seconds": round(time.time() - started, 3),
+    }
     return results[settings.k], {k: results[k].mean_iou for k in table_ks}, info
 
 
@@ -246,20 +281,40 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         k = len(anchors_grid)
         table: dict[int, float] = {}
         clustering: dict[str, Any] = {"pinned": True, "iterations": 0, "converged": None}
-        log.info("anchors: pinned (%d anchors from the config), clustering skipped; mean IoU %.4f on %d boxes",
-                 k, mean_iou, len(wh))
+        log.info(
+            "anchors: pinned (%d anchors from the config), clustering skipped; mean IoU %.4f on %d boxes",
+            k,
+            mean_iou,
+            len(wh),
+        )
     else:
         result, table, info = _cluster(wh, cfg)
         anchors_norm = result.anchors
         anchors_grid = A.to_grid_units(anchors_norm, input_size, STRIDE)
         mean_iou, k = result.mean_iou, settings.k
-        clustering = {"pinned": False, "iterations": result.iterations, "converged": result.converged,
-                      "restart": result.restart, "counts": result.counts.tolist(), "seed": settings.seed,
-                      "n_init": settings.n_init, "max_iter": settings.max_iter, "update": settings.update,
-                      "history": list(result.history), **info}
-        log.info("anchors: k=%d mean IoU %.4f on %d boxes (%d iterations, restart %d, %d partitions, %.1fs)",
-                 k, mean_iou, len(wh), result.iterations, result.restart, info["partitions"],
-                 info["clustering_seconds"])
+        clustering = {
+            "pinned": False,
+            "iterations": result.iterations,
+            "converged": result.converged,
+            "restart": result.restart,
+            "counts": result.counts.tolist(),
+            "seed": settings.seed,
+            "n_init": settings.n_init,
+            "max_iter": settings.max_iter,
+            "update": settings.update,
+            "history": list(result.history),
+            **info,
+        }
+        log.info(
+            "anchors: k=%d mean IoU %.4f on %d boxes (%d iterations, restart %d, %d partitions, %.1fs)",
+            k,
+            mean_iou,
+            len(wh),
+            result.iterations,
+            result.restart,
+            info["partitions"],
+            info["clustering_seconds"],
+        )
     seconds = time.time() - started
 
     document = {
@@ -283,18 +338,29 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
     png = figure_png(anchors_figure(wh_grid, anchors_grid, table, k, mean_iou, title, seed=settings.seed))
     ctx.workspace.write_bytes(png, ctx.out(PLOT_FILE))
 
-    ctx.log_params({"anchors.partitions_used": clustering.get("partitions", 0),
-                    "anchors.block_size": clustering.get("block_size", 0),
-                    "anchors.pinned_used": bool(settings.pinned)})
+    ctx.log_params(
+        {
+            "anchors.partitions_used": clustering.get("partitions", 0),
+            "anchors.block_size": clustering.get("block_size", 0),
+            "anchors.pinned_used": bool(settings.pinned),
+        }
+    )
     ctx.log_metrics({"mean_iou": mean_iou, "iterations": clustering["iterations"], "num_boxes": len(wh)})
     for kk, v in sorted(table.items()):
         ctx.log_metrics({"mean_iou_by_k": v}, step=kk)
     ctx.log_artifact_bytes(png, PLOT_FILE)
     ctx.log_artifact_bytes(ctx.workspace.read_bytes(ctx.out(ANCHORS_FILE)), ANCHORS_FILE)
     log.info("anchors: %s", document["darknet"])
-    return {"anchors": document["anchors"], "mean_iou": mean_iou, "k": k, "input_size": input_size,
-            "num_boxes": len(wh), "pinned": bool(settings.pinned), "darknet": document["darknet"],
-            "files": {"anchors": ANCHORS_FILE, "plot": PLOT_FILE}}
+    return {
+        "anchors": document["anchors"],
+        "mean_iou": mean_iou,
+        "k": k,
+        "input_size": input_size,
+        "num_boxes": len(wh),
+        "pinned": bool(settings.pinned),
+        "darknet": document["darknet"],
+        "files": {"anchors": ANCHORS_FILE, "plot": PLOT_FILE},
+    }
 
 
 SPEC = StageSpec(

@@ -21,19 +21,36 @@ log = logging.getLogger(__name__)
 
 def add_stage_arguments(parser: argparse.ArgumentParser, single_stage: bool = True) -> None:
     """The options every stage script and full.py share (full.py adds its own --force and --stages)."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"YAML config file (default: {DEFAULT_CONFIG}); see yolov2/config.py for every key")
-    parser.add_argument("--workspace", default=None,
-                        help="workspace root: a local folder or a pyarrow.fs URI such as s3://bucket/prefix "
-                             "(default: the config's `workspace`, normally ./workspace)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set train.epochs=3 (repeatable; values are YAML)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"YAML config file (default: {DEFAULT_CONFIG}); see yolov2/config.py for every key",
+    )
+    parser.add_argument(
+        "--workspace",
+        default=None,
+        help="workspace root: a local folder or a pyarrow.fs URI such as s3://bucket/prefix "
+        "(default: the config's `workspace`, normally ./workspace)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=3 (repeatable; values are YAML)",
+    )
     if single_stage:
-        parser.add_argument("--force", action="store_true",
-                            help="rerun even when this config's output already exists (cached)")
+        parser.add_argument(
+            "--force", action="store_true", help="rerun even when this config's output already exists (cached)"
+        )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="console log level (default: INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level (default: INFO)",
+    )
 
 
 def setup_logging(level: str) -> None:
@@ -76,10 +93,18 @@ def stage_main(spec: StageSpec, argv: list[str] | None = None) -> int:
         faults = FaultPlan.from_env()
         ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
         if not args.no_mlflow:
-            tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace,
-                                  cfg.mlflow.fallback_to_local)
-        result = run_stage(spec, cfg, workspace, force=args.force, tracking_enabled=not args.no_mlflow,
-                           flags={flag.name: getattr(args, flag.name) for flag in spec.flags}, faults=faults)
+            tracking.setup_mlflow(
+                cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace, cfg.mlflow.fallback_to_local
+            )
+        result = run_stage(
+            spec,
+            cfg,
+            workspace,
+            force=args.force,
+            tracking_enabled=not args.no_mlflow,
+            flags={flag.name: getattr(args, flag.name) for flag in spec.flags},
+            faults=faults,
+        )
     except (YoloV2Error, StageError) as e:
         logging.getLogger(spec.name).error("%s", e)
         return 2

@@ -160,8 +160,9 @@ def load_result(cfg: PipelineConfig, workspace: Workspace, spec: StageSpec) -> S
     if not workspace.exists(output_dir, MANIFEST):
         return None
     manifest = workspace.read_json(output_dir, MANIFEST)
-    return StageResult(spec.name, fp, output_dir, manifest, cached=True, seconds=0.0,
-                       run_id=manifest.get("mlflow_run_id"))
+    return StageResult(
+        spec.name, fp, output_dir, manifest, cached=True, seconds=0.0, run_id=manifest.get("mlflow_run_id")
+    )
 
 
 def require_upstream(cfg: PipelineConfig, workspace: Workspace, spec: StageSpec) -> dict[str, StageResult]:
@@ -227,8 +228,9 @@ def _flag_values(spec: StageSpec, flags: Mapping[str, bool]) -> dict[str, bool]:
     declared = {flag.name for flag in spec.flags}
     unknown = sorted(set(flags) - declared)
     if unknown:
-        raise StageError(f"stage {spec.name} has no flag {', '.join(unknown)} "
-                         f"(its flags: {', '.join(sorted(declared)) or 'none'})")
+        raise StageError(
+            f"stage {spec.name} has no flag {', '.join(unknown)} (its flags: {', '.join(sorted(declared)) or 'none'})"
+        )
     return {name: bool(flags.get(name, False)) for name in sorted(declared)}
 
 
@@ -245,16 +247,22 @@ def _run_body(spec: StageSpec, ctx: StageContext, fp: str, flags: dict[str, bool
         active = mlflow.active_run()
         with tracking.guarded_run(spec.name, nested=active is not None) as guard:
             run_id, ctx.tracker = guard.run_id, guard
-            ctx.track("tags", mlflow.set_tags, {"stage": spec.name, "fingerprint": fp,
-                                                "workspace": workspace.uri_of(output_dir)})
+            ctx.track(
+                "tags",
+                mlflow.set_tags,
+                {"stage": spec.name, "fingerprint": fp, "workspace": workspace.uri_of(output_dir)},
+            )
             ctx.log_params(flatten(stage_config(ctx.cfg, spec)))
             manifest = spec.body(ctx, **flags)
             seconds = time.time() - started
             ctx.log_metrics({"stage_seconds": seconds})
         if guard.skipped:
-            log.warning("stage %s: its output is complete, but the MLflow server was down for %d logging call(s), "
-                        "listed in its manifest (mlflow_not_logged); its run may still show RUNNING there",
-                        spec.name, len(guard.skipped))
+            log.warning(
+                "stage %s: its output is complete, but the MLflow server was down for %d logging call(s), "
+                "listed in its manifest (mlflow_not_logged); its run may still show RUNNING there",
+                spec.name,
+                len(guard.skipped),
+            )
             manifest = {**manifest, "mlflow_not_logged": guard.skipped}
     else:
         manifest = spec.body(ctx, **flags)

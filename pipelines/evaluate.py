@@ -42,31 +42,56 @@ log = logging.getLogger(__name__)
 class DetectActor:
     """Ray Data actor: loads the model once, turns a batch of shard samples into detection rows."""
 
-    def __init__(self, workspace: Workspace, model_path: str, input_size: int, letterbox: bool, resize: str,
-                 conf_thresh: float,
-                 nms_thresh: float, max_det: int, max_candidates: int | None, use_gpu: bool,
-                 amp: str = "auto", channels_last: bool | str = "auto") -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        model_path: str,
+        input_size: int,
+        letterbox: bool,
+        resize: str,
+        conf_thresh: float,
+        nms_thresh: float,
+        max_det: int,
+        max_candidates: int | None,
+        use_gpu: bool,
+        amp: str = "auto",
+        channels_last: bool | str = "auto",
+    ) -> None:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         precision = choose_precision(detect_hardware(device), amp, channels_last)
         with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # the workspace may be object storage
             local.write(workspace.read_bytes(model_path))
             local.flush()
-            self.predictor = Predictor.from_file(local.name, device=device, input_size=input_size,
-                                                 letterbox=letterbox, resize=resize, conf_thresh=conf_thresh,
-                                                 nms_thresh=nms_thresh, max_det=max_det,
-                                                 max_candidates=max_candidates, precision=precision)
+            self.predictor = Predictor.from_file(
+                local.name,
+                device=device,
+                input_size=input_size,
+                letterbox=letterbox,
+                resize=resize,
+                conf_thresh=conf_thresh,
+                nms_thresh=nms_thresh,
+                max_det=max_det,
+                max_candidates=max_candidates,
+                precision=precision,
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [ImageRecord.from_dict(json.loads(r) if isinstance(r, (bytes, str)) else r) for r in batch["json"]]
         images = [decode_rgb(bytes(data), rec.path) for data, rec in zip(batch["jpg"], records)]
         table = detections_table([r.image_id for r in records], self.predictor(images))
-        return _with_tally({
-            "image_id": np.asarray(table.image_id, dtype=object),
-            "label": table.label.astype(np.int32),
-            "score": table.score,
-            "x1": table.boxes[:, 0], "y1": table.boxes[:, 1], "x2": table.boxes[:, 2], "y2": table.boxes[:, 3],
-            "rank": _rank_within_image(table.image_id),
-        }, len(records))
+        return _with_tally(
+            {
+                "image_id": np.asarray(table.image_id, dtype=object),
+                "label": table.label.astype(np.int32),
+                "score": table.score,
+                "x1": table.boxes[:, 0],
+                "y1": table.boxes[:, 1],
+                "x2": table.boxes[:, 2],
+                "y2": table.boxes[:, 3],
+                "rank": _rank_within_image(table.image_id),
+            },
+            len(records),
+        )
 
 
 TALLY_LABEL = -1  # the label of a batch's tally row, never a class
@@ -93,8 +118,9 @@ def _rank_within_image(image_ids: np.ndarray) -> np.ndarray:
 POOL_START_TIMEOUT_S = 600  # generous: GPU nodes of an autoscaling cluster take minutes to start
 
 
-def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, cfg: PipelineConfig,
-                  image_order: list[str]) -> DetectionTable:
+def run_inference(
+    shard_urls: list[str], workspace: Workspace, model_path: str, cfg: PipelineConfig, image_order: list[str]
+) -> DetectionTable:
     """Detections of every image in the shards, ordered by ``image_order`` then score (deterministic)."""
     import ray.data  # lazily: 0.6 s more at every start of full.py, which imports every stage
 
@@ -109,15 +135,25 @@ def run_inference(shard_urls: list[str], workspace: Workspace, model_path: str, 
     ds.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     ds = ds.map_batches(
         DetectActor,
-        fn_constructor_kwargs=dict(workspace=workspace, model_path=model_path, input_size=settings.input_size,
-                                   letterbox=settings.letterbox, resize=settings.resize,
-                                   conf_thresh=settings.conf_thresh, nms_thresh=settings.nms_thresh,
-                                   max_det=settings.max_det, max_candidates=settings.max_candidates,
-                                   use_gpu=settings.gpus_per_actor > 0, amp=settings.amp,
-                                   channels_last=settings.channels_last),
-        batch_size=settings.batch_size, batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            workspace=workspace,
+            model_path=model_path,
+            input_size=settings.input_size,
+            letterbox=settings.letterbox,
+            resize=settings.resize,
+            conf_thresh=settings.conf_thresh,
+            nms_thresh=settings.nms_thresh,
+            max_det=settings.max_det,
+            max_candidates=settings.max_candidates,
+            use_gpu=settings.gpus_per_actor > 0,
+            amp=settings.amp,
+            channels_last=settings.channels_last,
+        ),
+        batch_size=settings.batch_size,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
-        num_gpus=settings.gpus_per_actor or None, num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+        num_cpus=settings.cpus_per_actor,
     )
     parts = []
     with Progress("evaluate", len(image_order), "images", desc="inference", heartbeat=True) as progress:
@@ -141,12 +177,13 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     shard_result = ctx.upstream["shard"]
     split_info = shard_result.manifest["splits"].get(settings.split)
     if split_info is None:
-        raise ValueError(f"evaluate.split={settings.split!r} is not a sharded split "
-                         f"({', '.join(shard_result.manifest['splits'])})")
+        raise ValueError(
+            f"evaluate.split={settings.split!r} is not a sharded split ({', '.join(shard_result.manifest['splits'])})"
+        )
     class_names = shard_result.manifest["class_names"]
     index = ctx.workspace.read_parquet(shard_result.output_dir, split_info["index"])
     records = table_to_records(index)
-    model_path = f'{ctx.upstream["train"].output_dir}/{ctx.upstream["train"].manifest["model"]}'
+    model_path = f"{ctx.upstream['train'].output_dir}/{ctx.upstream['train'].manifest['model']}"
     urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
 
     detections = run_inference(urls, ctx.workspace, model_path, cfg, [r.image_id for r in records])
@@ -157,8 +194,15 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     # one by one: a progress line per metric
     with Progress("evaluate", len(settings.metrics), "metrics", desc="scoring", heartbeat=True) as progress:
         for name in settings.metrics:
-            one_flat, one_result = compute_metrics(records, detections, class_names, [name], settings.coco_backend,
-                                                   coco_chunks=settings.coco_workers, map_fn=ray_map)
+            one_flat, one_result = compute_metrics(
+                records,
+                detections,
+                class_names,
+                [name],
+                settings.coco_backend,
+                coco_chunks=settings.coco_workers,
+                map_fn=ray_map,
+            )
             flat.update(one_flat)
             results.update(one_result)
             progress.advance()
@@ -170,8 +214,12 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     _log_figures(ctx, records, detections, class_names, results)
     headline = {k: v for k, v in flat.items() if "." not in k}
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
-    return {"metrics": headline, "detections": "detections.parquet", "images": len(records),
-            "num_detections": len(detections)}
+    return {
+        "metrics": headline,
+        "detections": "detections.parquet",
+        "images": len(records),
+        "num_detections": len(detections),
+    }
 
 
 def ray_map(fn, *iterables):
@@ -194,8 +242,9 @@ def _per_class_table(results: dict[str, Any], class_names: list[str]) -> str:
 
 def _log_figures(ctx: StageContext, records, detections, class_names, results) -> None:
     """PR curves, confusion matrix, error breakdown and sample images, as MLflow figures."""
-    for name, figure in evaluation_figures(records, detections, class_names, results,
-                                           ctx.cfg.evaluate.num_sample_images).items():
+    for name, figure in evaluation_figures(
+        records, detections, class_names, results, ctx.cfg.evaluate.num_sample_images
+    ).items():
         ctx.log_figure(figure, name)
 
 

@@ -106,5 +106,6 @@ def shard_write_fault(plan: FaultPlan, shard_path: str) -> None:
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, pid_file)
     time.sleep(SHARD_HOLD_SECONDS)
-    raise RuntimeError(f"fault hook: worker {os.getpid()} writing {shard_path} was not killed within "
-                       f"{SHARD_HOLD_SECONDS:.0f} s")
+    raise RuntimeError(
+        f"fault hook: worker {os.getpid()} writing {shard_path} was not killed within {SHARD_HOLD_SECONDS:.0f} s"
+    )

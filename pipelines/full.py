@@ -54,14 +54,22 @@ def registry_flags(registry: tuple[StageSpec, ...] = STAGES) -> dict[str, tuple[
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_common.add_stage_arguments(parser, single_stage=False)
-    parser.add_argument("--stages", default=None,
-                        help=f"comma-separated stages to run (default: all: {','.join(STAGE_NAMES)}); "
-                             "their upstream outputs must exist or be runnable")
-    parser.add_argument("--force", default=None, metavar="STAGES",
-                        help="comma-separated stages to rerun even if cached; everything downstream reruns too")
+    parser.add_argument(
+        "--stages",
+        default=None,
+        help=f"comma-separated stages to run (default: all: {','.join(STAGE_NAMES)}); "
+        "their upstream outputs must exist or be runnable",
+    )
+    parser.add_argument(
+        "--force",
+        default=None,
+        metavar="STAGES",
+        help="comma-separated stages to rerun even if cached; everything downstream reruns too",
+    )
     for name, (flag, stage_names) in registry_flags().items():
-        parser.add_argument(flag.option, dest=name, action="store_true",
-                            help=f"{flag.help} (stage {', '.join(stage_names)})")
+        parser.add_argument(
+            flag.option, dest=name, action="store_true", help=f"{flag.help} (stage {', '.join(stage_names)})"
+        )
     return parser
 
 
@@ -86,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     except YoloV2Error as e:
         log.error("%s", e)
         return 2
-    invocation = Invocation(cfg, workspace, selected, forced, {name: getattr(args, name) for name in registry_flags()},
-                            tracking_enabled=not args.no_mlflow, faults=FaultPlan.from_env())
+    invocation = Invocation(
+        cfg,
+        workspace,
+        selected,
+        forced,
+        {name: getattr(args, name) for name in registry_flags()},
+        tracking_enabled=not args.no_mlflow,
+        faults=FaultPlan.from_env(),
+    )
     summary: dict[str, Any] = {"config": args.config, "workspace": workspace.uri, "stages": {}}
     results: dict[str, StageResult] = {}
     started = time.time()
@@ -108,8 +123,9 @@ def run_tracked(invocation: Invocation, summary: dict[str, Any], results: dict[s
     import mlflow  # lazily: about 2 s to import, paid only by runs that track
 
     cfg = invocation.cfg
-    uri = tracking.setup_mlflow(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, invocation.workspace,
-                                cfg.mlflow.fallback_to_local)
+    uri = tracking.setup_mlflow(
+        cfg.mlflow.tracking_uri, cfg.mlflow.experiment, invocation.workspace, cfg.mlflow.fallback_to_local
+    )
     summary["mlflow_tracking_uri"] = tracking.mask_secrets(uri)
     with tracking.guarded_run("pipeline") as parent:
         summary["mlflow_parent_run_id"] = parent.run_id
@@ -122,8 +138,12 @@ def run_tracked(invocation: Invocation, summary: dict[str, Any], results: dict[s
     return exit_code
 
 
-def run_selected(invocation: Invocation, summary: dict[str, Any], results: dict[str, StageResult],
-                 parent: tracking.TrackingGuard | None = None) -> int:
+def run_selected(
+    invocation: Invocation,
+    summary: dict[str, Any],
+    results: dict[str, StageResult],
+    parent: tracking.TrackingGuard | None = None,
+) -> int:
     """Every stage in registry order: the selected ones run (or are cached), the others are reused when their
     output exists. Fills ``results`` and ``summary["stages"]``; 1 at the first stage that fails, else 0.
     Raises StageError when a selected stage's upstream neither ran nor is cached."""
@@ -137,21 +157,33 @@ def run_selected(invocation: Invocation, summary: dict[str, Any], results: dict[
         upstream = upstream_results(spec, results)
         started = time.time()
         try:
-            result = run_stage(spec, cfg, workspace, upstream=upstream, force=spec.name in invocation.forced,
-                               tracking_enabled=invocation.tracking_enabled,
-                               flags={flag.name: invocation.flags[flag.name] for flag in spec.flags},
-                               faults=invocation.faults)
+            result = run_stage(
+                spec,
+                cfg,
+                workspace,
+                upstream=upstream,
+                force=spec.name in invocation.forced,
+                tracking_enabled=invocation.tracking_enabled,
+                flags={flag.name: invocation.flags[flag.name] for flag in spec.flags},
+                faults=invocation.faults,
+            )
         except Exception as e:
-            summary["stages"][spec.name] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                            "seconds": round(time.time() - started, 2)}
+            summary["stages"][spec.name] = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}",
+                "seconds": round(time.time() - started, 2),
+            }
             log.error("stage %s failed: %s", spec.name, e)
             return 1
         results[spec.name] = result
         summary["stages"][spec.name] = stage_summary(result, workspace)
         if parent is not None and result.cached and result.run_id:
             link_cached_run(parent, spec.name, result.run_id)
-        print(f"[{spec.name}] {summary['stages'][spec.name]['status']} ({result.seconds:.1f}s) -> "
-              f"{workspace.uri_of(result.output_dir)}", flush=True)
+        print(
+            f"[{spec.name}] {summary['stages'][spec.name]['status']} ({result.seconds:.1f}s) -> "
+            f"{workspace.uri_of(result.output_dir)}",
+            flush=True,
+        )
     return 0
 
 
@@ -159,8 +191,9 @@ def upstream_results(spec: StageSpec, results: dict[str, StageResult]) -> dict[s
     """The results of the stage's upstream stages from this invocation (run or cached)."""
     missing = [up.name for up in spec.upstream if up.name not in results]
     if missing:
-        raise StageError(f"stage {spec.name} needs {missing[0]}, which was not run and has no cached output; "
-                         f"add it to --stages")
+        raise StageError(
+            f"stage {spec.name} needs {missing[0]}, which was not run and has no cached output; add it to --stages"
+        )
     return {up.name: results[up.name] for up in spec.upstream}
 
 
@@ -180,8 +213,9 @@ def link_cached_run(parent: tracking.TrackingGuard, stage: str, run_id: str) -> 
     parent.call(f"tag stage.{stage}.cached_run_id", mlflow.set_tag, f"stage.{stage}.cached_run_id", run_id)
 
 
-def write_summary(summary: dict[str, Any], results: dict[str, StageResult], started: float,
-                  workspace: Workspace) -> int:
+def write_summary(
+    summary: dict[str, Any], results: dict[str, StageResult], started: float, workspace: Workspace
+) -> int:
     """Finish ``summary.json`` (final metrics, seconds), write it and print the summary; 0, or 1 when it could
     not be written."""
     summary["metrics"] = final_metrics(results)

@@ -43,8 +43,12 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
     for name in data.download:
         archive = download.download(name, downloads, progress=True)
         download.extract(archive, extracted, progress=True)
-    return {"format": data.kind, "root": str(_dataset_root(extracted, data.kind)), "class_names": data.class_names,
-            "archives": list(data.download)}
+    return {
+        "format": data.kind,
+        "root": str(_dataset_root(extracted, data.kind)),
+        "class_names": data.class_names,
+        "archives": list(data.download),
+    }
 
 
 def _dataset_root(extracted: Path, kind: str) -> Path:

@@ -75,15 +75,19 @@ def requested_mode() -> str:
         return "token"
     if value == "disabled":
         return "disabled"
-    raise RayAuthError(f"{MODE_ENV}={value!r} is not a Ray authentication mode: unset it (token authentication, "
-                       f"the default) or export {MODE_ENV}=disabled to run without authentication")
+    raise RayAuthError(
+        f"{MODE_ENV}={value!r} is not a Ray authentication mode: unset it (token authentication, "
+        f"the default) or export {MODE_ENV}=disabled to run without authentication"
+    )
 
 
 def disabled_warning() -> str:
-    return (f"{MODE_ENV}=disabled: Ray runs without token authentication. Its GCS, raylet and object-manager ports "
-            "listen on every network interface of this machine and its dashboard and job API on 127.0.0.1, so anyone "
-            "who can reach them can submit jobs, which run code as this user, and read the data Ray holds. "
-            f"Unset {MODE_ENV} to turn token authentication back on.")
+    return (
+        f"{MODE_ENV}=disabled: Ray runs without token authentication. Its GCS, raylet and object-manager ports "
+        "listen on every network interface of this machine and its dashboard and job API on 127.0.0.1, so anyone "
+        "who can reach them can submit jobs, which run code as this user, and read the data Ray holds. "
+        f"Unset {MODE_ENV} to turn token authentication back on."
+    )
 
 
 def check_token_file(path: Path, named_by: str) -> None:
@@ -92,22 +96,30 @@ def check_token_file(path: Path, named_by: str) -> None:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise RayAuthError(f"Ray token file {path} ({named_by}) does not exist: point {TOKEN_PATH_ENV} at the "
-                           f"cluster's token file, or create one with `python -m pipelines.ray_auth token-file "
-                           f"{path}`") from None
+        raise RayAuthError(
+            f"Ray token file {path} ({named_by}) does not exist: point {TOKEN_PATH_ENV} at the "
+            f"cluster's token file, or create one with `python -m pipelines.ray_auth token-file "
+            f"{path}`"
+        ) from None
     except OSError as e:
         raise RayAuthError(f"Ray token file {path} ({named_by}) cannot be read: {e.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
         raise RayAuthError(f"Ray token file {path} ({named_by}) is not a regular file")
     if info.st_uid != os.getuid():
-        raise RayAuthError(f"Ray token file {path} ({named_by}) belongs to user id {info.st_uid}, not to you "
-                           f"({os.getuid()}): use a token file of your own")
+        raise RayAuthError(
+            f"Ray token file {path} ({named_by}) belongs to user id {info.st_uid}, not to you "
+            f"({os.getuid()}): use a token file of your own"
+        )
     if info.st_mode & 0o077:
-        raise RayAuthError(f"Ray token file {path} ({named_by}) can be accessed by other users (mode "
-                           f"{stat.S_IMODE(info.st_mode):04o}): run `chmod 600 {path}`")
+        raise RayAuthError(
+            f"Ray token file {path} ({named_by}) can be accessed by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): run `chmod 600 {path}`"
+        )
     if info.st_size == 0:
-        raise RayAuthError(f"Ray token file {path} ({named_by}) is empty: delete it and rerun, or point "
-                           f"{TOKEN_PATH_ENV} at the cluster's token file")
+        raise RayAuthError(
+            f"Ray token file {path} ({named_by}) is empty: delete it and rerun, or point "
+            f"{TOKEN_PATH_ENV} at the cluster's token file"
+        )
 
 
 def ensure_token_file(path: Path) -> Path:
@@ -119,8 +131,10 @@ def ensure_token_file(path: Path) -> Path:
         try:
             _write_new_token(path)
         except OSError as e:
-            raise RayAuthError(f"cannot create the Ray token file {path}: {e.strerror}; point {TOKEN_PATH_ENV} at "
-                               f"a token file elsewhere") from None
+            raise RayAuthError(
+                f"cannot create the Ray token file {path}: {e.strerror}; point {TOKEN_PATH_ENV} at "
+                f"a token file elsewhere"
+            ) from None
     check_token_file(path, "this project's token file")
     return path
 
@@ -171,14 +185,18 @@ def _token_source(starts_local: bool, default_token_file: Path) -> str:
     if ray_default.exists():
         check_token_file(ray_default, "Ray's default token file")
         return f"Ray's default token file {ray_default}"
-    raise RayAuthError(f"joining a Ray cluster with token authentication needs the cluster's token, and none is "
-                       f"set: {how_to_pass_the_token()}")
+    raise RayAuthError(
+        f"joining a Ray cluster with token authentication needs the cluster's token, and none is "
+        f"set: {how_to_pass_the_token()}"
+    )
 
 
 def how_to_pass_the_token() -> str:
-    return (f"export {MODE_ENV}=token {TOKEN_PATH_ENV}=<the cluster's token file> (`cluster/local_cluster.sh up` "
-            f"prints it; for the cloud cluster it is {cluster_token_path()}, made by `make cluster-token`), or, if "
-            f"that cluster runs without authentication, export {MODE_ENV}=disabled")
+    return (
+        f"export {MODE_ENV}=token {TOKEN_PATH_ENV}=<the cluster's token file> (`cluster/local_cluster.sh up` "
+        f"prints it; for the cloud cluster it is {cluster_token_path()}, made by `make cluster-token`), or, if "
+        f"that cluster runs without authentication, export {MODE_ENV}=disabled"
+    )
 
 
 def _reload_ray_auth() -> None:
@@ -208,16 +226,21 @@ def refused(address: str | None, setup: AuthSetup) -> RayAuthError:
     """The error for a driver the cluster at ``address`` refused: what it presented and how to pass the right token."""
     where = f"Ray at {address}" if address else "the Ray cluster on this machine"
     presented = "no token (RAY_AUTH_MODE=disabled)" if setup.mode == "disabled" else setup.source
-    return RayAuthError(f"{where} refused this driver's authentication; it presented {presented}. Pass that "
-                        f"cluster's token: {how_to_pass_the_token()}")
+    return RayAuthError(
+        f"{where} refused this driver's authentication; it presented {presented}. Pass that "
+        f"cluster's token: {how_to_pass_the_token()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.ray_auth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.ray_auth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    token_file = commands.add_parser("token-file", help="make sure FILE holds a Ray token (created, mode 0600, if "
-                                                        "missing); prints the path, never the token")
+    token_file = commands.add_parser(
+        "token-file",
+        help="make sure FILE holds a Ray token (created, mode 0600, if missing); prints the path, never the token",
+    )
     token_file.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     existed = os.path.lexists(args.file)

@@ -84,8 +84,14 @@ def index_table(records: list[ImageRecord], keys: list[str], shard_name: str, cl
     return table.append_column("key", pa.array(keys, pa.string()))
 
 
-def _remote_write_shard(workspace: Workspace, shard_path: str, plan: PlannedShard, options: ShardOptions,
-                        class_names: list[str], faults: FaultPlan) -> ShardIndexPart:
+def _remote_write_shard(
+    workspace: Workspace,
+    shard_path: str,
+    plan: PlannedShard,
+    options: ShardOptions,
+    class_names: list[str],
+    faults: FaultPlan,
+) -> ShardIndexPart:
     """One shard task. ``plan`` travels as one object, not as a list: Ray pickles a list argument element by
     element, which would repeat the items' shared parts (root, class names, reader) once per image.
     ``faults`` (the fault tests): the first attempt may die after writing the data, before the rename."""
@@ -94,8 +100,9 @@ def _remote_write_shard(workspace: Workspace, shard_path: str, plan: PlannedShar
         outcome = write_shard(stream, plan.items, options, shard_name=shard_name)
         shard_write_fault(faults, shard_path)
     index = index_table(outcome.records, outcome.keys, shard_name, class_names)
-    return ShardIndexPart(index, outcome.rejects, outcome.bytes_written, outcome.sizes_from_image,
-                          outcome.trailing_data)
+    return ShardIndexPart(
+        index, outcome.rejects, outcome.bytes_written, outcome.sizes_from_image, outcome.trailing_data
+    )
 
 
 def _spread_strategies(count: int) -> list[Any]:
@@ -113,12 +120,16 @@ def _spread_strategies(count: int) -> list[Any]:
     return pinned + ["SPREAD"] * (count - len(pinned))
 
 
-def _run_shard_tasks(ctx: StageContext, planned: list[PlannedShard], options: ShardOptions,
-                     class_names: list[str]) -> list[ShardIndexPart]:
+def _run_shard_tasks(
+    ctx: StageContext, planned: list[PlannedShard], options: ShardOptions, class_names: list[str]
+) -> list[ShardIndexPart]:
     remote = ray.remote(num_cpus=1, max_retries=3)(_remote_write_shard)
-    refs = [remote.options(scheduling_strategy=strategy).remote(ctx.workspace, ctx.out(p.name), p, options,
-                                                                class_names, ctx.faults)
-            for p, strategy in zip(planned, _spread_strategies(len(planned)))]
+    refs = [
+        remote.options(scheduling_strategy=strategy).remote(
+            ctx.workspace, ctx.out(p.name), p, options, class_names, ctx.faults
+        )
+        for p, strategy in zip(planned, _spread_strategies(len(planned)))
+    ]
     index_of = {ref: i for i, ref in enumerate(refs)}
     outcomes: list[ShardIndexPart | None] = [None] * len(refs)
     pending = list(refs)
@@ -149,8 +160,11 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
     prepared = ctx.upstream["prepare"].manifest
     options = ShardOptions(
-        reencode=cfg.shard.reencode, max_side=cfg.shard.max_side, jpeg_quality=cfg.shard.jpeg_quality,
-        strict=cfg.data.strict, max_pixels=cfg.data.max_image_pixels,
+        reencode=cfg.shard.reencode,
+        max_side=cfg.shard.max_side,
+        jpeg_quality=cfg.shard.jpeg_quality,
+        strict=cfg.data.strict,
+        max_pixels=cfg.data.max_image_pixels,
     )
     started = time.time()
     all_rejects: list[Reject] = []
@@ -209,8 +223,9 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
 
     for split, split_summary in summary["splits"].items():
         ctx.log_metrics({f"{split}.{key}": value for key, value in split_summary.items() if isinstance(value, int)})
-    ctx.log_metrics({"images_per_second": summary["images_per_second"], "bytes": total_bytes,
-                     "rejects": len(all_rejects)})
+    ctx.log_metrics(
+        {"images_per_second": summary["images_per_second"], "bytes": total_bytes, "rejects": len(all_rejects)}
+    )
     if all_rejects:
         ctx.log_artifact_bytes(_rejects_text(all_rejects), "rejects.txt")
     log.info("sharded %d images (%d rejects) in %.1fs", total_images, len(all_rejects), seconds)

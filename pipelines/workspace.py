@@ -11,10 +11,11 @@ import errno
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -50,7 +51,7 @@ class Workspace:
     uri: str
 
     @staticmethod
-    def open(root: str | Path) -> "Workspace":
+    def open(root: str | Path) -> Workspace:
         text = str(root)
         if "://" not in text:
             text = str(Path(text).expanduser().resolve())

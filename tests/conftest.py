@@ -12,9 +12,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     # Here rather than in pyproject.toml, whose change would make `make` reinstall the venv.
-    config.addinivalue_line("markers", "security: security checks (unsafe loading, archive extraction, loopback "
-                                       "services, Ray token authentication, secrets, cluster network rules); "
-                                       "benchmarks/reliability.py can report them by this marker")
+    config.addinivalue_line(
+        "markers",
+        "security: security checks (unsafe loading, archive extraction, loopback "
+        "services, Ray token authentication, secrets, cluster network rules); "
+        "benchmarks/reliability.py can report them by this marker",
+    )
 
 
 def shared_data_root() -> Path:
@@ -57,7 +60,8 @@ def ray_local(ray_token_file):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False
+        )
     yield ray
     ray.shutdown()

@@ -14,8 +14,12 @@ def test_clip_boxes_matches_a_plain_loop():
     width, height, min_vis = 200, 150, 0.3
     clipped, keep = clip_boxes(boxes, width, height, min_visibility=min_vis)
     for b, c, k in zip(boxes, clipped, keep):
-        x1, y1, x2, y2 = (min(max(float(b[0]), 0), width), min(max(float(b[1]), 0), height),
-                          min(max(float(b[2]), 0), width), min(max(float(b[3]), 0), height))
+        x1, y1, x2, y2 = (
+            min(max(float(b[0]), 0), width),
+            min(max(float(b[1]), 0), height),
+            min(max(float(b[2]), 0), width),
+            min(max(float(b[3]), 0), height),
+        )
         np.testing.assert_allclose(c, [x1, y1, x2, y2], atol=1e-5)
         visible = (x2 - x1) * (y2 - y1) / max((b[2] - b[0]) * (b[3] - b[1]), 1e-12)
         expect = (x2 - x1) >= 0.001 * width and (y2 - y1) >= 0.001 * height and visible >= min_vis

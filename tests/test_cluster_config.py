@@ -31,16 +31,27 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = REPO / "ray_cluster.yaml"
 CLUSTER_SCRIPTS = ["setup_node.sh", "mlflow_server.sh", "local_cluster.sh", "aws_security_group.sh"]
 COMMAND_KEYS = [
-    "initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-    "head_start_ray_commands", "worker_start_ray_commands",
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
 ]
 # vCPUs and GPUs of the instance types this file may use, from AWS's instance type pages; the
 # declared resources must agree with the hardware the autoscaler will actually get.
 AWS_INSTANCE_HARDWARE = {
-    "m5.xlarge": (4, 0), "m5.2xlarge": (8, 0), "m5.4xlarge": (16, 0),
-    "g5.xlarge": (4, 1), "g5.2xlarge": (8, 1), "g5.4xlarge": (16, 1), "g5.12xlarge": (48, 4),
-    "p3.2xlarge": (8, 1), "p3.8xlarge": (32, 4),
-    "g6.xlarge": (4, 1), "g6.2xlarge": (8, 1),
+    "m5.xlarge": (4, 0),
+    "m5.2xlarge": (8, 0),
+    "m5.4xlarge": (16, 0),
+    "g5.xlarge": (4, 1),
+    "g5.2xlarge": (8, 1),
+    "g5.4xlarge": (16, 1),
+    "g5.12xlarge": (48, 4),
+    "p3.2xlarge": (8, 1),
+    "p3.8xlarge": (32, 4),
+    "g6.xlarge": (4, 1),
+    "g6.2xlarge": (8, 1),
 }
 
 
@@ -116,8 +127,11 @@ def all_commands(config: dict) -> list[str]:
 
 
 def gpu_node_types(config: dict) -> dict[str, dict]:
-    return {name: nt for name, nt in config["available_node_types"].items()
-            if AWS_INSTANCE_HARDWARE[nt["node_config"]["InstanceType"]][1] > 0}
+    return {
+        name: nt
+        for name, nt in config["available_node_types"].items()
+        if AWS_INSTANCE_HARDWARE[nt["node_config"]["InstanceType"]][1] > 0
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +210,8 @@ def test_gpu_stage_configs_fit_the_worker_nodes(prepared, config_name):
     one GPU node, and the cluster must be allowed enough of them."""
     cfg = load_config(REPO / "configs" / config_name)
     fits = [
-        nt for nt in gpu_node_types(prepared).values()
+        nt
+        for nt in gpu_node_types(prepared).values()
         if nt["resources"]["CPU"] >= cfg.train.cpus_per_worker and nt["resources"]["GPU"] >= 1
     ]
     assert fits, f"{config_name}: no GPU node type has {cfg.train.cpus_per_worker} CPUs and a GPU"
@@ -380,7 +395,10 @@ def test_security_group_script_opens_only_ssh_from_one_address(tmp_path):
     env, log = _fake_aws(tmp_path)
     result = subprocess.run(
         [str(REPO / "cluster" / "aws_security_group.sh"), "--my-ip", "203.0.113.7"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sg-0fake123"
@@ -398,7 +416,10 @@ def test_security_group_script_opens_only_ssh_from_one_address(tmp_path):
     assert "IpRanges" not in members[0] and "CidrIp" not in members[0]
     assert not any("0.0.0.0" in " ".join(c) for c in calls)
     assert [c[:2] for c in calls if c[1] not in ("authorize-security-group-ingress",)] == [
-        ["ec2", "describe-vpcs"], ["ec2", "describe-security-groups"], ["ec2", "create-security-group"]]
+        ["ec2", "describe-vpcs"],
+        ["ec2", "describe-security-groups"],
+        ["ec2", "create-security-group"],
+    ]
 
 
 @pytest.mark.security
@@ -407,7 +428,10 @@ def test_security_group_script_refuses_anything_but_one_address(tmp_path, bad_ip
     env, log = _fake_aws(tmp_path)
     result = subprocess.run(
         [str(REPO / "cluster" / "aws_security_group.sh"), "--my-ip", bad_ip],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "--my-ip" in result.stderr

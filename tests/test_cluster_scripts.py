@@ -47,7 +47,7 @@ def listening_addresses(port: int) -> set[str]:
                 continue
             raw = bytes.fromhex(address_hex)
             # the kernel prints each 32-bit word in host (little-endian) order
-            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             address = ipaddress.ip_address(words)
             if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
                 address = address.ipv4_mapped
@@ -61,7 +61,7 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[3])
 
 
@@ -166,8 +166,11 @@ def test_unknown_argument_is_refused(name):
 
 def test_mlflow_dry_run_defaults_and_masks_the_password(tmp_path):
     env = dict(os.environ, MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:s3cret-pw@db.internal:5432/mlflow")
-    result = run([str(CLUSTER / "mlflow_server.sh"), "--dry-run", "--artifacts-destination", str(tmp_path / "a")],
-                 env=env, cwd=tmp_path)
+    result = run(
+        [str(CLUSTER / "mlflow_server.sh"), "--dry-run", "--artifacts-destination", str(tmp_path / "a")],
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert "postgresql://mlflow:***@db.internal:5432/mlflow" in result.stdout
@@ -200,9 +203,21 @@ def mlflow_root(tmp_path_factory) -> Path:
 
 def _start_mlflow(root: Path, port: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(CLUSTER / "mlflow_server.sh"), "--workspace", str(root / "ws"), "--port", str(port),
-         "--workers", "1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=root,
+        [
+            str(CLUSTER / "mlflow_server.sh"),
+            "--workspace",
+            str(root / "ws"),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=root,
     )
 
 
@@ -217,15 +232,17 @@ def test_mlflow_server_answers_on_loopback_only_and_uses_the_workspace_store(mlf
         assert listening_addresses(port) == {"127.0.0.1"}, "the server must bind 127.0.0.1 only"
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create",
-            data=json.dumps({"name": "cluster-script-test"}).encode(), method="POST",
+            data=json.dumps({"name": "cluster-script-test"}).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             experiment_id = json.loads(response.read())["experiment_id"]
         # Read the SQLite file directly: the server's store is the workspace's mlflow.db.
         with sqlite3.connect(mlflow_root / "ws" / "mlflow.db") as db:
-            rows = db.execute("SELECT experiment_id, name FROM experiments WHERE name = ?",
-                              ("cluster-script-test",)).fetchall()
+            rows = db.execute(
+                "SELECT experiment_id, name FROM experiments WHERE name = ?", ("cluster-script-test",)
+            ).fetchall()
         assert [(str(r[0]), r[1]) for r in rows] == [(experiment_id, "cluster-script-test")]
     finally:
         stop_session(proc)
@@ -253,7 +270,7 @@ def test_mlflow_server_also_binds_a_second_address(mlflow_root):
 
 # A project whose build needs nothing from an index: an in-tree PEP 517/660 backend whose
 # editable wheel is a .pth file pointing at the project, so the test runs offline.
-TINY_BACKEND = '''
+TINY_BACKEND = """
 import base64, hashlib, os, zipfile
 
 NAME, VERSION = "tinypkg", "0.1"
@@ -282,7 +299,7 @@ def build_editable(wheel_directory, config_settings=None, metadata_directory=Non
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     return _wheel(wheel_directory, {f"{NAME}/__init__.py": open(f"{NAME}/__init__.py", "rb").read()})
-'''
+"""
 
 TINY_PYPROJECT = """\
 [build-system]
@@ -328,8 +345,11 @@ def test_setup_node_installs_once_and_rewrites_its_bashrc_block(tmp_path):
     assert (home / ".bashrc").read_text() == bashrc_after_first
 
     # A shell that reads the block: the cluster's token auth, the venv's Python, the project folder.
-    shell = run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH; command -v python; pwd"],
-                env=env, cwd=home)
+    shell = run(
+        ["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH; command -v python; pwd"],
+        env=env,
+        cwd=home,
+    )
     assert shell.stdout.split() == ["token", str(token_file), str(project / ".venv" / "bin" / "python"), str(project)]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = token_file.read_text()
@@ -347,8 +367,9 @@ def test_setup_node_installs_once_and_rewrites_its_bashrc_block(tmp_path):
     assert disabled.returncode == 0, disabled.stderr
     assert "WARNING: --ray-auth disabled: Ray on this node runs without token authentication" in disabled.stderr
     assert "anyone who can reach the cluster's ports can submit jobs" in disabled.stderr
-    shell = run(["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE ${RAY_AUTH_TOKEN_PATH:-unset}"],
-                env=env, cwd=home)
+    shell = run(
+        ["bash", "-c", "source ~/.bashrc; echo $RAY_AUTH_MODE ${RAY_AUTH_TOKEN_PATH:-unset}"], env=env, cwd=home
+    )
     assert shell.stdout.split() == ["disabled", "unset"]
 
 
@@ -365,8 +386,10 @@ def test_setup_node_without_the_token_file_stops_before_installing_and_says_why(
     (tmp_path / "pyproject.toml").write_text(TINY_PYPROJECT)
     home = tmp_path / "home"
     home.mkdir()
-    result = run([str(CLUSTER / "setup_node.sh"), "--project", str(tmp_path), "--python", sys.executable],
-                 env=dict(os.environ, HOME=str(home)))
+    result = run(
+        [str(CLUSTER / "setup_node.sh"), "--project", str(tmp_path), "--python", sys.executable],
+        env=dict(os.environ, HOME=str(home)),
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the Ray token file {home}/.yolov2-pipeline/cluster_auth_token is missing or empty" in result.stderr
     assert "run `make cluster-token` there before `ray up`" in result.stderr
@@ -436,10 +459,13 @@ def _without_ray_auth(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.security
-@pytest.mark.parametrize("mode, expected", [
-    ("off", "RAY_AUTH_MODE='off' is not a Ray authentication mode"),
-    ("token", "can be written by other users: run chmod go-w"),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("off", "RAY_AUTH_MODE='off' is not a Ray authentication mode"),
+        ("token", "can be written by other users: run chmod go-w"),
+    ],
+)
 def test_local_cluster_refuses_a_bad_auth_mode_or_a_shared_temp_dir_before_starting(mode, expected):
     """Nothing starts: an unknown RAY_AUTH_MODE, or a temp dir (where the token file and Ray's sockets go) that
     other users can write to, is refused first."""
@@ -450,8 +476,7 @@ def test_local_cluster_refuses_a_bad_auth_mode_or_a_shared_temp_dir_before_start
     try:
         shared.chmod(0o777)
         env = dict(_without_ray_auth(os.environ), RAY_AUTH_MODE=mode)
-        result = run([str(CLUSTER / "local_cluster.sh"), "up", "--port", "23000", "--temp-dir", str(shared)],
-                     env=env)
+        result = run([str(CLUSTER / "local_cluster.sh"), "up", "--port", "23000", "--temp-dir", str(shared)], env=env)
         assert result.returncode == 2 and expected in result.stderr, result.stdout + result.stderr
         assert list(shared.iterdir()) == [], "no token file, no Ray session"
     finally:
@@ -475,22 +500,26 @@ def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_
     try:
         up = run([script, "up", *args], env=env, timeout=300, cwd="/")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert (f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} ray job submit --address "
-                f"http://127.0.0.1:{port + 1}") in up.stdout
+        assert (
+            f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} ray job submit --address http://127.0.0.1:{port + 1}"
+        ) in up.stdout
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text()
         assert len(token) == 64
         sid = int(Path(temp_dir, "yolov2-cluster.sid").read_text())
         status = run([script, "status", *args], env=env, timeout=120)
         assert status.returncode == 0 and status.stdout.startswith("up"), status.stdout + status.stderr
-        for output in (up.stdout + up.stderr, status.stdout + status.stderr,
-                       *(p.read_text() for p in Path(temp_dir).glob("*-start.log"))):
+        for output in (
+            up.stdout + up.stderr,
+            status.stdout + status.stderr,
+            *(p.read_text() for p in Path(temp_dir).glob("*-start.log")),
+        ):
             assert token not in output
 
         probe = run([sys.executable, "-c", PROBE, f"127.0.0.1:{port}"], env=client_env, timeout=300)
         line = next((ln for ln in probe.stdout.splitlines() if ln.startswith("PROBE ")), None)
         assert line, probe.stdout + probe.stderr
-        found = json.loads(line[len("PROBE "):])
+        found = json.loads(line[len("PROBE ") :])
         alive = [n for n in found["nodes"] if n["alive"]]
         assert len(alive) == 2
         by_resource = {n["custom"][0]: n["id"] for n in alive if len(n["custom"]) == 1}
@@ -500,12 +529,22 @@ def test_local_cluster_two_nodes_pinned_tasks_job_submission_and_clean_down(ray_
 
         # The job server (dashboard) is on the head, on 127.0.0.1 only, and runs a driver that sees both nodes.
         assert listening_addresses(port + 1) == {"127.0.0.1"}
-        submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port + 1}",
-                  "--", "python", "-c", PROBE, f"127.0.0.1:{port}"]
+        submit = [
+            str(VENV_BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{port + 1}",
+            "--",
+            "python",
+            "-c",
+            PROBE,
+            f"127.0.0.1:{port}",
+        ]
         job = run(submit, env=client_env, timeout=300)
         job_line = next((ln for ln in job.stdout.splitlines() if ln.startswith("PROBE ")), None)
         assert job.returncode == 0 and job_line, job.stdout + job.stderr
-        job_found = json.loads(job_line[len("PROBE "):])
+        job_found = json.loads(job_line[len("PROBE ") :])
         assert job_found["ran"] == by_resource
         assert job_found["cwd"] == str(REPO), "jobs start in the repository root"
         assert token not in job.stdout + job.stderr

@@ -72,8 +72,18 @@ def model_files(reference: Path, tmp_path_factory) -> dict[str, Path]:
 
 def convert(reference: Path, network: str, output: Path, *extra: str, weights: Path | None = None) -> Path:
     weights = weights or reference / f"{network}.weights"
-    argv = ["convert-weights", "--input", str(weights), "--cfg", str(reference / f"{network}.cfg"),
-            "--width-multiplier", WIDTH, "--output", str(output), *extra]
+    argv = [
+        "convert-weights",
+        "--input",
+        str(weights),
+        "--cfg",
+        str(reference / f"{network}.cfg"),
+        "--width-multiplier",
+        WIDTH,
+        "--output",
+        str(output),
+        *extra,
+    ]
     assert main(argv) == 0
     return output
 
@@ -115,8 +125,9 @@ def test_conv_and_region_outputs_match_darknet(reference, model_files, network, 
     boxes, objectness, class_probs = (t[0].numpy() for t in decode(output, anchors, spec.num_classes))
     region = case.arrays["region_out"]  # (anchor, entry, row, column); ours are (anchor, row, column)-major
     np.testing.assert_allclose(objectness, region[:, 4].reshape(-1), rtol=0, atol=case.bound)
-    np.testing.assert_allclose(class_probs, region[:, 5:].transpose(0, 2, 3, 1).reshape(-1, 20), rtol=0,
-                               atol=case.bound)
+    np.testing.assert_allclose(
+        class_probs, region[:, 5:].transpose(0, 2, 3, 1).reshape(-1, 20), rtol=0, atol=case.bound
+    )
     decoded = case.arrays["decoded"]
     net_w, net_h = case.facts["network_size"]
     xywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
@@ -142,8 +153,16 @@ def detection_pairs(output: torch.Tensor, anchors: torch.Tensor, case: Case, thr
     The box index is found by the score: each detection's score is exactly one of decode's
     objectness x p(class) products of the same output (checked unique), so no geometric matching is needed.
     """
-    (det,) = postprocess(output, anchors, 20, (416, 416), torch.tensor([case.image_size]), conf_thresh=thresh,
-                         nms_thresh=NMS, max_det=None)
+    (det,) = postprocess(
+        output,
+        anchors,
+        20,
+        (416, 416),
+        torch.tensor([case.image_size]),
+        conf_thresh=thresh,
+        nms_thresh=NMS,
+        max_det=None,
+    )
     _, objectness, class_probs = decode(output, anchors, 20)
     scores = (objectness[0][:, None] * class_probs[0]).numpy()
     pairs = {}

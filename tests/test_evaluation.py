@@ -20,8 +20,13 @@ SIZE = 64  # image and network input: no letterbox padding
 SPEC = ModelSpec("yolov2_tiny_voc", 2, [[1.0, 1.0]], ["circle", "square"], SIZE)
 TOP_LEFT, BOTTOM_RIGHT = [0, 0, 32, 32], [32, 32, 64, 64]  # xyxy absolute pixels, 0-based continuous
 # (image id, grey level, ground-truth box, its class): brighter images get higher scores
-IMAGES = [("a", 230, TOP_LEFT, 0), ("b", 180, BOTTOM_RIGHT, 0), ("c", 130, TOP_LEFT, 0), ("d", 80, TOP_LEFT, 0),
-          ("e", 30, TOP_LEFT, 1)]
+IMAGES = [
+    ("a", 230, TOP_LEFT, 0),
+    ("b", 180, BOTTOM_RIGHT, 0),
+    ("c", 130, TOP_LEFT, 0),
+    ("d", 80, TOP_LEFT, 0),
+    ("e", 30, TOP_LEFT, 1),
+]
 
 
 class OneBoxModel(nn.Module):
@@ -48,8 +53,17 @@ class OneBoxModel(nn.Module):
 def _sample(image_id: str, grey: int, box: list[int], label: int) -> tuple[str, bytes, ImageRecord]:
     ok, jpeg = cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), grey, np.uint8))
     assert ok
-    record = ImageRecord(image_id=image_id, split="val", path=f"{image_id}.jpg", width=SIZE, height=SIZE,
-                         boxes=[box], labels=[label], difficult=[False], iscrowd=[False])
+    record = ImageRecord(
+        image_id=image_id,
+        split="val",
+        path=f"{image_id}.jpg",
+        width=SIZE,
+        height=SIZE,
+        boxes=[box],
+        labels=[label],
+        difficult=[False],
+        iscrowd=[False],
+    )
     return image_id, jpeg.tobytes(), record
 
 

@@ -84,8 +84,9 @@ def test_raw_output_matches_torch_with_dynamic_axes(model, tmp_path: Path) -> No
 
 
 def test_decode_head_matches_reference_decode(model, tmp_path: Path) -> None:
-    path = export_onnx(model, tmp_path / "decoded.onnx", input_size=64, with_decode=True, anchors=ANCHORS,
-                       num_classes=NUM_CLASSES)
+    path = export_onnx(
+        model, tmp_path / "decoded.onnx", input_size=64, with_decode=True, anchors=ANCHORS, num_classes=NUM_CLASSES
+    )
     s = session(path)
     assert [o.name for o in s.get_outputs()] == ["boxes", "objectness", "class_probs"]
     for batch, height, width in SHAPES:
@@ -124,8 +125,16 @@ def test_export_onnx_refuses_bad_arguments(model, tmp_path: Path) -> None:
 def test_darknet_export_loads_back_through_the_cfg(model, tmp_path: Path) -> None:
     name = "yolov2_voc" if hasattr(model, "reorg") else "yolov2_tiny_voc"
     names = ["cat", "dog", "bird"]
-    written = export_darknet(model, tmp_path / "out" / "m.weights", name=name, anchors=ANCHORS,
-                             width_multiplier=0.25, input_size=64, class_names=names, seen=640)
+    written = export_darknet(
+        model,
+        tmp_path / "out" / "m.weights",
+        name=name,
+        anchors=ANCHORS,
+        width_multiplier=0.25,
+        input_size=64,
+        class_names=names,
+        seen=640,
+    )
     weights, cfg, names_file = (tmp_path / "out" / f"m.{ext}" for ext in ("weights", "cfg", "names"))
     assert written == [weights, cfg, names_file]
     assert names_file.read_text().split() == names
@@ -142,8 +151,14 @@ def test_darknet_export_loads_back_through_the_cfg(model, tmp_path: Path) -> Non
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.cfg", "m.names", "m.weights"]
 
 
-@pytest.mark.parametrize("kwargs,match", [({"sppf": True}, "SPPF"), ({"decoupled_head": True}, "decoupled"),
-                                          ({"reorg": "pixel_unshuffle"}, "pixel_unshuffle")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"sppf": True}, "SPPF"),
+        ({"decoupled_head": True}, "decoupled"),
+        ({"reorg": "pixel_unshuffle"}, "pixel_unshuffle"),
+    ],
+)
 def test_darknet_export_refuses_layers_darknet_lacks(kwargs, match: str, tmp_path: Path) -> None:
     m = build_model("yolov2_voc", NUM_CLASSES, num_anchors=len(ANCHORS), width_multiplier=0.25, **kwargs)
     with pytest.raises(ConfigError, match=match):

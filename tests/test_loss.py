@@ -193,8 +193,15 @@ def _make_case(seed: int, batch: int = 3, num_classes: int = 4, grid_h: int = 6,
         count = 5 if b == 0 else 4
         rows = []
         for _ in range(count):
-            rows.append([float(torch.randint(num_classes, (), generator=gen)), rand(0.02, 0.98), rand(0.02, 0.98),
-                         rand(0.05, 0.7), rand(0.05, 0.7)])
+            rows.append(
+                [
+                    float(torch.randint(num_classes, (), generator=gen)),
+                    rand(0.02, 0.98),
+                    rand(0.02, 0.98),
+                    rand(0.05, 0.7),
+                    rand(0.05, 0.7),
+                ]
+            )
         # the second box: same cell, nearly the same shape as the first -> same cell AND anchor (overwrite)
         cell_x = math.floor(rows[0][1] * grid_w)
         cell_y = math.floor(rows[0][2] * grid_h)

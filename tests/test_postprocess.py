@@ -56,8 +56,12 @@ def _darknet_correct_box(box, image_w: int, image_h: int, net: int) -> list[floa
     new_w, new_h, _, _ = _darknet_letterbox(image_w, image_h, net, net)
     off_x, off_y = (net - new_w) / 2.0, (net - new_h) / 2.0
     x1, y1, x2, y2 = box
-    return [(x1 * net - off_x) * image_w / new_w, (y1 * net - off_y) * image_h / new_h,
-            (x2 * net - off_x) * image_w / new_w, (y2 * net - off_y) * image_h / new_h]
+    return [
+        (x1 * net - off_x) * image_w / new_w,
+        (y1 * net - off_y) * image_h / new_h,
+        (x2 * net - off_x) * image_w / new_w,
+        (y2 * net - off_y) * image_h / new_h,
+    ]
 
 
 def _box_iou(a, b) -> float:
@@ -154,11 +158,22 @@ def test_boxes_map_back_to_the_original_image(letterbox):
             sx, sy, pad_x, pad_y = new_w / w, new_h / h, (net - new_w) / 2, (net - new_h) / 2
         else:
             sx, sy, pad_x, pad_y = net / w, net / h, 0, 0
-        net_boxes.append([((x1 * sx + pad_x) / net, (y1 * sy + pad_y) / net, (x2 * sx + pad_x) / net,
-                           (y2 * sy + pad_y) / net) for x1, y1, x2, y2 in boxes])
+        net_boxes.append(
+            [
+                ((x1 * sx + pad_x) / net, (y1 * sy + pad_y) / net, (x2 * sx + pad_x) / net, (y2 * sy + pad_y) / net)
+                for x1, y1, x2, y2 in boxes
+            ]
+        )
     output = _output_for_boxes(net_boxes, labels, num_classes=3, grid=grid)
-    dets = postprocess(output, torch.tensor(ANCHORS, dtype=torch.float64), 3, (net, net), torch.tensor(image_sizes),
-                       letterbox=letterbox, conf_thresh=0.5)
+    dets = postprocess(
+        output,
+        torch.tensor(ANCHORS, dtype=torch.float64),
+        3,
+        (net, net),
+        torch.tensor(image_sizes),
+        letterbox=letterbox,
+        conf_thresh=0.5,
+    )
     for det, boxes, image_labels in zip(dets, originals, labels):
         order = torch.argsort(det.boxes[:, 0])
         expected = torch.tensor(sorted(boxes), dtype=torch.float64)
@@ -196,8 +211,16 @@ def test_batched_nms_and_topk_match_per_image_per_class_loop(max_det, conf):
     image_sizes = [(300, 200), (160, 240), (500, 500)]
     output = _random_output(2, batch=3, num_classes=num_classes, grid=grid)
     anchors = torch.tensor(ANCHORS, dtype=torch.float64)
-    dets = postprocess(output, anchors, num_classes, (net, net), torch.tensor(image_sizes),
-                       conf_thresh=conf, nms_thresh=0.45, max_det=max_det)
+    dets = postprocess(
+        output,
+        anchors,
+        num_classes,
+        (net, net),
+        torch.tensor(image_sizes),
+        conf_thresh=conf,
+        nms_thresh=0.45,
+        max_det=max_det,
+    )
     reference = _reference_postprocess(output, num_classes, net, image_sizes, conf, 0.45, max_det)
     assert sum(len(r) for r in reference) > 20, "the case must produce many candidates"
     if max_det < 100:
@@ -215,10 +238,12 @@ def test_max_candidates_keeps_the_best_pairs_per_image_before_nms():
     output = _random_output(7, batch=2, num_classes=num_classes, grid=grid)
     anchors = torch.tensor(ANCHORS, dtype=torch.float64)
     for cap in (10, 40, 10_000):
-        dets = postprocess(output, anchors, num_classes, (net, net), torch.tensor(image_sizes), conf_thresh=0.05,
-                           max_candidates=cap)
-        reference = _reference_postprocess(output, num_classes, net, image_sizes, 0.05, 0.45, 100,
-                                           cap if cap < 5 * grid * grid * num_classes else None)
+        dets = postprocess(
+            output, anchors, num_classes, (net, net), torch.tensor(image_sizes), conf_thresh=0.05, max_candidates=cap
+        )
+        reference = _reference_postprocess(
+            output, num_classes, net, image_sizes, 0.05, 0.45, 100, cap if cap < 5 * grid * grid * num_classes else None
+        )
         for det, rows in zip(dets, reference):
             torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
             assert det.labels.tolist() == [r[1] for r in rows]
@@ -238,8 +263,9 @@ def test_nms_runs_on_unclipped_boxes_then_clips():
     output[:, 1] = second.view(1, len(ANCHORS), 7, grid, grid)[:, 0]
     output[:, 1, 4] = torch.where(output[:, 1, 4] > 0, 20.0, -30.0)  # a slightly lower score
     anchors = torch.tensor([ANCHORS[0], ANCHORS[0], *ANCHORS[2:]], dtype=torch.float64)
-    (det,) = postprocess(output.view(1, -1, grid, grid), anchors, 2, (net, net), torch.tensor([[net, net]]),
-                         conf_thresh=0.5)
+    (det,) = postprocess(
+        output.view(1, -1, grid, grid), anchors, 2, (net, net), torch.tensor([[net, net]]), conf_thresh=0.5
+    )
     assert det.labels.tolist() == [1, 1]
     expected = torch.tensor([[0.0, 0.1, 0.9, 0.8], [0.0, 0.1, 1.0, 0.8]], dtype=torch.float64) * net
     torch.testing.assert_close(det.boxes, expected)
@@ -311,8 +337,17 @@ def test_postprocess_diou_matches_slow_reference():
     image_sizes = torch.tensor([[160, 160], [320, 200]])
     output = _random_output(5, batch=2, num_classes=num_classes, grid=grid)
     anchors = torch.tensor(ANCHORS, dtype=torch.float64)
-    dets = postprocess(output, anchors, num_classes, (net, net), image_sizes, conf_thresh=0.05,
-                       nms_thresh=0.45, nms="diou", max_det=1000)
+    dets = postprocess(
+        output,
+        anchors,
+        num_classes,
+        (net, net),
+        image_sizes,
+        conf_thresh=0.05,
+        nms_thresh=0.45,
+        nms="diou",
+        max_det=1000,
+    )
     boxes, objectness, probs = decode(output, torch.tensor(ANCHORS, dtype=torch.float64), num_classes)
     for b, det in enumerate(dets):
         w, h = image_sizes[b].tolist()

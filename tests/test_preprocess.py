@@ -151,9 +151,11 @@ def test_bad_images_are_rejected(image: np.ndarray):
 
 def test_unknown_resize_mode_is_named():
     image = np.zeros((8, 8, 3), np.uint8)
-    for call in (lambda: letterbox_tensor(image, 32, 32, "bilinear"),
-                 lambda: plain_resize_tensor(image, 32, 32, "bilinear"),
-                 lambda: images_to_tensor([image], 32, False, "bilinear")):
+    for call in (
+        lambda: letterbox_tensor(image, 32, 32, "bilinear"),
+        lambda: plain_resize_tensor(image, 32, 32, "bilinear"),
+        lambda: images_to_tensor([image], 32, False, "bilinear"),
+    ):
         with pytest.raises(ValueError, match="'bilinear'.*'darknet', 'opencv'"):
             call()
 

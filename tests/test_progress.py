@@ -20,16 +20,32 @@ def _progress(total: float | None, unit: str = "images", interval: float = 5.0, 
     return Progress("shard", total, unit, interval=interval, clock=clock, emit=lines.append, **kwargs), clock, lines
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0:00:00"), (0.4, "0:00:00"), (65, "0:01:05"), (3723, "1:02:03"),
-                                           (97200, "27:00:00"), (-3, "0:00:00"), (float("inf"), "?"),
-                                           (float("nan"), "?")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0:00:00"),
+        (0.4, "0:00:00"),
+        (65, "0:01:05"),
+        (3723, "1:02:03"),
+        (97200, "27:00:00"),
+        (-3, "0:00:00"),
+        (float("inf"), "?"),
+        (float("nan"), "?"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
 
 def test_format_bytes():
     assert [format_bytes(n) for n in (0, 512, 1536, 460 * 2**20, 18 * 2**30, 3 * 2**40)] == [
-        "0 B", "512 B", "1.5 KiB", "460.0 MiB", "18.0 GiB", "3.0 TiB"]
+        "0 B",
+        "512 B",
+        "1.5 KiB",
+        "460.0 MiB",
+        "18.0 GiB",
+        "3.0 TiB",
+    ]
 
 
 def test_first_update_prints_at_once_without_rate_or_eta():
@@ -67,8 +83,10 @@ def test_resumed_work_does_not_count_towards_the_rate():
     progress.update(600)  # a resumed download starts at its offset
     clock.now += 10
     progress.update(700)  # 10 B/s: 300 B left, 30 s
-    assert lines == ["[shard] voc.tar 600 B/1000 B (60%) elapsed 0:00:00",
-                     "[shard] voc.tar 700 B/1000 B (70%) 10 B/s, elapsed 0:00:10, ETA 0:00:30"]
+    assert lines == [
+        "[shard] voc.tar 600 B/1000 B (60%) elapsed 0:00:00",
+        "[shard] voc.tar 700 B/1000 B (70%) 10 B/s, elapsed 0:00:10, ETA 0:00:30",
+    ]
 
 
 def test_close_prints_the_final_line_once_without_eta():
@@ -78,8 +96,10 @@ def test_close_prints_the_final_line_once_without_eta():
         progress.advance(36)
     clock.now += 1
     progress.close()
-    assert lines == ["[shard] 0/36 images (0%) elapsed 0:00:00",
-                     "[shard] 36/36 images (100%) 36.0 images/s, elapsed 0:00:01"]
+    assert lines == [
+        "[shard] 0/36 images (0%) elapsed 0:00:00",
+        "[shard] 36/36 images (100%) 36.0 images/s, elapsed 0:00:01",
+    ]
 
 
 def test_close_does_not_repeat_a_line_just_printed():
@@ -165,15 +185,18 @@ def test_heartbeat_thread_prints_while_no_update_comes_and_stops_at_close(monkey
         if len(lines) == 2:
             beat.set()
 
-    progress = Progress("evaluate", 60, "images", desc="inference", interval=0.002, clock=clock, emit=emit,
-                        heartbeat=True)
+    progress = Progress(
+        "evaluate", 60, "images", desc="inference", interval=0.002, clock=clock, emit=emit, heartbeat=True
+    )
     with progress:
         clock.now += 30  # e.g. the actors still load the model: no update for 30 s
         assert beat.wait(10), "no heartbeat line"
     count = len(lines)
     clock.now += 30
     threading.Event().wait(0.05)
-    assert lines[:2] == ["[evaluate] inference 0/60 images (0%) elapsed 0:00:00",
-                         "[evaluate] inference 0/60 images (0%) elapsed 0:00:30"]
+    assert lines[:2] == [
+        "[evaluate] inference 0/60 images (0%) elapsed 0:00:00",
+        "[evaluate] inference 0/60 images (0%) elapsed 0:00:30",
+    ]
     assert len(lines) == count == 2, "the heartbeat ends with the block (the final state was already shown)"
     assert not any(t.name == "progress-evaluate" for t in threading.enumerate())

@@ -118,8 +118,12 @@ def test_the_scanner_finds_what_it_must():
     for src in bad:
         assert unsafe_loads(src), src
     assert unsafe_loads(f"import torch\ntorch.load(f)  {DELIBERATE}", "yolov2/x.py"), "allowed in this file only"
-    good = ["import torch\ntorch.load(f, weights_only=True)", "import yaml\nyaml.safe_load(s)",
-            "import yaml\nyaml.safe_dump(d)", '"""torch.load(f) in a docstring is not a call"""']
+    good = [
+        "import torch\ntorch.load(f, weights_only=True)",
+        "import yaml\nyaml.safe_load(s)",
+        "import yaml\nyaml.safe_dump(d)",
+        '"""torch.load(f) in a docstring is not a call"""',
+    ]
     for src in good:
         assert unsafe_loads(src) == [], src
 
@@ -148,8 +152,16 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned.txt"
     hostile = tmp_path / "model.pt"
     payload = _WritesFileWhenUnpickled(str(marker))
-    torch.save({"format": MODEL_FORMAT, "version": 1, "spec": {"name": "yolov2_tiny_voc", "num_classes": 20,
-                "anchors": [[1.0, 1.0]]}, "state_dict": {"w": torch.zeros(2)}, "extra": payload}, hostile)
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "version": 1,
+            "spec": {"name": "yolov2_tiny_voc", "num_classes": 20, "anchors": [[1.0, 1.0]]},
+            "state_dict": {"w": torch.zeros(2)},
+            "extra": payload,
+        },
+        hostile,
+    )
     with pytest.raises(WeightsError, match="model.pt: not a safe checkpoint"):
         load_checkpoint(hostile)
     assert not marker.exists()
@@ -186,12 +198,16 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("make", [
-    lambda: _link("hard_abs", "/etc/passwd"),
-    lambda: _link("hard_up", "../../outside.txt"),
-    lambda: _device("dev"),
-    lambda: _fifo("fifo"),
-], ids=["hardlink_absolute", "hardlink_escaping", "char_device", "fifo"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _link("hard_abs", "/etc/passwd"),
+        lambda: _link("hard_up", "../../outside.txt"),
+        lambda: _device("dev"),
+        lambda: _fifo("fifo"),
+    ],
+    ids=["hardlink_absolute", "hardlink_escaping", "char_device", "fifo"],
+)
 def test_extract_refuses_hard_links_out_and_special_files(tmp_path, make):
     from yolov2.data.download import extract
 
@@ -343,7 +359,7 @@ def _read_probe_line(proc: subprocess.Popen, timeout: float) -> dict:
         if select.select([proc.stdout], [], [], 1.0)[0]:
             line = proc.stdout.readline()
             if line.startswith("PROBE "):
-                return json.loads(line[len("PROBE "):])
+                return json.loads(line[len("PROBE ") :])
             seen.append(line)
             if not line and proc.poll() is not None:
                 break
@@ -355,13 +371,24 @@ def local_ray_probe(tmp_path_factory):
     """A real local Ray instance started by ray_runtime.connect() in a fresh process with no Ray settings in its
     environment and its own (empty) home folder, kept up while this module's tests probe it from outside."""
     home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
     env["HOME"] = str(home)
     output = home / "probe-output.txt"
     with open(output, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY_PROBE], cwd=REPO, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCAL_RAY_PROBE],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
     try:
         probe = _read_probe_line(proc, timeout=240)
         yield {**probe, "home": home, "output": output}
@@ -410,9 +437,11 @@ def _gcs_call(address: str, method: str, token: str | None):
 
     metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
     with grpc.insecure_channel(address) as channel:
-        stubs = {"GetClusterId": (pb_grpc.NodeInfoGcsServiceStub, pb.GetClusterIdRequest),
-                 "GetAllNodeInfo": (pb_grpc.NodeInfoGcsServiceStub, pb.GetAllNodeInfoRequest),
-                 "GetAllJobInfo": (pb_grpc.JobInfoGcsServiceStub, pb.GetAllJobInfoRequest)}
+        stubs = {
+            "GetClusterId": (pb_grpc.NodeInfoGcsServiceStub, pb.GetClusterIdRequest),
+            "GetAllNodeInfo": (pb_grpc.NodeInfoGcsServiceStub, pb.GetAllNodeInfoRequest),
+            "GetAllJobInfo": (pb_grpc.JobInfoGcsServiceStub, pb.GetAllJobInfoRequest),
+        }
         stub, request = stubs[method]
         try:
             return "OK", getattr(stub(channel), method)(request(), metadata=metadata, timeout=30)
@@ -474,13 +503,29 @@ def test_a_driver_with_a_wrong_token_is_refused_and_told_how_to_pass_the_right_o
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong), RAY_gcs_server_port_wait_time_s="2")
     address = local_ray_probe["gcs_address"]
-    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "full.py"), "--config", "configs/demo.yaml",
-                           "--workspace", str(tmp_path / "ws"), "--no-mlflow", "--set", f"ray.address={address}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pipelines" / "full.py"),
+            "--config",
+            "configs/demo.yaml",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--no-mlflow",
+            "--set",
+            f"ray.address={address}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert f"Ray at {address} refused this driver's authentication; it presented the token file {wrong}" \
-        in proc.stderr, proc.stderr[-3000:]
+    assert (
+        f"Ray at {address} refused this driver's authentication; it presented the token file {wrong}" in proc.stderr
+    ), proc.stderr[-3000:]
     assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<the cluster's token file>" in proc.stderr
     assert _token(local_ray_probe) not in proc.stdout + proc.stderr
 
@@ -493,16 +538,32 @@ def test_safe_params_drops_secret_names_and_masks_url_passwords():
     from pipelines.tracking import safe_params
 
     params = {
-        "aws_secret_access_key": "x", "AWS_ACCESS_KEY_ID": "x", "hf_token": "x", "db.password": "x",
-        "service.passwd": "x", "openai_api_key": "x", "api-key": "x", "gcp.credentials_file": "x",
-        "train.lr": 0.001, "data.root": "/data/voc", "train.epochs": 3,
+        "aws_secret_access_key": "x",
+        "AWS_ACCESS_KEY_ID": "x",
+        "hf_token": "x",
+        "db.password": "x",
+        "service.passwd": "x",
+        "openai_api_key": "x",
+        "api-key": "x",
+        "gcp.credentials_file": "x",
+        "train.lr": 0.001,
+        "data.root": "/data/voc",
+        "train.epochs": 3,
         "mlflow.tracking_uri": "postgresql://mlflow:hunter2@db:5432/mlflow",
-        "ray.address": "ray://admin:s3cr3t@head:10001", "data.url": "https://example.com/a@b",
+        "ray.address": "ray://admin:s3cr3t@head:10001",
+        "data.url": "https://example.com/a@b",
         "long": "v" * 7000,
     }
     out = safe_params(params)
-    assert set(out) == {"train.lr", "data.root", "train.epochs", "mlflow.tracking_uri", "ray.address",
-                        "data.url", "long"}
+    assert set(out) == {
+        "train.lr",
+        "data.root",
+        "train.epochs",
+        "mlflow.tracking_uri",
+        "ray.address",
+        "data.url",
+        "long",
+    }
     assert out["train.lr"] == "0.001" and out["train.epochs"] == "3" and out["data.root"] == "/data/voc"
     assert out["mlflow.tracking_uri"] == "postgresql://mlflow:***@db:5432/mlflow"
     assert out["ray.address"] == "ray://admin:***@head:10001"
@@ -524,13 +585,15 @@ def _tiny_voc(root: Path) -> Path:
         (root / "Annotations" / f"{i}.xml").write_text(
             f"<annotation><filename>{i}.jpg</filename><size><width>64</width><height>48</height></size>"
             "<object><name>dog</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox>"
-            "</object></annotation>")
+            "</object></annotation>"
+        )
     (root / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
     return root
 
 
-def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console(ray_local, ray_token_file, tmp_path,
-                                                                                 monkeypatch, capfd):
+def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console(
+    ray_local, ray_token_file, tmp_path, monkeypatch, capfd
+):
     """full.py (prepare + shard, MLflow on, SQLite in the workspace) with cloud keys in the environment, a
     password inside a config URL and the Ray token of the instance it runs on (its file named by
     RAY_AUTH_TOKEN_PATH, and the token itself in RAY_AUTH_TOKEN): no param, tag, metric, artifact, workspace file
@@ -542,8 +605,14 @@ def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console
     from pipelines import full
 
     secret = f"supersecret-{uuid.uuid4().hex}"
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "GITHUB_TOKEN",
-                 "HF_TOKEN", "DATABASE_URL"):
+    for name in (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "GITHUB_TOKEN",
+        "HF_TOKEN",
+        "DATABASE_URL",
+    ):
         monkeypatch.setenv(name, f"{secret}-{name}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + secret)
     ray_token = ray_token_file.read_text()
@@ -552,13 +621,21 @@ def test_secrets_in_the_environment_and_config_never_reach_mlflow_or_the_console
     previous_uri = mlflow.get_tracking_uri()
     ws = tmp_path / "ws"
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "workspace": str(ws),
-        "data": {"kind": "voc", "root": str(_tiny_voc(tmp_path / "voc")), "splits": {"train": ["train"]},
-                 "class_names": ["dog"]},
-        "mlflow": {"experiment": "security"},
-        "ray": {"address": f"ray://admin:{secret}@head:10001"},  # Ray is already up: connect() is a no-op
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "workspace": str(ws),
+                "data": {
+                    "kind": "voc",
+                    "root": str(_tiny_voc(tmp_path / "voc")),
+                    "splits": {"train": ["train"]},
+                    "class_names": ["dog"],
+                },
+                "mlflow": {"experiment": "security"},
+                "ray": {"address": f"ray://admin:{secret}@head:10001"},  # Ray is already up: connect() is a no-op
+            }
+        )
+    )
     try:
         code = full.main(["--config", str(config), "--stages", "prepare,shard", "--log-level", "DEBUG"])
     finally:

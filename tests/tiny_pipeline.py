@@ -2,11 +2,23 @@
 `pipelines/full.py` with: every stage does real work in seconds."""
 
 TINY = [
-    "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-    "data.synthetic.image_size=[96, 96]", "shard.max_count=8", "anchors.n_init=1",
-    "model.width_multiplier=0.25", "train.epochs=2", "train.batch_size=4", "train.effective_batch=8",
-    "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]", "train.log_every=1", "train.val_every=1",
-    "train.register_name=null", "evaluate.input_size=96", "evaluate.batch_size=4",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=4",
+    "data.synthetic.num_test=4",
+    "data.synthetic.image_size=[96, 96]",
+    "shard.max_count=8",
+    "anchors.n_init=1",
+    "model.width_multiplier=0.25",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.effective_batch=8",
+    "train.input_size=96",
+    "train.multiscale_sizes=[64, 128, 32]",
+    "train.log_every=1",
+    "train.val_every=1",
+    "train.register_name=null",
+    "evaluate.input_size=96",
+    "evaluate.batch_size=4",
 ]
 
 

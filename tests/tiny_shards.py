@@ -22,8 +22,14 @@ SHARD_SIZES = (7, 5, 9)  # 21 samples in 3 shards
 def make_record(index: int, width: int, height: int) -> ImageRecord:
     x = 4 + index % 10
     return ImageRecord(
-        image_id=f"img{index:03d}", split="train", path=f"img{index:03d}.jpg", width=width, height=height,
-        boxes=[[x, 5, x + 20, 30], [30, 8, 44, 36]], labels=[index % 3, 1], difficult=[False, index % 4 == 0],
+        image_id=f"img{index:03d}",
+        split="train",
+        path=f"img{index:03d}.jpg",
+        width=width,
+        height=height,
+        boxes=[[x, 5, x + 20, 30], [30, 8, 44, 36]],
+        labels=[index % 3, 1],
+        difficult=[False, index % 4 == 0],
         iscrowd=[False, False],
     )
 

@@ -106,7 +106,9 @@ class LossConfig:
     prior_seen: int = 12800
     rescore: bool = True
     box_loss: Literal["mse", "ciou", "eiou"] = "mse"  # modern mode only
-    coord_wh_weight: bool = False  # coord scale x (2 - w*h), pjreddie's region_layer.c since 60e952ba (2017); off = YOLOv2 release
+    coord_wh_weight: bool = (
+        False  # coord scale x (2 - w*h), pjreddie's region_layer.c since 60e952ba (2017); off = YOLOv2 release
+    )
 
 
 @dataclass

@@ -45,8 +45,9 @@ def match_named_model(
     target = conv_layer_shapes(cfg_net)
     fits = []
     for name in names:
-        model = build_model(name, int(cfg_net.num_classes), int(cfg_net.num_anchors), width_multiplier,
-                            batch_norm=batch_norm)
+        model = build_model(
+            name, int(cfg_net.num_classes), int(cfg_net.num_anchors), width_multiplier, batch_norm=batch_norm
+        )
         if conv_layer_shapes(model) == target:
             fits.append((name, model))
     if not fits:
@@ -71,8 +72,10 @@ def _check_same_function(cfg_net: nn.Module, model: nn.Module, cfg_path: str, na
     x = torch.rand(1, 3, CHECK_INPUT, CHECK_INPUT, generator=torch.Generator().manual_seed(0))
     a, b = cfg_net.eval()(x), model.eval()(x)
     if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
-        raise ConfigError(f"{cfg_path}: its conv shapes match {name}, but the networks compute different outputs "
-                          "(a different layer order?); it cannot be stored as a named model")
+        raise ConfigError(
+            f"{cfg_path}: its conv shapes match {name}, but the networks compute different outputs "
+            "(a different layer order?); it cannot be stored as a named model"
+        )
 
 
 def darknet_to_model(
@@ -121,6 +124,13 @@ def darknet_to_model(
         raise ConfigError(f"{len(class_names)} class names for {num_classes} classes")
     if report.layers_loaded != report.layers_total:
         raise WeightsError(f"{weights}: only {report.layers_loaded}/{report.layers_total} conv layers loaded")
-    spec = ModelSpec(name=name, num_classes=num_classes, anchors=anchors, class_names=list(class_names),
-                     input_size=input_size or 416, width_multiplier=width_multiplier, batch_norm=batch_norm)
+    spec = ModelSpec(
+        name=name,
+        num_classes=num_classes,
+        anchors=anchors,
+        class_names=list(class_names),
+        input_size=input_size or 416,
+        width_multiplier=width_multiplier,
+        batch_norm=batch_norm,
+    )
     return model.eval(), spec, report

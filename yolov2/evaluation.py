@@ -83,8 +83,9 @@ def compute_metrics(
                     flat[f"ap50_{name}.{cls}"] = float(ap)
             results[name] = result
         elif name == "coco":
-            result = coco_evaluate(records, detections, class_names, backend=coco_backend, num_chunks=coco_chunks,
-                                   map_fn=map_fn)
+            result = coco_evaluate(
+                records, detections, class_names, backend=coco_backend, num_chunks=coco_chunks, map_fn=map_fn
+            )
             flat.update({f"coco_{k}": float(v) for k, v in result.stats.items()})
             results[name] = result
         else:
@@ -115,9 +116,19 @@ def voc07_map50(
     """
     was_training = model.training
     device = next(model.parameters()).device
-    predictor = Predictor(model, spec, input_size=input_size, letterbox=letterbox, resize=resize,
-                          conf_thresh=conf_thresh, nms_thresh=nms_thresh, max_det=max_det,
-                          max_candidates=max_candidates, device=device, precision=precision)
+    predictor = Predictor(
+        model,
+        spec,
+        input_size=input_size,
+        letterbox=letterbox,
+        resize=resize,
+        conf_thresh=conf_thresh,
+        nms_thresh=nms_thresh,
+        max_det=max_det,
+        max_candidates=max_candidates,
+        device=device,
+        precision=precision,
+    )
     total = sum(s.num_samples for s in shards)
     samples = ((raw.image_bytes, raw.record) for raw in read_samples(shards, 0, total))
     detections, records = predict_samples(predictor, samples, batch_size=batch_size)

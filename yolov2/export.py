@@ -172,7 +172,7 @@ def export_darknet(
     """
     weights_path = Path(weights_path)
     _check_darknet_expressible(model, name)
-    num_classes = int(getattr(model, "num_classes"))
+    num_classes = int(model.num_classes)
     if class_names and len(class_names) != num_classes:
         raise ConfigError(f"export_darknet: {len(class_names)} class names for a model with {num_classes} classes")
     text = darknet_cfg_text(name, num_classes, [tuple(a) for a in anchors], width_multiplier, input_size)

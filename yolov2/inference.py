@@ -8,9 +8,9 @@ The model file (``model.pt``) is a plain dict loadable with ``torch.load(weights
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,8 +42,16 @@ class ModelSpec:
     batch_norm: str = "darknet"  # the inference formula (yolov2.models.layers.DarknetBatchNorm2d)
 
     def build(self) -> nn.Module:
-        return build_model(self.name, self.num_classes, len(self.anchors), self.width_multiplier, self.reorg,
-                           self.sppf, self.decoupled_head, self.batch_norm)  # type: ignore[arg-type]
+        return build_model(
+            self.name,
+            self.num_classes,
+            len(self.anchors),
+            self.width_multiplier,
+            self.reorg,
+            self.sppf,
+            self.decoupled_head,
+            self.batch_norm,
+        )  # type: ignore[arg-type]
 
 
 def save_model_file(path: str | Path, model: nn.Module, spec: ModelSpec) -> None:
@@ -102,7 +110,7 @@ class Predictor:
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
+    def from_file(cls, path: str | Path, device: str = "cpu", **kwargs) -> Predictor:
         model, spec = load_model_file(path, device)
         return cls(model, spec, device=device, **kwargs)
 
@@ -115,7 +123,14 @@ class Predictor:
             output = self.model(batch.contiguous(memory_format=self.precision.memory_format)).float()
         sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in images], device=self.device)
         return postprocess(
-            output, self.anchors, self.spec.num_classes, (self.input_size, self.input_size), sizes,
-            letterbox=self.letterbox, conf_thresh=self.conf_thresh, nms_thresh=self.nms_thresh, max_det=self.max_det,
+            output,
+            self.anchors,
+            self.spec.num_classes,
+            (self.input_size, self.input_size),
+            sizes,
+            letterbox=self.letterbox,
+            conf_thresh=self.conf_thresh,
+            nms_thresh=self.nms_thresh,
+            max_det=self.max_det,
             max_candidates=self.max_candidates,
         )

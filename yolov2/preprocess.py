@@ -17,7 +17,8 @@ OpenCV's resize, written into a batch slot, boxes mapped along.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -25,8 +26,17 @@ import torch
 
 from yolov2.boxes import letterbox_params
 
-__all__ = ["Resize", "RESIZE_MODES", "LETTERBOX_FILL", "LETTERBOX_FILL_UINT8", "to_planes", "darknet_resize",
-           "letterbox_tensor", "plain_resize_tensor", "images_to_tensor"]
+__all__ = [
+    "Resize",
+    "RESIZE_MODES",
+    "LETTERBOX_FILL",
+    "LETTERBOX_FILL_UINT8",
+    "to_planes",
+    "darknet_resize",
+    "letterbox_tensor",
+    "plain_resize_tensor",
+    "images_to_tensor",
+]
 
 Resize = Literal["darknet", "opencv"]
 RESIZE_MODES: tuple[Resize, ...] = ("darknet", "opencv")
@@ -85,8 +95,10 @@ def darknet_resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor
     undefined read, so the scale is taken as 0 and the row is the first source row.
     """
     if not isinstance(image, torch.Tensor) or image.dtype != torch.float32 or image.ndim != 3:
-        raise ValueError(f"expected a float32 (C, H, W) tensor, got {getattr(image, 'dtype', type(image).__name__)} "
-                         f"of shape {tuple(getattr(image, 'shape', ()))}")
+        raise ValueError(
+            f"expected a float32 (C, H, W) tensor, got {getattr(image, 'dtype', type(image).__name__)} "
+            f"of shape {tuple(getattr(image, 'shape', ()))}"
+        )
     if width < 1 or height < 1:
         raise ValueError(f"output size must be at least 1 x 1, got {width} x {height}")
     _, h_in, w_in = image.shape

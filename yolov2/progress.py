@@ -74,10 +74,19 @@ class Progress:
     Safe to update from several threads.
     """
 
-    def __init__(self, label: str, total: int | float | None, unit: str = "items", *, desc: str = "",
-                 interval: float = DEFAULT_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 emit: Callable[[str], None] = print_to_stderr, enabled: bool = True,
-                 heartbeat: bool = False) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | float | None,
+        unit: str = "items",
+        *,
+        desc: str = "",
+        interval: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[str], None] = print_to_stderr,
+        enabled: bool = True,
+        heartbeat: bool = False,
+    ) -> None:
         self.label = label
         self.total = total
         self.unit = unit
@@ -169,8 +178,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

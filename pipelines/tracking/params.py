@@ -79,7 +79,6 @@ def log_final_model(model: torch.nn.Module, register_name: str | None, model_fil
     mlflow.log_artifact(str(model_file))
     try:
         example = np.zeros((1, 3, input_size, input_size), np.float32)
-        mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name,
-                                 input_example=example)
+        mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name, input_example=example)
     except Exception as e:  # registry unsupported by the store, or no network for the pip env inference
         log.warning("mlflow.pytorch.log_model failed (%s); model.pt is logged as an artifact instead", e)

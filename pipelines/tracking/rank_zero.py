@@ -48,9 +48,16 @@ class RankZeroLogger:
     driver reports it in the stage's log and manifest, :func:`report_delivery`).
     """
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, rank: int, total_steps: int,
-                 workspace: Workspace | None = None, output_dir: str | None = None,
-                 flush_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        run_id: str | None,
+        rank: int,
+        total_steps: int,
+        workspace: Workspace | None = None,
+        output_dir: str | None = None,
+        flush_timeout: float = 120.0,
+    ) -> None:
         self.enabled = rank == 0
         self.sender = None
         self.log_params: Callable[[dict[str, Any]], None] | None = None
@@ -63,7 +70,8 @@ class RankZeroLogger:
 
             client = MlflowClient(tracking_uri)
             self.log_params = lambda params: client.log_batch(
-                run_id, params=[Param(k, str(v)) for k, v in params.items()])
+                run_id, params=[Param(k, str(v)) for k, v in params.items()]
+            )
             self.sender = MetricSender(
                 send=lambda chunk: client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk]),
                 reachable=lambda: server_reachable(tracking_uri, timeout=2.0),
@@ -77,8 +85,11 @@ class RankZeroLogger:
         for warning in warnings:
             console(f"[train] warning: {warning}")
         if self.log_params is not None:
-            params = {"precision.amp": precision.amp, "precision.channels_last": precision.channels_last,
-                      "precision.hardware": hardware.describe()}
+            params = {
+                "precision.amp": precision.amp,
+                "precision.channels_last": precision.channels_last,
+                "precision.hardware": hardware.describe(),
+            }
             try:
                 self.log_params(params)
             except Exception as e:  # an unreachable server must not stop training
@@ -99,12 +110,17 @@ class RankZeroLogger:
         unsent = self.sender.close(self.flush_timeout)
         report = self.sender.delivery.to_dict()
         if unsent and self.workspace is not None and self.output_dir:
-            lines = "".join(json.dumps({"key": k, "value": v, "timestamp": t, "step": s}) + "\n"
-                            for k, v, t, s in unsent)
+            lines = "".join(
+                json.dumps({"key": k, "value": v, "timestamp": t, "step": s}) + "\n" for k, v, t, s in unsent
+            )
             self.workspace.write_bytes(lines.encode(), self.output_dir, UNSENT_METRICS)
             report["unsent_file"] = self.workspace.uri_of(self.output_dir, UNSENT_METRICS)
-            log.warning("MLflow still unreachable after %.0fs: %d metric values kept in %s", self.flush_timeout,
-                        len(unsent), report["unsent_file"])
+            log.warning(
+                "MLflow still unreachable after %.0fs: %d metric values kept in %s",
+                self.flush_timeout,
+                len(unsent),
+                report["unsent_file"],
+            )
         if self.workspace is not None and self.output_dir:
             self.workspace.write_json(report, self.output_dir, DELIVERY_REPORT)
 
@@ -115,12 +131,19 @@ def report_delivery(workspace: Workspace, output_dir: str) -> dict[str, Any] | N
         return None
     report = workspace.read_json(output_dir, DELIVERY_REPORT)
     if report.get("unsent"):
-        log.warning("train: MLflow was unreachable at the end; %d metric values were not sent and are kept in %s",
-                    report["unsent"], report.get("unsent_file"))
+        log.warning(
+            "train: MLflow was unreachable at the end; %d metric values were not sent and are kept in %s",
+            report["unsent"],
+            report.get("unsent_file"),
+        )
     elif report.get("outages"):
-        log.warning("train: MLflow was unreachable %d time(s) during training; the %d metric values logged "
-                    "meanwhile were buffered and sent afterwards (%d sent in all, none lost)",
-                    report["outages"], report["sent_late"], report["sent"])
+        log.warning(
+            "train: MLflow was unreachable %d time(s) during training; the %d metric values logged "
+            "meanwhile were buffered and sent afterwards (%d sent in all, none lost)",
+            report["outages"],
+            report["sent_late"],
+            report["sent"],
+        )
     else:
         log.info("train: %d metric values sent to MLflow", report["sent"])
     return report

@@ -42,8 +42,12 @@ class TrackingGuard:
             fn(*args, **kwargs)
             return True
         if not self.skipped:
-            log.warning("MLflow server %s is not answering: MLflow logging is skipped until it answers again "
-                        "(first skipped: %s)", mask_secrets(self.uri), what)
+            log.warning(
+                "MLflow server %s is not answering: MLflow logging is skipped until it answers again "
+                "(first skipped: %s)",
+                mask_secrets(self.uri),
+                what,
+            )
         self.skipped.append(what)
         return False
 
@@ -90,28 +94,41 @@ def end_stale_stage_runs(experiment: str, stage: str, fingerprint: str, output_u
     from mlflow.tracking import MlflowClient
 
     active = mlflow.active_run()
-    experiment_id = active.info.experiment_id if active else getattr(mlflow.get_experiment_by_name(experiment),
-                                                                      "experiment_id", None)
+    experiment_id = (
+        active.info.experiment_id
+        if active
+        else getattr(mlflow.get_experiment_by_name(experiment), "experiment_id", None)
+    )
     if experiment_id is None:
         return []
     client = MlflowClient()
     query = f"tags.stage = '{stage}' and tags.fingerprint = '{fingerprint}' and attributes.status = 'RUNNING'"
-    stale = [r for r in client.search_runs([experiment_id], query, max_results=1000)
-             if r.data.tags.get("workspace") == output_uri]
+    stale = [
+        r
+        for r in client.search_runs([experiment_id], query, max_results=1000)
+        if r.data.tags.get("workspace") == output_uri
+    ]
     marked: list[str] = []
     for run in stale:
         parent = run.data.tags.get("mlflow.parentRunId")
         ids = [run.info.run_id]
-        if parent and (active is None or parent != active.info.run_id) \
-                and client.get_run(parent).info.status == "RUNNING":
+        if (
+            parent
+            and (active is None or parent != active.info.run_id)
+            and client.get_run(parent).info.status == "RUNNING"
+        ):
             ids.append(parent)
         for run_id in ids:
             client.set_tag(run_id, "ended_by", f"a later run of {stage} found it left RUNNING by a dead process")
             client.set_terminated(run_id, "KILLED")
             marked.append(run_id)
     if marked:
-        log.warning("stage %s: marked %d run(s) left RUNNING by a killed earlier run as KILLED: %s",
-                    stage, len(marked), ", ".join(marked))
+        log.warning(
+            "stage %s: marked %d run(s) left RUNNING by a killed earlier run as KILLED: %s",
+            stage,
+            len(marked),
+            ", ".join(marked),
+        )
     return marked
 
 
@@ -130,7 +147,10 @@ def environment_tags() -> dict[str, str]:
     }
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=os.path.dirname(os.path.abspath(__file__)),
         ).stdout.strip()
         if commit:

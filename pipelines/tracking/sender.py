@@ -39,8 +39,9 @@ class Delivery:
 class MetricSender:
     """Buffers metric values and sends them from a background thread; see the module docstring."""
 
-    def __init__(self, send: Callable[[list[MetricValue]], None], reachable: Callable[[], bool],
-                 retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self, send: Callable[[list[MetricValue]], None], reachable: Callable[[], bool], retry_seconds: float = 1.0
+    ) -> None:
         self._send, self._reachable, self._retry_seconds = send, reachable, retry_seconds
         self._pending: list[MetricValue] = []
         self._late = 0  # values sent since the current outage ended, until the backlog is gone
@@ -96,5 +97,6 @@ class MetricSender:
                     self._late += len(chunk)
                     if not self._pending:
                         self._down = False
-                        log.warning("MLflow reachable again: sent the %d metric values buffered during the outage",
-                                    self._late)
+                        log.warning(
+                            "MLflow reachable again: sent the %d metric values buffered during the outage", self._late
+                        )

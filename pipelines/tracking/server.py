@@ -69,8 +69,9 @@ def mlflow_requests_without_retries() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def setup_mlflow(configured_uri: str | None, experiment: str, workspace: Workspace,
-                 fallback_to_local: bool = False) -> str:
+def setup_mlflow(
+    configured_uri: str | None, experiment: str, workspace: Workspace, fallback_to_local: bool = False
+) -> str:
     """Point mlflow at the store and select (or create) the experiment; returns the tracking URI.
 
     An unreachable MLflow server is found out here, before any work starts: a clear error, or with

@@ -23,8 +23,9 @@ STATE_FILE = "state.pt"
 RUN_NAME = "run"  # Ray Train's run folder under <output>/ray
 
 
-def newest_checkpoint(workspace: Workspace, checkpoint_dir: str, restored: dict[str, Any] | None,
-                      rank: int, world: int) -> dict[str, Any] | None:
+def newest_checkpoint(
+    workspace: Workspace, checkpoint_dir: str, restored: dict[str, Any] | None, rank: int, world: int
+) -> dict[str, Any] | None:
     """The checkpoint to resume from: the one Ray restored, or a newer one it had not registered yet.
 
     Ray Train's controller registers a reported checkpoint a moment after the report; a worker killed in
@@ -45,8 +46,12 @@ def newest_checkpoint(workspace: Workspace, checkpoint_dir: str, restored: dict[
                 log.warning("skipping incomplete checkpoint %s/%s (%s)", checkpoint_dir, name, e)
                 continue
             if state["state"]["step"] > restored_step:
-                log.warning("Ray Train restored %s; resuming from the newer checkpoint %s (step %d) instead",
-                            f"step {restored_step}" if restored else "no checkpoint", name, state["state"]["step"])
+                log.warning(
+                    "Ray Train restored %s; resuming from the newer checkpoint %s (step %d) instead",
+                    f"step {restored_step}" if restored else "no checkpoint",
+                    name,
+                    state["state"]["step"],
+                )
                 choice, newer = [name], state
             break
     if world > 1 and dist.is_available() and dist.is_initialized():

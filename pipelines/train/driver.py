@@ -88,8 +88,9 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     if ctx.tracking_enabled:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "model.pt").write_bytes(model_bytes)
-            ctx.track("final model", tracking.log_final_model, model, t.register_name, Path(folder) / "model.pt",
-                      t.input_size)
+            ctx.track(
+                "final model", tracking.log_final_model, model, t.register_name, Path(folder) / "model.pt", t.input_size
+            )
     return {
         "model": "model.pt",
         "best": "best.pt" if has_best else None,
@@ -114,11 +115,14 @@ def _torch_trainer(job: TrainJob, storage: str, datasets: dict[str, ray.data.Dat
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.as_loop_config(),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": worker_cpus,
-                                                                     **({"GPU": 1} if t.use_gpu else {})}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": worker_cpus, **({"GPU": 1} if t.use_gpu else {})},
+        ),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=storage,
+            name=RUN_NAME,
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": tracking.worker_mlflow_env()} if job.run_id else None,
@@ -133,7 +137,10 @@ SPEC = StageSpec(
     config_keys=("model", "loss", "train"),
     version=1,
     body=train_body,
-    flags=(StageFlag("resume", "continue an interrupted run of this config from its last checkpoint",
-                     keeps_partial_output=True),),
+    flags=(
+        StageFlag(
+            "resume", "continue an interrupted run of this config from its last checkpoint", keeps_partial_output=True
+        ),
+    ),
     summary="YOLOv2 on Ray Train workers: checkpoints, restarts, resume; rank 0 logs to MLflow and keeps best.pt",
 )

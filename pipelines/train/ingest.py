@@ -30,12 +30,14 @@ RAY_DATA_CPUS = 0.25  # per Ray Data read/decode task; ray_data trainers leave t
 Batches = Callable[[int, int], Iterable[Batch]]
 
 
-def webdataset_batches(t: TrainConfig, workspace: Workspace, shard_dir: str, train_index: str, world: int,
-                       rank: int, accumulation: int) -> tuple[Batches, int]:
+def webdataset_batches(
+    t: TrainConfig, workspace: Workspace, shard_dir: str, train_index: str, world: int, rank: int, accumulation: int
+) -> tuple[Batches, int]:
     """Single-node ingest: this rank's part of the WebDataset shards (``train_index`` in ``shard_dir``)
     through a DataLoader."""
-    train_shards = shard_specs_from_index(pq.read_table(workspace.path(shard_dir, train_index),
-                                                       filesystem=workspace.fs), workspace.uri_of(shard_dir))
+    train_shards = shard_specs_from_index(
+        pq.read_table(workspace.path(shard_dir, train_index), filesystem=workspace.fs), workspace.uri_of(shard_dir)
+    )
     stream = ShardStream.from_config(train_shards, t, world, rank, accumulation=accumulation)
     loader = make_dataloader(stream, num_workers=t.loader_workers)
 
@@ -59,8 +61,9 @@ def ray_data_batches(t: TrainConfig, total: int, world: int, accumulation: int) 
         def size_of(position: int) -> int:
             return schedule.size_at((first_micro + position) // accumulation) if schedule else t.input_size
 
-        rows = shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", drop_last=False,
-                                  local_shuffle_buffer_size=4 * t.batch_size)
+        rows = shard.iter_batches(
+            batch_size=t.batch_size, batch_format="numpy", drop_last=False, local_shuffle_buffer_size=4 * t.batch_size
+        )
         return iter_row_batches(rows, size_of)
 
     return batches, batches_per_epoch(total, world, t.batch_size)
@@ -79,18 +82,23 @@ def ray_data_train_dataset(t: TrainConfig, shard_urls: list[str], total: int, wo
     def read():
         return ray.data.read_webdataset(shard_urls, decoder=None, shuffle="files", num_cpus=RAY_DATA_CPUS)
 
-    ds = read().map_batches(_flag_repeated, fn_kwargs={"repeated": False}, batch_format="numpy",
-                            num_cpus=RAY_DATA_CPUS)
+    ds = read().map_batches(_flag_repeated, fn_kwargs={"repeated": False}, batch_format="numpy", num_cpus=RAY_DATA_CPUS)
     pad = -total % world
     if pad:
-        ds = ds.union(read().limit(pad).map_batches(_flag_repeated, fn_kwargs={"repeated": True},
-                                                    batch_format="numpy", num_cpus=RAY_DATA_CPUS))
+        ds = ds.union(
+            read()
+            .limit(pad)
+            .map_batches(_flag_repeated, fn_kwargs={"repeated": True}, batch_format="numpy", num_cpus=RAY_DATA_CPUS)
+        )
     schedule = MultiScaleSchedule.from_config(t)
     size = max(schedule.sizes) if schedule else t.input_size
-    return ds.map_batches(decode_and_augment_batch, batch_size=t.batch_size, batch_format="numpy",
-                          num_cpus=RAY_DATA_CPUS,
-                          fn_kwargs=dict(size=size, seed=t.seed, epoch=None, train=True,
-                                         augmentation=Augmentation.from_config(t)))
+    return ds.map_batches(
+        decode_and_augment_batch,
+        batch_size=t.batch_size,
+        batch_format="numpy",
+        num_cpus=RAY_DATA_CPUS,
+        fn_kwargs=dict(size=size, seed=t.seed, epoch=None, train=True, augmentation=Augmentation.from_config(t)),
+    )
 
 
 def _flag_repeated(batch: dict[str, Any], repeated: bool) -> dict[str, Any]:

@@ -53,5 +53,15 @@ def accumulation_for(effective_batch: int, batch_size: int, world_size: int) -> 
 def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[float]]) -> ModelSpec:
     """The model the config describes, for these classes and anchors (grid cells at stride 32)."""
     m = cfg.model
-    return ModelSpec(m.name, len(class_names), [list(map(float, a)) for a in anchors], list(class_names),
-                     cfg.train.input_size, m.width_multiplier, m.reorg, m.sppf, m.decoupled_head, m.batch_norm)
+    return ModelSpec(
+        m.name,
+        len(class_names),
+        [list(map(float, a)) for a in anchors],
+        list(class_names),
+        cfg.train.input_size,
+        m.width_multiplier,
+        m.reorg,
+        m.sppf,
+        m.decoupled_head,
+        m.batch_norm,
+    )

@@ -62,8 +62,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if t.ingest == "ray_data":
         batches, micro_batches = ray_data_batches(t, job.train_total, world, accumulation)
     else:
-        batches, micro_batches = webdataset_batches(t, workspace, job.shard_dir, job.train_index, world, rank,
-                                                    accumulation)
+        batches, micro_batches = webdataset_batches(
+            t, workspace, job.shard_dir, job.train_index, world, rank, accumulation
+        )
     trace_dir = job.faults.train_trace_dir
 
     def batches_for_epoch(epoch: int, first_micro: int) -> Iterable[Batch]:
@@ -77,12 +78,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings = _loop_settings(job, precision, micro_batches, accumulation, world)
     resume_from = _resume_point(workspace, job, rank, world)
 
-    logger = tracking.RankZeroLogger(job.tracking_uri, job.run_id, rank, settings.total_steps, workspace,
-                                     job.output_dir, job.flush_timeout)
+    logger = tracking.RankZeroLogger(
+        job.tracking_uri, job.run_id, rank, settings.total_steps, workspace, job.output_dir, job.flush_timeout
+    )
     logger.precision(precision, hardware, slow_path_warnings(hardware, t.amp, t.channels_last, "train"))
     start_step = resume_from["state"]["step"] if resume_from else 0
-    progress = TrainProgress(settings.total_steps, settings.epochs, t.log_every, start_step=start_step,
-                             emit=tracking.console) if rank == 0 else None
+    progress = (
+        TrainProgress(settings.total_steps, settings.epochs, t.log_every, start_step=start_step, emit=tracking.console)
+        if rank == 0
+        else None
+    )
     val_shards = _val_shards(workspace, job) if rank == 0 and job.val_index else None
 
     def validate(eval_model: torch.nn.Module, state) -> dict[str, float]:
@@ -98,8 +103,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if ckpt is not None:
                 ckpt["state"]["best_metric"] = state.best_metric
         if ckpt is not None:
-            ckpt["precision"] = {"amp": precision.amp, "channels_last": precision.channels_last,
-                                 "reason": precision.reason, "hardware": hardware.describe()}
+            ckpt["precision"] = {
+                "amp": precision.amp,
+                "channels_last": precision.channels_last,
+                "reason": precision.reason,
+                "hardware": hardware.describe(),
+            }
         logger.log(metrics, state.step)
         report = {**metrics, "step": state.step, "epoch": state.epoch, "seen": state.seen}
         if ckpt is not None and rank == 0:
@@ -109,8 +118,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             ray.train.report(report)
 
-    hooks = Hooks(log=logger.log, validate=validate, end_epoch=end_epoch,
-                  **({"step_end": progress.step_done} if progress else {}))
+    hooks = Hooks(
+        log=logger.log, validate=validate, end_epoch=end_epoch, **({"step_end": progress.step_done} if progress else {})
+    )
     with Ticker(progress.heartbeat) if progress else contextlib.nullcontext():
         final = train(model, optimizer, batches_for_epoch, settings, device, hooks, ema=ema, resume_from=resume_from)
     logger.close(final.step)
@@ -121,8 +131,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         (Path(trace_dir) / f"weights-rank{rank}.txt").write_text(digest.hexdigest())
 
 
-def _model_and_optimizer(job: TrainJob, precision: Precision) -> tuple[torch.nn.Module, torch.optim.Optimizer,
-                                                                      ModelEMA | None]:
+def _model_and_optimizer(
+    job: TrainJob, precision: Precision
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, ModelEMA | None]:
     """The model (initial weights, frozen layers, memory format, wrapped by Ray Train in DDP), its optimizer
     and EMA, made in this order (the order of the draws from torch's seeded RNG)."""
     t = job.train
@@ -136,16 +147,29 @@ def _model_and_optimizer(job: TrainJob, precision: Precision) -> tuple[torch.nn.
     return model, optimizer, ema
 
 
-def _loop_settings(job: TrainJob, precision: Precision, micro_batches: int, accumulation: int,
-                   world: int) -> LoopSettings:
+def _loop_settings(
+    job: TrainJob, precision: Precision, micro_batches: int, accumulation: int, world: int
+) -> LoopSettings:
     t, spec = job.train, job.spec
     return LoopSettings(
-        epochs=t.epochs, steps_per_epoch=steps_per_epoch(micro_batches, accumulation),
-        accumulation=accumulation, images_per_micro_batch=t.batch_size * world,
-        anchors=torch.tensor(spec.anchors, dtype=torch.float32), num_classes=spec.num_classes,
-        loss_kwargs=region_loss_kwargs(job.loss), lr=t.lr, schedule=t.schedule, burn_in=t.burn_in,
-        steps=tuple(t.steps), scales=tuple(t.scales), warmup=t.warmup, max_steps=t.max_steps, amp=precision.amp,
-        channels_last=precision.channels_last, log_every=t.log_every, val_every=t.val_every,
+        epochs=t.epochs,
+        steps_per_epoch=steps_per_epoch(micro_batches, accumulation),
+        accumulation=accumulation,
+        images_per_micro_batch=t.batch_size * world,
+        anchors=torch.tensor(spec.anchors, dtype=torch.float32),
+        num_classes=spec.num_classes,
+        loss_kwargs=region_loss_kwargs(job.loss),
+        lr=t.lr,
+        schedule=t.schedule,
+        burn_in=t.burn_in,
+        steps=tuple(t.steps),
+        scales=tuple(t.scales),
+        warmup=t.warmup,
+        max_steps=t.max_steps,
+        amp=precision.amp,
+        channels_last=precision.channels_last,
+        log_every=t.log_every,
+        val_every=t.val_every,
         checkpoint_every=t.checkpoint_every,
     )
 
@@ -159,8 +183,12 @@ def _resume_point(workspace: Workspace, job: TrainJob, rank: int, world: int) ->
             restored = load_checkpoint(Path(folder) / STATE_FILE)
     resume_from = newest_checkpoint(workspace, job.checkpoint_dir, restored, rank, world)
     if resume_from is not None:
-        log.info("rank %d: resuming from epoch %d, step %d", rank, resume_from["state"]["epoch"],
-                 resume_from["state"]["step"])
+        log.info(
+            "rank %d: resuming from epoch %d, step %d",
+            rank,
+            resume_from["state"]["epoch"],
+            resume_from["state"]["step"],
+        )
     return resume_from
 
 
@@ -172,23 +200,45 @@ def _val_shards(workspace: Workspace, job: TrainJob) -> list[ShardSpec]:
 def _validate(model: torch.nn.Module, job: TrainJob, shards: list[ShardSpec], precision: Precision) -> float:
     """VOC07 mAP@0.5 on the val split, on rank 0, with the predictor settings of the evaluate stage."""
     e = job.evaluate
-    return voc07_map50(model, job.spec, shards, batch_size=e.batch_size, input_size=job.train.input_size,
-                       letterbox=e.letterbox, resize=e.resize, conf_thresh=e.conf_thresh, nms_thresh=e.nms_thresh,
-                       max_det=e.max_det, max_candidates=e.max_candidates or 2000, precision=precision)
+    return voc07_map50(
+        model,
+        job.spec,
+        shards,
+        batch_size=e.batch_size,
+        input_size=job.train.input_size,
+        letterbox=e.letterbox,
+        resize=e.resize,
+        conf_thresh=e.conf_thresh,
+        nms_thresh=e.nms_thresh,
+        max_det=e.max_det,
+        max_candidates=e.max_candidates or 2000,
+        precision=precision,
+    )
 
 
 def _traced(batches: Iterable[Batch], trace_dir: str, rank: int, epoch: int) -> Iterator[Batch]:
     """Test hook (``FaultPlan.train_trace_dir``): record each micro-batch's image ids and input size per rank."""
     with open(Path(trace_dir) / f"batches-rank{rank}.jsonl", "a") as f:
         for batch in batches:
-            f.write(json.dumps({"epoch": epoch, "index": batch.index, "size": int(batch.images.shape[-1]),
-                                "ids": list(batch.image_ids), "repeated": batch.repeated.tolist()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "index": batch.index,
+                        "size": int(batch.images.shape[-1]),
+                        "ids": list(batch.image_ids),
+                        "repeated": batch.repeated.tolist(),
+                    }
+                )
+                + "\n"
+            )
             f.flush()
             yield batch
 
 
-def _failing_at_step(batches: Iterable[Batch], plan: faults.FaultPlan, rank: int, first_micro: int,
-                     accumulation: int) -> Iterator[Batch]:
+def _failing_at_step(
+    batches: Iterable[Batch], plan: faults.FaultPlan, rank: int, first_micro: int, accumulation: int
+) -> Iterator[Batch]:
     """Fault hook (``FaultPlan.train_step``): the plan's rank fails once at that optimizer step.
 
     Steps count from 0 (``TrainState.step`` before the update). The failure comes as the step's last

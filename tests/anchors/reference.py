@@ -126,9 +126,16 @@ def ref_lloyd(boxes: list, cents: list, max_iter: int = 300, update: str = "mean
         for j in range(k):
             if members[j]:
                 if update == "mean":
-                    new.append((sum(m[0] for m in members[j]) / len(members[j]), sum(m[1] for m in members[j]) / len(members[j])))
+                    new.append(
+                        (
+                            sum(m[0] for m in members[j]) / len(members[j]),
+                            sum(m[1] for m in members[j]) / len(members[j]),
+                        )
+                    )
                 else:
-                    new.append((statistics.median(m[0] for m in members[j]), statistics.median(m[1] for m in members[j])))
+                    new.append(
+                        (statistics.median(m[0] for m in members[j]), statistics.median(m[1] for m in members[j]))
+                    )
             else:
                 new.append(far.pop(0))
         cents = new

@@ -22,7 +22,19 @@ def test_numba_and_numpy_backends_agree_exactly(make):
     for k in (1, 2, 5, 9):
         centroids = wh[rng.choice(len(wh), k, replace=False)]
         if make is tie_heavy_wh:
-            centroids = np.array([[0.25, 0.5], [0.5, 0.25], [0.5, 0.5], [0.25, 0.25], [1.0, 0.125], [0.125, 1.0], [0.75, 0.75], [0.5, 1.0], [1.0, 0.5]])[:k]
+            centroids = np.array(
+                [
+                    [0.25, 0.5],
+                    [0.5, 0.25],
+                    [0.5, 0.5],
+                    [0.25, 0.25],
+                    [1.0, 0.125],
+                    [0.125, 1.0],
+                    [0.75, 0.75],
+                    [0.5, 1.0],
+                    [1.0, 0.5],
+                ]
+            )[:k]
         if make is lognormal_wh and k > 1:
             # near-duplicates: IoUs a few ulps apart, where cross-multiplication alone is not decisive
             centroids[1:] = centroids[0] * (1 + rng.integers(-3, 4, size=(k - 1, 2)) * 2e-16)

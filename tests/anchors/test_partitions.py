@@ -37,7 +37,9 @@ def test_distributed_equals_single_process_on_voc(voc_wh, update):
         )
         assert_same_result(single, split)
     bounds = [(0, 16), (16, 112), (112, 128), (128, 273)]  # uneven, on 16-box block boundaries
-    via_mapper = A.kmeans_anchors(voc_wh, 5, seed=3, n_init=2, update=update, mapper=ShuffledMapper(voc_wh, bounds, 16, 0))
+    via_mapper = A.kmeans_anchors(
+        voc_wh, 5, seed=3, n_init=2, update=update, mapper=ShuffledMapper(voc_wh, bounds, 16, 0)
+    )
     assert_same_result(single, via_mapper)
     init = A.kmeans_pp_init(voc_wh, 5, np.random.default_rng(1))
     shuffled = A.lloyd(init, ShuffledMapper(voc_wh, bounds, 16, seed=0), update=update)

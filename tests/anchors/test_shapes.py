@@ -47,7 +47,9 @@ def test_box_shapes_exclude_coco_crowd_boxes(shared_data: Path):
                 path=im["file_name"],
                 width=im["width"],
                 height=im["height"],
-                boxes=[(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in anns],
+                boxes=[
+                    (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in anns
+                ],
                 labels=[0] * len(anns),
                 difficult=[False] * len(anns),
                 iscrowd=[bool(a["iscrowd"]) for a in anns],

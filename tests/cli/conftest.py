@@ -64,9 +64,7 @@ def walk_cfg(path: Path) -> CfgFacts:
     return CfgFacts(convs, params, conv_bf, pool_bf, outputs[-1])
 
 
-def write_weights_file(
-    path: Path, convs: list[tuple[int, int, int, bool]], seen: int = 0, seed: int = 0
-) -> Path:
+def write_weights_file(path: Path, convs: list[tuple[int, int, int, bool]], seen: int = 0, seed: int = 0) -> Path:
     """A Darknet .weights file (version 0.2.0, int64 seen) with random but sane values, written
     directly from the format in REFERENCE.md: per conv, biases, [scales, mean, variance], weights."""
     rng = np.random.default_rng(seed)

@@ -44,11 +44,23 @@ def test_darknet_cfg_round_trip(darknet_cfg, cfg_facts, weights_writer, tmp_path
 
 def test_named_model_round_trip(weights_writer, tmp_path: Path) -> None:
     """A narrow yolov2_voc by name (no cfg): the model's default anchors, and back byte for byte."""
-    layout = [(c.out_channels, c.in_channels, c.kernel_size[0], bn is not None)
-              for c, bn in build_model("yolov2_voc", 3, width_multiplier=0.25).darknet_layers()]
+    layout = [
+        (c.out_channels, c.in_channels, c.kernel_size[0], bn is not None)
+        for c, bn in build_model("yolov2_voc", 3, width_multiplier=0.25).darknet_layers()
+    ]
     original = weights_writer(tmp_path / "narrow.weights", layout, seed=1)
-    convert("--input", str(original), "--model", "yolov2_voc", "--num-classes", "3", "--width-multiplier", "0.25",
-            "--output", str(tmp_path / "narrow.pt"))
+    convert(
+        "--input",
+        str(original),
+        "--model",
+        "yolov2_voc",
+        "--num-classes",
+        "3",
+        "--width-multiplier",
+        "0.25",
+        "--output",
+        str(tmp_path / "narrow.pt"),
+    )
     _, spec = load_model_file(tmp_path / "narrow.pt")
     assert spec.width_multiplier == 0.25 and spec.class_names == []
     assert spec.anchors == [list(a) for a in build_model("yolov2_voc", 3).default_anchors]
@@ -56,8 +68,16 @@ def test_named_model_round_trip(weights_writer, tmp_path: Path) -> None:
     assert (tmp_path / "again.weights").read_bytes() == original.read_bytes()
     assert not (tmp_path / "again.names").exists()
     # the cfg written on the way back describes the same network: it converts again to the same model
-    convert("--input", str(tmp_path / "again.weights"), "--cfg", str(tmp_path / "again.cfg"),
-            "--width-multiplier", "0.25", "--output", str(tmp_path / "again.pt"))
+    convert(
+        "--input",
+        str(tmp_path / "again.weights"),
+        "--cfg",
+        str(tmp_path / "again.cfg"),
+        "--width-multiplier",
+        "0.25",
+        "--output",
+        str(tmp_path / "again.pt"),
+    )
     (m1, s1), (m2, s2) = load_model_file(tmp_path / "narrow.pt"), load_model_file(tmp_path / "again.pt")
     assert s1 == s2
     for (k1, v1), (k2, v2) in zip(m1.state_dict().items(), m2.state_dict().items()):

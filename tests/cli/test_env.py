@@ -43,9 +43,14 @@ def test_json_agrees_with_torch_and_precision(capsys) -> None:
     assert report["cpu"]["amx"] == hw.amx
     assert report["cpu"]["native_bf16"] == hw.native_bf16
     assert isinstance(report["cpu"]["model"], str) and report["cpu"]["model"]
-    assert report["choice"] == {"device": "cpu", "hardware": hw.describe(), "amp": choice.amp,
-                                "channels_last": choice.channels_last, "precision": choice.describe(),
-                                "reason": choice.reason}
+    assert report["choice"] == {
+        "device": "cpu",
+        "hardware": hw.describe(),
+        "amp": choice.amp,
+        "channels_last": choice.channels_last,
+        "precision": choice.describe(),
+        "reason": choice.reason,
+    }
     assert report["threads"] == torch.get_num_threads()
     assert report["cpu_count"] == os.cpu_count()
     versions = report["versions"]
@@ -76,19 +81,22 @@ def test_missing_package_is_reported(capsys, monkeypatch) -> None:
 
 
 def test_imports_neither_ray_nor_mlflow() -> None:
-    code = ("import contextlib, io, sys\n"
-            "from yolov2.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    assert main(['env', '--json', '--device', 'cpu']) == 0\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))\n")
+    code = (
+        "import contextlib, io, sys\n"
+        "from yolov2.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['env', '--json', '--device', 'cpu']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
 def test_bench_json(capsys) -> None:
-    report = env_json(capsys, "--device", "cpu", "--bench", "--bench-size", "64", "--bench-batch", "1",
-                      "--bench-iters", "2")
+    report = env_json(
+        capsys, "--device", "cpu", "--bench", "--bench-size", "64", "--bench-batch", "1", "--bench-iters", "2"
+    )
     bench = report["bench"]
     assert (bench["device"], bench["size"], bench["batch"]) == ("cpu", 64, 1)
     rows = {row["name"]: row for row in bench["variants"]}
@@ -105,12 +113,33 @@ def test_bench_json(capsys) -> None:
 
 
 def test_bench_text_table(capsys, monkeypatch) -> None:
-    fake = {"device": "cpu", "model": "m", "batch": 1, "size": 64, "budget_s": 2.0, "fastest": "float32, NCHW",
-            "variants": [{"name": "float32, NCHW", "amp": "off", "channels_last": False, "seconds_per_iter": 0.5,
-                          "iters": 3, "ratio": 1.0},
-                         {"name": "bf16 autocast, NCHW", "amp": "bf16", "channels_last": False,
-                          "seconds_per_iter": 5.0, "iters": 1, "ratio": 10.0}],
-            "auto": {"name": "float32, NCHW", "amp": "off", "channels_last": False, "ratio": 1.0}}
+    fake = {
+        "device": "cpu",
+        "model": "m",
+        "batch": 1,
+        "size": 64,
+        "budget_s": 2.0,
+        "fastest": "float32, NCHW",
+        "variants": [
+            {
+                "name": "float32, NCHW",
+                "amp": "off",
+                "channels_last": False,
+                "seconds_per_iter": 0.5,
+                "iters": 3,
+                "ratio": 1.0,
+            },
+            {
+                "name": "bf16 autocast, NCHW",
+                "amp": "bf16",
+                "channels_last": False,
+                "seconds_per_iter": 5.0,
+                "iters": 1,
+                "ratio": 10.0,
+            },
+        ],
+        "auto": {"name": "float32, NCHW", "amp": "off", "channels_last": False, "ratio": 1.0},
+    }
     monkeypatch.setattr(env_cli, "run_bench", lambda *args: fake)
     assert main(["env", "--device", "cpu", "--bench"]) == 0
     out = capsys.readouterr().out
@@ -126,10 +155,12 @@ def test_budget_caps_a_slow_variant() -> None:
         def run() -> None:
             calls.append(name)
             now[0] += cost
+
         return run
 
-    times = env_cli.interleaved_times({"fast": step("fast", 0.1), "slow": step("slow", 1.5)}, iters=5,
-                                      budget_s=2.0, clock=lambda: now[0])
+    times = env_cli.interleaved_times(
+        {"fast": step("fast", 0.1), "slow": step("slow", 1.5)}, iters=5, budget_s=2.0, clock=lambda: now[0]
+    )
     assert times["fast"] == pytest.approx([0.1] * 5)
     assert times["slow"] == pytest.approx([1.5])  # warm-up 1.5 s + one timed 1.5 s: over the budget
     assert calls[:4] == ["fast", "slow", "fast", "slow"]  # warm-ups, then rounds across the variants
@@ -167,8 +198,15 @@ def test_help_explains_every_option(capsys) -> None:
     parser = build_parser()
     sub = next(a for a in parser._subparsers._group_actions if a.choices and "env" in a.choices).choices["env"]
     options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
-    assert {o.option_strings[0] for o in options} == {"--json", "--device", "--bench", "--bench-size",
-                                                      "--bench-batch", "--bench-iters", "--bench-budget"}
+    assert {o.option_strings[0] for o in options} == {
+        "--json",
+        "--device",
+        "--bench",
+        "--bench-size",
+        "--bench-batch",
+        "--bench-iters",
+        "--bench-budget",
+    }
     assert all(o.help for o in options)
     with pytest.raises(SystemExit) as exit_info:
         main(["env", "--help"])

@@ -37,7 +37,9 @@ def test_padilla_sample_json(capsys, shared_data: Path):
     report = run_json(capsys, "--gt", str(case / "groundtruths"), "--dets", str(case / "detections"),
                       "--metric", "voc12", "--iou", "0.3")  # fmt: skip
     assert report["mAP"] == pytest.approx(0.2456866804, abs=1e-10)
-    assert report["per_class"] == [{"class": "person", "ap": report["mAP"], "npos": 15, "detections": 24, "tp": 7, "fp": 17}]
+    assert report["per_class"] == [
+        {"class": "person", "ap": report["mAP"], "npos": 15, "detections": 24, "tp": 7, "fp": 17}
+    ]
     report07 = run_json(capsys, "--gt", str(case / "groundtruths"), "--dets", str(case / "detections"),
                         "--metric", "voc07", "--iou", "0.3")  # fmt: skip
     assert report07["mAP"] == pytest.approx(0.2683982683, abs=1e-10)
@@ -50,7 +52,11 @@ def test_toy_cat_table_through_the_yolov2_command(capsys, shared_data: Path, tmp
     assert yolov2_main(argv) == 0
     out = capsys.readouterr().out
     assert "cat      89.58" in out and out.rstrip().endswith("mAP = 89.58 %")
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion_matrix.png", "error_breakdown.png", "pr_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "confusion_matrix.png",
+        "error_breakdown.png",
+        "pr_curves.png",
+    ]
 
 
 def test_coco_sample_gives_pycocotools_numbers(capsys, shared_data: Path):
@@ -83,5 +89,7 @@ def test_errors_are_reported_not_raised(capsys, tmp_path: Path):
     assert main(["--gt", str(tmp_path / "gt"), "--dets", str(tmp_path / "dets"), "--metric", "voc12"]) == 2
     err = capsys.readouterr().err
     assert "unknown class 'cat'" in err and "a.txt:1" in err
-    assert main(["--gt", str(tmp_path / "gt"), "--dets", str(tmp_path / "dets"), "--metric", "coco", "--iou", "0.5"]) == 2
+    assert (
+        main(["--gt", str(tmp_path / "gt"), "--dets", str(tmp_path / "dets"), "--metric", "coco", "--iou", "0.5"]) == 2
+    )
     assert "--iou applies to voc07/voc12" in capsys.readouterr().err

@@ -41,8 +41,23 @@ def test_export_onnx(model_file: Path, tmp_path: Path, capsys) -> None:
 
 def test_export_onnx_with_decode(model_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "d.onnx"
-    assert main(["export", "--weights", str(model_file), "--format", "onnx", "--out", str(out), "--with-decode",
-                 "--input-size", "96"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(model_file),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+                "--with-decode",
+                "--input-size",
+                "96",
+            ]
+        )
+        == 0
+    )
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     boxes, objectness, probs = s.run(None, {"images": np.random.default_rng(0).random((2, 3, 64, 128), np.float32)})
     n = 5 * 2 * 4

@@ -51,10 +51,9 @@ def test_predict_folder(model_file: Path, source: Path, tmp_path: Path, capsys) 
     results = json.loads((out / "detections.json").read_text())
     assert [Path(r["image"]).name for r in results] == IMAGES
     auto = choose_precision(detect_hardware("cpu"))  # what --amp auto --channels-last auto pick on this machine
-    direct = Predictor.from_file(model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30,
-                                 precision=auto)(
-        [rgb(source / name) for name in IMAGES]
-    )
+    direct = Predictor.from_file(
+        model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30, precision=auto
+    )([rgb(source / name) for name in IMAGES])
     total = 0
     for name, result, expected in zip(IMAGES, results, direct):
         h, w = rgb(source / name).shape[:2]
@@ -86,12 +85,25 @@ def test_predict_single_image(model_file: Path, source: Path, tmp_path: Path) ->
 
 def test_predict_in_float32_when_asked(model_file: Path, source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    argv = ["predict", "--weights", str(model_file), "--source", str(source), "--out", str(out), *ARGS,
-            "--amp", "off", "--channels-last", "false"]
+    argv = [
+        "predict",
+        "--weights",
+        str(model_file),
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        *ARGS,
+        "--amp",
+        "off",
+        "--channels-last",
+        "false",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "detections.json").read_text())
-    direct = Predictor.from_file(model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30,
-                                 precision=FLOAT32)([rgb(source / name) for name in IMAGES])
+    direct = Predictor.from_file(
+        model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30, precision=FLOAT32
+    )([rgb(source / name) for name in IMAGES])
     for result, expected in zip(results, direct):
         boxes = np.array([d["box_xyxy"] for d in result["detections"]])
         np.testing.assert_allclose(boxes, expected.boxes.numpy(), rtol=0, atol=1e-3)

@@ -56,8 +56,12 @@ def corpus_config(workspace: Path, layout: Layout, root: Path, splits: Sequence[
     """The pipeline config for a corpus layout: each split of ours is the dataset split of the same name."""
     from yolov2.config import load_config
 
-    overrides = [f"workspace={workspace}", f"data.kind={layout}", f"data.root={root}",
-                 f"data.strict={str(strict).lower()}"]
+    overrides = [
+        f"workspace={workspace}",
+        f"data.kind={layout}",
+        f"data.root={root}",
+        f"data.strict={str(strict).lower()}",
+    ]
     if layout != "coco":  # COCO cases carry coco_tiny's categories in every file
         overrides.append(f"data.class_names=[{', '.join(CLASS_NAMES)}]")
     cfg = load_config(None, overrides)
@@ -77,8 +81,7 @@ def run_shard(workspace: Path, layout: Layout, root: Path, splits: Sequence[str]
     run = ShardRun(ws, cfg)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     try:
-        run.result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=True,
-                               tracking_enabled=False)
+        run.result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=True, tracking_enabled=False)
     except DatasetError as e:  # under Ray a task's DatasetError arrives as RayTaskError(DatasetError)
         run.error = e
     return run
@@ -88,7 +91,7 @@ def error_message(error: BaseException) -> str:
     """The DatasetError's own message (a Ray task error wraps it after the remote traceback)."""
     text = str(error).strip()
     marker = "DatasetError: "
-    return text[text.rindex(marker) + len(marker):] if marker in text else text
+    return text[text.rindex(marker) + len(marker) :] if marker in text else text
 
 
 def observe(run: ShardRun, case: Case) -> Observation:
@@ -161,8 +164,10 @@ def matches(case: Case, obs: Observation) -> list[str]:
     if obs.clipped != case.clipped:
         problems.append(f"clipped {obs.clipped} (expected {case.clipped})")
     if (obs.sizes_from_image, obs.trailing_data) != (case.sizes_from_image, case.trailing_data):
-        problems.append(f"repairs counted: {obs.sizes_from_image} sizes from the image, {obs.trailing_data} JPEGs with "
-                        f"trailing data (expected {case.sizes_from_image}, {case.trailing_data})")
+        problems.append(
+            f"repairs counted: {obs.sizes_from_image} sizes from the image, {obs.trailing_data} JPEGs with "
+            f"trailing data (expected {case.sizes_from_image}, {case.trailing_data})"
+        )
     return problems
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 Special = Literal["fifo", "socket", "dev_null", "dev_zero", "directory"]
 SPECIAL_KINDS: dict[Special, str] = {  # what the readers must call each one

@@ -11,11 +11,22 @@ from yolov2.data.color import ColorJitter, color_params, darknet_color_tensor
 
 def test_collate_shapes_targets_and_padding():
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 80, 3), dtype=np.uint8)
-    boxes = [np.array([[8, 16, 40, 48], [0, 0, 80, 64]], np.float32), np.zeros((0, 4), np.float32),
-             np.array([[20, 10, 30, 60]], np.float32)]
+    boxes = [
+        np.array([[8, 16, 40, 48], [0, 0, 80, 64]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[20, 10, 30, 60]], np.float32),
+    ]
     labels = [np.array([2, 0]), np.zeros(0, np.int64), np.array([5])]
-    batch = collate(images, boxes, labels, ["a", "b", "c"], [(800, 640), (10, 20), (30, 40)], [False, True, False],
-                      index=4, colors=[None, ColorJitter(0.1, 1.2, 0.9), None])
+    batch = collate(
+        images,
+        boxes,
+        labels,
+        ["a", "b", "c"],
+        [(800, 640), (10, 20), (30, 40)],
+        [False, True, False],
+        index=4,
+        colors=[None, ColorJitter(0.1, 1.2, 0.9), None],
+    )
     assert batch.images.shape == (3, 3, 64, 80) and batch.images.dtype == torch.uint8
     assert batch.images.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch.images[1, 2, 5, 7], torch.tensor(images[1, 5, 7, 2]))  # RGB planes of NHWC

@@ -61,7 +61,10 @@ def test_coco_tiny_matches_a_plain_json_reading(shared_data: Path, split: str, n
         assert (record.width, record.height, record.split) == (img["width"], img["height"], split)
         assert Path(record.path) == (image_dir / img["file_name"]).absolute()
         anns = anns_of.get(img["id"], [])
-        expected = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
+        expected = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            np.float32,
+        )
         np.testing.assert_array_equal(record.boxes, expected.reshape(-1, 4))
         assert record.labels.tolist() == [label_of[a["category_id"]] for a in anns]
         assert record.iscrowd.tolist() == [bool(a["iscrowd"]) for a in anns]
@@ -159,7 +162,9 @@ def small_coco(tmp_path: Path, n_images: int = 3) -> tuple[dict, Path]:
     for i in range(1, n_images + 1):
         jpeg_file(image_dir / f"{i:04d}.jpg")
         images.append({"id": i, "file_name": f"{i:04d}.jpg", "width": 64, "height": 48})
-        anns.append({"id": 10 + i, "image_id": i, "category_id": 3, "bbox": [1.5, 2.0, 10.0, 20.0], "iscrowd": 0, "area": 200.0})
+        anns.append(
+            {"id": 10 + i, "image_id": i, "category_id": 3, "bbox": [1.5, 2.0, 10.0, 20.0], "iscrowd": 0, "area": 200.0}
+        )
     cats = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
     return {"images": images, "annotations": anns, "categories": cats}, image_dir
 
@@ -185,7 +190,9 @@ def test_duplicate_image_id_rejects_every_entry_of_it(tmp_path: Path) -> None:
     records, rejects = read_dict(data, tmp_path, image_dir)
     assert [r.image_id for r in records] == ["1", "3"]
     assert [(r.level, r.image_id) for r in rejects] == [("image", "2"), ("image", "2")]
-    assert all("duplicate image id 2" in r.reason and "images[1]" in r.reason and "images[3]" in r.reason for r in rejects)
+    assert all(
+        "duplicate image id 2" in r.reason and "images[1]" in r.reason and "images[3]" in r.reason for r in rejects
+    )
     assert rejects[0].source.endswith("instances_bad.json: images[1]")
     assert len(records) + len(image_level(rejects)) == len(data["images"])
     with pytest.raises(DatasetError, match=r"instances_bad.json: images\[1\]: duplicate image id 2"):
@@ -214,7 +221,12 @@ ENTRY_CASES = [
     ("missing_file", lambda d: d["images"][1].update(file_name="nope.jpg"), "image", "image file is missing"),
     ("size_disagrees", lambda d: d["images"][1].update(width=48, height=64), "image", "gives the size 48x64"),
     ("duplicate_ann_id", lambda d: d["annotations"][2].update(id=11), "box", "duplicate annotation id 11"),
-    ("string_ann_image_id", lambda d: d["annotations"][1].update(image_id="2"), "box", "image_id '2' is not an integer"),
+    (
+        "string_ann_image_id",
+        lambda d: d["annotations"][1].update(image_id="2"),
+        "box",
+        "image_id '2' is not an integer",
+    ),
     ("unknown_category", lambda d: d["annotations"][1].update(category_id=5), "box", "unknown category id 5"),
     ("bad_bbox", lambda d: d["annotations"][1].update(bbox=[1, 2, 3]), "box", "is not a list of 4 numbers"),
     ("zero_area", lambda d: d["annotations"][1].update(bbox=[5, 5, 0, 10]), "box", "zero-area box"),
@@ -285,7 +297,10 @@ def test_non_ascii_file_names(tmp_path: Path) -> None:
         ('{"images": [], "categories": []}', "missing key 'annotations'"),
         ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list"),
         ('{"images": [], "annotations": [], "categories": [{"id": "1", "name": "a"}]}', "id '1' is not an integer"),
-        ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}', "category id 1 already used"),
+        (
+            '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}',
+            "category id 1 already used",
+        ),
     ],
 )
 def test_broken_files_are_errors_naming_the_file(tmp_path: Path, text: str, words: str) -> None:
@@ -298,7 +313,15 @@ def test_broken_files_are_errors_naming_the_file(tmp_path: Path, text: str, word
 
 def test_writer_refuses_images_outside_image_dir_and_bad_labels(tmp_path: Path) -> None:
     record = ImageRecord(
-        "a", "val", str(tmp_path / "x" / "a.jpg"), 10, 10, boxes=[[0, 0, 5, 5]], labels=[2], difficult=[False], iscrowd=[False]
+        "a",
+        "val",
+        str(tmp_path / "x" / "a.jpg"),
+        10,
+        10,
+        boxes=[[0, 0, 5, 5]],
+        labels=[2],
+        difficult=[False],
+        iscrowd=[False],
     )
     with pytest.raises(DatasetError, match="not under image_dir"):
         write_coco([record], ["a", "b", "c"], tmp_path / "o.json", image_dir=tmp_path / "y")
@@ -342,7 +365,9 @@ def test_confine_to_rejects_json_or_image_linked_from_outside(tmp_path: Path) ->
     records, rejects = read_coco(path, image_dir, "val", confine_to=root)
     assert [r.image_id for r in records] == ["1"]
     (reject,) = image_level(rejects)
-    assert reject.image_id == "2" and "points outside the dataset root" in reject.reason and str(outside) in reject.reason
+    assert (
+        reject.image_id == "2" and "points outside the dataset root" in reject.reason and str(outside) in reject.reason
+    )
     assert_accounted(2, records, rejects)
     linked = root / "instances_linked.json"
     (tmp_path / "elsewhere.json").write_text(json.dumps(data))
@@ -359,8 +384,10 @@ def test_missing_width_height_comes_from_the_image_header_even_without_check_ima
     jpeg_file(image_dir / "0001.jpg", 70, 50)  # the header is the only source of this size
     for check_images in (True, False):
         records, rejects = read_dict(data, tmp_path, image_dir, check_images=check_images)
-        assert rejects == [] and [(r.width, r.height, r.size_from_image) for r in records] == [(70, 50, True),
-                                                                                              (64, 48, False)]
+        assert rejects == [] and [(r.width, r.height, r.size_from_image) for r in records] == [
+            (70, 50, True),
+            (64, 48, False),
+        ]
 
 
 @pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))

@@ -29,8 +29,16 @@ def darknet_reference(image: np.ndarray, dhue: float, dsat: float, dexp: float) 
 def colour_patch() -> np.ndarray:
     rng = np.random.default_rng(0)
     patch = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    patch[0, :8] = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (255, 0, 0), (0, 255, 0), (0, 0, 255),
-                    (255, 255, 0), (10, 200, 30)]
+    patch[0, :8] = [
+        (0, 0, 0),
+        (255, 255, 255),
+        (128, 128, 128),
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 0),
+        (10, 200, 30),
+    ]
     return patch
 
 

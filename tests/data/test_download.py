@@ -213,7 +213,9 @@ def test_base_url_selects_a_mirror(server, tmp_path):
     data = _payload(seed=8, n=1000)
     base, state = server
     state.files["/mirror/i.tar"] = data
-    archive = Archive(url="http://unreachable.invalid/pascal/i.tar", md5=hashlib.md5(data).hexdigest(), filename="i.tar")
+    archive = Archive(
+        url="http://unreachable.invalid/pascal/i.tar", md5=hashlib.md5(data).hexdigest(), filename="i.tar"
+    )
     assert archive_url(archive) == archive.url
     assert archive_url(archive, f"{base}/mirror/") == f"{base}/mirror/i.tar"
     assert download(archive, tmp_path, progress=False, base_url=f"{base}/mirror").read_bytes() == data
@@ -223,11 +225,20 @@ def test_registry_matches_torchvision_and_the_publishers():
     from torchvision.datasets.voc import DATASET_YEAR_DICT
 
     assert set(ARCHIVES) == {
-        "voc2007_trainval", "voc2007_test", "voc2012_trainval", "coco2017_train", "coco2017_val", "coco2017_annotations",
+        "voc2007_trainval",
+        "voc2007_test",
+        "voc2012_trainval",
+        "coco2017_train",
+        "coco2017_val",
+        "coco2017_annotations",
     }
     for name, key in (("voc2007_trainval", "2007"), ("voc2007_test", "2007-test"), ("voc2012_trainval", "2012")):
         ref = DATASET_YEAR_DICT[key]
-        assert (ARCHIVES[name].url, ARCHIVES[name].md5, ARCHIVES[name].filename) == (ref["url"], ref["md5"], ref["filename"])
+        assert (ARCHIVES[name].url, ARCHIVES[name].md5, ARCHIVES[name].filename) == (
+            ref["url"],
+            ref["md5"],
+            ref["filename"],
+        )
         assert ARCHIVES[name].content == ref["base_dir"].replace("\\", "/")
     for archive in ARCHIVES.values():
         assert re.fullmatch(r"[0-9a-f]{32}", archive.md5)
@@ -263,10 +274,21 @@ def _files_under(root: Path) -> set[str]:
 
 
 def test_extract_tar_merges_trees_and_is_idempotent(tmp_path):
-    a = _tar(tmp_path / "a.tar.gz", [("VOCdevkit/VOC2007/JPEGImages/1.jpg", b"one", None),
-                                     ("VOCdevkit/VOC2007/ImageSets/Main/trainval.txt", b"1\n", None)], "w:gz")
-    b = _tar(tmp_path / "b.tar", [("VOCdevkit/VOC2007/JPEGImages/2.jpg", b"two", None),
-                                  ("VOCdevkit/VOC2007/ImageSets/Main/test.txt", b"2\n", None)])
+    a = _tar(
+        tmp_path / "a.tar.gz",
+        [
+            ("VOCdevkit/VOC2007/JPEGImages/1.jpg", b"one", None),
+            ("VOCdevkit/VOC2007/ImageSets/Main/trainval.txt", b"1\n", None),
+        ],
+        "w:gz",
+    )
+    b = _tar(
+        tmp_path / "b.tar",
+        [
+            ("VOCdevkit/VOC2007/JPEGImages/2.jpg", b"two", None),
+            ("VOCdevkit/VOC2007/ImageSets/Main/test.txt", b"2\n", None),
+        ],
+    )
     dest = tmp_path / "out"
     assert extract(a, dest) == dest
     extract(b, dest)
@@ -323,8 +345,10 @@ def test_extract_refuses_special_tar_members(tmp_path, member_type):
 @pytest.mark.parametrize("kind", sorted(SPECIAL_KINDS))
 def test_an_archive_or_download_that_is_not_a_regular_file_is_refused_unopened(tmp_path, kind):
     path = make_special(tmp_path / "VOCtrainval.tar", kind)
-    with pytest.raises(DatasetError, match=f"cannot extract: {re.escape(str(path))} is not a regular file but "
-                                           f"{re.escape(SPECIAL_KINDS[kind])}"):
+    with pytest.raises(
+        DatasetError,
+        match=f"cannot extract: {re.escape(str(path))} is not a regular file but {re.escape(SPECIAL_KINDS[kind])}",
+    ):
         finishes_within(10, lambda: extract(path, tmp_path / "out"))
     with pytest.raises(OSError, match="not a regular file"):
         finishes_within(10, lambda: md5_file(path))
@@ -361,7 +385,10 @@ def test_extract_progress_lines(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     size = f"{tar.stat().st_size / 1024:.1f} KiB"
     assert [line.split(" elapsed")[0].split(" (100%)")[0] for line in lines[::2]] == [
-        f"[extract] a.tar 0 B/{size} (0%)", "[extract] b.tar.gz 0 B", "[extract] c.zip 0 B/3.9 KiB (0%)"]
+        f"[extract] a.tar 0 B/{size} (0%)",
+        "[extract] b.tar.gz 0 B",
+        "[extract] c.zip 0 B/3.9 KiB (0%)",
+    ]
     assert lines[1].startswith(f"[extract] a.tar {size}/{size} (100%)")  # uncompressed: against its size
     assert lines[3].startswith("[extract] b.tar.gz 3.5 KiB ") and "ETA" not in lines[3]  # compressed: no total
     # (3.5 KiB: the tar stream up to the end of its one member, a 512-byte header and 3000 bytes padded to 3072)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
@@ -23,7 +24,6 @@ from yolov2.data.images import (
     inspect_image,
     inspect_image_file,
 )
-from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.records import ImageRecord
 from yolov2.errors import DatasetError
 
@@ -63,7 +63,11 @@ def test_voc100_headers_match_the_xml_sizes(shared_data: Path) -> None:
     for xml in sorted((root / "Annotations").glob("*.xml")):
         size = ET.parse(xml).getroot().find("size")
         info = inspect_image_file(root / "JPEGImages" / f"{xml.stem}.jpg")
-        assert (info.format, info.width, info.height) == ("JPEG", int(size.findtext("width")), int(size.findtext("height")))
+        assert (info.format, info.width, info.height) == (
+            "JPEG",
+            int(size.findtext("width")),
+            int(size.findtext("height")),
+        )
         n += 1
     assert n == 100
 
@@ -119,13 +123,11 @@ def test_grayscale_and_cmyk_jpegs_are_accepted_and_decoded_to_rgb(mode: str) -> 
     assert np.abs(out.astype(int) - ref).max() <= 3
 
 
-@pytest.mark.parametrize(
-    "fmt, mode", [("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("BMP", "RGB"), ("WEBP", "RGB")]
-)
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("BMP", "RGB"), ("WEBP", "RGB")])
 def test_other_formats_and_modes_are_inspected_and_decoded(fmt: str, mode: str) -> None:
     arr = smooth_rgb()
     if mode == "I;16":
-        im = Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+        im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
         buf = io.BytesIO()
         im.save(buf, "PNG")
         data = buf.getvalue()
@@ -178,8 +180,11 @@ def jpeg_kinds() -> dict[str, bytes]:
     """JPEGs that take each path through the checks: the plain-header fast path (baseline, progressive)
     and PIL's (an EXIF block)."""
     arr = smooth_rgb(96, 64, seed=4)
-    return {"baseline": encode(arr, "JPEG"), "progressive": encode(arr, "JPEG", progressive=True),
-            "exif": encode(arr, "JPEG", exif=Image.Exif().tobytes())}
+    return {
+        "baseline": encode(arr, "JPEG"),
+        "progressive": encode(arr, "JPEG", progressive=True),
+        "exif": encode(arr, "JPEG", exif=Image.Exif().tobytes()),
+    }
 
 
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "exif"])
@@ -208,8 +213,10 @@ def test_bytes_after_the_end_marker_are_kept_and_counted(kind: str) -> None:
     assert info.num_bytes == len(data) + len(video)
     assert inspect_image(data, "plain.jpg").trailing_bytes == 0
     np.testing.assert_array_equal(decode_rgb(data + video), decode_rgb(data))
-    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data + video, np.uint8), cv2.IMREAD_COLOR),
-                                  cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    np.testing.assert_array_equal(
+        cv2.imdecode(np.frombuffer(data + video, np.uint8), cv2.IMREAD_COLOR),
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+    )
 
 
 def test_truncated_png_is_an_error() -> None:
@@ -379,7 +386,21 @@ def test_inspect_image_fast_path_gives_the_same_info_and_errors_as_pil() -> None
 
 
 @pytest.mark.parametrize(
-    "path", ["a/b.jpg", "a/b.JPEG", "b.tar.gz", "a/b.", "a/.jpg", "a/b", "a.d/b", "a/b.jpg/", "a/b.jpg/.", "a/..", "é.Png", "x/y..jpg"]
+    "path",
+    [
+        "a/b.jpg",
+        "a/b.JPEG",
+        "b.tar.gz",
+        "a/b.",
+        "a/.jpg",
+        "a/b",
+        "a.d/b",
+        "a/b.jpg/",
+        "a/b.jpg/.",
+        "a/..",
+        "é.Png",
+        "x/y..jpg",
+    ],
 )
 def test_plain_suffix_is_pathlib_suffix_or_declines(path: str) -> None:
     fast = _plain_suffix(path)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import stat
 from pathlib import Path
 
 import pyarrow as pa
-
-import pickle
-import stat
-
 import pytest
 
 from corpus.special import SPECIAL_KINDS, finishes_within, make_special
@@ -77,8 +75,11 @@ def test_links_inside_the_root_are_fine_and_links_out_are_named(tmp_path: Path) 
     assert outside_root_reason(root / "JPEGImages" / "a.jpg", root) is None
     assert outside_root_reason(root / "JPEGImages" / "inside.jpg", root) is None
     assert outside_root_reason(root / "JPEGImages" / "missing.jpg", root) is None  # missing is another reject
-    for name, target in (("out.jpg", secret), ("dangling_out.jpg", tmp_path / "nowhere.jpg"),
-                         ("sibling.jpg", sibling / "b.jpg")):
+    for name, target in (
+        ("out.jpg", secret),
+        ("dangling_out.jpg", tmp_path / "nowhere.jpg"),
+        ("sibling.jpg", sibling / "b.jpg"),
+    ):
         reason = outside_root_reason(root / "JPEGImages" / name, root)
         assert reason is not None and OUTSIDE_ROOT in reason, name
         assert str(root / "JPEGImages" / name) in reason and str(target) in reason

@@ -67,15 +67,28 @@ def test_dict_form_is_plain_json_and_round_trips() -> None:
     r = sample_record()
     text = json.dumps(r.to_dict(), ensure_ascii=False)
     row = json.loads(text)
-    assert row["boxes"][0] == {"x1": 0.5, "y1": 1.0, "x2": 20.25, "y2": 30.0, "label": 3, "difficult": False, "iscrowd": True}
+    assert row["boxes"][0] == {
+        "x1": 0.5,
+        "y1": 1.0,
+        "x2": 20.25,
+        "y2": 30.0,
+        "label": 3,
+        "difficult": False,
+        "iscrowd": True,
+    }
     back = ImageRecord.from_dict(row)
     assert same(back, r)
     np.testing.assert_array_equal(back.boxes, r.boxes)
-    assert same(ImageRecord.from_dict({**row, "boxes": []}), sample_record(boxes=[], labels=[], difficult=[], iscrowd=[]))
+    assert same(
+        ImageRecord.from_dict({**row, "boxes": []}), sample_record(boxes=[], labels=[], difficult=[], iscrowd=[])
+    )
 
 
 def test_table_has_the_schema_and_class_names_and_round_trips(tmp_path: Path) -> None:
-    records = [sample_record(), sample_record(image_id="b", boxes=np.zeros((0, 4)), labels=[], difficult=[], iscrowd=[])]
+    records = [
+        sample_record(),
+        sample_record(image_id="b", boxes=np.zeros((0, 4)), labels=[], difficult=[], iscrowd=[]),
+    ]
     names = ["a", "b", "c", "d"]
     table = records_to_table(records, names)
     assert table.schema.equals(record_schema(names), check_metadata=True)
@@ -109,7 +122,13 @@ def test_rejects_table() -> None:
     rejects = [Reject("a.xml", "malformed XML", "image", "a", "train"), Reject("b.xml", "zero-area box", "box")]
     table = rejects_to_table(rejects)
     assert table.column_names == ["source", "reason", "level", "image_id", "split"]
-    assert table.to_pylist()[1] == {"source": "b.xml", "reason": "zero-area box", "level": "box", "image_id": None, "split": None}
+    assert table.to_pylist()[1] == {
+        "source": "b.xml",
+        "reason": "zero-area box",
+        "level": "box",
+        "image_id": None,
+        "split": None,
+    }
     assert rejects_to_table([]).num_rows == 0
 
 

@@ -35,8 +35,9 @@ def ray_rows(shards, limit=6) -> dict:
 def test_decode_and_augment_batch_is_per_sample_deterministic(shards):
     rows = ray_rows(shards)
     whole = decode_and_augment_batch(rows, 48, seed=2, augmentation=Augmentation(device_color=True))
-    part = decode_and_augment_batch({k: v[3:] for k, v in rows.items()}, 48, seed=2,
-                                      augmentation=Augmentation(device_color=True))
+    part = decode_and_augment_batch(
+        {k: v[3:] for k, v in rows.items()}, 48, seed=2, augmentation=Augmentation(device_color=True)
+    )
     assert whole["image"].shape == (6, 48, 48, 3) and whole["image"].dtype == np.uint8
     assert np.array_equal(whole["image"][3:], part["image"])  # same key, same draws, whatever the batching
     assert all(np.array_equal(a, b) for a, b in zip(whole["boxes"][3:], part["boxes"]))
@@ -47,7 +48,7 @@ def test_decode_and_augment_batch_is_per_sample_deterministic(shards):
     assert batch.images.shape == (6, 3, 48, 48) and batch.targets.shape[0] == 6
     for i, rows_i in enumerate(whole["boxes"]):
         assert torch.equal(batch.targets[i, : len(rows_i)], torch.from_numpy(rows_i))
-        assert (batch.targets[i, len(rows_i):] == -1).all()
+        assert (batch.targets[i, len(rows_i) :] == -1).all()
     assert batch.image_ids == [f"img{i:03d}" for i in range(6)]
 
 

@@ -77,7 +77,9 @@ def test_write_shard_names_the_annotation_and_its_size_when_they_disagree_with_t
     ann = str(tmp_path / "Annotations" / "a.xml")
     item = ShardItem("00000000", str(path), lambda: (ImageRecord("a", "train", str(path), 100, 60), []), ann)
     (reject,) = write_shard(io.BytesIO(), [item], ShardOptions()).rejects
-    assert reject.source == ann and reject.reason.startswith(f"{ann} gives the size 100x60 but the image a.jpg is 80x60")
+    assert reject.source == ann and reject.reason.startswith(
+        f"{ann} gives the size 100x60 but the image a.jpg is 80x60"
+    )
     with pytest.raises(DatasetError) as err:
         write_shard(io.BytesIO(), [item], ShardOptions(strict=True))
     assert str(err.value) == reject.reason  # the annotation named once, then both sizes
@@ -89,8 +91,10 @@ def test_write_shard_counts_sizes_from_the_image_and_jpegs_with_trailing_data(tm
     plain, motion = tmp_path / "plain.jpg", tmp_path / "motion.jpg"
     plain.write_bytes(_jpeg(80, 60))
     motion.write_bytes(_jpeg(80, 60) + b"\x00\x00\x00\x18ftypmp42 a video")
-    records = [ImageRecord("plain", "train", str(plain), 80, 60, size_from_image=True),
-               ImageRecord("motion", "train", str(motion), 80, 60)]
+    records = [
+        ImageRecord("plain", "train", str(plain), 80, 60, size_from_image=True),
+        ImageRecord("motion", "train", str(motion), 80, 60),
+    ]
     items = [ShardItem(f"{i:08d}", r.path, functools.partial(_loaded, r)) for i, r in enumerate(records)]
     buffer = io.BytesIO()
     outcome = write_shard(buffer, items, ShardOptions())

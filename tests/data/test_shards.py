@@ -30,9 +30,15 @@ from yolov2.errors import DatasetError
 
 def _record(i: int) -> ImageRecord:
     return ImageRecord(
-        image_id=f"img é {i}", split="train", path=f"/data/{i}.jpg", width=64 + i, height=48,
-        boxes=[[1.5, 2.0, 30.25, 40.0]] * (i % 3), labels=[i % 2] * (i % 3),
-        difficult=[False] * (i % 3), iscrowd=[True] * (i % 3),
+        image_id=f"img é {i}",
+        split="train",
+        path=f"/data/{i}.jpg",
+        width=64 + i,
+        height=48,
+        boxes=[[1.5, 2.0, 30.25, 40.0]] * (i % 3),
+        labels=[i % 2] * (i % 3),
+        difficult=[False] * (i % 3),
+        iscrowd=[True] * (i % 3),
     )
 
 
@@ -101,7 +107,9 @@ def test_shard_specs_from_index_count_records_per_shard(shards):
 
     index = pa.table({"shard": ["b.tar", "a.tar", "b.tar", "c.tar", "b.tar"], "key": list("vwxyz")})
     assert shard_specs_from_index(index, "/data/") == [
-        ShardSpec("/data/a.tar", 1), ShardSpec("/data/b.tar", 3), ShardSpec("/data/c.tar", 1)
+        ShardSpec("/data/a.tar", 1),
+        ShardSpec("/data/b.tar", 3),
+        ShardSpec("/data/c.tar", 1),
     ]
 
 

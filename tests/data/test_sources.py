@@ -85,8 +85,11 @@ def test_voc_and_coco_readers_are_confined_to_the_root(tmp_path: Path) -> None:
 
     coco = tmp_path / "coco"
     (coco / "annotations").mkdir(parents=True)
-    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60}], "annotations": [],
-           "categories": [{"id": 1, "name": "dog"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "dog"}],
+    }
     (coco / "train").mkdir()
     os.symlink(outside, coco / "train" / "a.jpg")
     (coco / "annotations" / "instances_train.json").write_text(json.dumps(doc))
@@ -106,7 +109,8 @@ def voc_root(tmp_path: Path, ids: list[str], split_text: str) -> Path:
         jpeg(voc / "JPEGImages" / f"{image_id}.jpg")
         (voc / "Annotations" / f"{image_id}.xml").write_text(
             f"<annotation><filename>{image_id}.jpg</filename><size><width>80</width><height>60</height></size>"
-            "</annotation>")
+            "</annotation>"
+        )
     (voc / "ImageSets" / "Main" / "train.txt").write_text(split_text)
     return voc
 

@@ -51,8 +51,9 @@ def test_order_changes_with_the_epoch_and_repeats_with_the_seed(shards):
     first, batches_a = order(0)
     again, batches_b = order(0)
     assert first == again
-    assert all(torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
-               for a, b in zip(batches_a, batches_b))
+    assert all(
+        torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets) for a, b in zip(batches_a, batches_b)
+    )
     assert order(1)[0] != first
     assert order(0, seed=1)[0] != first
 

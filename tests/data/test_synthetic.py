@@ -18,7 +18,6 @@ import pytest
 
 from yolov2.config import SyntheticConfig
 from yolov2.data.records import validate_record
-from yolov2.errors import ConfigError, DatasetError
 from yolov2.data.synthetic import (
     IN_PROGRESS_NAME,
     MIN_VISIBLE,
@@ -29,6 +28,7 @@ from yolov2.data.synthetic import (
     write_synthetic_dataset,
     write_synthetic_from_config,
 )
+from yolov2.errors import ConfigError, DatasetError
 
 W, H, MAX_OBJ = 160, 120, 8
 SMALL_SPLITS = {"train": 10, "val": 4, "test": 3}
@@ -87,7 +87,9 @@ def test_image_does_not_depend_on_the_others(tmp_path):
     for i in (6, 2):
         name = f"train_{i:06d}"
         assert (chunk / "JPEGImages" / f"{name}.jpg").read_bytes() == (full / "JPEGImages" / f"{name}.jpg").read_bytes()
-        assert (chunk / "Annotations" / f"{name}.xml").read_bytes() == (full / "Annotations" / f"{name}.xml").read_bytes()
+        assert (chunk / "Annotations" / f"{name}.xml").read_bytes() == (
+            full / "Annotations" / f"{name}.xml"
+        ).read_bytes()
     alone, _ = generate_image(2, 6, "train", W, H, MAX_OBJ)
     for i in range(6):
         generate_image(2, i, "train", W, H, MAX_OBJ)  # generating others first changes nothing
@@ -234,7 +236,9 @@ def test_coco_json_loads_in_pycocotools(tmp_path):
             assert (root / "JPEGImages" / img["file_name"]).is_file()
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
             ref = refs[stem]
-            got = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+            got = np.array(
+                [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+            )
             assert np.array_equal(got.reshape(-1, 4), ref.boxes)
             assert [a["category_id"] - 1 for a in anns] == ref.labels.tolist()
 
@@ -290,10 +294,10 @@ def test_from_config(tmp_path, capsys):
     assert (root / "annotations" / "instances_train.json").is_file()
 
 
-
 def _short_sides(min_size: float) -> np.ndarray:
-    boxes = np.concatenate([generate_scene(0, i, "train", 320, 240, 8, min_size=min_size).record.boxes
-                            for i in range(40)])
+    boxes = np.concatenate(
+        [generate_scene(0, i, "train", 320, 240, 8, min_size=min_size).record.boxes for i in range(40)]
+    )
     return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
@@ -304,9 +308,12 @@ def test_difficulty_knobs_change_the_objects_and_the_marker(tmp_path):
     assert default_sides.min() < 20 <= big_sides.min()
     assert np.median(big_sides) > np.median(default_sides)
 
-    default = write_synthetic_dataset(tmp_path / "default", width=320, height=240, splits={"train": 2}, write_coco=False)
-    big = write_synthetic_dataset(tmp_path / "big", width=320, height=240, splits={"train": 2}, write_coco=False,
-                                  min_size=40.0)
+    default = write_synthetic_dataset(
+        tmp_path / "default", width=320, height=240, splits={"train": 2}, write_coco=False
+    )
+    big = write_synthetic_dataset(
+        tmp_path / "big", width=320, height=240, splits={"train": 2}, write_coco=False, min_size=40.0
+    )
     assert json.loads((big / "synthetic.json").read_text())["min_size"] == 40.0
     assert "min_size" not in json.loads((default / "synthetic.json").read_text())
     with pytest.raises(ConfigError, match="min_visible"):

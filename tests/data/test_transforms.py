@@ -73,8 +73,7 @@ def test_crop_resize_pads_by_repeating_edges_and_maps_boxes():
 
 def test_sample_may_end_with_no_boxes():
     image, boxes, labels = rect_image(200, 150, [(10, 10, 20, 20)])
-    empty = T.darknet_augment(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 64,
-                              np.random.default_rng(0))
+    empty = T.darknet_augment(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 64, np.random.default_rng(0))
     assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
     # a window that misses the only box: it is dropped, not kept as a degenerate box
     out, affine = T.crop_resize(image, T.CropWindow(100, 50, 100, 100), 64, 64)
@@ -114,7 +113,7 @@ def test_letterbox_pixels_and_round_trip(width, height):
     assert out.shape == (size, size, 3)
     # the grey fill everywhere outside the resized image
     mask = np.ones((size, size), bool)
-    mask[p.pad_y:p.pad_y + p.new_h, p.pad_x:p.pad_x + p.new_w] = False
+    mask[p.pad_y : p.pad_y + p.new_h, p.pad_x : p.pad_x + p.new_w] = False
     assert (out[mask] == LETTERBOX_FILL_UINT8).all()
     for i, label in enumerate(labels):
         np.testing.assert_allclose(out_boxes[i], pixel_box(out, COLOURS[label]), atol=1.5)
@@ -131,8 +130,9 @@ def test_plain_resize_pixels_and_round_trip():
     out, out_boxes = T.plain_resize(image, boxes, (128, 96))
     for i, label in enumerate(labels):
         np.testing.assert_allclose(out_boxes[i], pixel_box(out, COLOURS[label]), atol=1.5)
-    back = to_image_pixels(torch.from_numpy(out_boxes / [128, 96, 128, 96])[None], (128, 96),
-                           torch.tensor([[200, 150]]), letterbox=False)
+    back = to_image_pixels(
+        torch.from_numpy(out_boxes / [128, 96, 128, 96])[None], (128, 96), torch.tensor([[200, 150]]), letterbox=False
+    )
     np.testing.assert_allclose(back[0].numpy(), boxes, atol=1e-3)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yolov2.data.records import ImageRecord, Reject
 from corpus.special import SPECIAL_KINDS, finishes_within, make_special
+from yolov2.data.records import ImageRecord, Reject
 from yolov2.data.voc import VOC_CLASSES, read_voc, read_voc_item, voc_split_ids, write_voc, write_voc_annotation
 from yolov2.errors import DatasetError
 
@@ -128,8 +128,15 @@ def test_voc100_write_then_read_is_lossless(shared_data: Path, tmp_path: Path) -
 def test_fractional_coordinates_and_crowd_flag_round_trip(tmp_path: Path) -> None:
     root = make_root(tmp_path, [("a", jpeg(40, 30), None)])
     record = ImageRecord(
-        "a", "test", str(root / "JPEGImages" / "a.jpg"), 40, 30,
-        boxes=[[0.25, 1.5, 10.125, 20.0], [3, 4, 39.75, 29.5]], labels=[1, 0], difficult=[True, False], iscrowd=[False, True],
+        "a",
+        "test",
+        str(root / "JPEGImages" / "a.jpg"),
+        40,
+        30,
+        boxes=[[0.25, 1.5, 10.125, 20.0], [3, 4, 39.75, 29.5]],
+        labels=[1, 0],
+        difficult=[True, False],
+        iscrowd=[False, True],
     )
     write_voc_annotation(record, ["cat", "dog"], root / "Annotations" / "a.xml")
     (root / "ImageSets" / "Main" / "test.txt").write_text("a\n")
@@ -159,9 +166,7 @@ def png(width: int, height: int) -> bytes:
 
 def xml_text(filename: str, size: tuple[int, int] | None, objects: list[tuple[str, tuple, int]]) -> str:
     """A VOC XML written by hand. objects: (name, (xmin, ymin, xmax, ymax) as VOC text, difficult)."""
-    size_xml = (
-        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
-    )
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
     objs = "".join(
         f"<object><name>{n}</name><truncated>0</truncated><difficult>{d}</difficult>"
         f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
@@ -204,11 +209,46 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 
 # (case name, image id, image bytes, xml text, where the reject points, words the reason must contain)
 IMAGE_LEVEL_CASES = [
-    ("truncated_jpeg", "cut", jpeg(80, 60)[:-600], xml_text("cut.jpg", (80, 60), [GOOD_OBJ]), "JPEGImages/cut.jpg", ["truncated JPEG"]),
-    ("png_named_jpg", "fake", png(80, 60), xml_text("fake.jpg", (80, 60), [GOOD_OBJ]), "Annotations/fake.xml", ["content is PNG", "named .jpg"]),
-    ("malformed_xml", "bad", jpeg(80, 60), "<annotation><size><width>80</width></annotation>", "Annotations/bad.xml", ["malformed XML"]),
-    ("size_disagrees", "size", jpeg(80, 60), xml_text("size.jpg", (60, 80), [GOOD_OBJ]), "Annotations/size.xml", ["60x80", "80x60"]),
-    ("missing_image", "gone", None, xml_text("gone.jpg", (80, 60), [GOOD_OBJ]), "Annotations/gone.xml", ["image file is missing", "gone.jpg"]),
+    (
+        "truncated_jpeg",
+        "cut",
+        jpeg(80, 60)[:-600],
+        xml_text("cut.jpg", (80, 60), [GOOD_OBJ]),
+        "JPEGImages/cut.jpg",
+        ["truncated JPEG"],
+    ),
+    (
+        "png_named_jpg",
+        "fake",
+        png(80, 60),
+        xml_text("fake.jpg", (80, 60), [GOOD_OBJ]),
+        "Annotations/fake.xml",
+        ["content is PNG", "named .jpg"],
+    ),
+    (
+        "malformed_xml",
+        "bad",
+        jpeg(80, 60),
+        "<annotation><size><width>80</width></annotation>",
+        "Annotations/bad.xml",
+        ["malformed XML"],
+    ),
+    (
+        "size_disagrees",
+        "size",
+        jpeg(80, 60),
+        xml_text("size.jpg", (60, 80), [GOOD_OBJ]),
+        "Annotations/size.xml",
+        ["60x80", "80x60"],
+    ),
+    (
+        "missing_image",
+        "gone",
+        None,
+        xml_text("gone.jpg", (80, 60), [GOOD_OBJ]),
+        "Annotations/gone.xml",
+        ["image file is missing", "gone.jpg"],
+    ),
     ("missing_xml", "noxml", jpeg(80, 60), None, "Annotations/noxml.xml", ["annotation file is missing"]),
     ("billion_laughs", "lol", jpeg(80, 60), BILLION_LAUGHS, "Annotations/lol.xml", ["entities", "without expanding"]),
     ("wrong_root", "root", jpeg(80, 60), "<html><body/></html>", "Annotations/root.xml", ["<html>", "<annotation>"]),
@@ -307,17 +347,24 @@ def test_bad_object_is_a_box_level_reject(tmp_path: Path, obj, words: list[str])
 def test_missing_or_zero_size_comes_from_the_image_header(tmp_path: Path, check_images: bool) -> None:
     """Hand-labelled sets often lack <size>: the header gives it (even without check_images), and the
     record says so; a box is clipped to the header's size."""
-    zero = xml_text("zero.jpg", (80, 60), [GOOD_OBJ]).replace("<width>80</width><height>60</height>",
-                                                              "<width>0</width><height>0</height>")
-    root = make_root(tmp_path, [
-        ("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [("dog", (11, 21, 90, 50), 0)])),
-        ("zero", jpeg(70, 50), zero),
-        ("sized", jpeg(80, 60), xml_text("sized.jpg", (80, 60), [GOOD_OBJ])),
-    ])
+    zero = xml_text("zero.jpg", (80, 60), [GOOD_OBJ]).replace(
+        "<width>80</width><height>60</height>", "<width>0</width><height>0</height>"
+    )
+    root = make_root(
+        tmp_path,
+        [
+            ("nosize", jpeg(80, 60), xml_text("nosize.jpg", None, [("dog", (11, 21, 90, 50), 0)])),
+            ("zero", jpeg(70, 50), zero),
+            ("sized", jpeg(80, 60), xml_text("sized.jpg", (80, 60), [GOOD_OBJ])),
+        ],
+    )
     records, rejects = read_voc(root, "test", class_names=["dog"], check_images=check_images)
     assert rejects == []
     assert [(r.image_id, r.width, r.height, r.size_from_image) for r in records] == [
-        ("nosize", 80, 60, True), ("zero", 70, 50, True), ("sized", 80, 60, False)]
+        ("nosize", 80, 60, True),
+        ("zero", 70, 50, True),
+        ("sized", 80, 60, False),
+    ]
     assert records[0].boxes.tolist() == [[10, 20, 80, 50]] and records[0].clipped_boxes == 1  # xmax 90 -> 80
     assert_accounted(3, records, rejects)
 
@@ -436,8 +483,10 @@ def test_image_id_that_is_not_utf8_is_a_named_reject(tmp_path: Path) -> None:
 def test_special_file_is_a_reject_naming_its_type_and_never_hangs(tmp_path: Path, where: str, kind: str) -> None:
     """A FIFO, socket, device link or folder as the XML or the image: refused by type, unopened
     (a FIFO would block the read for ever), with or without check_images and <size>."""
-    items = [("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ])),
-             ("odd", jpeg(80, 60), xml_text("odd.jpg", None, [GOOD_OBJ]))]
+    items = [
+        ("ok", jpeg(80, 60), xml_text("ok.jpg", (80, 60), [GOOD_OBJ])),
+        ("odd", jpeg(80, 60), xml_text("odd.jpg", None, [GOOD_OBJ])),
+    ]
     root = make_root(tmp_path, items)
     path = make_special(root / where / ("odd.xml" if where == "Annotations" else "odd.jpg"), kind)
     for check_images in (True, False):
@@ -460,17 +509,21 @@ def test_split_file_that_is_not_a_regular_file_is_a_clear_error(tmp_path: Path) 
 
 def test_split_file_ids_are_whole_lines_with_their_spaces_and_tabs(tmp_path: Path) -> None:
     """``pair 01`` is one id, not ``pair``; a decoy ``pair.jpg`` of another size must not become the record."""
-    items = [("pair 01", jpeg(80, 60), xml_text("pair 01.jpg", (80, 60), [GOOD_OBJ])),
-             ("pair", jpeg(40, 30), xml_text("pair.jpg", (40, 30), [("dog", (1, 1, 9, 9), 0)])),
-             ("a  b\tc", jpeg(80, 60), xml_text("a  b\tc.jpg", (80, 60), [GOOD_OBJ])),
-             ("missing 01", None, None)]
+    items = [
+        ("pair 01", jpeg(80, 60), xml_text("pair 01.jpg", (80, 60), [GOOD_OBJ])),
+        ("pair", jpeg(40, 30), xml_text("pair.jpg", (40, 30), [("dog", (1, 1, 9, 9), 0)])),
+        ("a  b\tc", jpeg(80, 60), xml_text("a  b\tc.jpg", (80, 60), [GOOD_OBJ])),
+        ("missing 01", None, None),
+    ]
     root = make_root(tmp_path, items)
     text = "\ufeffpair 01\r\n  a  b\tc \t\n\n missing 01\n"  # BOM, CRLF, padding, a blank line
     (root / "ImageSets" / "Main" / "test.txt").write_text(text, encoding="utf-8")
     assert voc_split_ids(root, "test") == (["pair 01", "a  b\tc", "missing 01"], [])
     records, rejects = read_voc(root, "test", class_names=["dog"])
-    assert [(r.image_id, r.width, Path(r.path).name) for r in records] == [("pair 01", 80, "pair 01.jpg"),
-                                                                           ("a  b\tc", 80, "a  b\tc.jpg")]
+    assert [(r.image_id, r.width, Path(r.path).name) for r in records] == [
+        ("pair 01", 80, "pair 01.jpg"),
+        ("a  b\tc", 80, "a  b\tc.jpg"),
+    ]
     (reject,) = rejects
     assert reject.source.endswith("Annotations/missing 01.xml") and "annotation file is missing" in reject.reason
     assert_accounted(3, records, rejects)
@@ -484,7 +537,9 @@ def test_per_class_files_are_id_then_flag_and_other_lines_are_named_rejects(tmp_
     ids, line_rejects = voc_split_ids(root, "dog_test", ["cat", "dog"])
     assert ids == ["pair 01", "im1", "im2"]
     assert [(r.source, r.level, r.split) for r in line_rejects] == [
-        (f"{split_file}:5", "image", "dog_test"), (f"{split_file}:6", "image", "dog_test")]
+        (f"{split_file}:5", "image", "dog_test"),
+        (f"{split_file}:6", "image", "dog_test"),
+    ]
     assert "line 5 'im3 2' is not '<image id> <flag>'" in line_rejects[0].reason
     assert "line 6 'im3' is not" in line_rejects[1].reason
     records, rejects = read_voc(root, "dog_test", class_names=["dog"])

@@ -8,13 +8,13 @@ declarations and external entities must be refused as defusedxml refuses them, w
 
 from __future__ import annotations
 
+import pyexpat
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import defusedxml
 import defusedxml.ElementTree as safe_et
-import pyexpat
 import pytest
 
 from yolov2.data.voc_xml import OBJECT_FIELDS, ROOT_FIELDS, XmlRefused, parse_voc_texts

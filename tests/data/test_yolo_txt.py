@@ -27,15 +27,29 @@ def image_level(rejects: list[Reject]) -> list[Reject]:
 def without_difficult(record: ImageRecord) -> ImageRecord:
     keep = ~record.difficult
     return ImageRecord(
-        record.image_id, record.split, record.path, record.width, record.height,
-        record.boxes[keep], record.labels[keep], record.difficult[keep], record.iscrowd[keep], record.clipped_boxes,
+        record.image_id,
+        record.split,
+        record.path,
+        record.width,
+        record.height,
+        record.boxes[keep],
+        record.labels[keep],
+        record.difficult[keep],
+        record.iscrowd[keep],
+        record.clipped_boxes,
     )
 
 
 def assert_records_close(got: list[ImageRecord], want: list[ImageRecord]) -> None:
     assert [r.image_id for r in got] == [r.image_id for r in want]
     for g, w in zip(got, want):
-        assert (g.path, g.width, g.height, g.split, g.clipped_boxes) == (w.path, w.width, w.height, w.split, w.clipped_boxes)
+        assert (g.path, g.width, g.height, g.split, g.clipped_boxes) == (
+            w.path,
+            w.width,
+            w.height,
+            w.split,
+            w.clipped_boxes,
+        )
         assert g.labels.tolist() == w.labels.tolist()
         assert g.difficult.tolist() == w.difficult.tolist() and g.iscrowd.tolist() == w.iscrowd.tolist()
         # 6 decimals of normalised coordinates: at most 1e-6 of the image size off
@@ -112,7 +126,7 @@ def test_bad_lines_are_box_rejects_naming_file_and_line(tmp_path: Path, line: st
     image_dir, label_dir = make_yolo(tmp_path, {"img": GOOD + line})
     records, rejects = read_yolo_txt(image_dir, label_dir, ["a", "b", "c"], "train")
     assert len(records) == 1 and records[0].num_boxes == 1
-    assert 1 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 1
     (reject,) = rejects
     assert reject.level == "box" and reject.source.endswith("labels/img.txt") and reject.image_id == "img"
     assert reject.reason.startswith("line 2: ") and words in reject.reason, reject
@@ -138,7 +152,7 @@ def test_missing_label_is_an_empty_image_and_orphan_label_a_reject(tmp_path: Pat
     assert n_in == len(records) + len(image_level(rejects))
     only, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val", images=["c.jpg", "a.jpg"])
     assert [r.image_id for r in only] == ["c", "a"] and rejects == []
-    assert 2 == len(only) + len(image_level(rejects))
+    assert len(only) + len(image_level(rejects)) == 2
 
 
 def test_bad_images_are_image_rejects(tmp_path: Path) -> None:
@@ -151,7 +165,7 @@ def test_bad_images_are_image_rejects(tmp_path: Path) -> None:
     by_id = {r.image_id: r for r in rejects}
     assert "truncated JPEG" in by_id["cut"].reason and by_id["cut"].source.endswith("cut.jpg")
     assert "content is PNG but the file fake.jpg is named .jpg" in by_id["fake"].reason
-    assert 4 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 4
     with pytest.raises(DatasetError, match="cut.jpg: truncated JPEG"):
         read_yolo_txt(image_dir, label_dir, ["x"], "val", strict=True)
 
@@ -161,7 +175,7 @@ def test_images_sharing_a_stem_are_ambiguous(tmp_path: Path) -> None:
     Image.new("RGB", (80, 60)).save(image_dir / "a.png", "PNG")
     records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")
     assert records == [] and len(rejects) == 2 and all("ambiguous" in r.reason for r in rejects)
-    assert 2 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 2
 
 
 def test_writer_refuses_colliding_stems(tmp_path: Path) -> None:
@@ -188,7 +202,7 @@ def test_file_name_that_is_not_utf8_is_a_named_reject(tmp_path: Path) -> None:
     assert reject.level == "image" and reject.image_id == "bad_\\xff\\xfe"
     assert reject.source.endswith("bad_\\xff\\xfe.jpg") and "not valid UTF-8" in reject.reason
     assert rejects_to_table(rejects).num_rows == 1
-    assert 2 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 2
     with pytest.raises(DatasetError, match=r"bad_\\xff\\xfe.jpg"):
         read_yolo_txt(image_dir, label_dir, ["x"], "val", strict=True)
 
@@ -211,7 +225,7 @@ def test_confine_to_rejects_image_or_label_linked_from_outside(tmp_path: Path) -
     assert by_id["img_out"].source.endswith("images/img_out.jpg")
     assert by_id["label_out"].source.endswith("labels/label_out.txt")
     assert all(r.level == "image" and "points outside the dataset root" in r.reason for r in rejects)
-    assert 3 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 3
     records, rejects = read_yolo_txt(image_dir, label_dir, ["x"], "val")  # not confined: links are followed
     assert len(records) == 3 and rejects == []
 
@@ -225,7 +239,7 @@ def test_image_label_or_names_file_that_is_not_a_regular_file_is_refused_by_type
     assert [r.image_id for r in records] == ["a"]
     assert [(r.image_id, r.source) for r in rejects] == [("b", str(image)), ("c", str(label))]
     assert all(f"not a regular file but {SPECIAL_KINDS[kind]}" in r.reason for r in rejects)
-    assert 3 == len(records) + len(image_level(rejects))
+    assert len(records) + len(image_level(rejects)) == 3
     with pytest.raises(DatasetError, match=f"b.jpg is not a regular file but {re.escape(SPECIAL_KINDS[kind])}"):
         finishes_within(10, lambda: read_yolo_txt(image_dir, label_dir, ["x"], "val", strict=True))
     names = make_special(tmp_path / "x.names", kind)

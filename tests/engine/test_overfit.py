@@ -41,8 +41,14 @@ def letterboxed_batch(records, images: list[np.ndarray]) -> Batch:
         boxes += torch.tensor([p.pad_x, p.pad_y, p.pad_x, p.pad_y], dtype=torch.float32)
         samples.append((boxes, torch.from_numpy(record.labels.astype(np.int64))))
     images_tensor = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-    return Batch(images_tensor, targets_from_boxes(samples, INPUT, INPUT), [r.image_id for r in records],
-                 torch.tensor([[r.width, r.height] for r in records]), torch.zeros(len(records), dtype=torch.bool), 0)
+    return Batch(
+        images_tensor,
+        targets_from_boxes(samples, INPUT, INPUT),
+        [r.image_id for r in records],
+        torch.tensor([[r.width, r.height] for r in records]),
+        torch.zeros(len(records), dtype=torch.bool),
+        0,
+    )
 
 
 @pytest.mark.slow
@@ -61,13 +67,32 @@ def test_yolov2_tiny_overfits_eight_generated_images(tmp_path: Path) -> None:
     precision = choose_precision(detect_hardware("cpu"))  # bf16 only where it is native: emulated, it is 10x slower
     model = spec.build().to(memory_format=precision.memory_format)
     optimizer = build_optimizer(model, "adamw", lr=1e-3, momentum=0.9, weight_decay=0.05)
-    settings = LoopSettings(epochs=STEPS, steps_per_epoch=1, accumulation=1, images_per_micro_batch=8,
-                            anchors=torch.tensor(TINY_VOC_ANCHORS), num_classes=len(SHAPE_CLASSES),
-                            loss_kwargs={"mode": "modern"}, lr=1e-3, schedule="cosine", warmup=20,
-                            amp=precision.amp, channels_last=precision.channels_last, log_every=25, val_every=10**9, checkpoint_every=10**9)
+    settings = LoopSettings(
+        epochs=STEPS,
+        steps_per_epoch=1,
+        accumulation=1,
+        images_per_micro_batch=8,
+        anchors=torch.tensor(TINY_VOC_ANCHORS),
+        num_classes=len(SHAPE_CLASSES),
+        loss_kwargs={"mode": "modern"},
+        lr=1e-3,
+        schedule="cosine",
+        warmup=20,
+        amp=precision.amp,
+        channels_last=precision.channels_last,
+        log_every=25,
+        val_every=10**9,
+        checkpoint_every=10**9,
+    )
     losses: list[float] = []
-    final = train(model, optimizer, lambda epoch, first: [batch], settings, torch.device("cpu"),
-                  Hooks(log=lambda metrics, step: losses.append(metrics["loss/total"])))
+    final = train(
+        model,
+        optimizer,
+        lambda epoch, first: [batch],
+        settings,
+        torch.device("cpu"),
+        Hooks(log=lambda metrics, step: losses.append(metrics["loss/total"])),
+    )
     assert final.step == STEPS
     assert losses[-1] < 0.25 * losses[0], f"the loss should fall on 8 images, got {losses}"
 

@@ -26,16 +26,19 @@ CUDA_BF16 = Hardware("cuda", "AVX2", cuda_bf16=True, device_name="A100")
 CUDA_OLD = Hardware("cuda", "AVX2", cuda_bf16=False, device_name="V100")
 
 
-@pytest.mark.parametrize("hw, amp, channels_last", [
-    (AVX2, "off", True),
-    (AVX512_NO_BF16, "off", True),
-    (AVX512_BF16, "bf16", True),
-    (AMX, "bf16", True),
-    (CAPPED_TO_AVX2, "off", True),
-    (ARM, "off", False),
-    (CUDA_BF16, "bf16", True),
-    (CUDA_OLD, "fp16", True),
-])
+@pytest.mark.parametrize(
+    "hw, amp, channels_last",
+    [
+        (AVX2, "off", True),
+        (AVX512_NO_BF16, "off", True),
+        (AVX512_BF16, "bf16", True),
+        (AMX, "bf16", True),
+        (CAPPED_TO_AVX2, "off", True),
+        (ARM, "off", False),
+        (CUDA_BF16, "bf16", True),
+        (CUDA_OLD, "fp16", True),
+    ],
+)
 def test_auto_policy(hw: Hardware, amp: str, channels_last: bool) -> None:
     choice = choose_precision(hw)
     assert (choice.amp, choice.channels_last) == (amp, channels_last)

@@ -17,15 +17,17 @@ class FakeClock:
 
 def make(total: int = 100, log_every: int = 10, interval: float = 30.0, start_step: int = 0):
     clock, lines = FakeClock(), []
-    progress = TrainProgress(total, epochs=4, log_every=log_every, interval=interval, start_step=start_step,
-                             clock=clock, emit=lines.append)
+    progress = TrainProgress(
+        total, epochs=4, log_every=log_every, interval=interval, start_step=start_step, clock=clock, emit=lines.append
+    )
     return progress, clock, lines
 
 
 def step(progress: TrainProgress, clock: FakeClock, n: int, seconds: float = 2.0, wait: float = 0.5) -> str | None:
     clock.now += seconds
-    return progress.step_done(StepReport(step=n, epoch=(n - 1) // 25, images=16, seconds=seconds, data_wait=wait,
-                                         loss=10.0 / n))
+    return progress.step_done(
+        StepReport(step=n, epoch=(n - 1) // 25, images=16, seconds=seconds, data_wait=wait, loss=10.0 / n)
+    )
 
 
 def test_first_line_right_after_the_first_step_with_step_time_and_eta() -> None:

@@ -25,11 +25,22 @@ def test_one_step_matches_the_plain_step(threads):
         reference = copy.deepcopy(model)
         anchors = torch.tensor(model.default_anchors, dtype=torch.float32)
         images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-        targets = torch.tensor([[[0, 0.5, 0.5, 0.4, 0.3], [2, 0.2, 0.7, 0.2, 0.2]],
-                                [[1, 0.6, 0.4, 0.5, 0.6], [-1, -1, -1, -1, -1]]])
-        batch = Batch(images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0)
-        settings = LoopSettings(epochs=1, steps_per_epoch=1, accumulation=1, images_per_micro_batch=2, anchors=anchors,
-                                num_classes=3, lr=0.01, burn_in=0)
+        targets = torch.tensor(
+            [[[0, 0.5, 0.5, 0.4, 0.3], [2, 0.2, 0.7, 0.2, 0.2]], [[1, 0.6, 0.4, 0.5, 0.6], [-1, -1, -1, -1, -1]]]
+        )
+        batch = Batch(
+            images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0
+        )
+        settings = LoopSettings(
+            epochs=1,
+            steps_per_epoch=1,
+            accumulation=1,
+            images_per_micro_batch=2,
+            anchors=anchors,
+            num_classes=3,
+            lr=0.01,
+            burn_in=0,
+        )
         train(model, build_sgd(model, 0.01, 0.9, 0.0005), lambda epoch, first: [batch], settings, torch.device("cpu"))
 
         optimizer = build_sgd(reference, 0.01, 0.9, 0.0005)
@@ -52,12 +63,26 @@ def test_every_optimizer_step_reports_its_progress():
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     targets = torch.tensor([[[0, 0.5, 0.5, 0.4, 0.3]], [[1, 0.6, 0.4, 0.5, 0.6]]])
     batch = Batch(images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0)
-    settings = LoopSettings(epochs=2, steps_per_epoch=2, accumulation=2, images_per_micro_batch=4, anchors=anchors,
-                            num_classes=3, lr=0.01, burn_in=0, log_every=2)
+    settings = LoopSettings(
+        epochs=2,
+        steps_per_epoch=2,
+        accumulation=2,
+        images_per_micro_batch=4,
+        anchors=anchors,
+        num_classes=3,
+        lr=0.01,
+        burn_in=0,
+        log_every=2,
+    )
     reports, logged = [], []
-    train(model, build_sgd(model, 0.01, 0.9, 0.0005), lambda epoch, first: [batch] * 4, settings,
-          torch.device("cpu"), Hooks(step_end=reports.append,
-                                     log=lambda metrics, step: logged.append((step, metrics.get("loss/total")))))
+    train(
+        model,
+        build_sgd(model, 0.01, 0.9, 0.0005),
+        lambda epoch, first: [batch] * 4,
+        settings,
+        torch.device("cpu"),
+        Hooks(step_end=reports.append, log=lambda metrics, step: logged.append((step, metrics.get("loss/total")))),
+    )
     assert [(r.step, r.epoch, r.images) for r in reports] == [(1, 0, 8), (2, 0, 8), (3, 1, 8), (4, 1, 8)]
     assert all(r.seconds > 0 and 0 <= r.data_wait <= r.seconds and r.loss > 0 for r in reports)
     # a step's loss is the mean of its micro-batches: two steps average to the loss logged for their window

@@ -48,7 +48,15 @@ def error_case():
 def test_error_breakdown_on_one_of_each():
     records, dets = error_case()
     b = error_breakdown(records, dets, 2)
-    assert b.category.tolist() == ["tp", "duplicate", "localization", "classification", "background", "both", "background"]
+    assert b.category.tolist() == [
+        "tp",
+        "duplicate",
+        "localization",
+        "classification",
+        "background",
+        "both",
+        "background",
+    ]
     assert b.counts == {"localization": 1, "classification": 1, "duplicate": 1, "background": 2, "both": 1,
                         "missed": 1, "true_positives": 1}  # fmt: skip
     assert b.per_class["background"].tolist() == [1, 1]
@@ -65,7 +73,9 @@ def test_error_breakdown_accounts_for_every_detection():
     n = 300
     src = rng.integers(0, 20, n)
     xy = rng.uniform(0, 70, (n, 2))
-    dets = DetectionTable.from_arrays([str(s) for s in src], rng.integers(0, 3, n), rng.random(n), np.concatenate([xy, xy + 25], 1))
+    dets = DetectionTable.from_arrays(
+        [str(s) for s in src], rng.integers(0, 3, n), rng.random(n), np.concatenate([xy, xy + 25], 1)
+    )
     b = error_breakdown(records, dets, 3)
     voc = voc_evaluate(records, dets, ["a", "b", "c"], pixel_convention="continuous")
     fp_types = [t for t in ERROR_TYPES if t != "missed"]
@@ -125,7 +135,14 @@ def test_confusion_matrix_matches_brute_force(seed):
     for i in range(15):
         k = int(rng.integers(0, 5))
         xy = rng.uniform(0, 50, (k, 2))
-        records.append(rec(str(i), np.concatenate([xy, xy + rng.uniform(10, 30, (k, 2))], 1), rng.integers(0, 3, k), rng.random(k) < 0.2))
+        records.append(
+            rec(
+                str(i),
+                np.concatenate([xy, xy + rng.uniform(10, 30, (k, 2))], 1),
+                rng.integers(0, 3, k),
+                rng.random(k) < 0.2,
+            )
+        )
     n = 120
     src = rng.integers(0, 15, n)
     boxes = []
@@ -161,7 +178,9 @@ def test_voc_pr_curves_follow_the_result():
 
 def test_pr_envelope_is_the_running_max_from_the_right():
     records = [rec("A", [[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])]
-    dets = DetectionTable.from_arrays(["A"] * 3, [0] * 3, [0.9, 0.8, 0.7], [[50, 50, 60, 60], [0, 0, 10, 10], [20, 20, 30, 30]])
+    dets = DetectionTable.from_arrays(
+        ["A"] * 3, [0] * 3, [0.9, 0.8, 0.7], [[50, 50, 60, 60], [0, 0, 10, 10], [20, 20, 30, 30]]
+    )
     (curve,) = voc_pr_curves(voc_evaluate(records, dets, ["a"]))
     np.testing.assert_allclose(curve.precision, [0, 1 / 2, 2 / 3])
     np.testing.assert_allclose(curve.envelope, [2 / 3, 2 / 3, 2 / 3])

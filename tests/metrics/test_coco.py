@@ -85,7 +85,9 @@ def test_sample_file_values_give_exactly_pycocotools(sample):
         np.testing.assert_array_equal(ours.precision, ref_precision)
     fast_ref = faster_run(case / "instances_sample.json", case / "detections.json")
     for chunks in (1, 3):
-        ours = coco_evaluate_arrays(gt.coco, dets, gt.class_names, gt.category_ids, "faster_coco_eval", num_chunks=chunks)
+        ours = coco_evaluate_arrays(
+            gt.coco, dets, gt.class_names, gt.category_ids, "faster_coco_eval", num_chunks=chunks
+        )
         np.testing.assert_array_equal(stats_of(ours), fast_ref)
         np.testing.assert_allclose(stats_of(ours), ref_stats, rtol=0, atol=1e-12)  # the two backends agree
 

@@ -15,7 +15,9 @@ from yolov2.metrics.detections import DETECTION_SCHEMA, DetectionTable, GroundTr
 
 
 def test_parquet_round_trip_keeps_rows_and_order(tmp_path: Path):
-    dets = DetectionTable.from_arrays(["b", "a", "b"], [2, 0, 1], [0.5, 0.9, 0.5], [[1, 2, 3, 4], [0, 0, 1.5, 2.25], [5, 6, 7, 8]])
+    dets = DetectionTable.from_arrays(
+        ["b", "a", "b"], [2, 0, 1], [0.5, 0.9, 0.5], [[1, 2, 3, 4], [0, 0, 1.5, 2.25], [5, 6, 7, 8]]
+    )
     pq.write_table(dets.to_arrow(), tmp_path / "d.parquet")
     table = pq.read_table(tmp_path / "d.parquet")
     assert table.schema.equals(DETECTION_SCHEMA)

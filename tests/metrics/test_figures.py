@@ -56,7 +56,9 @@ def test_sample_images_are_skipped_when_no_file_is_readable(shared_data: Path):
     records, dets = voc_case(shared_data, n=3)
     for r in records:
         r.path = "/nonexistent/" + r.image_id + ".jpg"
-    figures = evaluation_figures(records, dets, VOC_CLASSES, {"voc07": voc_evaluate(records, dets, VOC_CLASSES, use_07_metric=True)})
+    figures = evaluation_figures(
+        records, dets, VOC_CLASSES, {"voc07": voc_evaluate(records, dets, VOC_CLASSES, use_07_metric=True)}
+    )
     assert "sample_detections.png" not in figures
 
 

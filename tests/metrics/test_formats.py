@@ -36,8 +36,12 @@ def test_text_box_conventions():
 
 
 def test_text_ground_truth_and_detections(tmp_path: Path):
-    gt_dir = write(tmp_path / "gt", {"img1.txt": "dog 10 20 5 8\ncat 0 0 4 4 difficult\n", "img2.txt": "", "img3.txt": "\n"})
-    det_dir = write(tmp_path / "dets", {"img1.txt": "cat 0.5 1 1 3 3\n\ndog .9 10 20 5 8\n", "img2.txt": "dog 0.1 0 0 1 1\n"})
+    gt_dir = write(
+        tmp_path / "gt", {"img1.txt": "dog 10 20 5 8\ncat 0 0 4 4 difficult\n", "img2.txt": "", "img3.txt": "\n"}
+    )
+    det_dir = write(
+        tmp_path / "dets", {"img1.txt": "cat 0.5 1 1 3 3\n\ndog .9 10 20 5 8\n", "img2.txt": "dog 0.1 0 0 1 1\n"}
+    )
     gt = read_ground_truth(gt_dir)
     assert gt.class_names == ("cat", "dog") and gt.kind == "text"
     assert [r.image_id for r in gt.records] == ["img1", "img2", "img3"]
@@ -97,7 +101,11 @@ def reference_voc_boxes(xml: Path) -> tuple[list[str], np.ndarray]:
 def test_voc_root_and_xml_folder(shared_data: Path):
     toy = read_ground_truth(shared_data / "metric_cases" / "toy_cat")
     assert len(toy.records) == 12 and toy.kind == "voc"
-    no_xml = [r.image_id for r in toy.records if not (shared_data / "metric_cases/toy_cat/Annotations" / f"{r.image_id}.xml").exists()]
+    no_xml = [
+        r.image_id
+        for r in toy.records
+        if not (shared_data / "metric_cases/toy_cat/Annotations" / f"{r.image_id}.xml").exists()
+    ]
     assert no_xml == ["2010_003115", "2012_003445"]
     ann_dir = shared_data / "voc100" / "Annotations"
     gt = read_ground_truth(ann_dir)
@@ -143,6 +151,8 @@ def test_coco_results_need_a_coco_ground_truth(tmp_path: Path, shared_data: Path
     results.write_text(json.dumps([{"image_id": 123456789, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]))
     with pytest.raises(DatasetError, match="123456789"):
         read_detections(results, coco)
-    results.write_text(json.dumps([{"image_id": int(coco.records[0].image_id), "category_id": 12, "bbox": [1, 2, 3, 4], "score": 0.5}]))
+    results.write_text(
+        json.dumps([{"image_id": int(coco.records[0].image_id), "category_id": 12, "bbox": [1, 2, 3, 4], "score": 0.5}])
+    )
     with pytest.raises(DatasetError, match="unknown category id 12"):  # COCO id 12 does not exist
         read_detections(results, coco)

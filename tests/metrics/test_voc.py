@@ -60,9 +60,11 @@ def devkit_ap(records, dets, num_classes, thr, use_07, inclusive=True):
                 iw = bi[2] - bi[0] + off
                 ih = bi[3] - bi[1] + off
                 if iw > 0 and ih > 0:
-                    ua = (bb[2] - bb[0] + off) * (bb[3] - bb[1] + off) + (bbgt[2] - bbgt[0] + off) * (
-                        bbgt[3] - bbgt[1] + off
-                    ) - iw * ih
+                    ua = (
+                        (bb[2] - bb[0] + off) * (bb[3] - bb[1] + off)
+                        + (bbgt[2] - bbgt[0] + off) * (bbgt[3] - bbgt[1] + off)
+                        - iw * ih
+                    )
                     ov = iw * ih / ua
                     if ov > ovmax:
                         ovmax, jmax = ov, j
@@ -113,9 +115,7 @@ def random_case(seed, num_images=30, num_classes=4, integer=False):
         if integer:
             b = np.round(b)
         lab = rng.integers(0, num_classes, k)
-        records.append(
-            ImageRecord(f"img{i}", "t", "", 100, 100, b, lab, rng.random(k) < 0.15, rng.random(k) < 0.05)
-        )
+        records.append(ImageRecord(f"img{i}", "t", "", 100, 100, b, lab, rng.random(k) < 0.15, rng.random(k) < 0.05))
         n = int(rng.integers(0, 9))
         src = rng.integers(0, max(k, 1), n)
         d = b[src] + rng.normal(0, 4, (n, 4)) if k else rng.uniform(0, 60, (n, 4))
@@ -211,7 +211,9 @@ def test_equal_scores_keep_input_order():
 
 def test_difficult_match_is_neither_tp_nor_fp_and_not_counted():
     records = [one_image([[0, 0, 10, 10], [50, 50, 60, 60]], difficult=np.array([True, False]))]
-    dets = DetectionTable.from_arrays(["a", "a", "a"], [0, 0, 0], [0.9, 0.8, 0.7], [[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]])
+    dets = DetectionTable.from_arrays(
+        ["a", "a", "a"], [0, 0, 0], [0.9, 0.8, 0.7], [[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]]
+    )
     m = match(records, dets)
     assert m.ignored.tolist() == [True, True, False]
     assert m.tp.tolist() == [False, False, True] and not m.fp.any()
@@ -320,7 +322,9 @@ def test_large_case_is_fast():
     n = 100_000
     src = rng.integers(0, 2000, n)
     xy = rng.uniform(0, 300, (n, 2))
-    dets = DetectionTable.from_arrays([str(s) for s in src], rng.integers(0, 20, n), rng.random(n), np.concatenate([xy, xy + 40], 1))
+    dets = DetectionTable.from_arrays(
+        [str(s) for s in src], rng.integers(0, 20, n), rng.random(n), np.concatenate([xy, xy + 40], 1)
+    )
     started = time.perf_counter()
     r = voc_evaluate(records, dets, [str(c) for c in range(20)])
     assert time.perf_counter() - started < 5.0

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+
 @pytest.fixture(scope="session")
 def cfg_dir(shared_data: Path) -> Path:
     path = shared_data / "darknet_cfg"

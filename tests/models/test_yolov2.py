@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolov2.models.priors import COCO_ANCHORS, VOC_ANCHORS
 from yolov2.errors import ConfigError
 from yolov2.models import MODELS, build_model, load_darknet_weights, save_darknet_weights
+from yolov2.models.priors import COCO_ANCHORS, VOC_ANCHORS
 from yolov2.models.summary import count_parameters
 
 # Our named model <-> Darknet's cfg file and its class count.

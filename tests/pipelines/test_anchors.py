@@ -122,8 +122,14 @@ def test_generated_equals_single_process_cached_and_forced(ray_local, tmp_path, 
     assert doc["partitions"] == 3  # the map really ran over several partitions
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[anchors]")]
     assert lines[0] == "[anchors] k-means 0/20 runs (0%) elapsed 0:00:00"  # k = 1..10, two restarts each
-    assert any(re.fullmatch(r"\[anchors\] k-means \d+/20 runs \(\d+%\) [\d.]+ runs/s, elapsed 0:00:\d\d, "
-                            r"ETA 0:\d\d:\d\d", line) for line in lines), lines
+    assert any(
+        re.fullmatch(
+            r"\[anchors\] k-means \d+/20 runs \(\d+%\) [\d.]+ runs/s, elapsed 0:00:\d\d, "
+            r"ETA 0:\d\d:\d\d",
+            line,
+        )
+        for line in lines
+    ), lines
     assert lines[-1].startswith("[anchors] k-means 20/20 runs (100%)")
 
     _, _, _, cached = _run(tmp_path / "ws", overrides)
@@ -137,8 +143,12 @@ def test_generated_equals_single_process_cached_and_forced(ray_local, tmp_path, 
 
 
 def test_voc100_equals_single_process(ray_local, tmp_path, shared_data):
-    overrides = ["data.kind=voc", f"data.root={shared_data / 'voc100'}", "data.splits={train: [test]}",
-                 "anchors.include_difficult=false"]
+    overrides = [
+        "data.kind=voc",
+        f"data.root={shared_data / 'voc100'}",
+        "data.splits={train: [test]}",
+        "anchors.include_difficult=false",
+    ]
     cfg, ws, sharded, result = _run(tmp_path / "ws", overrides)
     doc = _check_stage_equals_single_process(cfg, ws, sharded, result)
     assert doc["partitions"] == cfg.anchors.partitions == 4
@@ -242,6 +252,7 @@ def test_mlflow_run_has_metrics_and_plot(ray_local, tmp_path):
     assert sorted(m.step for m in history) == list(range(1, 11))
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert {"anchors.png", "anchors.json"} <= artifacts
-    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="anchors.png",
-                                                dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="anchors.png", dst_path=str(tmp_path / "dl")
+    )
     assert Path(local).read_bytes() == ws.local_path(result.output_dir, "anchors.png").read_bytes()

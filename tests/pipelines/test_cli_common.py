@@ -46,16 +46,27 @@ def _warnings(records: list[logging.LogRecord]) -> list[str]:
     return [r.getMessage() for r in records if r.levelno == logging.WARNING]
 
 
-@pytest.mark.parametrize("main", [full.main, functools.partial(cli_common.stage_main, anchors.SPEC)],
-                         ids=["full", "single-stage"])
+@pytest.mark.parametrize(
+    "main", [full.main, functools.partial(cli_common.stage_main, anchors.SPEC)], ids=["full", "single-stage"]
+)
 def test_slow_precision_is_warned_about_before_ray_starts(main, monkeypatch, ray_start_records, tmp_path):
     monkeypatch.setattr(cli_common, "detect_hardware", lambda device="cpu": AVX2)
     with pytest.raises(RayStarted):
-        main(["--config", str(REPO / "configs/demo.yaml"), "--workspace", str(tmp_path), "--no-mlflow",
-              "--set", "train.amp=bf16"])
+        main(
+            [
+                "--config",
+                str(REPO / "configs/demo.yaml"),
+                "--workspace",
+                str(tmp_path),
+                "--no-mlflow",
+                "--set",
+                "train.amp=bf16",
+            ]
+        )
     [before_ray] = ray_start_records
     assert _warnings(before_ray) == [
-        "train.amp=bf16 on a CPU without native bf16 (AVX2): expect about 10x slower than float32; use train.amp=auto"]
+        "train.amp=bf16 on a CPU without native bf16 (AVX2): expect about 10x slower than float32; use train.amp=auto"
+    ]
 
 
 def test_no_warning_for_auto_or_native_bf16(monkeypatch):
@@ -71,8 +82,17 @@ def test_no_warning_for_auto_or_native_bf16(monkeypatch):
     assert cli_common.precision_warnings(cfg) == []
 
 
-TINY_PREPARE = ["--config", str(REPO / "configs/demo.yaml"), "--no-mlflow", "--set", "data.synthetic.num_train=2",
-                "--set", "data.synthetic.num_val=1", "--set", "data.synthetic.num_test=1"]
+TINY_PREPARE = [
+    "--config",
+    str(REPO / "configs/demo.yaml"),
+    "--no-mlflow",
+    "--set",
+    "data.synthetic.num_train=2",
+    "--set",
+    "data.synthetic.num_val=1",
+    "--set",
+    "data.synthetic.num_test=1",
+]
 
 
 @pytest.fixture
@@ -102,8 +122,11 @@ def test_stage_main_exits_2_naming_the_upstream_command(no_ray, tmp_path, caplog
 
 def test_stage_main_has_the_stage_flags_and_the_fault_plan_from_the_environment(no_ray, tmp_path, monkeypatch):
     seen = []
-    spec = dataclasses.replace(prepare.SPEC, body=lambda ctx, **flags: seen.append((flags, ctx.faults)) or {},
-                               flags=(StageFlag("resume", "continue", keeps_partial_output=True),))
+    spec = dataclasses.replace(
+        prepare.SPEC,
+        body=lambda ctx, **flags: seen.append((flags, ctx.faults)) or {},
+        flags=(StageFlag("resume", "continue", keeps_partial_output=True),),
+    )
     monkeypatch.setenv("YOLOV2_FAULT_SHARD_DIR", str(tmp_path / "markers"))
     assert cli_common.stage_main(spec, [*TINY_PREPARE, "--workspace", str(tmp_path / "ws"), "--resume"]) == 0
     assert seen == [({"resume": True}, FaultPlan(shard_kind="exit", shard_marker_dir=str(tmp_path / "markers")))]
@@ -112,7 +135,12 @@ def test_stage_main_has_the_stage_flags_and_the_fault_plan_from_the_environment(
 
 
 def test_stage_script_help_is_its_module_docstring():
-    done = subprocess.run([sys.executable, str(REPO / "pipelines" / "prepare.py"), "--help"], capture_output=True,
-                          text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "prepare.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "The `prepare` stage: make the raw dataset named by the config exist on local disk." in done.stdout
     assert "--force" in done.stdout and "--no-mlflow" in done.stdout

@@ -59,13 +59,33 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
     def digest(payload: dict) -> str:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    prepare_fp = digest({"stage": "prepare", "version": 1, "upstream": {},
-                         "config": {"data.kind": data["kind"], "data.root": data["root"],
-                                    "data.download": data["download"], "data.synthetic": data["synthetic"]}})
-    shard_fp = digest({"stage": "shard", "version": 1, "upstream": {"prepare": prepare_fp},
-                       "config": {"data.splits": data["splits"], "data.class_names": data["class_names"],
-                                  "data.strict": data["strict"], "data.max_image_pixels": data["max_image_pixels"],
-                                  "shard": to_dict(cfg)["shard"]}})
+    prepare_fp = digest(
+        {
+            "stage": "prepare",
+            "version": 1,
+            "upstream": {},
+            "config": {
+                "data.kind": data["kind"],
+                "data.root": data["root"],
+                "data.download": data["download"],
+                "data.synthetic": data["synthetic"],
+            },
+        }
+    )
+    shard_fp = digest(
+        {
+            "stage": "shard",
+            "version": 1,
+            "upstream": {"prepare": prepare_fp},
+            "config": {
+                "data.splits": data["splits"],
+                "data.class_names": data["class_names"],
+                "data.strict": data["strict"],
+                "data.max_image_pixels": data["max_image_pixels"],
+                "shard": to_dict(cfg)["shard"],
+            },
+        }
+    )
     assert fp(cfg, "prepare") == prepare_fp
     assert fp(cfg, "shard") == shard_fp
 
@@ -213,8 +233,9 @@ def test_a_second_run_waits_for_the_lock_or_fails_clearly(tmp_path):
         fcntl.flock(holder, fcntl.LOCK_EX)  # "another run" is writing this output
         calls = []
         with pytest.raises(StageError, match="being written by another run"):
-            run_stage(with_body(PREPARE, lambda ctx: calls.append(1) or {}), cfg, ws, tracking_enabled=False,
-                      lock_wait=0.5)
+            run_stage(
+                with_body(PREPARE, lambda ctx: calls.append(1) or {}), cfg, ws, tracking_enabled=False, lock_wait=0.5
+            )
         assert calls == [] and load_result(cfg, ws, PREPARE) is None
 
         def other_run_finishes() -> None:  # the holder completes the stage, then releases the lock
@@ -224,8 +245,9 @@ def test_a_second_run_waits_for_the_lock_or_fails_clearly(tmp_path):
 
         timer = threading.Timer(0.5, other_run_finishes)
         timer.start()
-        result = run_stage(with_body(PREPARE, lambda ctx: calls.append(1) or {}), cfg, ws, tracking_enabled=False,
-                           lock_wait=30)
+        result = run_stage(
+            with_body(PREPARE, lambda ctx: calls.append(1) or {}), cfg, ws, tracking_enabled=False, lock_wait=30
+        )
         timer.join()
     assert result.cached and result.manifest == {"by": "other"} and calls == []  # waited, then reused it
 
@@ -270,7 +292,11 @@ def test_mlflow_server_dying_during_a_stage_skips_the_logging_instead_of_failing
     assert elapsed < 60, f"the stage took {elapsed:.0f}s: it waited on the dead server"
     assert result.manifest["work"] == "done"
     assert result.manifest["mlflow_not_logged"] == [
-        "metrics after", "artifact late.txt", "metrics stage_seconds", "end of run (FINISHED)"]
+        "metrics after",
+        "artifact late.txt",
+        "metrics stage_seconds",
+        "end of run (FINISHED)",
+    ]
     assert "is not answering" in caplog.text and "its output is complete" in caplog.text
     assert mlflow.active_run() is None  # nothing left open for the next stage to nest under
     assert load_result(PipelineConfig(), ws, PREPARE).manifest == result.manifest

@@ -22,18 +22,35 @@ from yolov2.progress import Progress
 
 
 def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, capsys):
-    cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", "data.synthetic.num_train=2", "data.synthetic.num_val=2",
-                             "data.synthetic.num_test=13", "shard.max_count=5", "evaluate.input_size=96",
-                             "evaluate.batch_size=4", "evaluate.metrics=[voc07, voc12, coco]",
-                             "evaluate.coco_workers=2", "evaluate.amp=off",  # float32, as the plain loop below
-                             "evaluate.channels_last=false"])
+    cfg = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            "data.synthetic.num_train=2",
+            "data.synthetic.num_val=2",
+            "data.synthetic.num_test=13",
+            "shard.max_count=5",
+            "evaluate.input_size=96",
+            "evaluate.batch_size=4",
+            "evaluate.metrics=[voc07, voc12, coco]",
+            "evaluate.coco_workers=2",
+            "evaluate.amp=off",  # float32, as the plain loop below
+            "evaluate.channels_last=false",
+        ],
+    )
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
 
     torch.manual_seed(0)
-    spec = ModelSpec("yolov2_tiny_voc", 5, [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
-                     sharded.manifest["class_names"], input_size=96, width_multiplier=0.25)
+    spec = ModelSpec(
+        "yolov2_tiny_voc",
+        5,
+        [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
+        sharded.manifest["class_names"],
+        input_size=96,
+        width_multiplier=0.25,
+    )
     model_dir = ws.local_path("fake-train")
     model_dir.mkdir(parents=True)
     save_model_file(model_dir / "model.pt", spec.build(), spec)
@@ -44,8 +61,14 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[evaluate]")]
     inference = [line for line in lines if line.startswith("[evaluate] inference ")]
     assert inference[0] == "[evaluate] inference 0/13 images (0%) elapsed 0:00:00"
-    assert any(re.fullmatch(r"\[evaluate\] inference \d+/13 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
-                            r"ETA 0:\d\d:\d\d", line) for line in inference), inference
+    assert any(
+        re.fullmatch(
+            r"\[evaluate\] inference \d+/13 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
+            r"ETA 0:\d\d:\d\d",
+            line,
+        )
+        for line in inference
+    ), inference
     assert inference[-1].startswith("[evaluate] inference 13/13 images (100%)")  # every image counted, once
     assert lines[-1].startswith("[evaluate] scoring 3/3 metrics (100%)")
     stage_dets = DetectionTable.from_arrow(ws.read_parquet(result.output_dir, "detections.parquet"))

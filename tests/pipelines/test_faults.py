@@ -29,8 +29,12 @@ from yolov2.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-SHARD_OVERRIDES = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-                   "shard.max_count=8"]
+SHARD_OVERRIDES = [
+    "data.synthetic.num_train=20",
+    "data.synthetic.num_val=4",
+    "data.synthetic.num_test=4",
+    "shard.max_count=8",
+]
 PAGE = 4096  # tmpfs counts whole pages per file
 
 
@@ -39,8 +43,12 @@ def tmpfs(mount_point: Path, size: int) -> Iterator[Path]:
     """A tmpfs of ``size`` bytes mounted at ``mount_point`` for the block; skips where mounting is refused."""
     mount_point.mkdir(parents=True, exist_ok=True)
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except FileNotFoundError:
         pytest.skip("no `mount` command: cannot make a small filesystem to fill")
     if done.returncode != 0:
@@ -165,8 +173,15 @@ def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_trai
     """
     ws = tmp_path / "ws"
     stages = ["prepare", "shard", "anchors", "train"]
-    args = ["--config", str(REPO / "configs/demo.yaml"), "--workspace", str(ws), "--stages", ",".join(stages),
-            *set_args([*TINY, "train.epochs=4", "mlflow.experiment=driver-kill"])]
+    args = [
+        "--config",
+        str(REPO / "configs/demo.yaml"),
+        "--workspace",
+        str(ws),
+        "--stages",
+        ",".join(stages),
+        *set_args([*TINY, "train.epochs=4", "mlflow.experiment=driver-kill"]),
+    ]
     log = tmp_path / "driver.log"
     # ray.address=local: a Ray instance of its own, never a cluster some other process started on this machine
     with open(log, "w") as out:
@@ -193,13 +208,21 @@ def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_trai
     tracking_uri = f"sqlite:///{ws / 'mlflow.db'}"
     before = _runs(tracking_uri, "driver-kill")
     assert {n: [r.info.status for r in runs] for n, runs in before.items()} == {
-        "pipeline": ["RUNNING"], "prepare": ["FINISHED"], "shard": ["FINISHED"], "anchors": ["FINISHED"],
-        "train": ["RUNNING"]}
+        "pipeline": ["RUNNING"],
+        "prepare": ["FINISHED"],
+        "shard": ["FINISHED"],
+        "anchors": ["FINISHED"],
+        "train": ["RUNNING"],
+    }
 
     assert full.main(args) == 0  # the same command again
     summary = json.loads((ws / "summary.json").read_text())
     assert {s: summary["stages"][s]["status"] for s in stages} == {
-        "prepare": "cached", "shard": "cached", "anchors": "cached", "train": "done"}
+        "prepare": "cached",
+        "shard": "cached",
+        "anchors": "cached",
+        "train": "done",
+    }
     manifest = json.loads((train_dir / MANIFEST).read_text())
     assert manifest["epochs"] == 4 and manifest["resumed"] is False  # restarted from step 0, ran to the end
     assert not killed_checkpoints & {p.parent.name for p in train_dir.glob("ray/**/state.pt")}
@@ -207,8 +230,12 @@ def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_trai
 
     after = _runs(tracking_uri, "driver-kill")
     assert {n: [r.info.status for r in runs] for n, runs in after.items()} == {
-        "pipeline": ["KILLED", "FINISHED"], "prepare": ["FINISHED"], "shard": ["FINISHED"],
-        "anchors": ["FINISHED"], "train": ["KILLED", "FINISHED"]}
+        "pipeline": ["KILLED", "FINISHED"],
+        "prepare": ["FINISHED"],
+        "shard": ["FINISHED"],
+        "anchors": ["FINISHED"],
+        "train": ["KILLED", "FINISHED"],
+    }
     assert after["train"][0].info.run_id == before["train"][0].info.run_id
     assert after["pipeline"][0].info.run_id == before["pipeline"][0].info.run_id
     assert manifest["mlflow_run_id"] == after["train"][1].info.run_id

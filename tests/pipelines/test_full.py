@@ -28,8 +28,9 @@ from yolov2.config import PipelineConfig
 
 
 def _post(base: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -54,8 +55,17 @@ def mlflow_server(root) -> Iterator[str]:
 
 def run_tiny_pipeline(tmp_path, base: str, experiment: str) -> tuple[list[str], dict]:
     """full.py at tiny size against the server: its arguments (for a rerun) and the summary it wrote."""
-    args = ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"),
-            "--set", f"mlflow.tracking_uri={base}", "--set", f"mlflow.experiment={experiment}", *set_args(TINY)]
+    args = [
+        "--config",
+        "configs/demo.yaml",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--set",
+        f"mlflow.tracking_uri={base}",
+        "--set",
+        f"mlflow.experiment={experiment}",
+        *set_args(TINY),
+    ]
     assert full.main(args) == 0
     return args, json.loads((tmp_path / "ws" / "summary.json").read_text())
 
@@ -114,8 +124,9 @@ def test_each_stage_gets_only_the_flags_it_declares(tmp_path, monkeypatch):
 
     monkeypatch.setattr(full, "run_stage", fake_run_stage)
     ws = Workspace.open(tmp_path / "ws")
-    invocation = full.Invocation(PipelineConfig(), ws, STAGE_NAMES, frozenset(), {"resume": True},
-                                 tracking_enabled=False, faults=NO_FAULTS)
+    invocation = full.Invocation(
+        PipelineConfig(), ws, STAGE_NAMES, frozenset(), {"resume": True}, tracking_enabled=False, faults=NO_FAULTS
+    )
     summary: dict = {"stages": {}}
     assert full.run_selected(invocation, summary, {}) == 0
     assert calls == {"prepare": {}, "shard": {}, "anchors": {}, "train": {"resume": True}, "evaluate": {}}
@@ -124,8 +135,9 @@ def test_each_stage_gets_only_the_flags_it_declares(tmp_path, monkeypatch):
 
 def test_a_selected_stage_without_its_upstream_exits_2_and_still_writes_the_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ray_runtime, "connect", lambda *args, **kwargs: None)
-    code = full.main(["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"), "--no-mlflow",
-                      "--stages", "anchors"])
+    code = full.main(
+        ["--config", "configs/demo.yaml", "--workspace", str(tmp_path / "ws"), "--no-mlflow", "--stages", "anchors"]
+    )
     assert code == 2
     summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
     assert summary["stages"] == {} and summary["metrics"] == {}
@@ -147,11 +159,25 @@ def test_mlflow_ui_shows_the_pipeline_run(ray_local, tmp_path):
         url = f"{base}/#/experiments/{experiment_id}/runs/{summary['mlflow_parent_run_id']}"
         shot = tmp_path / "mlflow-ui.png"
         subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000", "--virtual-time-budget=20000",
-             f"--screenshot={shot}", url],
-            check=True, capture_output=True, timeout=180,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-quic",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome'}",
+                "--window-size=1400,1000",
+                "--virtual-time-budget=20000",
+                f"--screenshot={shot}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
         )
         pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
         assert pixels.shape == (1000, 1400)

@@ -31,8 +31,10 @@ from tiny_pipeline import TINY, set_args
 TWO_NODES = [
     "shard.max_count=2",  # 8 + 2 + 2 = 12 shard tasks, several per node
     "anchors.partitions=4",  # 4 assign tasks per k-means iteration
-    "train.num_workers=2", "train.cpus_per_worker=1",
-    "evaluate.num_actors=2", "evaluate.cpus_per_actor=0.75",
+    "train.num_workers=2",
+    "train.cpus_per_worker=1",
+    "evaluate.num_actors=2",
+    "evaluate.cpus_per_actor=0.75",
 ]
 
 
@@ -52,16 +54,18 @@ def _task_nodes(address: str, job_id: str, name: str) -> list[str]:
     """Node id of every finished task (or actor task) named ``name`` of the job."""
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(address=address, filters=[("job_id", "=", job_id), ("name", "=", name)], limit=10_000,
-                       detail=True)
+    tasks = list_tasks(
+        address=address, filters=[("job_id", "=", job_id), ("name", "=", name)], limit=10_000, detail=True
+    )
     return [t.node_id for t in tasks if t.state == "FINISHED"]
 
 
 def _actor_nodes(address: str, job_id: str, class_name: str) -> list[str]:
     from ray.util.state import list_actors
 
-    actors = list_actors(address=address, filters=[("job_id", "=", job_id), ("class_name", "=", class_name)],
-                         limit=10_000, detail=True)
+    actors = list_actors(
+        address=address, filters=[("job_id", "=", job_id), ("class_name", "=", class_name)], limit=10_000, detail=True
+    )
     print(class_name, [(a.state, a.node_id) for a in actors], file=sys.stderr)  # shown on failure
     return [a.node_id for a in actors]
 
@@ -72,25 +76,58 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
     temp_dir = f"/tmp/yolov2-f{port}"
     # The cluster uses the test session's token, which this process's Ray already presents: the state API
     # calls below, from this process, are let in.
-    cluster = [str(CLUSTER / "local_cluster.sh"), "--port", str(port), "--temp-dir", temp_dir, "--cpus", "1",
-               "--token-file", str(ray_token_file)]
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ray_token_file),
-               NO_ALBUMENTATIONS_UPDATE="1", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    cluster = [
+        str(CLUSTER / "local_cluster.sh"),
+        "--port",
+        str(port),
+        "--temp-dir",
+        temp_dir,
+        "--cpus",
+        "1",
+        "--token-file",
+        str(ray_token_file),
+    ]
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(ray_token_file),
+        NO_ALBUMENTATIONS_UPDATE="1",
+        PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+    )
     address = f"127.0.0.1:{port}"
     workspace = tmp_path / "ws"
     try:
         up = run([*cluster[:1], "up", *cluster[1:]], env=env, timeout=300, cwd="/")
         if up.returncode != 0:
-            pytest.skip(f"the two-node Ray cluster did not start (local_cluster.sh up exited {up.returncode}): "
-                        f"{(up.stdout + up.stderr).strip()[-600:]}")
+            pytest.skip(
+                f"the two-node Ray cluster did not start (local_cluster.sh up exited {up.returncode}): "
+                f"{(up.stdout + up.stderr).strip()[-600:]}"
+            )
         nodes = _nodes_by_resource(address)
         assert set(nodes) == {"node_head", "node_worker"} and len(set(nodes.values())) == 2, nodes
 
         submission_id = f"yolov2-full-{uuid.uuid4().hex[:8]}"
-        job = run([str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port + 1}",
-                   "--submission-id", submission_id, "--",
-                   "python", "pipelines/full.py", "--config", "configs/demo.yaml", "--workspace", str(workspace),
-                   *set_args(TINY + TWO_NODES)], env=env, timeout=900)
+        job = run(
+            [
+                str(VENV_BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{port + 1}",
+                "--submission-id",
+                submission_id,
+                "--",
+                "python",
+                "pipelines/full.py",
+                "--config",
+                "configs/demo.yaml",
+                "--workspace",
+                str(workspace),
+                *set_args(TINY + TWO_NODES),
+            ],
+            env=env,
+            timeout=900,
+        )
         assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
         summary = json.loads((workspace / "summary.json").read_text())
         assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["done"] * 5
@@ -119,4 +156,3 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
     finally:
         down = run([*cluster[:1], "down", *cluster[1:]], env=env, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
-

@@ -80,13 +80,16 @@ def test_joining_never_makes_a_token_and_says_how_to_pass_the_clusters(clean_env
     assert ray_auth.configure(starts_local=False).source == f"Ray's default token file {default}"
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("missing", "does not exist: point RAY_AUTH_TOKEN_PATH at the cluster's token file, or create one"),
-    ("readable", "can be accessed by other users (mode 0644): run `chmod 600 "),
-    ("group_writable", "can be accessed by other users (mode 0620)"),
-    ("empty", "is empty"),
-    ("directory", "is not a regular file"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing", "does not exist: point RAY_AUTH_TOKEN_PATH at the cluster's token file, or create one"),
+        ("readable", "can be accessed by other users (mode 0644): run `chmod 600 "),
+        ("group_writable", "can be accessed by other users (mode 0620)"),
+        ("empty", "is empty"),
+        ("directory", "is not a regular file"),
+    ],
+)
 def test_a_bad_token_file_is_refused_with_what_to_do(tmp_path, problem, expected):
     path = tmp_path / "token"
     if problem == "directory":
@@ -112,8 +115,11 @@ def test_a_token_file_that_cannot_be_made_is_a_clear_error(tmp_path, monkeypatch
     home = tmp_path / "not-a-folder"
     home.write_text("")  # mkdir under it fails, whoever runs the test (root too)
     monkeypatch.setenv("HOME", str(home))
-    with pytest.raises(RayAuthError, match="cannot create the Ray token file .*: Not a directory; point "
-                                           "RAY_AUTH_TOKEN_PATH at a token file elsewhere"):
+    with pytest.raises(
+        RayAuthError,
+        match="cannot create the Ray token file .*: Not a directory; point "
+        "RAY_AUTH_TOKEN_PATH at a token file elsewhere",
+    ):
         ray_auth.configure(starts_local=True)
 
 
@@ -149,9 +155,11 @@ def test_a_refusal_is_recognised_through_rays_wrapping_and_explained():
     # inside a RuntimeError, which is the cause of a ConnectionError.
     try:
         try:
-            raise RuntimeError("Failed to connect to GCS. Last connection error: Traceback ...\n"
-                               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication "
-                               "token is missing or incorrect.")
+            raise RuntimeError(
+                "Failed to connect to GCS. Last connection error: Traceback ...\n"
+                "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication "
+                "token is missing or incorrect."
+            )
         except RuntimeError as inner:
             raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379") from inner
     except ConnectionError as e:
@@ -162,8 +170,10 @@ def test_a_refusal_is_recognised_through_rays_wrapping_and_explained():
 
     presented = ray_auth.AuthSetup("token", "the token file /t (RAY_AUTH_TOKEN_PATH)")
     message = str(ray_auth.refused("10.0.0.5:6379", presented))
-    assert message.startswith("Ray at 10.0.0.5:6379 refused this driver's authentication; it presented the token "
-                              "file /t (RAY_AUTH_TOKEN_PATH). Pass that cluster's token: export RAY_AUTH_MODE=token")
+    assert message.startswith(
+        "Ray at 10.0.0.5:6379 refused this driver's authentication; it presented the token "
+        "file /t (RAY_AUTH_TOKEN_PATH). Pass that cluster's token: export RAY_AUTH_MODE=token"
+    )
     disabled = str(ray_auth.refused(None, ray_auth.AuthSetup("disabled", "")))
     assert "the Ray cluster on this machine" in disabled and "no token (RAY_AUTH_MODE=disabled)" in disabled
 

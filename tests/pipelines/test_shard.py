@@ -32,8 +32,9 @@ def _run(tmp_path: Path, overrides: list[str], force: bool = False, faults: Faul
     cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", *overrides])
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
-    result = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=force, tracking_enabled=False,
-                       faults=faults)
+    result = run_stage(
+        shard.SPEC, cfg, ws, upstream={"prepare": prepared}, force=force, tracking_enabled=False, faults=faults
+    )
     return cfg, ws, result
 
 
@@ -57,14 +58,24 @@ def _assert_shards_match(ws: Workspace, result, split: str, expected_records) ->
 
 
 def test_generated_dataset_round_trip_cache_and_force(ray_local, tmp_path, monkeypatch, capsys):
-    overrides = ["data.synthetic.num_train=24", "data.synthetic.num_val=6", "data.synthetic.num_test=6",
-                 "shard.max_count=10"]
+    overrides = [
+        "data.synthetic.num_train=24",
+        "data.synthetic.num_val=6",
+        "data.synthetic.num_test=6",
+        "shard.max_count=10",
+    ]
     monkeypatch.setattr(shard, "Progress", functools.partial(Progress, interval=0))  # a line per finished shard
     cfg, ws, result = _run(tmp_path, overrides)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[shard]")]
     assert lines[0] == "[shard] 0/36 images (0%) elapsed 0:00:00"
-    assert any(re.fullmatch(r"\[shard\] \d+/36 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
-                            r"ETA 0:\d\d:\d\d", line) for line in lines), lines
+    assert any(
+        re.fullmatch(
+            r"\[shard\] \d+/36 images \(\d+%\) [\d.]+ images/s, elapsed 0:00:\d\d, "
+            r"ETA 0:\d\d:\d\d",
+            line,
+        )
+        for line in lines
+    ), lines
     assert lines[-1].startswith("[shard] 36/36 images (100%)")
     root = result.manifest and run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False).manifest["root"]
     for split, n in [("train", 24), ("val", 6), ("test", 6)]:
@@ -94,8 +105,15 @@ def test_voc100_every_record_and_byte(ray_local, tmp_path, shared_data):
 
 def test_raccoon_two_splits_grayscale_kept(ray_local, tmp_path, shared_data):
     root = shared_data / "raccoon"
-    _, ws, result = _run(tmp_path, ["data.kind=voc", f"data.root={root}", "data.splits={train: [train], test: [test]}",
-                                    "data.class_names=[raccoon]"])
+    _, ws, result = _run(
+        tmp_path,
+        [
+            "data.kind=voc",
+            f"data.root={root}",
+            "data.splits={train: [train], test: [test]}",
+            "data.class_names=[raccoon]",
+        ],
+    )
     for split, n in [("train", 160), ("test", 40)]:
         records, rejects = read_voc(root, split, class_names=["raccoon"])
         assert len(records) + sum(r.level == "image" for r in rejects) == n
@@ -106,11 +124,16 @@ def test_raccoon_two_splits_grayscale_kept(ray_local, tmp_path, shared_data):
 
 def test_coco_tiny(ray_local, tmp_path, shared_data):
     root = shared_data / "coco_tiny"
-    _, ws, result = _run(tmp_path, ["data.kind=coco", f"data.root={root}",
-                                    "data.splits={train: [train2017], val: [val2017]}"])
+    _, ws, result = _run(
+        tmp_path, ["data.kind=coco", f"data.root={root}", "data.splits={train: [train2017], val: [val2017]}"]
+    )
     for split, name in [("train", "train2017"), ("val", "val2017")]:
-        records, rejects = read_coco(root / "annotations" / f"instances_{name}.json", root / name, split,
-                                     class_names=result.manifest["class_names"])
+        records, rejects = read_coco(
+            root / "annotations" / f"instances_{name}.json",
+            root / name,
+            split,
+            class_names=result.manifest["class_names"],
+        )
         assert len(records) + sum(r.level == "image" for r in rejects) == 80
         _assert_shards_match(ws, result, split, records)
     assert len(result.manifest["class_names"]) == 80
@@ -136,8 +159,12 @@ def test_bad_images_are_rejected_with_reasons_and_counted(ray_local, tmp_path, s
     assert "missing" in image_rejects[ids[1]]["reason"]
 
 
-FAULT_OVERRIDES = ["data.synthetic.num_train=20", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-                   "shard.max_count=8"]  # 5 shards
+FAULT_OVERRIDES = [
+    "data.synthetic.num_train=20",
+    "data.synthetic.num_val=4",
+    "data.synthetic.num_test=4",
+    "shard.max_count=8",
+]  # 5 shards
 
 
 def _clean_run_and_marker_dir(tmp_path: Path):

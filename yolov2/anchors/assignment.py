@@ -166,7 +166,11 @@ def _use_numba(backend: Backend) -> bool:
 
 
 def _assign_numba(
-    wh: np.ndarray, centroids: np.ndarray, previous: np.ndarray | None, block_size: int, num_blocks: int,
+    wh: np.ndarray,
+    centroids: np.ndarray,
+    previous: np.ndarray | None,
+    block_size: int,
+    num_blocks: int,
     num_threads: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     import numba

@@ -160,8 +160,14 @@ class LocalMapper:
         out = []
         for i, (lo, hi) in enumerate(self.bounds):
             stats, self._previous[i] = assign(
-                self.wh[lo:hi], centroids, self._previous[i], start=lo, block_size=self.block_size,
-                collect_values=collect_values, backend=self.backend, num_threads=self.num_threads,
+                self.wh[lo:hi],
+                centroids,
+                self._previous[i],
+                start=lo,
+                block_size=self.block_size,
+                collect_values=collect_values,
+                backend=self.backend,
+                num_threads=self.num_threads,
             )
             out.append(stats)
         return out

@@ -12,9 +12,7 @@ from yolov2.anchors.partitions import AssignMapper
 from yolov2.anchors.shapes import validate_shapes
 
 
-def mean_iou(
-    wh: np.ndarray, anchors: np.ndarray, *, block_size: int = BLOCK_SIZE, backend: Backend = "auto"
-) -> float:
+def mean_iou(wh: np.ndarray, anchors: np.ndarray, *, block_size: int = BLOCK_SIZE, backend: Backend = "auto") -> float:
     """Mean over boxes of the best IoU with any anchor; wh (float64[N, 2]) and anchors (float64[k, 2])
     in the same units (both normalised, or both grid cells at the same input size)."""
     stats, _ = assign(validate_shapes(wh), anchors, block_size=block_size, backend=backend)

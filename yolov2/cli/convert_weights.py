@@ -23,8 +23,12 @@ from yolov2.models import MODELS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert-weights", help="Darknet .weights <-> model file (model.pt)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "convert-weights",
+        help="Darknet .weights <-> model file (model.pt)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--input", required=True, help="a Darknet .weights file, or a model file (model.pt)")
     p.add_argument("--output", required=True, help="model.pt (from Darknet), or X.weights (to Darknet)")
     p.add_argument("--cfg", help="from Darknet: the network's .cfg (anchors and classes from its [region])")
@@ -33,10 +37,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width-multiplier", type=float, default=1.0, help="from Darknet: channel multiplier (default 1)")
     p.add_argument("--names", help="from Darknet: a .names file (one class name per line)")
     p.add_argument("--input-size", type=int, default=None, help="the model's input side (default: cfg's, or 416)")
-    p.add_argument("--batch-norm", choices=["darknet", "alexeyab"], default="darknet",
-                   help="from Darknet: which Darknet trained the weights, for its batch-norm arithmetic at inference: "
-                        "darknet = pjreddie's, (x - mean) / (sqrt(var) + 1e-6), as yolov2-voc.weights (default); "
-                        "alexeyab = AlexeyAB's fork, (x - mean) / sqrt(var + 1e-5)")
+    p.add_argument(
+        "--batch-norm",
+        choices=["darknet", "alexeyab"],
+        default="darknet",
+        help="from Darknet: which Darknet trained the weights, for its batch-norm arithmetic at inference: "
+        "darknet = pjreddie's, (x - mean) / (sqrt(var) + 1e-6), as yolov2-voc.weights (default); "
+        "alexeyab = AlexeyAB's fork, (x - mean) / sqrt(var + 1e-5)",
+    )
     p.add_argument("--seen", type=int, default=0, help="to Darknet: images-seen count for the header (default 0)")
     p.set_defaults(run=run)
 
@@ -46,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if source.suffix == ".weights":
         names = read_names(args.names) if args.names else []
         model, spec, report = darknet_to_model(
-            source, cfg=args.cfg, name=args.model, num_classes=args.num_classes,
-            width_multiplier=args.width_multiplier, class_names=names, input_size=args.input_size,
+            source,
+            cfg=args.cfg,
+            name=args.model,
+            num_classes=args.num_classes,
+            width_multiplier=args.width_multiplier,
+            class_names=names,
+            input_size=args.input_size,
             batch_norm=args.batch_norm,
         )
         save_model_file(args.output, model, spec)
@@ -55,9 +68,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} ({spec.name}, {spec.num_classes} classes, {len(spec.anchors)} anchors)")
         return 0
     model, spec = load_model_file(source)
-    written = export_darknet(model, Path(args.output), name=spec.name, anchors=spec.anchors,
-                             width_multiplier=spec.width_multiplier, input_size=args.input_size or spec.input_size,
-                             class_names=spec.class_names, seen=args.seen)
+    written = export_darknet(
+        model,
+        Path(args.output),
+        name=spec.name,
+        anchors=spec.anchors,
+        width_multiplier=spec.width_multiplier,
+        input_size=args.input_size or spec.input_size,
+        class_names=spec.class_names,
+        seen=args.seen,
+    )
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -35,35 +35,65 @@ from yolov2.engine.precision import (
 
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "numpy")
 # environment variables that change which kernels torch and oneDNN run, or how many threads they use
-ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "CUDA_VISIBLE_DEVICES")
+ENV_VARS = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
 BENCH_MODEL = ("yolov2_tiny_voc", 20, 0.25)  # name, classes, width multiplier: small enough for seconds on a CPU
 NOT_INSTALLED = "not installed"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("env", help="versions, devices and precision choice, for bug reports",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object instead of text (attach this to a bug report)")
-    p.add_argument("--device", default=None,
-                   help="device whose precision choice (and --bench) to report: cpu, cuda or cuda:N "
-                        "(default: cuda if available, else cpu)")
-    p.add_argument("--bench", action="store_true",
-                   help="also time forward+backward of a tiny model (yolov2_tiny_voc at width 0.25) in each "
-                        "precision and memory layout the device offers, a few seconds in all")
-    p.add_argument("--bench-size", type=int, default=160,
-                   help="square input side in pixels for --bench, a multiple of 32 (default 160)")
+    p = subparsers.add_parser(
+        "env",
+        help="versions, devices and precision choice, for bug reports",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of text (attach this to a bug report)"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device whose precision choice (and --bench) to report: cpu, cuda or cuda:N "
+        "(default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="also time forward+backward of a tiny model (yolov2_tiny_voc at width 0.25) in each "
+        "precision and memory layout the device offers, a few seconds in all",
+    )
+    p.add_argument(
+        "--bench-size",
+        type=int,
+        default=160,
+        help="square input side in pixels for --bench, a multiple of 32 (default 160)",
+    )
     p.add_argument("--bench-batch", type=int, default=4, help="batch size for --bench (default 4)")
-    p.add_argument("--bench-iters", type=int, default=5,
-                   help="timed iterations per variant for --bench, after one untimed warm-up (default 5)")
-    p.add_argument("--bench-budget", type=float, default=2.0,
-                   help="seconds per variant for --bench: no more iterations start once a variant has used "
-                        "them, so an emulated precision cannot run for minutes (default 2.0)")
+    p.add_argument(
+        "--bench-iters",
+        type=int,
+        default=5,
+        help="timed iterations per variant for --bench, after one untimed warm-up (default 5)",
+    )
+    p.add_argument(
+        "--bench-budget",
+        type=float,
+        default=2.0,
+        help="seconds per variant for --bench: no more iterations start once a variant has used "
+        "them, so an emulated precision cannot run for minutes (default 2.0)",
+    )
     p.set_defaults(run=run)
 
 
 # --- what the machine is --------------------------------------------------------------------------------
+
 
 def package_version(name: str) -> str:
     """The installed version, read from metadata so that ray and mlflow are never imported."""
@@ -105,8 +135,15 @@ def cuda_devices() -> list[dict[str, Any]]:
     devices = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        devices.append({"index": index, "name": props.name, "capability": f"{props.major}.{props.minor}",
-                        "memory_gib": round(props.total_memory / 2**30, 1), "bf16": props.major >= 8})
+        devices.append(
+            {
+                "index": index,
+                "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "bf16": props.major >= 8,
+            }
+        )
     return devices
 
 
@@ -121,18 +158,30 @@ def collect(device: str) -> dict[str, Any]:
     choice = choose_precision(hw, "auto", "auto")
     return {
         "versions": versions(),
-        "cpu": {"model": cpu_model(), "capability": cpu_hw.cpu_capability, "avx512_bf16": cpu_hw.avx512_bf16,
-                "amx": cpu_hw.amx, "native_bf16": cpu_hw.native_bf16},
+        "cpu": {
+            "model": cpu_model(),
+            "capability": cpu_hw.cpu_capability,
+            "avx512_bf16": cpu_hw.avx512_bf16,
+            "amx": cpu_hw.amx,
+            "native_bf16": cpu_hw.native_bf16,
+        },
         "cuda": cuda_devices(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "env_vars": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
-        "choice": {"device": device, "hardware": hw.describe(), "amp": choice.amp,
-                   "channels_last": choice.channels_last, "precision": choice.describe(), "reason": choice.reason},
+        "choice": {
+            "device": device,
+            "hardware": hw.describe(),
+            "amp": choice.amp,
+            "channels_last": choice.channels_last,
+            "precision": choice.describe(),
+            "reason": choice.reason,
+        },
     }
 
 
 # --- the micro-benchmark ----------------------------------------------------------------------------------
+
 
 def bench_variants(device_type: str, cuda_bf16: bool = False) -> list[tuple[Amp, bool]]:
     """(amp, channels_last) pairs worth timing on such a device (:func:`timeable_precisions`)."""
@@ -144,8 +193,9 @@ def variant_name(amp: Amp, channels_last: bool) -> str:
     return Precision(amp, channels_last, "").describe()
 
 
-def interleaved_times(steps: dict[str, Callable[[], None]], iters: int, budget_s: float,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def interleaved_times(
+    steps: dict[str, Callable[[], None]], iters: int, budget_s: float, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Per step: one untimed warm-up, then up to ``iters`` timed calls, taken in rounds across the steps so
     that background load slows them all alike. A step gets no further call once its calls (warm-up included)
     have used ``budget_s``, but at least one is timed: an emulated precision costs seconds, not minutes."""
@@ -162,8 +212,7 @@ def interleaved_times(steps: dict[str, Callable[[], None]], iters: int, budget_s
     for name in steps:
         call(name)
     while True:
-        pending = [name for name in steps
-                   if len(times[name]) < iters and not (times[name] and spent[name] >= budget_s)]
+        pending = [name for name in steps if len(times[name]) < iters and not (times[name] and spent[name] >= budget_s)]
         if not pending:
             return times
         for name in pending:
@@ -206,17 +255,33 @@ def run_bench(device: str, size: int, batch: int, iters: int, budget_s: float) -
         return step
 
     times = interleaved_times({name: make_step(*v) for name, v in variants.items()}, iters, budget_s)
-    rows: list[dict[str, Any]] = [{"name": name, "amp": amp, "channels_last": cl, "seconds_per_iter": statistics.median(times[name]),
-             "iters": len(times[name])} for name, (amp, cl) in variants.items()]
+    rows: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "amp": amp,
+            "channels_last": cl,
+            "seconds_per_iter": statistics.median(times[name]),
+            "iters": len(times[name]),
+        }
+        for name, (amp, cl) in variants.items()
+    ]
     rows = with_ratios(rows)
     auto_name = auto.describe()
     auto_ratio = next((row["ratio"] for row in rows if row["name"] == auto_name), None)
-    return {"device": device, "model": f"{model_name} x{width}", "batch": batch, "size": size, "budget_s": budget_s,
-            "variants": rows, "fastest": min(rows, key=lambda r: r["seconds_per_iter"])["name"],
-            "auto": {"name": auto_name, "amp": auto.amp, "channels_last": auto.channels_last, "ratio": auto_ratio}}
+    return {
+        "device": device,
+        "model": f"{model_name} x{width}",
+        "batch": batch,
+        "size": size,
+        "budget_s": budget_s,
+        "variants": rows,
+        "fastest": min(rows, key=lambda r: r["seconds_per_iter"])["name"],
+        "auto": {"name": auto_name, "amp": auto.amp, "channels_last": auto.channels_last, "ratio": auto_ratio},
+    }
 
 
 # --- output -------------------------------------------------------------------------------------------------
+
 
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
@@ -226,37 +291,48 @@ def format_text(report: dict[str, Any]) -> str:
     v, cpu, choice = report["versions"], report["cpu"], report["choice"]
     lines = ["versions"]
     lines += [f"  {key:<12} {value}" for key, value in v.items()]
-    lines += ["cpu",
-              f"  {'model':<12} {cpu['model']}",
-              f"  {'capability':<12} {cpu['capability']} (torch.backends.cpu.get_cpu_capability())",
-              f"  {'avx512_bf16':<12} {yes_no(cpu['avx512_bf16'])}",
-              f"  {'amx':<12} {yes_no(cpu['amx'])}",
-              f"  {'bf16':<12} {'native' if cpu['native_bf16'] else 'emulated (slow)'}",
-              f"  {'threads':<12} {report['threads']} torch threads, os.cpu_count() {report['cpu_count']}"]
+    lines += [
+        "cpu",
+        f"  {'model':<12} {cpu['model']}",
+        f"  {'capability':<12} {cpu['capability']} (torch.backends.cpu.get_cpu_capability())",
+        f"  {'avx512_bf16':<12} {yes_no(cpu['avx512_bf16'])}",
+        f"  {'amx':<12} {yes_no(cpu['amx'])}",
+        f"  {'bf16':<12} {'native' if cpu['native_bf16'] else 'emulated (slow)'}",
+        f"  {'threads':<12} {report['threads']} torch threads, os.cpu_count() {report['cpu_count']}",
+    ]
     if report["cuda"]:
         lines.append("cuda")
-        lines += [f"  cuda:{d['index']:<7} {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB, "
-                  f"bf16 {'native' if d['bf16'] else 'emulated'})" for d in report["cuda"]]
+        lines += [
+            f"  cuda:{d['index']:<7} {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB, "
+            f"bf16 {'native' if d['bf16'] else 'emulated'})"
+            for d in report["cuda"]
+        ]
     else:
         lines.append(f"{'cuda':<14} none available")
     if report["env_vars"]:
         lines.append("environment")
         lines += [f"  {key}={value}" for key, value in report["env_vars"].items()]
-    lines += [f"auto choice on {choice['device']}",
-              f"  {'precision':<12} {choice['precision']}",
-              f"  {'hardware':<12} {choice['hardware']}",
-              f"  {'reason':<12} {choice['reason']}"]
+    lines += [
+        f"auto choice on {choice['device']}",
+        f"  {'precision':<12} {choice['precision']}",
+        f"  {'hardware':<12} {choice['hardware']}",
+        f"  {'reason':<12} {choice['reason']}",
+    ]
     if "bench" in report:
         lines += format_bench(report["bench"])
     return "\n".join(lines)
 
 
 def format_bench(bench: dict[str, Any]) -> list[str]:
-    lines = [f"bench: forward+backward of {bench['model']}, batch {bench['batch']} at {bench['size']}x{bench['size']} "
-             f"on {bench['device']} (median; at most {bench['budget_s']:g} s per variant)",
-             f"  {'variant':<30} {'s/iter':>9} {'iters':>6} {'x fastest':>10}"]
-    lines += [f"  {r['name']:<30} {r['seconds_per_iter']:>9.4f} {r['iters']:>6} {r['ratio']:>10.2f}"
-              for r in bench["variants"]]
+    lines = [
+        f"bench: forward+backward of {bench['model']}, batch {bench['batch']} at {bench['size']}x{bench['size']} "
+        f"on {bench['device']} (median; at most {bench['budget_s']:g} s per variant)",
+        f"  {'variant':<30} {'s/iter':>9} {'iters':>6} {'x fastest':>10}",
+    ]
+    lines += [
+        f"  {r['name']:<30} {r['seconds_per_iter']:>9.4f} {r['iters']:>6} {r['ratio']:>10.2f}"
+        for r in bench["variants"]
+    ]
     auto = bench["auto"]
     ratio = "not timed" if auto["ratio"] is None else f"{auto['ratio']:.2f}x the fastest ({bench['fastest']})"
     lines.append(f"  auto picks {auto['name']}: {ratio}")
@@ -277,8 +353,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"yolov2 env: --device {device}: only cpu and cuda are supported", file=sys.stderr)
         return 2
     if args.bench and (args.bench_size < 32 or args.bench_size % 32 or args.bench_batch < 1 or args.bench_iters < 1):
-        print("yolov2 env: --bench-size must be a positive multiple of 32, --bench-batch and --bench-iters >= 1",
-              file=sys.stderr)
+        print(
+            "yolov2 env: --bench-size must be a positive multiple of 32, --bench-batch and --bench-iters >= 1",
+            file=sys.stderr,
+        )
         return 2
     report = collect(device)
     if args.bench:

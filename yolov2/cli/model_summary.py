@@ -11,8 +11,7 @@ from yolov2.models import MODELS, build_from_darknet_cfg, build_model, model_sum
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("model-summary", help="params, output shape and GFLOPs (JSON)",
-                              description=__doc__)
+    p = subparsers.add_parser("model-summary", help="params, output shape and GFLOPs (JSON)", description=__doc__)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", choices=list(MODELS), help="a named model")
     source.add_argument("--cfg", help="a Darknet .cfg file (e.g. yolov2-voc.cfg)")

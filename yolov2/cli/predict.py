@@ -20,8 +20,21 @@ from yolov2.errors import DatasetError
 from yolov2.inference import Predictor
 from yolov2.io import atomic_write_bytes, atomic_write_text
 
-_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], np.uint8)
+_PALETTE = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ],
+    np.uint8,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,14 +48,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=int, default=100, help="at most this many detections per image")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="autocast precision (default auto: bf16 where the device computes it natively, else float32)")
-    p.add_argument("--resize", default="darknet", choices=["darknet", "opencv"],
-                   help="how the image is resized into the letterbox: darknet = Darknet's float bilinear "
-                        "resize_image, its pixels to float rounding (default); opencv = INTER_LINEAR on uint8, "
-                        "faster, a few grey levels off")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
-                   help="channels_last memory layout (default auto: where it measured faster)")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="autocast precision (default auto: bf16 where the device computes it natively, else float32)",
+    )
+    p.add_argument(
+        "--resize",
+        default="darknet",
+        choices=["darknet", "opencv"],
+        help="how the image is resized into the letterbox: darknet = Darknet's float bilinear "
+        "resize_image, its pixels to float rounding (default); opencv = INTER_LINEAR on uint8, "
+        "faster, a few grey levels off",
+    )
+    p.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="channels_last memory layout (default auto: where it measured faster)",
+    )
     p.set_defaults(run=run)
 
 
@@ -61,7 +86,9 @@ def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.nd
         colour = tuple(int(c) for c in _PALETTE[int(label) % len(_PALETTE)][::-1])
         cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), colour, 2)
         text = f"{names[int(label)] if int(label) < len(names) else label} {score:.2f}"
-        cv2.putText(canvas, text, (int(x1), max(10, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (int(x1), max(10, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
+        )
     return canvas
 
 
@@ -70,9 +97,16 @@ def run(args: argparse.Namespace) -> int:
     layout = args.channels_last if args.channels_last == "auto" else args.channels_last == "true"
     for warning in slow_path_warnings(hardware, args.amp, layout, setting="predict"):
         print(f"warning: {warning}", file=sys.stderr)
-    predictor = Predictor.from_file(args.weights, device=args.device, input_size=args.input_size,
-                                    resize=args.resize, conf_thresh=args.conf, nms_thresh=args.nms, max_det=args.max_det,
-                                    precision=choose_precision(hardware, args.amp, layout))
+    predictor = Predictor.from_file(
+        args.weights,
+        device=args.device,
+        input_size=args.input_size,
+        resize=args.resize,
+        conf_thresh=args.conf,
+        nms_thresh=args.nms,
+        max_det=args.max_det,
+        precision=choose_precision(hardware, args.amp, layout),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = list_images(Path(args.source))
@@ -86,14 +120,20 @@ def run(args: argparse.Namespace) -> int:
             ok, jpg = cv2.imencode(".jpg", draw(image, boxes, labels, scores, names))
             if ok:
                 atomic_write_bytes(out / f"{path.stem}.jpg", jpg.tobytes())
-            results.append({
-                "image": str(path),
-                "detections": [
-                    {"label": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
-                     "score": float(s), "box_xyxy": [float(v) for v in b]}
-                    for b, s, c in zip(boxes, scores, labels)
-                ],
-            })
+            results.append(
+                {
+                    "image": str(path),
+                    "detections": [
+                        {
+                            "label": int(c),
+                            "name": names[int(c)] if int(c) < len(names) else str(int(c)),
+                            "score": float(s),
+                            "box_xyxy": [float(v) for v in b],
+                        }
+                        for b, s, c in zip(boxes, scores, labels)
+                    ],
+                }
+            )
     atomic_write_text(out / "detections.json", json.dumps(results, indent=2))
     print(f"{len(paths)} image(s), {sum(len(r['detections']) for r in results)} detection(s) -> {out}")
     return 0

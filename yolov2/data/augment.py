@@ -48,7 +48,7 @@ class Augmentation:
     device_color: bool = False
 
     @classmethod
-    def from_config(cls, train_cfg: Any) -> "Augmentation":
+    def from_config(cls, train_cfg: Any) -> Augmentation:
         """From a ``TrainConfig``: ``augment="none"`` turns everything off; otherwise the configured values.
 
         The colour step goes to the device when training on GPUs (``use_gpu``).
@@ -56,8 +56,12 @@ class Augmentation:
         if train_cfg.augment == "none":
             return cls(jitter=0.0, hue=0.0, saturation=1.0, exposure=1.0, flip=False)
         return cls(
-            jitter=train_cfg.jitter, hue=train_cfg.hue, saturation=train_cfg.saturation,
-            exposure=train_cfg.exposure, mosaic=train_cfg.mosaic, mixup=train_cfg.mixup,
+            jitter=train_cfg.jitter,
+            hue=train_cfg.hue,
+            saturation=train_cfg.saturation,
+            exposure=train_cfg.exposure,
+            mosaic=train_cfg.mosaic,
+            mixup=train_cfg.mixup,
             device_color=bool(train_cfg.use_gpu),
         )
 
@@ -94,7 +98,7 @@ class MultiScaleSchedule:
         return self.sizes[int(period_rng.integers(len(self.sizes)))]
 
     @classmethod
-    def from_config(cls, train_cfg: Any) -> "MultiScaleSchedule | None":
+    def from_config(cls, train_cfg: Any) -> MultiScaleSchedule | None:
         """None when ``multiscale`` is off (the loader then uses ``input_size``)."""
         if not train_cfg.multiscale:
             return None
@@ -115,6 +119,7 @@ def augment_raw(
     Partners are other raw samples of the stream (the current one stands in when there are none). ``out``: the
     (size, size, 3) slot of the batch array to write into.
     """
+
     def decode(r: RawSample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (decode_rgb(r.image_bytes, r.source),) + record_targets(r.record, aug.keep_difficult)
 
@@ -138,14 +143,38 @@ def augment_sample(
 
     def plain(item: Any, target: np.ndarray | None) -> Augmented:
         image, boxes, labels = decode(item)
-        return darknet_augment(image, boxes, labels, size, rng, aug.jitter, aug.hue, aug.saturation, aug.exposure,
-                               aug.flip, aug.min_visibility, aug.device_color, out=target)
+        return darknet_augment(
+            image,
+            boxes,
+            labels,
+            size,
+            rng,
+            aug.jitter,
+            aug.hue,
+            aug.saturation,
+            aug.exposure,
+            aug.flip,
+            aug.min_visibility,
+            aug.device_color,
+            out=target,
+        )
 
     if aug.mosaic > 0 and rng.random() < aug.mosaic:
         group = [decode(item) for item in (first, pick(), pick(), pick())]
-        sample = mosaic4([g[0] for g in group], [g[1] for g in group], [g[2] for g in group], size, rng,
-                         aug.jitter, aug.hue, aug.saturation, aug.exposure, aug.min_visibility, aug.device_color,
-                         out=out)
+        sample = mosaic4(
+            [g[0] for g in group],
+            [g[1] for g in group],
+            [g[2] for g in group],
+            size,
+            rng,
+            aug.jitter,
+            aug.hue,
+            aug.saturation,
+            aug.exposure,
+            aug.min_visibility,
+            aug.device_color,
+            out=out,
+        )
     else:
         sample = plain(first, out)
     if aug.mixup > 0 and rng.random() < aug.mixup:

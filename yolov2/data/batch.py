@@ -67,9 +67,12 @@ def collate(
         raise ValueError("collate: images, boxes, labels, image_ids, orig_sizes and repeated differ in length")
     height, width = images.shape[1:3]
     targets = targets_from_boxes(
-        [(torch.from_numpy(np.asarray(b, np.float32)), torch.from_numpy(np.asarray(lab))) for b, lab in
-         zip(boxes, labels)],
-        width, height,
+        [
+            (torch.from_numpy(np.asarray(b, np.float32)), torch.from_numpy(np.asarray(lab)))
+            for b, lab in zip(boxes, labels)
+        ],
+        width,
+        height,
     )
     return Batch(
         images=torch.from_numpy(images).permute(0, 3, 1, 2),

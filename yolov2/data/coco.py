@@ -33,9 +33,10 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class CocoCategories:
         return {cid: i for i, cid in enumerate(self.ids)}
 
     @classmethod
-    def from_json_categories(cls, categories: list, source: str) -> "CocoCategories":
+    def from_json_categories(cls, categories: list, source: str) -> CocoCategories:
         """From the ``categories`` list of a COCO file, sorted by id; checks ids and names."""
         if not isinstance(categories, list):
             raise DatasetError(f"{source}: 'categories' must be a list, got {type(categories).__name__}")
@@ -112,7 +113,9 @@ def load_coco_json(annotation_json: str | Path) -> dict:
         raise DatasetError(f"{source}: the top level must be an object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise DatasetError(f"{source}: missing key {key!r} (a COCO instances file has images, annotations, categories)")
+            raise DatasetError(
+                f"{source}: missing key {key!r} (a COCO instances file has images, annotations, categories)"
+            )
         if not isinstance(data[key], list):
             raise DatasetError(f"{source}: {key!r} must be a list, got {type(data[key]).__name__}")
     return data
@@ -221,7 +224,9 @@ def write_coco(
     for record in records:
         rel = os.path.relpath(os.path.abspath(record.path), image_dir)
         if rel.startswith(".."):
-            raise DatasetError(f"{record.path}: image is not under image_dir {image_dir}; cannot write a relative file_name")
+            raise DatasetError(
+                f"{record.path}: image is not under image_dir {image_dir}; cannot write a relative file_name"
+            )
         image = {
             "id": id_map[record.image_id],
             "file_name": PurePosixPath(Path(rel)).as_posix(),
@@ -350,7 +355,12 @@ def _valid_annotations(
             problem(where, f"annotation {aid}: unknown category id {cid!r}", "box", iid)
             continue
         if cid not in label_of_cat:
-            problem(where, f"annotation {aid}: category {cat_name[cid]!r} (id {cid}) is not among the class names", "box", iid)
+            problem(
+                where,
+                f"annotation {aid}: category {cat_name[cid]!r} (id {cid}) is not among the class names",
+                "box",
+                iid,
+            )
             continue
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):

@@ -42,7 +42,6 @@ class ColorJitter:
     dexp: float = 1.0
 
 
-
 def _rand_scale(scale: float, rng: np.random.Generator) -> float:
     """Darknet's ``rand_scale``: ``U(1, s)``, inverted with probability 0.5 (not uniform on [1/s, s])."""
     value = float(rng.uniform(1.0, scale)) if scale > 1.0 else 1.0
@@ -55,7 +54,6 @@ def sample_color_jitter(hue: float, saturation: float, exposure: float, rng: np.
         raise ConfigError(f"need hue >= 0, saturation >= 1, exposure >= 1; got {hue}, {saturation}, {exposure}")
     dhue = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
     return ColorJitter(dhue, _rand_scale(saturation, rng), _rand_scale(exposure, rng))
-
 
 
 def darknet_color(image: np.ndarray, jitter: ColorJitter, out: np.ndarray | None = None) -> np.ndarray:

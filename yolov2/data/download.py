@@ -106,9 +106,7 @@ ARCHIVES: dict[str, Archive] = {
 
 
 # What a truncated or damaged archive raises while being read (decompressors included).
-_CORRUPT_ARCHIVE_ERRORS = (
-    tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError
-)
+_CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 class _Interrupted(Exception):
@@ -141,10 +139,12 @@ def md5_file(path: str | Path, chunk_size: int = _CHUNK, *, progress: bool = Fal
     return h.hexdigest()
 
 
-def _hash_into(hasher: "hashlib._Hash", path: Path, chunk_size: int, progress: bool) -> None:
+def _hash_into(hasher: hashlib._Hash, path: Path, chunk_size: int, progress: bool) -> None:
     """Feed the file into ``hasher``; with ``progress``, progress lines (hashing 18 GB takes a while)."""
-    with open_regular(path) as f, Progress("verify", path.stat().st_size, BYTES_UNIT, desc=path.name,
-                                           enabled=progress) as bar:
+    with (
+        open_regular(path) as f,
+        Progress("verify", path.stat().st_size, BYTES_UNIT, desc=path.name, enabled=progress) as bar,
+    ):
         while chunk := f.read(chunk_size):
             hasher.update(chunk)
             bar.advance(len(chunk))
@@ -393,6 +393,7 @@ def _unsafe_member_reason(name: str) -> str | None:
 def _extract_tar(archive_path: Path, tmp: Path, progress: bool) -> None:
     """Progress counts the bytes of the tar stream before each member: against the archive's size when it
     is uncompressed (VOC's), with no total (so no ETA) when compressed."""
+
     def checked(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
         bar.update(member.offset)
         reason = _unsafe_member_reason(member.name)

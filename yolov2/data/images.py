@@ -310,11 +310,15 @@ def _jpeg_trailing_bytes(data: bytes, scan: int | None = None) -> tuple[int, str
         return 0, None
     end = data.find(_JPEG_EOI, scan)
     if end < 0:
-        return 0, ("truncated JPEG: the data does not end with the JPEG end-of-image marker FF D9 after its "
-                   "image data (cut short); copy the file again from its source")
+        return 0, (
+            "truncated JPEG: the data does not end with the JPEG end-of-image marker FF D9 after its "
+            "image data (cut short); copy the file again from its source"
+        )
     if end == scan:
-        return 0, ("JPEG has no image data: its scan (SOS segment) is followed directly by the end-of-image "
-                   "marker FF D9; the file holds only a header, replace it")
+        return 0, (
+            "JPEG has no image data: its scan (SOS segment) is followed directly by the end-of-image "
+            "marker FF D9; the file holds only a header, replace it"
+        )
     return max(0, len(body) - end - 2), None
 
 
@@ -337,8 +341,10 @@ def _jpeg_scan_start(data: bytes) -> tuple[int, str | None]:
         if marker == 0xFF:  # fill byte
             pos += 1
         elif marker == 0xD9:
-            return 0, ("JPEG has no image data: the end-of-image marker FF D9 comes before any scan "
-                       "(SOS segment, FF DA); the file holds only a header, replace it")
+            return 0, (
+                "JPEG has no image data: the end-of-image marker FF D9 comes before any scan "
+                "(SOS segment, FF DA); the file holds only a header, replace it"
+            )
         elif marker in _JPEG_STANDALONE or marker == 0x00:
             pos += 2
         else:
@@ -349,8 +355,10 @@ def _jpeg_scan_start(data: bytes) -> tuple[int, str | None]:
                 break
             if marker == 0xDA:
                 return pos, None
-    return 0, ("truncated JPEG: the data ends inside its header, before any image data (no complete SOS "
-               "segment); copy the file again from its source")
+    return 0, (
+        "truncated JPEG: the data ends inside its header, before any image data (no complete SOS "
+        "segment); copy the file again from its source"
+    )
 
 
 def _truncation_problem(fmt: str, data: bytes) -> str | None:

@@ -152,7 +152,7 @@ def outside_root_reason(path: str | Path, root: str | Path) -> str | None:
     )
 
 
-def dataset_file_reason(path: str | Path, confine_to: "str | Path | RootConfinement | None") -> str | None:
+def dataset_file_reason(path: str | Path, confine_to: str | Path | RootConfinement | None) -> str | None:
     """Why a dataset file may not be read, checked before opening it; None when it may.
 
     Not a regular file (its type named), or, given ``confine_to``, resolving outside that root. The

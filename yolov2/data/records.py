@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -106,7 +107,7 @@ class ImageRecord:
         }
 
     @classmethod
-    def from_dict(cls, row: dict) -> "ImageRecord":
+    def from_dict(cls, row: dict) -> ImageRecord:
         boxes = row.get("boxes") or []
         return cls(
             image_id=str(row["image_id"]),
@@ -234,9 +235,7 @@ def validate_record(record: ImageRecord, num_classes: int) -> list[str]:
     return problems
 
 
-def sanitize_boxes(
-    boxes: np.ndarray, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip boxes (float[N, 4], absolute xyxy) to the image and find the unusable ones.
 
     Returns ``(clipped_boxes, was_clipped[N], reason_per_box[N])`` where the reason is an empty

@@ -91,8 +91,9 @@ def decode_and_augment_batch(
     for i, key in enumerate(keys):
         if train:
             rng = _sample_rng(seed, epoch, key)
-            sample = augment_sample(decode, i, lambda: int(rng.integers(len(keys))), size, augmentation, rng,
-                                  out_images[i])
+            sample = augment_sample(
+                decode, i, lambda: int(rng.integers(len(keys))), size, augmentation, rng, out_images[i]
+            )
         else:
             sample = eval_transform(*decode(i), size, letterbox, out=out_images[i])
         rows = targets_from_boxes([(torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels))], size, size)
@@ -131,7 +132,8 @@ def batch_from_numpy(batch: dict[str, Any], index: int = 0, size: int | None = N
         targets=targets,
         image_ids=[str(i) for i in batch["image_id"]],
         orig_sizes=torch.as_tensor(np.asarray(batch["orig_size"], np.int64).reshape(-1, 2)),
-        repeated=torch.as_tensor(np.asarray(batch["repeated"], bool)) if "repeated" in batch
+        repeated=torch.as_tensor(np.asarray(batch["repeated"], bool))
+        if "repeated" in batch
         else torch.zeros(len(rows), dtype=torch.bool),
         index=index,
         color=_deferred_color(batch.get("color")),

@@ -139,10 +139,10 @@ def _maybe_reencode(data: bytes, record: ImageRecord, options: ShardOptions) -> 
         new_w, new_h = max(1, round(record.width * scale)), max(1, round(record.height * scale))
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
         sx, sy = new_w / record.width, new_h / record.height
-        record = replace(record, width=new_w, height=new_h,
-                         boxes=record.boxes * np.array([sx, sy, sx, sy], np.float32))
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
+        record = replace(record, width=new_w, height=new_h, boxes=record.boxes * np.array([sx, sy, sx, sy], np.float32))
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+    )
     if not ok:
         raise DatasetError(f"{record.path}: JPEG encoding failed")
     return encoded.tobytes(), record, True

@@ -70,8 +70,17 @@ def tar_header(name: str, size: int) -> bytes:
     size_field = _octal(size, 12)  # < 8 GiB
     # Only the name and size vary: the checksum is the fixed fields' sum (spaces in its own field) plus theirs.
     checksum = _FIXED_HEADER_SUM + sum(encoded) + sum(size_field)
-    return b"".join((encoded.ljust(100, b"\0"), _HEADER_MODE_IDS, size_field, _HEADER_MTIME,
-                     _octal(checksum, 7), b" ", _HEADER_TAIL))
+    return b"".join(
+        (
+            encoded.ljust(100, b"\0"),
+            _HEADER_MODE_IDS,
+            size_field,
+            _HEADER_MTIME,
+            _octal(checksum, 7),
+            b" ",
+            _HEADER_TAIL,
+        )
+    )
 
 
 _HEADER_MODE_IDS = _octal(0o444, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid: bytes 100..124
@@ -119,7 +128,7 @@ class TarShardWriter:
         self._stream.write(b"\0" * (2 * BLOCK))
         self.bytes_written += 2 * BLOCK
 
-    def __enter__(self) -> "TarShardWriter":
+    def __enter__(self) -> TarShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from yolov2.data.coco import read_coco, read_coco_categories
 from yolov2.data.images import IMAGE_EXTENSIONS
@@ -67,8 +68,17 @@ def list_split_items(
     return listing
 
 
-def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: str | Path, load, source: str, split: str,
-         strict: bool, annotation: str) -> None:
+def _add(
+    listing: SplitListing,
+    seen: set[str],
+    image_id: str,
+    image_path: str | Path,
+    load,
+    source: str,
+    split: str,
+    strict: bool,
+    annotation: str,
+) -> None:
     """List one image; a second one with the same id is an image-level reject (``strict``: an error).
 
     ``source``: the file that lists the image; ``annotation``: the one its size and boxes come from.
@@ -82,7 +92,9 @@ def _add(listing: SplitListing, seen: set[str], image_id: str, image_path: str |
     listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load, annotation))
 
 
-def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
+def _list_voc(
+    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+) -> None:
     sub, _, imageset = spec.rpartition("/")
     voc_root = (root / sub) if sub else root
     listing.class_names = names
@@ -95,16 +107,29 @@ def _list_voc(root: Path, spec: str, split: str, names: list[str], strict: bool,
     ids, line_rejects = voc_split_ids(voc_root, imageset, names_tuple, strict, record_split=split)
     listing.rejects.extend(line_rejects)
     for image_id in ids:
-        load = functools.partial(read_voc_item, voc_root, image_id, split, names_tuple, False, strict, confine_to=confine)
-        _add(listing, seen, image_id, os.path.join(image_dir, f"{image_id}.jpg"), load, source, split, strict,
-             os.path.join(ann_dir, f"{image_id}.xml"))
+        load = functools.partial(
+            read_voc_item, voc_root, image_id, split, names_tuple, False, strict, confine_to=confine
+        )
+        _add(
+            listing,
+            seen,
+            image_id,
+            os.path.join(image_dir, f"{image_id}.jpg"),
+            load,
+            source,
+            split,
+            strict,
+            os.path.join(ann_dir, f"{image_id}.xml"),
+        )
 
 
 def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
     return record, []
 
 
-def _list_coco(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
+def _list_coco(
+    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+) -> None:
     annotation = root / "annotations" / f"instances_{spec}.json"
     unusable = dataset_file_reason(annotation, root)
     if unusable:  # checked before anything reads the file
@@ -112,15 +137,27 @@ def _list_coco(root: Path, spec: str, split: str, names: list[str], strict: bool
     if not names:
         names = list(read_coco_categories(annotation).names)
     listing.class_names = names
-    records, rejects = read_coco(annotation, root / spec, split, check_images=False, strict=strict, class_names=names,
-                                 confine_to=root)
+    records, rejects = read_coco(
+        annotation, root / spec, split, check_images=False, strict=strict, class_names=names, confine_to=root
+    )
     listing.rejects.extend(rejects)
     for record in records:
-        _add(listing, seen, record.image_id, Path(record.path), functools.partial(_ready, record), str(annotation),
-             split, strict, f"{annotation}: image {record.image_id}")
+        _add(
+            listing,
+            seen,
+            record.image_id,
+            Path(record.path),
+            functools.partial(_ready, record),
+            str(annotation),
+            split,
+            strict,
+            f"{annotation}: image {record.image_id}",
+        )
 
 
-def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]) -> None:
+def _list_yolo(
+    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+) -> None:
     if not names:
         names = read_names(_yolo_names_file(root))
     listing.class_names = names
@@ -130,8 +167,9 @@ def _list_yolo(root: Path, spec: str, split: str, names: list[str], strict: bool
     # Every entry is listed, whatever its type (a dangling link, a FIFO, a folder), so the reader names it.
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     for path in images:
-        load = functools.partial(read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict,
-                                 confine_to=root)
+        load = functools.partial(
+            read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict, confine_to=root
+        )
         _add(listing, seen, path.stem, path, load, str(path), split, strict, str(path))
     listing.rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in images}, split, strict))
 
@@ -141,5 +179,7 @@ def _yolo_names_file(root: Path) -> Path:
         return root / "classes.txt"
     found = sorted(root.glob("*.names"))
     if len(found) != 1:
-        raise DatasetError(f"{root}: need classes.txt or exactly one *.names file with the class names (found {len(found)})")
+        raise DatasetError(
+            f"{root}: need classes.txt or exactly one *.names file with the class names (found {len(found)})"
+        )
     return found[0]

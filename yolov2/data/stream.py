@@ -106,14 +106,26 @@ class ShardStream(IterableDataset):
 
     @classmethod
     def from_config(
-        cls, shards: Sequence[ShardSpec], train_cfg: Any, world_size: int = 1, rank: int = 0, train: bool = True,
+        cls,
+        shards: Sequence[ShardSpec],
+        train_cfg: Any,
+        world_size: int = 1,
+        rank: int = 0,
+        train: bool = True,
         accumulation: int = 1,
-    ) -> "ShardStream":
+    ) -> ShardStream:
         """The training (or, ``train=False``, fixed-size validation) stream a ``TrainConfig`` describes."""
         return cls(
-            shards, train_cfg.batch_size, world_size, rank, train=train, size=train_cfg.input_size,
+            shards,
+            train_cfg.batch_size,
+            world_size,
+            rank,
+            train=train,
+            size=train_cfg.input_size,
             schedule=MultiScaleSchedule.from_config(train_cfg) if train else None,
-            augmentation=Augmentation.from_config(train_cfg), seed=train_cfg.seed, accumulation=accumulation,
+            augmentation=Augmentation.from_config(train_cfg),
+            seed=train_cfg.seed,
+            accumulation=accumulation,
         )
 
     @property
@@ -215,6 +227,10 @@ def make_dataloader(
     if num_workers > 0:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        kwargs.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init, persistent_workers=False,
-                      multiprocessing_context=context)
+        kwargs.update(
+            prefetch_factor=prefetch_factor,
+            worker_init_fn=_worker_init,
+            persistent_workers=False,
+            multiprocessing_context=context,
+        )
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Iterable, Mapping
 
 import cv2
 import numpy as np
@@ -53,8 +53,18 @@ IN_PROGRESS_NAME = ".synthetic-in-progress"  # present while a run writes (or af
 # Object colours (RGB), jittered per object; none is tied to a class.
 _PALETTE = np.array(
     [
-        (220, 40, 40), (40, 170, 60), (40, 80, 220), (235, 215, 40), (40, 200, 210), (210, 60, 200),
-        (245, 140, 30), (245, 245, 245), (25, 25, 25), (130, 60, 180), (140, 90, 40), (150, 150, 150),
+        (220, 40, 40),
+        (40, 170, 60),
+        (40, 80, 220),
+        (235, 215, 40),
+        (40, 200, 210),
+        (210, 60, 200),
+        (245, 140, 30),
+        (245, 245, 245),
+        (25, 25, 25),
+        (130, 60, 180),
+        (140, 90, 40),
+        (150, 150, 150),
     ],
     np.float32,
 )
@@ -325,8 +335,9 @@ def write_images(
     out_root = Path(out_root)
     records = []
     for index in indices:
-        scene = generate_scene(seed, index, split, width, height, max_objects, min_size=min_size,
-                               min_visible=min_visible)
+        scene = generate_scene(
+            seed, index, split, width, height, max_objects, min_size=min_size, min_visible=min_visible
+        )
         record = scene.record
         ok, jpeg = cv2.imencode(".jpg", scene.image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
@@ -383,8 +394,15 @@ def write_synthetic_dataset(
     for split, count in splits.items():
         indices: Iterable[int] = range(count) if images is None else track(range(count), images)
         records = write_images(
-            out_root, seed=seed, split=split, indices=indices, width=width, height=height, max_objects=max_objects,
-            min_size=min_size, min_visible=min_visible,
+            out_root,
+            seed=seed,
+            split=split,
+            indices=indices,
+            width=width,
+            height=height,
+            max_objects=max_objects,
+            min_size=min_size,
+            min_visible=min_visible,
         )
         ids = [r.image_id for r in records]
         keep.update(ids)

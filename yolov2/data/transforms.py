@@ -75,8 +75,6 @@ class CropWindow:
     height: int
 
 
-
-
 class Augmented(NamedTuple):
     """An image with its boxes after a transform.
 
@@ -88,7 +86,6 @@ class Augmented(NamedTuple):
     boxes: np.ndarray
     labels: np.ndarray
     color: ColorJitter | None = None
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +101,6 @@ def sample_crop_window(width: int, height: int, jitter: float, rng: np.random.Ge
     # U(-d, d) is d * U(-1, 1); int() truncates toward zero like C's float -> int conversion.
     pleft, pright, ptop, pbot = (int(u * d) for u, d in zip(rng.uniform(-1.0, 1.0, 4).tolist(), (dw, dw, dh, dh)))
     return CropWindow(pleft, ptop, width - pleft - pright, height - ptop - pbot)
-
 
 
 def crop_placement(
@@ -165,10 +161,9 @@ def crop_resize(
     # Edge replication: nearest-neighbour "resize" of the edge column does the side strips in C (a NumPy
     # broadcast there costs as much as the resize itself); whole rows copy fast.
     if u0:
-        cv2.resize(out[v0:v1, u0:u0 + 1], (u0, v1 - v0), dst=out[v0:v1, :u0], interpolation=cv2.INTER_NEAREST)
+        cv2.resize(out[v0:v1, u0 : u0 + 1], (u0, v1 - v0), dst=out[v0:v1, :u0], interpolation=cv2.INTER_NEAREST)
     if u1 < out_w:
-        cv2.resize(out[v0:v1, u1 - 1:u1], (out_w - u1, v1 - v0), dst=out[v0:v1, u1:],
-                   interpolation=cv2.INTER_NEAREST)
+        cv2.resize(out[v0:v1, u1 - 1 : u1], (out_w - u1, v1 - v0), dst=out[v0:v1, u1:], interpolation=cv2.INTER_NEAREST)
     if v0:
         out[:v0] = out[v0]
     if v1 < out_h:
@@ -275,12 +270,12 @@ def letterbox(
     h, w = image.shape[:2]
     p = _letterbox_params(w, h, out_w, out_h)
     out = output_buffer(out, out_h, out_w, image)
-    inner = out[p.pad_y:p.pad_y + p.new_h, p.pad_x:p.pad_x + p.new_w]
+    inner = out[p.pad_y : p.pad_y + p.new_h, p.pad_x : p.pad_x + p.new_w]
     cv2.resize(image, (p.new_w, p.new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
-    out[:p.pad_y] = fill
-    out[p.pad_y + p.new_h:] = fill
-    out[p.pad_y:p.pad_y + p.new_h, :p.pad_x] = fill
-    out[p.pad_y:p.pad_y + p.new_h, p.pad_x + p.new_w:] = fill
+    out[: p.pad_y] = fill
+    out[p.pad_y + p.new_h :] = fill
+    out[p.pad_y : p.pad_y + p.new_h, : p.pad_x] = fill
+    out[p.pad_y : p.pad_y + p.new_h, p.pad_x + p.new_w :] = fill
     return out, map_boxes(boxes, (p.new_w / w, p.new_h / h, p.pad_x, p.pad_y))
 
 
@@ -303,7 +298,7 @@ def eval_transform(
     out: np.ndarray | None = None,
 ) -> Augmented:
     """Deterministic evaluation input: letterbox or plain resize of an RGB image to ``size``."""
-    pixels, out_boxes = letterbox(image, boxes, size, out=out) if use_letterbox else plain_resize(
-        image, boxes, size, out=out
+    pixels, out_boxes = (
+        letterbox(image, boxes, size, out=out) if use_letterbox else plain_resize(image, boxes, size, out=out)
     )
     return Augmented(pixels, out_boxes, np.asarray(labels, np.int64).reshape(-1))

@@ -39,9 +39,10 @@ import pyexpat
 import re
 import shutil
 import xml.etree.ElementTree as std_et
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -183,9 +184,11 @@ def voc_split_ids(
         if match:
             ids.append(match.group(1))
             continue
-        reason = (f"line {n} {entry!r} is not '<image id> <flag>' (flag -1, 0 or 1), the format of the "
-                  f"per-class file {split_file.name} (<class>_<split>.txt); fix or remove the line, or rename a "
-                  "file of plain ids")
+        reason = (
+            f"line {n} {entry!r} is not '<image id> <flag>' (flag -1, 0 or 1), the format of the "
+            f"per-class file {split_file.name} (<class>_<split>.txt); fix or remove the line, or rename a "
+            "file of plain ids"
+        )
         rejects.append(reject_or_raise(f"{split_file}:{n}", reason, "image", None, record_split or split, strict))
     return ids, rejects
 
@@ -221,8 +224,9 @@ def read_voc(
     for image_id in ids:
         if image_id in seen:
             rejects.append(
-                reject_or_raise(split_file, f"image id {image_id!r} is listed more than once", "image", image_id, split,
-                                strict)
+                reject_or_raise(
+                    split_file, f"image id {image_id!r} is listed more than once", "image", image_id, split, strict
+                )
             )
             continue
         seen.add(image_id)
@@ -257,8 +261,11 @@ def read_voc_item(
     label_of = _label_index(class_names)
     split_name = split if split is not None else ALL_SPLIT
     xml_name = f"{image_id}.xml"  # pathlib's normalisation only matters for ids that are rejected below
-    xml_path = source = os.path.join(root, "Annotations", xml_name) if _is_plain_name(image_id) else str(
-        Path(root, "Annotations", xml_name))
+    xml_path = source = (
+        os.path.join(root, "Annotations", xml_name)
+        if _is_plain_name(image_id)
+        else str(Path(root, "Annotations", xml_name))
+    )
     if confine_to is not None and not isinstance(confine_to, RootConfinement):
         confine_to = RootConfinement(confine_to)
 
@@ -412,7 +419,7 @@ def _reason(error: DatasetError, source: str) -> str:
     """The message of an error without its leading ``<source>: `` (the Reject carries the source)."""
     text = str(error)
     prefix = f"{source}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _label_index(class_names: Sequence[str]) -> dict[str, int]:
@@ -479,7 +486,6 @@ def _image_path(root: str, image_id: str, filename: str | None) -> str | None:
         if os.path.exists(candidate):
             return candidate
     return None
-
 
 
 def _is_per_class(split: str, class_names: Sequence[str]) -> bool:

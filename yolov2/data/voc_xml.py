@@ -22,9 +22,7 @@ import pyexpat
 from dataclasses import dataclass, field
 
 ROOT_FIELDS = frozenset(("filename", "size/width", "size/height"))
-OBJECT_FIELDS = frozenset(
-    ("name", "difficult", "iscrowd", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax")
-)
+OBJECT_FIELDS = frozenset(("name", "difficult", "iscrowd", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax"))
 
 
 class XmlRefused(Exception):

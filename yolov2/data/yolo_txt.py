@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -96,8 +96,10 @@ def orphan_label_rejects(label_dir: Path, image_stems: set[str], split: str, str
     """An image-level reject (or, ``strict``, an error) for each label file in ``label_dir`` without an image:
     it counts as an input, so nothing is dropped silently."""
     orphans = sorted(p for p in label_dir.glob("*.txt") if p.stem not in image_stems) if label_dir.is_dir() else []
-    return [reject_or_raise(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
-            for p in orphans]
+    return [
+        reject_or_raise(printable(p), "label file without an image", "image", printable(p.stem), split, strict)
+        for p in orphans
+    ]
 
 
 def read_yolo_item(
@@ -138,7 +140,9 @@ def read_yolo_item(
     except FileNotFoundError:
         return record, []  # no label file: an image with no objects
     except (OSError, UnicodeDecodeError) as e:
-        return None, [reject_or_raise(str(label_path), f"cannot read label file ({e})", "image", image_id, split, strict)]
+        return None, [
+            reject_or_raise(str(label_path), f"cannot read label file ({e})", "image", image_id, split, strict)
+        ]
 
     rejects: list[Reject] = []
     rows: list[tuple[int, int, list[float]]] = []  # (line number, class, [cx, cy, w, h])

@@ -43,7 +43,9 @@ def build_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float)
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, fused=True)
 
 
-def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+def build_adamw(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (decoupled decay, not on BN parameters or biases), fused.
 
     Why it is offered next to Darknet's SGD: from scratch (no ImageNet backbone), Darknet's recipe needs tens of
@@ -54,7 +56,9 @@ def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[f
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=True)
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """The optimizer ``TrainConfig.optimizer`` names: ``"sgd"`` (Darknet's, ``momentum``) or ``"adamw"``
     (``momentum`` is Adam's beta1)."""
     if name == "sgd":

@@ -106,8 +106,9 @@ def detect_hardware(device: torch.device | str = "cpu") -> Hardware:
     if device.type == "cuda":
         with torch.cuda.device(device):  # is_bf16_supported() asks about the current device, not cuda:N
             native = torch.cuda.is_bf16_supported(including_emulation=False)  # the default counts emulated bf16
-        return Hardware("cuda", cpu_capability, avx512_bf16, amx, cuda_bf16=native,
-                        device_name=torch.cuda.get_device_name(device))
+        return Hardware(
+            "cuda", cpu_capability, avx512_bf16, amx, cuda_bf16=native, device_name=torch.cuda.get_device_name(device)
+        )
     return Hardware("cpu", cpu_capability, avx512_bf16, amx)
 
 
@@ -119,8 +120,10 @@ def auto_amp(hw: Hardware) -> tuple[Amp, str]:
         return "fp16", "CUDA without bf16 support: fp16 with a gradient scaler"
     if hw.native_bf16:
         return "bf16", f"CPU with native bf16 ({'AMX' if hw.amx else 'AVX512_BF16'})"
-    return "off", (f"CPU without native bf16 ({hw.cpu_capability}): bf16 would be emulated, "
-                   f"{EMULATED_BF16_SLOWDOWN} slower than float32")
+    return "off", (
+        f"CPU without native bf16 ({hw.cpu_capability}): bf16 would be emulated, "
+        f"{EMULATED_BF16_SLOWDOWN} slower than float32"
+    )
 
 
 def auto_channels_last(hw: Hardware) -> bool:
@@ -156,19 +159,29 @@ def timeable_precisions(hw: Hardware) -> list[Precision]:
     return [choose_precision(hw, amp, channels_last) for amp in amps for channels_last in (False, True)]
 
 
-def slow_path_warnings(hw: Hardware, amp: AmpSetting, channels_last: LayoutSetting = "auto",
-                       setting: str = "train") -> list[str]:
+def slow_path_warnings(
+    hw: Hardware, amp: AmpSetting, channels_last: LayoutSetting = "auto", setting: str = "train"
+) -> list[str]:
     """Warnings for explicit choices that are slow on ``hw`` (empty for ``auto``). ``setting``: the config section."""
     warnings = []
     if amp == "bf16" and not hw.native_bf16:
-        where = (f"a CPU without native bf16 ({hw.cpu_capability})" if hw.device_type == "cpu"
-                 else "a GPU without bf16 support")
-        warnings.append(f"{setting}.amp=bf16 on {where}: expect {EMULATED_BF16_SLOWDOWN} slower than float32; "
-                        f"use {setting}.amp=auto")
+        where = (
+            f"a CPU without native bf16 ({hw.cpu_capability})"
+            if hw.device_type == "cpu"
+            else "a GPU without bf16 support"
+        )
+        warnings.append(
+            f"{setting}.amp=bf16 on {where}: expect {EMULATED_BF16_SLOWDOWN} slower than float32; "
+            f"use {setting}.amp=auto"
+        )
     if amp == "fp16" and hw.device_type == "cpu":
-        warnings.append(f"{setting}.amp=fp16 on a CPU: fp16 autocast is emulated there and slower than float32; "
-                        f"use {setting}.amp=auto")
+        warnings.append(
+            f"{setting}.amp=fp16 on a CPU: fp16 autocast is emulated there and slower than float32; "
+            f"use {setting}.amp=auto"
+        )
     if channels_last is False and auto_channels_last(hw):
-        warnings.append(f"{setting}.channels_last=false on {hw.describe()}, where channels_last measured faster; "
-                        f"use {setting}.channels_last=auto")
+        warnings.append(
+            f"{setting}.channels_last=false on {hw.describe()}, where channels_last measured faster; "
+            f"use {setting}.channels_last=auto"
+        )
     return warnings

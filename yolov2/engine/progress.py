@@ -32,9 +32,17 @@ class StepReport:
 class TrainProgress:
     """Prints ``[train] step 50/2800 epoch 1/28 | 9.8 img/s | data 4% | loss 12.3 | 1.63 s/step | ETA 1:14:02``."""
 
-    def __init__(self, total_steps: int, epochs: int, log_every: int, *, interval: float = 30.0,
-                 start_step: int = 0, clock: Callable[[], float] = time.monotonic,
-                 emit: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        epochs: int,
+        log_every: int,
+        *,
+        interval: float = 30.0,
+        start_step: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[str], None] = print,
+    ) -> None:
         self.total_steps, self.epochs, self.log_every, self.interval = total_steps, epochs, max(1, log_every), interval
         self.clock, self.emit = clock, emit
         self.started = clock()
@@ -55,8 +63,12 @@ class TrainProgress:
             first = self.first_done is None
             if first:
                 self.first_done = (report.step, now)
-            due = (first or report.step % self.log_every == 0 or report.step >= self.total_steps
-                   or now - self.last_line >= self.interval)
+            due = (
+                first
+                or report.step % self.log_every == 0
+                or report.step >= self.total_steps
+                or now - self.last_line >= self.interval
+            )
             if not due:
                 return None
             line = self._step_line(report, now)
@@ -72,9 +84,11 @@ class TrainProgress:
                 return None
             running = format_duration(now - self.last_step_time)
             eta = self._eta(now)
-            line = (f"[train] step {self.last_step + 1}/{self.total_steps} running for {running} "
-                    f"| elapsed {format_duration(now - self.started)}"
-                    + (f" | ETA {format_duration(eta)}" if eta is not None else " | ETA after the first step"))
+            line = (
+                f"[train] step {self.last_step + 1}/{self.total_steps} running for {running} "
+                f"| elapsed {format_duration(now - self.started)}"
+                + (f" | ETA {format_duration(eta)}" if eta is not None else " | ETA after the first step")
+            )
             return self._print(line, now)
 
     def _step_line(self, report: StepReport, now: float) -> str:
@@ -83,11 +97,13 @@ class TrainProgress:
         images = sum(r.images for r in self.window)
         wait = sum(r.data_wait for r in self.window)
         eta = self._eta(now)
-        return (f"[train] step {report.step}/{self.total_steps} epoch {report.epoch + 1}/{self.epochs} "
-                f"| {images / max(seconds, 1e-9):.1f} img/s | data {100 * wait / max(seconds, 1e-9):.0f}% "
-                f"| loss {report.loss:.4g} | {seconds / len(self.window):.2f} s/step "
-                f"| elapsed {format_duration(now - self.started)} | ETA {format_duration(eta or 0.0)}"
-                + (" (from the first step, warm-up included)" if report.step == self.first_done[0] else ""))
+        return (
+            f"[train] step {report.step}/{self.total_steps} epoch {report.epoch + 1}/{self.epochs} "
+            f"| {images / max(seconds, 1e-9):.1f} img/s | data {100 * wait / max(seconds, 1e-9):.0f}% "
+            f"| loss {report.loss:.4g} | {seconds / len(self.window):.2f} s/step "
+            f"| elapsed {format_duration(now - self.started)} | ETA {format_duration(eta or 0.0)}"
+            + (" (from the first step, warm-up included)" if report.step == self.first_done[0] else "")
+        )
 
     def _eta(self, now: float) -> float | None:
         """Seconds left: the remaining steps at the mean wall time per step since the first one (which pays

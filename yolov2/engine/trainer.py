@@ -111,8 +111,13 @@ def small_ops_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
-                     scaler: torch.amp.GradScaler | None, state: TrainState) -> dict[str, Any]:
+def checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: ModelEMA | None,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
+) -> dict[str, Any]:
     """Everything to resume exactly, as weights_only-loadable values."""
     return {
         "model": model_state_for_export(model),
@@ -124,8 +129,13 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema: Mo
     }
 
 
-def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            ema: ModelEMA | None, scaler: torch.amp.GradScaler | None) -> TrainState:
+def restore(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: ModelEMA | None,
+    scaler: torch.amp.GradScaler | None,
+) -> TrainState:
     unwrap(model).load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     if ema is not None and checkpoint.get("ema"):
@@ -167,14 +177,17 @@ def train(
             waited = time.perf_counter() - wait_start
             data_wait += waited
             step_wait += waited
-            images = to_model_input(batch.images, device, torch.float32, batch.color).contiguous(memory_format=memory_format)
+            images = to_model_input(batch.images, device, torch.float32, batch.color).contiguous(
+                memory_format=memory_format
+            )
             with autocast(settings.amp, device):
                 output = model(images)
             seen_after = state.seen + settings.images_per_micro_batch
             head = output.detach().float().requires_grad_(True)  # the loss and its backward, on their own
             with small_ops_threads(device):
-                losses = region_loss(head, batch.targets.to(device), anchors, settings.num_classes, seen_after,
-                                     **settings.loss_kwargs)
+                losses = region_loss(
+                    head, batch.targets.to(device), anchors, settings.num_classes, seen_after, **settings.loss_kwargs
+                )
                 scaled = losses.total / settings.accumulation
                 (scaler.scale(scaled) if scaler else scaled).backward()
             output.backward(head.grad.to(output.dtype))
@@ -198,17 +211,29 @@ def train(
                     ema.update(model)
                 state.step += 1
                 step_end = time.perf_counter()
-                hooks.step_end(StepReport(step=state.step, epoch=state.epoch,
-                                          images=settings.images_per_micro_batch * settings.accumulation,
-                                          seconds=step_end - step_start, data_wait=step_wait,
-                                          loss=step_loss / settings.accumulation))
+                hooks.step_end(
+                    StepReport(
+                        step=state.step,
+                        epoch=state.epoch,
+                        images=settings.images_per_micro_batch * settings.accumulation,
+                        seconds=step_end - step_start,
+                        data_wait=step_wait,
+                        loss=step_loss / settings.accumulation,
+                    )
+                )
                 step_start, step_wait, step_loss = step_end, 0.0, 0.0
                 if state.step % settings.log_every == 0:
                     elapsed = time.perf_counter() - window_start
                     metrics = {f"loss/{k}": v / micro for k, v in totals.items()}
-                    metrics.update({"lr": lr, "input_size": float(images.shape[-1]), "seen": float(state.seen),
-                                    "images_per_s": images_in_window / max(elapsed, 1e-9),
-                                    "data_wait_fraction": data_wait / max(elapsed, 1e-9)})
+                    metrics.update(
+                        {
+                            "lr": lr,
+                            "input_size": float(images.shape[-1]),
+                            "seen": float(state.seen),
+                            "images_per_s": images_in_window / max(elapsed, 1e-9),
+                            "data_wait_fraction": data_wait / max(elapsed, 1e-9),
+                        }
+                    )
                     hooks.log(metrics, state.step)
                     totals, micro, images_in_window, data_wait = {}, 0, 0, 0.0
                     window_start = time.perf_counter()

@@ -167,9 +167,7 @@ def image_index(records: Sequence[ImageRecord]) -> dict[str, int]:
     return index
 
 
-def resolve_detections(
-    detections: DetectionTable, records: Sequence[ImageRecord], num_classes: int
-) -> np.ndarray:
+def resolve_detections(detections: DetectionTable, records: Sequence[ImageRecord], num_classes: int) -> np.ndarray:
     """Check the detections against the dataset and return each one's record index (int64[N]).
 
     Raises :class:`DatasetError` naming the offending values for: an image id that is not in

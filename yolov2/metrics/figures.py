@@ -174,8 +174,15 @@ def _draw_box(ax, box: np.ndarray, color: str, text: str) -> None:
 MAX_ANCHOR_PLOT_POINTS = 20_000  # box shapes drawn by anchors_figure (a seeded subsample beyond this)
 
 
-def anchors_figure(wh_grid: np.ndarray, anchors_grid: np.ndarray, table: Mapping[int, float], k: int,
-                   mean_iou: float, title: str, seed: int = 0) -> Figure:
+def anchors_figure(
+    wh_grid: np.ndarray,
+    anchors_grid: np.ndarray,
+    table: Mapping[int, float],
+    k: int,
+    mean_iou: float,
+    title: str,
+    seed: int = 0,
+) -> Figure:
     """Left: box shapes wh_grid (float64[N, 2], (w, h) in grid cells; a seeded subsample of at most
     :data:`MAX_ANCHOR_PLOT_POINTS`) with each anchor of anchors_grid (float64[k, 2], grid cells) drawn as a
     rectangle from the origin to its (w, h); right: mean IoU against k (``table``), the chosen k marked."""
@@ -186,15 +193,22 @@ def anchors_figure(wh_grid: np.ndarray, anchors_grid: np.ndarray, table: Mapping
         keep = np.sort(np.random.default_rng(seed).choice(len(points), MAX_ANCHOR_PLOT_POINTS, replace=False))
         points = points[keep]
     dense = len(points) > 2000
-    ax_shapes.scatter(points[:, 0], points[:, 1], s=2 if dense else 8, alpha=0.2 if dense else 0.5, color="tab:blue",
-                      linewidths=0,
-                      label=f"boxes ({len(points)} of {len(wh_grid)})" if len(points) < len(wh_grid) else "boxes")
+    ax_shapes.scatter(
+        points[:, 0],
+        points[:, 1],
+        s=2 if dense else 8,
+        alpha=0.2 if dense else 0.5,
+        color="tab:blue",
+        linewidths=0,
+        label=f"boxes ({len(points)} of {len(wh_grid)})" if len(points) < len(wh_grid) else "boxes",
+    )
     colors = [f"C{(i + 1) % 10}" for i in range(len(anchors_grid))]
     for (w, h), color in zip(anchors_grid, colors):
         ax_shapes.add_patch(Rectangle((0, 0), w, h, fill=False, lw=1.6, edgecolor=color))
         ax_shapes.plot([w], [h], marker="o", ms=5, color=color)
-        ax_shapes.annotate(f"{w:.2f}x{h:.2f}", (w, h), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                           color=color)
+        ax_shapes.annotate(
+            f"{w:.2f}x{h:.2f}", (w, h), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
+        )
     limit = 1.05 * max(float(np.max(wh_grid)), float(np.max(anchors_grid)))
     ax_shapes.set_xlim(0, limit)
     ax_shapes.set_ylim(0, limit)
@@ -214,8 +228,9 @@ def anchors_figure(wh_grid: np.ndarray, anchors_grid: np.ndarray, table: Mapping
     ax_k.set_ylim(0, 1)
     ax_k.grid(alpha=0.3)
     ax_k.legend(loc="lower right", fontsize=8)
-    ax_k.set_title("Box generation: mean IoU against k" if table else "clustering skipped (pinned anchors)",
-                   fontsize=10)
+    ax_k.set_title(
+        "Box generation: mean IoU against k" if table else "clustering skipped (pinned anchors)", fontsize=10
+    )
     fig.suptitle(title, fontsize=11)
     return fig
 

@@ -123,7 +123,10 @@ def segment_best(values: np.ndarray, count: np.ndarray, gt_of_pair: np.ndarray) 
 
 
 def pair_iou(
-    det_boxes: np.ndarray, gt_boxes: np.ndarray, det_of_pair: np.ndarray, gt_of_pair: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_boxes: np.ndarray,
+    det_of_pair: np.ndarray,
+    gt_of_pair: np.ndarray,
     pixel_convention: PixelConvention = "voc",
 ) -> np.ndarray:
     """IoU (float64[P]) of each pair, boxes float64 xyxy 0-based continuous, in ``pixel_convention``'s arithmetic."""

@@ -61,7 +61,14 @@ def _yolov2(
 ) -> YOLOv2:
     backbone = Darknet19(width_multiplier=width_multiplier)
     return YOLOv2(
-        backbone, num_classes, num_anchors, width_multiplier, reorg, sppf, decoupled_head, anchors  # type: ignore[arg-type]
+        backbone,
+        num_classes,
+        num_anchors,
+        width_multiplier,
+        reorg,
+        sppf,
+        decoupled_head,
+        anchors,  # type: ignore[arg-type]
     )
 
 

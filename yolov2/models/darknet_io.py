@@ -162,9 +162,7 @@ def load_darknet_weights(
     return LoadReport(path_s, version, seen, n, len(pairs), offset, int(ends[n]), size)
 
 
-def save_darknet_weights(
-    model: nn.Module, path: str | Path, seen: int = 0, max_layers: int | None = None
-) -> int:
+def save_darknet_weights(model: nn.Module, path: str | Path, seen: int = 0, max_layers: int | None = None) -> int:
     """Write the model's first ``max_layers`` conv layers (all by default) as a Darknet .weights file
     (version 0.2.0: 20-byte header, ``seen`` as int64). Atomic: a temp file in the same folder, then
     ``os.replace``. Returns the number of bytes written."""

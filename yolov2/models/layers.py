@@ -106,9 +106,7 @@ class DarknetConv(nn.Module):
         if activation not in ("leaky", "linear", "relu", "logistic"):
             raise ValueError(f"unsupported activation {activation!r}; use leaky, linear, relu or logistic")
         pad = size // 2 if padding is None else padding
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, size, stride, pad, groups=groups, bias=not batch_normalize
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, size, stride, pad, groups=groups, bias=not batch_normalize)
         self.bn = DarknetBatchNorm2d(out_channels, bn_formula) if batch_normalize else None
         self.activation = activation
 

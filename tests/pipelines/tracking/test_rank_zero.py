@@ -19,14 +19,19 @@ def test_metrics_unsent_when_training_ends_are_kept_in_a_file_and_reported(tmp_p
     from test_cluster_scripts import free_port
 
     ws = Workspace.open(tmp_path)
-    logger = tracking.RankZeroLogger(f"http://127.0.0.1:{free_port()}", "0123456789abcdef", 0, 2, ws, "out",
-                                     flush_timeout=1.0)
+    logger = tracking.RankZeroLogger(
+        f"http://127.0.0.1:{free_port()}", "0123456789abcdef", 0, 2, ws, "out", flush_timeout=1.0
+    )
     logger.log({"loss/total": 3.5, "lr": 0.001}, 1)
     logger.log({"loss/total": 2.5, "lr": 0.001}, 2)
     logger.close(2)
     kept = [json.loads(line) for line in (tmp_path / "out" / tracking.UNSENT_METRICS).read_text().splitlines()]
     assert [(m["key"], m["value"], m["step"]) for m in kept] == [
-        ("loss_total", 3.5, 1), ("lr", 0.001, 1), ("loss_total", 2.5, 2), ("lr", 0.001, 2)]
+        ("loss_total", 3.5, 1),
+        ("lr", 0.001, 1),
+        ("loss_total", 2.5, 2),
+        ("lr", 0.001, 2),
+    ]
     with caplog.at_level(logging.WARNING, logger="pipelines.tracking"):
         report = tracking.report_delivery(ws, "out")
     assert report["unsent"] == 4 and report["sent"] == 0 and report["outages"] == 1

@@ -45,7 +45,8 @@ def test_values_held_during_an_outage_arrive_afterwards_in_order_each_once():
     server.up.set()
     assert sender.close(timeout=10) == []
     assert [(k, s) for k, _, _, s in server.received] == [("loss", 1)] + [
-        (k, s) for s in range(2, 1202) for k in ("loss", "lr")]
+        (k, s) for s in range(2, 1202) for k in ("loss", "lr")
+    ]
     assert sender.delivery.to_dict() == {"sent": 2401, "sent_late": 2400, "outages": 1, "unsent": 0}
 
 

@@ -27,6 +27,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 @pytest.mark.fault
 def test_unreachable_server_falls_back_to_the_local_store(tmp_path):
-    uri = tracking.setup_mlflow(f"http://127.0.0.1:{_closed_port()}", "x", Workspace.open(tmp_path),
-                                fallback_to_local=True)
+    uri = tracking.setup_mlflow(
+        f"http://127.0.0.1:{_closed_port()}", "x", Workspace.open(tmp_path), fallback_to_local=True
+    )
     assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -35,13 +35,30 @@ ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
 
 
 def _setup(tmp_path: Path, extra: list[str]):
-    cfg = load_config(None, [
-        f"workspace={tmp_path / 'ws'}", "data.synthetic.num_train=32", "data.synthetic.num_val=4",
-        "data.synthetic.num_test=2", "data.synthetic.image_size=[96, 96]", "shard.max_count=9",
-        "model.name=yolov2_tiny_voc", "model.width_multiplier=0.25", "train.num_workers=2", "train.batch_size=4",
-        "train.effective_batch=16", "train.input_size=96", "train.multiscale_sizes=[64, 128, 32]",
-        "train.multiscale_every=2", "train.burn_in=0", "train.lr=0.0005", "train.log_every=1",
-        "train.register_name=null", *extra])
+    cfg = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            "data.synthetic.num_train=32",
+            "data.synthetic.num_val=4",
+            "data.synthetic.num_test=2",
+            "data.synthetic.image_size=[96, 96]",
+            "shard.max_count=9",
+            "model.name=yolov2_tiny_voc",
+            "model.width_multiplier=0.25",
+            "train.num_workers=2",
+            "train.batch_size=4",
+            "train.effective_batch=16",
+            "train.input_size=96",
+            "train.multiscale_sizes=[64, 128, 32]",
+            "train.multiscale_every=2",
+            "train.burn_in=0",
+            "train.lr=0.0005",
+            "train.log_every=1",
+            "train.register_name=null",
+            *extra,
+        ],
+    )
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
@@ -106,12 +123,14 @@ def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_loca
 
     # A run that stops (no retries left) leaves its checkpoint; --resume continues from it.
     fault = FaultPlan(train_step=4, train_marker_dir=str(markers))
-    cfg2, ws2, upstream2 = _setup(tmp_path / "second",
-                                  ["train.epochs=3", "train.val_every=100", "train.max_failures=0"])
+    cfg2, ws2, upstream2 = _setup(
+        tmp_path / "second", ["train.epochs=3", "train.val_every=100", "train.max_failures=0"]
+    )
     with pytest.raises(Exception, match="injected training failure"):
         run_stage(train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, faults=fault)
-    resumed = run_stage(train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, flags={"resume": True},
-                        faults=fault)
+    resumed = run_stage(
+        train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, flags={"resume": True}, faults=fault
+    )
     assert resumed.manifest["resumed"] and resumed.manifest["steps"] == 6
 
 
@@ -121,10 +140,19 @@ def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, 
     trace = tmp_path / "trace"
     trace.mkdir()
     epochs = 2
-    cfg, ws, upstream = _setup(tmp_path, ["train.ingest=ray_data", "data.synthetic.num_train=31",
-                                          f"train.epochs={epochs}", "train.val_every=100", "train.lr=0.002"])
-    result = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False,
-                       faults=FaultPlan(train_trace_dir=str(trace)))
+    cfg, ws, upstream = _setup(
+        tmp_path,
+        [
+            "train.ingest=ray_data",
+            "data.synthetic.num_train=31",
+            f"train.epochs={epochs}",
+            "train.val_every=100",
+            "train.lr=0.002",
+        ],
+    )
+    result = run_stage(
+        train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False, faults=FaultPlan(train_trace_dir=str(trace))
+    )
     assert result.manifest["steps"] == epochs * 2  # 32 padded / (2 ranks x 4) = 4 micro-batches, 2 per step
 
     ranks = [_trace(trace, 0), _trace(trace, 1)]

@@ -26,9 +26,17 @@ class TinyHead(torch.nn.Module):
 
 
 def _batches(count: int) -> list[Batch]:
-    return [Batch(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), targets=torch.full((2, 1, 5), -1.0),
-                  image_ids=[f"{i}a", f"{i}b"], orig_sizes=torch.full((2, 2), 32), repeated=torch.zeros(2, dtype=bool),
-                  index=i) for i in range(count)]
+    return [
+        Batch(
+            images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+            targets=torch.full((2, 1, 5), -1.0),
+            image_ids=[f"{i}a", f"{i}b"],
+            orig_sizes=torch.full((2, 2), 32),
+            repeated=torch.zeros(2, dtype=bool),
+            index=i,
+        )
+        for i in range(count)
+    ]
 
 
 def _run(plan: FaultPlan, micro_batches: int, accumulation: int, epochs: int, events: list[str]) -> int:
@@ -36,17 +44,27 @@ def _run(plan: FaultPlan, micro_batches: int, accumulation: int, epochs: int, ev
     N" at each epoch's end (where the checkpoint is reported). Returns the final step."""
     torch.manual_seed(0)
     model = TinyHead()
-    settings = LoopSettings(epochs=epochs, steps_per_epoch=max(1, micro_batches // accumulation),
-                            accumulation=accumulation, images_per_micro_batch=2,
-                            anchors=torch.tensor([[1.0, 1.0]]), num_classes=2, burn_in=0, log_every=1)
+    settings = LoopSettings(
+        epochs=epochs,
+        steps_per_epoch=max(1, micro_batches // accumulation),
+        accumulation=accumulation,
+        images_per_micro_batch=2,
+        anchors=torch.tensor([[1.0, 1.0]]),
+        num_classes=2,
+        burn_in=0,
+        log_every=1,
+    )
 
     def batches_for_epoch(epoch: int, first_micro: int):
         return _failing_at_step(_batches(micro_batches), plan, 0, first_micro, accumulation)
 
-    hooks = Hooks(step_end=lambda report: events.append(f"step {report.step}"),
-                  end_epoch=lambda state, metrics, ckpt: events.append(f"epoch end at {state.step}"))
-    final = train(model, torch.optim.SGD(model.parameters(), lr=0.01), batches_for_epoch, settings,
-                  torch.device("cpu"), hooks)
+    hooks = Hooks(
+        step_end=lambda report: events.append(f"step {report.step}"),
+        end_epoch=lambda state, metrics, ckpt: events.append(f"epoch end at {state.step}"),
+    )
+    final = train(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), batches_for_epoch, settings, torch.device("cpu"), hooks
+    )
     return final.step
 
 
@@ -61,8 +79,17 @@ def test_the_planned_rank_fails_once_before_the_planned_steps_update(tmp_path, a
     assert (tmp_path / "train-step-3.failed").read_text().startswith("rank 0 ")
     events.clear()  # the retry: the marker is there, so it does not fail again
     assert _run(plan, micro_batches=2 * accumulation, accumulation=accumulation, epochs=3, events=events) == 6
-    assert events == ["step 1", "step 2", "epoch end at 2", "step 3", "step 4", "epoch end at 4", "step 5",
-                      "step 6", "epoch end at 6"]
+    assert events == [
+        "step 1",
+        "step 2",
+        "epoch end at 2",
+        "step 3",
+        "step 4",
+        "epoch end at 4",
+        "step 5",
+        "step 6",
+        "epoch end at 6",
+    ]
 
 
 def test_a_step_the_epochs_end_drops_is_not_the_planned_step(tmp_path):
