@@ -165,8 +165,8 @@ def baseline_worker(name: str, data: Path, repeats: int) -> None:
 
 
 def time_baseline(name: str, data: Path, repeats: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--baseline-worker", name, "--data", str(data), "--repeats", str(repeats)],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, __file__, "--baseline-worker", name, "--data", str(data), "--repeats", str(repeats)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -28,6 +28,7 @@ The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``) and the thr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -154,7 +155,7 @@ def main() -> None:
             wall["baseline"].append(w)
             for name, stream in streams.items():
                 counted: list[int] = []
-                c, w = timed(lambda: drain(stream, round_ + 1, counted))
+                c, w = timed(functools.partial(drain, stream, round_ + 1, counted))
                 if counted != [n]:
                     raise RuntimeError(f"{name}: {counted} images out of {n}")
                 cpu[name].append(c)

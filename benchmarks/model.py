@@ -279,7 +279,7 @@ def main() -> None:
         "warmup": args.warmup,
         "train_model_forward_backward": stats(model_times),
         "region_loss_forward_backward": stats(loss_times),
-        "region_loss_share_of_step": median_ratio(loss_times, [m + l for m, l in zip(model_times, loss_times)]),
+        "region_loss_share_of_step": median_ratio(loss_times, [m + s for m, s in zip(model_times, loss_times)]),
         "region_loss_share_of_step_min_times": round(min(loss_times) / (min(model_times) + min(loss_times)), 5),
         "region_loss_target_share": 0.01,
         "eval_forward": stats(forward_times),

@@ -124,8 +124,8 @@ def main() -> None:
                     "torch and OpenCV threads (one each)",
                 ),
                 "rounds": args.rounds,
-                "timing": "process CPU time per image (letterbox) or per forward pass, median over rounds after one warm-up "
-                "round (wall-clock figures alongside)",
+                "timing": "process CPU time per image (letterbox) or per forward pass, median over rounds after "
+                "one warm-up round (wall-clock figures alongside)",
                 "cpu_ms": {k: round(v, 3) for k, v in ms.items()},
                 "wall_ms": {k: round(v, 3) for k, v in ms_wall.items()},
                 "ratios": ratios(ms),

@@ -18,8 +18,8 @@ worker, killed driver, MLflow down, disk full or read-only, ...; slow ones inclu
 subprocess and reports each scenario by name: survived (its test passed), null where it was skipped
 (with the reason), and its time. ``security_checks`` does the same for the tests marked ``security``
 (unsafe loading, archive extraction, loopback services, Ray token authentication refusing clients without
-the token, secrets kept out of MLflow and the console, cluster network rules). The JSON states the CPU's kind (``cpu_capability``, ``native_bf16``)
-and the Ray CPUs of the corpus runs (``threads``).
+the token, secrets kept out of MLflow and the console, cluster network rules). The JSON states the CPU's kind
+(``cpu_capability``, ``native_bf16``) and the Ray CPUs of the corpus runs (``threads``).
 
     python benchmarks/reliability.py [--shared-data ../shared/data] [--keep DIR] [--faults "fault and not slow"]
                                      [--security "security and not slow"]

@@ -194,7 +194,8 @@ def main() -> None:
             {
                 "benchmark": "shard",
                 "images": n,
-                "images_note": "more than the issue's minimum of 2,000 to amortise the stage's fixed costs (see docstring)"
+                "images_note": "more than the issue's minimum of 2,000 to amortise the stage's fixed costs "
+                "(see docstring)"
                 if n > 2000
                 else "the issue's minimum",
                 "dataset_mb": round(dataset_bytes / 1e6, 1),

@@ -809,7 +809,7 @@ class _Builder:
         A decoy ``<first word>.jpg`` (another size, another box) stands next to the ids with spaces: an id
         cut at its first space would silently become the decoy.
         """
-        jpg, w, h = self.base_jpeg, self.w, self.h
+        jpg = self.base_jpeg
         one = [("person", (11, 6, 60, 55))]
 
         def decoy(stem: str) -> None:

@@ -7,6 +7,7 @@ pycocotools itself for the files the writer produces.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import re
@@ -395,7 +396,9 @@ def test_image_or_json_that_is_not_a_regular_file_is_refused_by_type(tmp_path: P
     data, image_dir = small_coco(tmp_path, 2)
     image = make_special(image_dir / "0002.jpg", kind)
     for check_images in (True, False):
-        records, rejects = finishes_within(10, lambda: read_dict(data, tmp_path, image_dir, check_images=check_images))
+        records, rejects = finishes_within(
+            10, functools.partial(read_dict, data, tmp_path, image_dir, check_images=check_images)
+        )
         assert [r.image_id for r in records] == ["1"]
         (reject,) = image_level(rejects)
         assert reject.image_id == "2" and f"{image} is not a regular file but {SPECIAL_KINDS[kind]}" in reject.reason

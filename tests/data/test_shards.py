@@ -58,9 +58,9 @@ def test_tarfile_reads_every_member_with_fixed_metadata():
         for m in members:
             assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "", "", 0o444)
             assert m.isfile()
-        for (key, image, record), m in zip(samples, members[0::2]):
+        for (_key, image, _record), m in zip(samples, members[0::2]):
             assert tar.extractfile(m).read() == image
-        for (key, image, record), m in zip(samples, members[1::2]):
+        for (_key, _image, record), m in zip(samples, members[1::2]):
             assert tar.extractfile(m).read() == record_json(record)
 
 

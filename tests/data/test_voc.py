@@ -7,6 +7,7 @@ code under test.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import time
@@ -490,7 +491,7 @@ def test_special_file_is_a_reject_naming_its_type_and_never_hangs(tmp_path: Path
     root = make_root(tmp_path, items)
     path = make_special(root / where / ("odd.xml" if where == "Annotations" else "odd.jpg"), kind)
     for check_images in (True, False):
-        records, rejects = finishes_within(10, lambda: read_voc(root, "test", ["dog"], check_images))
+        records, rejects = finishes_within(10, functools.partial(read_voc, root, "test", ["dog"], check_images))
         assert [r.image_id for r in records] == ["ok"]
         (reject,) = rejects
         assert reject.source == str(path) and reject.image_id == "odd" and reject.level == "image"

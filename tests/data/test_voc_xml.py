@@ -41,9 +41,13 @@ def test_every_shared_voc_annotation_matches_the_reference(shared_data: Path) ->
         assert ours(data) == reference_texts(data), path
 
 
-OBJ = "<object><name>dog</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>"
+OBJ = (
+    "<object><name>dog</name><difficult>0</difficult>"
+    "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>"
+)
 AWKWARD = {
-    "plain": f"<annotation><filename>a.jpg</filename><size><width>64</width><height>48</height></size>{OBJ}</annotation>",
+    "plain": "<annotation><filename>a.jpg</filename><size><width>64</width><height>48</height></size>"
+    f"{OBJ}</annotation>",
     "comment_and_cdata_in_text": "<annotation><filename>a<!-- c -->b<![CDATA[<x>&]]>c</filename>"
     "<object><name> d<!--x-->og </name></object></annotation>",
     "character_references": "<annotation><filename>&#233;t&amp;&lt;&#x41;</filename>"
@@ -86,7 +90,8 @@ def test_declared_encodings_match_the_reference(encoding: str) -> None:
 
 LAUGHS = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
 HOSTILE = {
-    "billion_laughs": f'<!DOCTYPE annotation [<!ENTITY l0 "lol">{LAUGHS}]><annotation><filename>&l9;</filename></annotation>',
+    "billion_laughs": f'<!DOCTYPE annotation [<!ENTITY l0 "lol">{LAUGHS}]>'
+    "<annotation><filename>&l9;</filename></annotation>",
     "internal_entity_unused": '<!DOCTYPE annotation [<!ENTITY e "x">]><annotation><filename>a</filename></annotation>',
     "external_entity": '<!DOCTYPE annotation [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><annotation><filename>&xxe;</filename></annotation>',
     "parameter_entity": '<!DOCTYPE annotation [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x.dtd"> %p;]><annotation/>',
