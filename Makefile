@@ -10,7 +10,7 @@ CONFIG ?= configs/demo.yaml
 CLUSTER_TOKEN := $(HOME)/.yolov2-pipeline/cluster_auth_token
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test test-slow bench install clean cluster-token
+.PHONY: demo test lint test-slow bench install clean cluster-token
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)  ## run the whole pipeline on the generated dataset, local Ray, local MLflow store
 	$(PY) pipelines/full.py --config $(CONFIG)
 
-test: $(STAMP)  ## the default test suite (no `slow` tests), < 15 minutes on 2 cores
+test: lint  ## lint and type checks, then the default test suite (no `slow` tests), < 15 minutes on 2 cores
 	$(PY) -m pytest -m "not slow" -q
+
+LINTED := yolov2 pipelines tests benchmarks
+lint: $(STAMP)  ## ruff (lint + format check) on the code, mypy on the library; settings in pyproject.toml
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 test-slow: $(STAMP)  ## the long tests only
 	$(PY) -m pytest -m slow -q
@@ -35,4 +41,4 @@ cluster-token:  ## the cloud cluster's Ray token file, once, before `ray up` (mo
 	$(PYTHON) -m pipelines.ray_auth token-file $(CLUSTER_TOKEN)
 
 clean:
-	rm -rf workspace .pytest_cache
+	rm -rf workspace .pytest_cache .mypy_cache .ruff_cache
