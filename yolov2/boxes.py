@@ -9,7 +9,7 @@ Torch functions reuse ``torchvision.ops``; the NumPy twins exist for the data an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -216,7 +216,7 @@ def clip_boxes(
     limits = np.array([width, height, width, height], np.float32)
     clipped = np.minimum(np.maximum(boxes, 0.0), limits)
     wh = clipped[:, 2:] - clipped[:, :2]
-    keep = (wh >= min_size * limits[:2]).all(axis=1)
+    keep = cast(np.ndarray, (wh >= min_size * limits[:2]).all(axis=1))  # axis=1 of a 2-D array: always an array
     if min_visibility > 0:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep &= wh[:, 0] * wh[:, 1] >= min_visibility * np.maximum(area, np.finfo(np.float32).tiny)

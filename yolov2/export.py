@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,6 +48,8 @@ class DecodedModel(nn.Module):
     (Tensor[B, N]), class_probs (Tensor[B, N, C])); N = A*(H/32)*(W/32) in (anchor, row, column) order.
     ``anchors`` (A, 2) in grid cells at stride 32 are a buffer, so they travel with the weights.
     """
+
+    anchors: torch.Tensor  # the registered buffer (declared for the type checker)
 
     def __init__(self, model: nn.Module, anchors: torch.Tensor, num_classes: int, stride: int = 32) -> None:
         super().__init__()
@@ -172,7 +175,7 @@ def export_darknet(
     """
     weights_path = Path(weights_path)
     _check_darknet_expressible(model, name)
-    num_classes = int(model.num_classes)
+    num_classes = int(cast(int, model.num_classes))  # an int attribute (nn.Module types it a tensor or module)
     if class_names and len(class_names) != num_classes:
         raise ConfigError(f"export_darknet: {len(class_names)} class names for a model with {num_classes} classes")
     text = darknet_cfg_text(name, num_classes, [tuple(a) for a in anchors], width_multiplier, input_size)

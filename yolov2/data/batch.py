@@ -36,7 +36,7 @@ class Batch(NamedTuple):
     image_ids: list[str]
     orig_sizes: torch.Tensor
     repeated: torch.Tensor
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index; the field name is public API (tests, pipelines)
     color: torch.Tensor | None = None
 
 

@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from yolov2.data.paths import dataset_file_reason, not_utf8_reason, printable, r
 from yolov2.data.records import ImageRecord, Reject, reject_message, sanitize_boxes
 from yolov2.errors import DatasetError
 from yolov2.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 RECORD_ID_KEY = "yolov2_image_id"
 
@@ -220,7 +223,8 @@ def write_coco(
     if len(id_map) != len(ids):
         raise DatasetError(f"{path}: records have duplicate image ids; COCO image ids must be unique")
 
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for record in records:
         rel = os.path.relpath(os.path.abspath(record.path), image_dir)
         if rel.startswith(".."):
@@ -266,7 +270,7 @@ def write_coco(
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -398,7 +402,8 @@ def _image_record(
     if unusable:
         problem(where, unusable, "image", image_id)
         return None
-    width, height = img.get("width"), img.get("height")
+    width: int | None = img.get("width")
+    height: int | None = img.get("height")
     size_from_image = width is None or height is None
     info = None
     if check_images or size_from_image:  # a missing width/height comes from the image header
@@ -407,7 +412,8 @@ def _image_record(
         except DatasetError as e:
             problem(str(path), str(e).removeprefix(f"{path}: "), "image", image_id)
             return None
-    if size_from_image:
+    if width is None or height is None:  # i.e. size_from_image
+        assert info is not None  # inspected above whenever size_from_image
         width, height = info.width, info.height
     record = ImageRecord(image_id, split, str(path), width, height, size_from_image=size_from_image)
     if info is not None:

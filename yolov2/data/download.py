@@ -413,7 +413,7 @@ def _extract_tar(archive_path: Path, tmp: Path, progress: bool) -> None:
         total = None if compressed else archive_path.stat().st_size
         with Progress("extract", total, BYTES_UNIT, desc=archive_path.name, enabled=progress) as bar:
             tar.extractall(tmp, filter=checked)
-            bar.update(tar.offset if compressed else total)
+            bar.update(tar.offset if total is None else total)  # total is None exactly when compressed
 
 
 def _extract_zip(archive_path: Path, tmp: Path, progress: bool) -> None:

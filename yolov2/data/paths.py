@@ -185,7 +185,7 @@ class RootConfinement:
         return {"root": self.root}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"])
+        type(self).__init__(self, state["root"])
 
     def outside_reason(self, path: str | Path) -> str | None:
         """Same answer as ``outside_root_reason(path, self.root)``."""

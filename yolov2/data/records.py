@@ -14,9 +14,10 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from yolov2.errors import DatasetError
@@ -82,6 +83,25 @@ class ImageRecord:
     # The annotation gave no usable size, so width/height are the image header's. Not stored (the
     # record is the same either way): the shard stage counts these repairs in its stats.
     size_from_image: bool = field(default=False, compare=False)
+
+    if TYPE_CHECKING:
+        # The generated __init__ as the type checker should see it: the array fields take any array-like
+        # (lists included), which __post_init__ converts, so once built they are always arrays. Keep in
+        # step with the fields above; at run time the dataclass-generated __init__ is the one used.
+        def __init__(
+            self,
+            image_id: str,
+            split: str,
+            path: str,
+            width: int,
+            height: int,
+            boxes: npt.ArrayLike = ...,
+            labels: npt.ArrayLike = ...,
+            difficult: npt.ArrayLike = ...,
+            iscrowd: npt.ArrayLike = ...,
+            clipped_boxes: int = 0,
+            size_from_image: bool = False,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -244,7 +264,7 @@ def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarr
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     reasons = np.full(len(boxes), "", dtype=object)
-    finite = np.isfinite(boxes).all(axis=1)
+    finite = cast(np.ndarray, np.isfinite(boxes).all(axis=1))  # axis=1 of a 2-D array: always an array
     reasons[~finite] = "non-finite coordinate"
     safe = np.where(finite[:, None], boxes, 0.0)
     inverted = finite & ((safe[:, 2] < safe[:, 0]) | (safe[:, 3] < safe[:, 1]))

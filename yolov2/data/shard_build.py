@@ -86,8 +86,10 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
                 continue
             problem, info, data = _read_image(record.path, options.max_pixels)
             where = record.path  # the file actually read: a VOC image found through <filename> is not item.image_path
-            if problem is None and (mismatch := check_image_against_record(info, record, item.annotation or where)):
-                problem, where = mismatch, item.annotation or where  # named from the annotation, as the readers do
+            if problem is None:
+                assert info is not None  # _read_image gives the header info whenever there is no problem
+                if mismatch := check_image_against_record(info, record, item.annotation or where):
+                    problem, where = mismatch, item.annotation or where  # named from the annotation, as the readers do
             if problem is None:
                 try:
                     data, record, changed = _maybe_reencode(data, record, options)
@@ -104,6 +106,7 @@ def write_shard(stream: BinaryIO, items: list[ShardItem], options: ShardOptions,
             outcome.records.append(record)
             outcome.keys.append(item.key)
             outcome.sizes_from_image += record.size_from_image
+            assert info is not None  # no problem, so _read_image gave the header info
             outcome.trailing_data += info.trailing_bytes > 0
     outcome.bytes_written = writer.bytes_written
     return outcome
@@ -135,6 +138,7 @@ def _maybe_reencode(data: bytes, record: ImageRecord, options: ShardOptions) -> 
 
     image = decode_rgb(data, record.path)
     if downscale:
+        assert options.max_side is not None  # downscale implies a max_side
         scale = options.max_side / longest
         new_w, new_h = max(1, round(record.width * scale)), max(1, round(record.height * scale))
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)

@@ -234,7 +234,8 @@ def _tar_members(f: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
 
 def _samples_fast(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group consecutive members by key (webdataset's rule: the name up to the first dot of its file name)."""
-    key, parts = None, {}
+    key: str | None = None
+    parts: dict[str, bytes] = {}
     with open(url, "rb") as f:
         for name, data in _tar_members(f, url):
             match = _MEMBER_NAME.match(name)

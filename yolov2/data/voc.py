@@ -299,7 +299,8 @@ def read_voc_item(
             info = inspect_image_file(image_path, max_pixels)
         except DatasetError as e:
             return image_reject(image_path, _reason(e, image_path))
-    if size_from_image:
+    if width is None or height is None:  # i.e. size_from_image
+        assert info is not None  # inspected above whenever size_from_image
         width, height = info.width, info.height
     record = ImageRecord(image_id, split_name, image_path, width, height, size_from_image=size_from_image)
     if info is not None:
@@ -321,11 +322,15 @@ def read_voc_item(
     # Plain Python per box: with a handful of boxes, NumPy's per-call cost would dominate the reader.
     boxes, labels, difficult, iscrowd, clipped_count = [], [], [], [], 0
     for i, obj in kept:
+        assert obj.bndbox is not None  # kept objects have no problem, and only a problem object lacks a box
         xmin, ymin, xmax, ymax = obj.bndbox
         box = (xmin - 1.0, ymin - 1.0, xmax + 0.0, ymax + 0.0)  # 1-based inclusive -> 0-based continuous
         clipped, was_clipped, reason = sanitize_box(box, width, height)
         if reason:
-            text = f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(obj.bndbox)} in a {width}x{height} image"
+            text = (
+                f"object {i} ({obj.name}): {reason}: VOC box xmin,ymin,xmax,ymax = {_fmt_box(obj.bndbox)}"
+                f" in a {width}x{height} image"
+            )
             rejects.append(reject_or_raise(source, text, "box", image_id, split_name, strict))
             continue
         boxes.append(clipped)

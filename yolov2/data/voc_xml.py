@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pyexpat
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 ROOT_FIELDS = frozenset(("filename", "size/width", "size/height"))
 OBJECT_FIELDS = frozenset(("name", "difficult", "iscrowd", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax"))
@@ -58,7 +59,7 @@ def parse_voc_texts(data: bytes) -> VocXmlTexts:
     try:
         parser.Parse(data, True)
     finally:
-        walker.parser = None  # break the parser <-> walker cycle
+        del walker.parser  # break the parser <-> walker cycle
     return VocXmlTexts(
         walker.root_tag or "",
         {k: "".join(v) for k, v in walker.root.items()},
@@ -66,11 +67,11 @@ def parse_voc_texts(data: bytes) -> VocXmlTexts:
     )
 
 
-def _refuse_entity_declaration(*_args: object) -> None:
+def _refuse_entity_declaration(*_args: object) -> NoReturn:
     raise XmlRefused("EntitiesForbidden")
 
 
-def _refuse_external_reference(*_args: object) -> None:
+def _refuse_external_reference(*_args: object) -> NoReturn:
     raise XmlRefused("ExternalReferenceForbidden")
 
 
@@ -102,7 +103,7 @@ class _Walker:
     __slots__ = ("parser", "stack", "root_tag", "root", "objects", "capture")
 
     def __init__(self, parser: pyexpat.XMLParserType) -> None:
-        self.parser: pyexpat.XMLParserType | None = parser
+        self.parser = parser
         self.stack: list[str | None] = []
         self.root_tag: str | None = None
         self.root: dict[str, list[str]] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from yolov2.io import atomic_output
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy (legacy global) and torch CPU generator states, as weights_only-safe values."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # legacy=True is the default; spelled out for the type checker
+    assert isinstance(np_state, tuple)  # the global RandomState is MT19937, whose legacy state is a tuple
     return {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
         "numpy": [
@@ -59,7 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside a DDP wrapper (its ``.module``), or the model itself."""
-    return model.module if hasattr(model, "module") else model
+    return cast(torch.nn.Module, model.module) if hasattr(model, "module") else model
 
 
 def model_state_for_export(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from yolov2.errors import ConfigError
 from yolov2.models.darknet19 import Darknet19
 from yolov2.models.darknet_cfg import DarknetNet, build_from_cfg
 from yolov2.models.darknet_io import LoadReport, load_darknet_weights, save_darknet_weights
-from yolov2.models.layers import BatchNormFormula, check_batch_norm_formula, set_batch_norm_formula
+from yolov2.models.layers import BatchNormFormula, ReorgMode, check_batch_norm_formula, set_batch_norm_formula
 from yolov2.models.priors import COCO_ANCHORS, VOC_ANCHORS
 from yolov2.models.resnet import ResNetBackbone
 from yolov2.models.summary import model_summary
@@ -53,7 +53,7 @@ def _yolov2(
     num_classes: int,
     num_anchors: int = 5,
     width_multiplier: float = 1.0,
-    reorg: str = "darknet",
+    reorg: ReorgMode = "darknet",
     sppf: bool = False,
     decoupled_head: bool = False,
     *,
@@ -68,7 +68,7 @@ def _yolov2(
         reorg,
         sppf,
         decoupled_head,
-        anchors,  # type: ignore[arg-type]
+        anchors,
     )
 
 
@@ -76,7 +76,7 @@ def _tiny(
     num_classes: int,
     num_anchors: int = 5,
     width_multiplier: float = 1.0,
-    reorg: str = "darknet",
+    reorg: ReorgMode = "darknet",
     sppf: bool = False,
     decoupled_head: bool = False,
     *,
@@ -91,7 +91,7 @@ def _resnet(
     num_classes: int,
     num_anchors: int = 5,
     width_multiplier: float = 1.0,
-    reorg: str = "darknet",
+    reorg: ReorgMode = "darknet",
     sppf: bool = False,
     decoupled_head: bool = False,
     *,
@@ -103,7 +103,7 @@ def _resnet(
             "use a yolov2_* or yolov2_tiny_* model to narrow the network"
         )
     backbone = ResNetBackbone(depth)
-    return YOLOv2(backbone, num_classes, num_anchors, 1.0, reorg, sppf, decoupled_head, None)  # type: ignore[arg-type]
+    return YOLOv2(backbone, num_classes, num_anchors, 1.0, reorg, sppf, decoupled_head, None)
 
 
 # name -> constructor(num_classes, num_anchors=5, width_multiplier=1.0, reorg="darknet", sppf=False,

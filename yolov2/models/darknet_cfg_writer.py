@@ -46,7 +46,7 @@ def _maxpool(stride: int) -> str:
 
 
 def _region(
-    anchors: Sequence[tuple[float, float]], num_classes: int, jitter: float, thresh: float, object_scale: float,
+    anchors: Sequence[Sequence[float]], num_classes: int, jitter: float, thresh: float, object_scale: float,
     noobject_scale: float, class_scale: float, coord_scale: float, rescore: bool,
 ) -> str:  # fmt: skip
     values = ", ".join(f"{float(w)!r},{float(h)!r}" for w, h in anchors)  # shortest exact repr
@@ -95,7 +95,7 @@ def _tiny_layers(num_classes: int, num_anchors: int, width_multiplier: float, he
 def darknet_cfg_text(
     name: str,
     num_classes: int,
-    anchors: Sequence[tuple[float, float]],
+    anchors: Sequence[Sequence[float]],
     width_multiplier: float = 1.0,
     input_size: int = 416,
     *,

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -26,6 +27,11 @@ from torch import nn
 from yolov2.errors import WeightsError
 from yolov2.io import atomic_output
 from yolov2.models.layers import ConvPair
+
+
+class _DarknetLayered(Protocol):
+    def darknet_layers(self) -> Iterable[ConvPair]: ...
+
 
 WRITE_VERSION = (0, 2, 0)
 
@@ -55,7 +61,7 @@ def model_darknet_layers(model: nn.Module) -> list[ConvPair]:
     """The model's (conv, bn or None) pairs in Darknet order, checked to be expressible in a .weights file."""
     if not hasattr(model, "darknet_layers"):
         raise WeightsError(f"{type(model).__name__} has no darknet_layers() method; cannot map it to Darknet weights")
-    pairs = list(model.darknet_layers())
+    pairs = list(cast(_DarknetLayered, model).darknet_layers())  # checked by hasattr above
     for i, (conv, bn) in enumerate(pairs):
         if bn is None and conv.bias is None:
             raise WeightsError(f"conv layer {i} has neither batch norm nor bias; Darknet always stores biases")
@@ -73,7 +79,10 @@ def layer_value_count(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> int:
 def _layer_tensors(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> list[torch.Tensor]:
     """The layer's tensors in file order: biases, [scales, rolling_mean, rolling_variance], weights."""
     if bn is None:
+        assert conv.bias is not None  # model_darknet_layers refuses a layer with neither batch norm nor bias
         return [conv.bias, conv.weight]
+    # Darknet's batch norms are affine and track running statistics, so none of these is None.
+    assert bn.bias is not None and bn.running_mean is not None and bn.running_var is not None
     return [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
 
 
