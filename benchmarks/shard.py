@@ -92,9 +92,9 @@ def time_stage(root: Path, out_dir: Path, workers: int, max_count: int) -> float
     import ray
 
     from pipelines import prepare, ray_auth, shard
+    from pipelines.config import load_config
     from pipelines.dag import run_stage
     from pipelines.workspace import Workspace
-    from yolov2.config import load_config
 
     if ray.is_initialized():
         ray.shutdown()

@@ -92,27 +92,23 @@ def loop_step_times(
     model, batch, iters: int, ema: bool, anchors: torch.Tensor, precision: Precision, device: torch.device
 ) -> list[tuple[float, float]]:
     """(wall, CPU) seconds per optimizer step of the real training loop over ``iters`` steps of the same batch."""
-    from yolov2.config import LossConfig
+    from yolov2.config import LoopConfig, LossConfig
     from yolov2.engine.ema import ModelEMA
     from yolov2.engine.optim import build_sgd
     from yolov2.engine.trainer import LoopSettings, train
-    from yolov2.loss import region_loss_kwargs
 
     model.to(memory_format=precision.memory_format)
     optimizer = build_sgd(model, 0.001, 0.9, 0.0005)
     settings = LoopSettings(
-        epochs=1,
+        loop=LoopConfig(epochs=1, lr=0.001, burn_in=1000, log_every=10),
+        loss=LossConfig(),
         steps_per_epoch=iters,
         accumulation=1,
         images_per_micro_batch=len(batch.image_ids),
         anchors=anchors,
         num_classes=NUM_CLASSES,
-        loss_kwargs=region_loss_kwargs(LossConfig()),
-        lr=0.001,
-        burn_in=1000,
         amp=precision.amp,
         channels_last=precision.channels_last,
-        log_every=10,
     )
     stamps: list[tuple[float, float]] = []
     train(

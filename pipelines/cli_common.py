@@ -8,10 +8,10 @@ import logging
 import sys
 
 from pipelines import ray_runtime, tracking
+from pipelines.config import PipelineConfig, load_config
 from pipelines.dag import StageError, StageSpec, run_stage
 from pipelines.faults import FaultPlan
 from pipelines.workspace import Workspace
-from yolov2.config import PipelineConfig, load_config
 from yolov2.engine.precision import detect_hardware, slow_path_warnings
 from yolov2.errors import YoloV2Error
 
@@ -24,7 +24,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, single_stage: bool = Tr
     parser.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
-        help=f"YAML config file (default: {DEFAULT_CONFIG}); see yolov2/config.py for every key",
+        help=f"YAML config file (default: {DEFAULT_CONFIG}); see pipelines/config.py for every key",
     )
     parser.add_argument(
         "--workspace",

@@ -15,14 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
+from pipelines.config import PipelineConfig, flatten, to_dict
 from pipelines.faults import NO_FAULTS, FaultPlan
 from pipelines.locks import LOCK_WAIT_SECONDS, StageError, stage_lock
 from pipelines.workspace import Workspace
-from yolov2.config import PipelineConfig, flatten, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,7 @@ class StageSpec:
 
     def command(self) -> str:
         """How to run this stage alone (for error messages)."""
-        script = Path(__file__).parent / f"{self.name}.py"
-        return f"python pipelines/{self.name}.py" if script.is_file() else f"python -m pipelines.{self.name}"
+        return f"python -m pipelines.{self.name}"
 
 
 def _select(cfg_dict: dict, dotted: str) -> Any:
@@ -174,7 +172,7 @@ def require_upstream(cfg: PipelineConfig, workspace: Workspace, spec: StageSpec)
             raise StageError(
                 f"stage '{spec.name}' needs the output of '{up.name}' for this config, which is not in "
                 f"{workspace.uri}. Run it first: {up.command()} --config <same config> "
-                f"(or python pipelines/full.py --stages {up.name},{spec.name})"
+                f"(or python -m pipelines.full --stages {up.name},{spec.name})"
             )
         results[up.name] = result
     return results

@@ -6,7 +6,7 @@ the trained model once (``num_gpus`` per actor on a cluster, CPU here). Detectio
 and COCO mAP (category chunks evaluated by Ray tasks), ``metrics.json``, and the per-class table,
 PR curves, confusion matrix, error breakdown and sample images as MLflow artifacts.
 
-Run alone: ``python pipelines/evaluate.py --config configs/demo.yaml``.
+Run alone: ``python -m pipelines.evaluate --config configs/demo.yaml``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 
 from pipelines import shard, train
 from pipelines.cli_common import stage_main
+from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageSpec
 from pipelines.workspace import Workspace
-from yolov2.config import PipelineConfig
+from yolov2.config import PredictConfig
 from yolov2.data.images import decode_rgb
 from yolov2.data.records import ImageRecord, table_to_records
 from yolov2.engine.precision import choose_precision, detect_hardware
@@ -46,13 +47,7 @@ class DetectActor:
         self,
         workspace: Workspace,
         model_path: str,
-        input_size: int,
-        letterbox: bool,
-        resize: str,
-        conf_thresh: float,
-        nms_thresh: float,
-        max_det: int,
-        max_candidates: int | None,
+        predict: PredictConfig,
         use_gpu: bool,
         amp: str = "auto",
         channels_last: bool | str = "auto",
@@ -62,18 +57,7 @@ class DetectActor:
         with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # the workspace may be object storage
             local.write(workspace.read_bytes(model_path))
             local.flush()
-            self.predictor = Predictor.from_file(
-                local.name,
-                device=device,
-                input_size=input_size,
-                letterbox=letterbox,
-                resize=resize,
-                conf_thresh=conf_thresh,
-                nms_thresh=nms_thresh,
-                max_det=max_det,
-                max_candidates=max_candidates,
-                precision=precision,
-            )
+            self.predictor = Predictor.from_file(local.name, predict, device=device, precision=precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [ImageRecord.from_dict(json.loads(r) if isinstance(r, (bytes, str)) else r) for r in batch["json"]]
@@ -138,13 +122,7 @@ def run_inference(
         fn_constructor_kwargs=dict(
             workspace=workspace,
             model_path=model_path,
-            input_size=settings.input_size,
-            letterbox=settings.letterbox,
-            resize=settings.resize,
-            conf_thresh=settings.conf_thresh,
-            nms_thresh=settings.nms_thresh,
-            max_det=settings.max_det,
-            max_candidates=settings.max_candidates,
+            predict=settings.predict,
             use_gpu=settings.gpus_per_actor > 0,
             amp=settings.amp,
             channels_last=settings.channels_last,

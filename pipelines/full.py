@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import cli_common, ray_runtime, tracking
+from pipelines.config import PipelineConfig, flatten, to_dict
 from pipelines.dag import StageError, StageFlag, StageResult, StageSpec, downstream_of, load_result, run_stage
 from pipelines.faults import FaultPlan
 from pipelines.stages import STAGE_NAMES, STAGES
 from pipelines.workspace import Workspace, WorkspaceWriteError
-from yolov2.config import PipelineConfig, flatten, to_dict
 from yolov2.errors import YoloV2Error
 
 log = logging.getLogger("pipelines.full")

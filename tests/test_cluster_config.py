@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from yolov2.config import load_config
+from pipelines.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = REPO / "ray_cluster.yaml"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from yolov2.config import PredictConfig
 from yolov2.data.records import ImageRecord
 from yolov2.data.shards import ShardSpec, write_shard_bytes
 from yolov2.evaluation import voc07_map50
@@ -83,7 +84,9 @@ def test_voc07_map50_of_a_known_model_is_the_hand_computed_value(shards):
     # class 1 (image e) has no detection: AP 0. mAP: the mean over the two classes.
     expected = (3 * 1.0 + 5 * 0.75) / 11 / 2
     model = OneBoxModel().train()
-    assert voc07_map50(model, SPEC, shards, batch_size=2, letterbox=True) == pytest.approx(expected, abs=1e-6)
+    assert voc07_map50(
+        model, SPEC, shards, PredictConfig(input_size=SIZE, letterbox=True), batch_size=2
+    ) == pytest.approx(expected, abs=1e-6)
     assert model.training  # back in the mode it was in
     assert voc07_map50(model.eval(), SPEC, shards) == pytest.approx(expected, abs=1e-6)
     assert not model.training

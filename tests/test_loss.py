@@ -20,6 +20,7 @@ import torch
 from torchvision.ops import complete_box_iou
 
 from yolov2.boxes import efficient_iou_loss, pairwise_box_iou, targets_from_boxes
+from yolov2.config import LossConfig
 from yolov2.errors import ConfigError, DatasetError
 from yolov2.loss import region_loss
 
@@ -263,7 +264,7 @@ def _reference_grad(output, targets, anchors, num_classes, seen, **kwargs):
 def test_gradients_equal_darknet_deltas(seed, seen, rescore):
     output, targets, anchors, num_classes = _make_case(seed)
     output.requires_grad_(True)
-    result = region_loss(output, targets, anchors, num_classes, seen, rescore=rescore)
+    result = region_loss(output, targets, anchors, num_classes, seen, LossConfig(rescore=rescore))
     result.total.backward()
     expected, stats = _reference_grad(output, targets, anchors, num_classes, seen, rescore=rescore)
     assert stats["ignored"] >= 2, "the case must exercise the ignore threshold"
@@ -275,7 +276,7 @@ def test_gradients_with_non_default_scales_and_wh_weight():
     output, targets, anchors, num_classes = _make_case(4, batch=2, num_classes=3, grid_h=5, grid_w=5)
     scales = dict(thresh=0.5, object_scale=3.0, noobject_scale=0.7, class_scale=2.0, coord_scale=1.5)
     output.requires_grad_(True)
-    region_loss(output, targets, anchors, num_classes, 100, coord_wh_weight=True, **scales).total.backward()
+    region_loss(output, targets, anchors, num_classes, 100, LossConfig(coord_wh_weight=True, **scales)).total.backward()
     expected, _ = _reference_grad(output, targets, anchors, num_classes, 100, coord_wh_weight=True, **scales)
     torch.testing.assert_close(output.grad, expected, rtol=1e-5, atol=1e-9)
 
@@ -347,7 +348,7 @@ def test_bad_inputs_raise_specific_errors():
     with pytest.raises(DatasetError, match="num_classes"):
         region_loss(output, bad, anchors, num_classes, 0)
     with pytest.raises(ConfigError, match="modern"):
-        region_loss(output, targets, anchors, num_classes, 0, box_loss="ciou")
+        region_loss(output, targets, anchors, num_classes, 0, LossConfig(box_loss="ciou"))
 
 
 def _perfect_output(targets, anchors, num_classes, grid_h, grid_w):
@@ -383,7 +384,7 @@ def test_modern_mode_is_finite_and_decreases_towards_targets(box_loss):
     values = []
     for alpha in (0.0, 0.5, 0.9, 1.0):
         moved = (output + alpha * (perfect - output)).requires_grad_(True)
-        result = region_loss(moved, targets, anchors, num_classes, 20000, mode="modern", box_loss=box_loss)
+        result = region_loss(moved, targets, anchors, num_classes, 20000, LossConfig(mode="modern", box_loss=box_loss))
         result.total.backward()
         assert torch.isfinite(result.total) and torch.isfinite(moved.grad).all()
         values.append(result.total.item())
@@ -397,7 +398,9 @@ def test_modern_ciou_term_matches_torchvision_ciou():
     gen = torch.Generator().manual_seed(10)
     output = torch.randn(1, 5 * 7, grid, grid, generator=gen, dtype=torch.float64)
     targets = torch.tensor([[[1.0, 0.45, 0.62, 0.3, 0.5]]], dtype=torch.float64)
-    result = region_loss(output, targets, anchors, 2, 20000, mode="modern", box_loss="ciou", coord_scale=2.0)
+    result = region_loss(
+        output, targets, anchors, 2, 20000, LossConfig(mode="modern", box_loss="ciou", coord_scale=2.0)
+    )
     i, j = 2, 3  # floor(0.45*5), floor(0.62*5)
     n = 1  # shape (1.5, 2.5) cells: IoU 0.13, 0.76, 0.44, ... with ANCHORS -> (1.5, 1.9)
     raw = output.view(1, 5, 7, grid, grid)[0, n, :4, j, i]

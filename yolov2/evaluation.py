@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from yolov2.config import PredictConfig
 from yolov2.data.images import decode_rgb
 from yolov2.data.records import ImageRecord
 from yolov2.data.shards import ShardSpec, read_samples
@@ -21,7 +22,6 @@ from yolov2.engine.precision import Precision
 from yolov2.inference import ModelSpec, Predictor
 from yolov2.metrics import DetectionTable, coco_evaluate, voc_evaluate
 from yolov2.postprocess import Detections
-from yolov2.preprocess import Resize
 
 
 def detections_table(image_ids: Sequence[str], detections: Sequence[Detections]) -> DetectionTable:
@@ -41,7 +41,9 @@ def predict_samples(
     predictor: Predictor, samples: Iterable[tuple[bytes, ImageRecord]], batch_size: int = 8
 ) -> tuple[DetectionTable, list[ImageRecord]]:
     """Run ``predictor`` over ``(jpeg_bytes, record)`` pairs; returns the detections and the records seen."""
-    tables, records, batch = [], [], []
+    tables: list[DetectionTable] = []
+    records: list[ImageRecord] = []
+    batch: list[tuple[bytes, ImageRecord]] = []
 
     def flush() -> None:
         images = [decode_rgb(data, rec.path) for data, rec in batch]
@@ -76,18 +78,18 @@ def compute_metrics(
     results: dict[str, Any] = {}
     for name in metrics:
         if name in ("voc07", "voc12"):
-            result = voc_evaluate(records, detections, class_names, 0.5, use_07_metric=name == "voc07")
-            flat[f"map50_{name}"] = result.mAP if np.isfinite(result.mAP) else 0.0
-            for cls, ap in zip(class_names, result.ap):
+            voc = voc_evaluate(records, detections, class_names, 0.5, use_07_metric=name == "voc07")
+            flat[f"map50_{name}"] = voc.mAP if np.isfinite(voc.mAP) else 0.0
+            for cls, ap in zip(class_names, voc.ap):
                 if np.isfinite(ap):
                     flat[f"ap50_{name}.{cls}"] = float(ap)
-            results[name] = result
+            results[name] = voc
         elif name == "coco":
-            result = coco_evaluate(
+            coco = coco_evaluate(
                 records, detections, class_names, backend=coco_backend, num_chunks=coco_chunks, map_fn=map_fn
             )
-            flat.update({f"coco_{k}": float(v) for k, v in result.stats.items()})
-            results[name] = result
+            flat.update({f"coco_{k}": float(v) for k, v in coco.stats.items()})
+            results[name] = coco
         else:
             raise ValueError(f"unknown metric {name!r} (voc07, voc12, coco)")
     return flat, results
@@ -97,38 +99,19 @@ def voc07_map50(
     model: nn.Module,
     spec: ModelSpec,
     shards: Sequence[ShardSpec],
-    *,
+    predict: PredictConfig | None = None,
     batch_size: int = 8,
-    input_size: int | None = None,
-    letterbox: bool = True,
-    resize: Resize = "darknet",
-    conf_thresh: float = 0.005,
-    nms_thresh: float = 0.45,
-    max_det: int | None = 100,
-    max_candidates: int | None = None,
     precision: Precision | None = None,
 ) -> float:
     """VOC2007 11-point mAP at IoU 0.5 of ``model`` over every sample of ``shards``: training's validation.
 
-    The evaluate stage's :class:`Predictor` (the keyword arguments are its own) on the device the model's
-    parameters are on, and :func:`compute_metrics`; the model is put in eval mode for this and then back
-    in the mode it was in.
+    A :class:`Predictor` with ``predict`` (None: its defaults at ``spec.input_size``) on the device the model's
+    parameters are on, and :func:`compute_metrics`; the model is put in eval mode for this and then back in
+    the mode it was in.
     """
     was_training = model.training
     device = next(model.parameters()).device
-    predictor = Predictor(
-        model,
-        spec,
-        input_size=input_size,
-        letterbox=letterbox,
-        resize=resize,
-        conf_thresh=conf_thresh,
-        nms_thresh=nms_thresh,
-        max_det=max_det,
-        max_candidates=max_candidates,
-        device=device,
-        precision=precision,
-    )
+    predictor = Predictor(model, spec, predict, device=device, precision=precision)
     total = sum(s.num_samples for s in shards)
     samples = ((raw.image_bytes, raw.record) for raw in read_samples(shards, 0, total))
     detections, records = predict_samples(predictor, samples, batch_size=batch_size)

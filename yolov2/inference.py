@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolov2.engine.checkpoint import load_checkpoint, save_checkpoint
+from yolov2.config import PredictConfig
+from yolov2.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from yolov2.engine.precision import FLOAT32, Precision
 from yolov2.errors import WeightsError
 from yolov2.models import build_model
+from yolov2.models.layers import BatchNormFormula
 from yolov2.postprocess import Detections, postprocess
-from yolov2.preprocess import Resize, images_to_tensor
+from yolov2.preprocess import images_to_tensor
 
 MODEL_FORMAT = "yolov2-pipeline/model"
 
@@ -39,7 +41,7 @@ class ModelSpec:
     reorg: str = "darknet"
     sppf: bool = False
     decoupled_head: bool = False
-    batch_norm: str = "darknet"  # the inference formula (yolov2.models.layers.DarknetBatchNorm2d)
+    batch_norm: BatchNormFormula = "darknet"  # the inference formula (yolov2.models.layers.DarknetBatchNorm2d)
 
     def build(self) -> nn.Module:
         return build_model(
@@ -51,11 +53,11 @@ class ModelSpec:
             self.sppf,
             self.decoupled_head,
             self.batch_norm,
-        )  # type: ignore[arg-type]
+        )
 
 
 def save_model_file(path: str | Path, model: nn.Module, spec: ModelSpec) -> None:
-    inner = model.module if hasattr(model, "module") else model
+    inner = unwrap(model)
     state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
     save_checkpoint(path, {"format": MODEL_FORMAT, "version": 1, "spec": dataclasses.asdict(spec), "state_dict": state})
 
@@ -86,39 +88,39 @@ class Predictor:
         self,
         model: nn.Module,
         spec: ModelSpec,
+        predict: PredictConfig | None = None,
         *,
-        input_size: int | None = None,
-        letterbox: bool = True,
-        resize: Resize = "darknet",
-        conf_thresh: float = 0.005,
-        nms_thresh: float = 0.45,
-        max_det: int | None = 100,
-        max_candidates: int | None = None,
         device: str | torch.device = "cpu",
         precision: Precision | None = None,
     ) -> None:
+        """``predict``: None means :class:`PredictConfig`'s defaults at the model's own ``spec.input_size``."""
+        self.predict = predict or PredictConfig(input_size=spec.input_size)
         self.precision = precision or FLOAT32
         self.model = model.to(device).eval()
         if self.precision.channels_last:  # never back to NCHW: the model may be one being trained
             self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = spec
-        self.input_size = input_size or spec.input_size
-        self.letterbox, self.resize = letterbox, resize
-        self.conf_thresh, self.nms_thresh, self.max_det = conf_thresh, nms_thresh, max_det
-        self.max_candidates = max_candidates
         self.device = torch.device(device)
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "cpu", **kwargs) -> Predictor:
+    def from_file(
+        cls,
+        path: str | Path,
+        predict: PredictConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        precision: Precision | None = None,
+    ) -> Predictor:
         model, spec = load_model_file(path, device)
-        return cls(model, spec, device=device, **kwargs)
+        return cls(model, spec, predict, device=device, precision=precision)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        batch = images_to_tensor(images, self.input_size, self.letterbox, self.resize).to(self.device)
+        p = self.predict
+        batch = images_to_tensor(images, p.input_size, p.letterbox, p.resize).to(self.device)
         with self.precision.autocast(self.device):
             output = self.model(batch.contiguous(memory_format=self.precision.memory_format)).float()
         sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in images], device=self.device)
@@ -126,11 +128,11 @@ class Predictor:
             output,
             self.anchors,
             self.spec.num_classes,
-            (self.input_size, self.input_size),
+            (p.input_size, p.input_size),
             sizes,
-            letterbox=self.letterbox,
-            conf_thresh=self.conf_thresh,
-            nms_thresh=self.nms_thresh,
-            max_det=self.max_det,
-            max_candidates=self.max_candidates,
+            letterbox=p.letterbox,
+            conf_thresh=p.conf_thresh,
+            nms_thresh=p.nms_thresh,
+            max_det=p.max_det,
+            max_candidates=p.max_candidates,
         )

@@ -53,7 +53,7 @@ coordinate MSE by ``coord_scale * (1 - CIoU)`` (torchvision) or EIoU on boxes in
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +66,10 @@ from yolov2.boxes import (
     region_boxes,
     wh_iou,
 )
+from yolov2.config import LossConfig
 from yolov2.errors import ConfigError, DatasetError
 
-__all__ = ["LossOutput", "region_loss", "region_loss_kwargs"]
+__all__ = ["LossOutput", "region_loss"]
 
 
 class LossOutput(NamedTuple):
@@ -95,18 +96,7 @@ def region_loss(
     anchors: torch.Tensor,
     num_classes: int,
     seen: int,
-    *,
-    thresh: float = 0.6,
-    object_scale: float = 5.0,
-    noobject_scale: float = 1.0,
-    class_scale: float = 1.0,
-    coord_scale: float = 1.0,
-    prior_scale: float = 0.01,
-    prior_seen: int = 12800,
-    rescore: bool = True,
-    coord_wh_weight: bool = False,
-    mode: Literal["darknet", "modern"] = "darknet",
-    box_loss: Literal["mse", "ciou", "eiou"] = "mse",
+    loss: LossConfig | None = None,
 ) -> LossOutput:
     """Darknet's region loss (see the module docstring for the exact rules and the scaling).
 
@@ -117,7 +107,17 @@ def region_loss(
     layer reads at most 30 and stops at the first row with x == 0; here the caller's loader does the dropping).
     anchors (Tensor[A, 2]): (pw, ph) in grid cells (Darknet's ``anchors=``).
     seen: images seen so far including this batch. Half-precision outputs are promoted to float32.
+    loss: the scales and rules (``LossConfig()``: yolov2-voc.cfg's ``[region]``).
     """
+    loss = loss or LossConfig()
+    mode, box_loss, thresh, rescore = loss.mode, loss.box_loss, loss.thresh, loss.rescore
+    object_scale, noobject_scale, class_scale = loss.object_scale, loss.noobject_scale, loss.class_scale
+    coord_scale, coord_wh_weight, prior_scale, prior_seen = (
+        loss.coord_scale,
+        loss.coord_wh_weight,
+        loss.prior_scale,
+        loss.prior_seen,
+    )
     if mode not in ("darknet", "modern"):
         raise ConfigError(f"loss.mode must be 'darknet' or 'modern', got {mode!r}")
     if box_loss not in ("mse", "ciou", "eiou"):
@@ -239,23 +239,5 @@ def region_loss(
         avg_iou = (truth_iou * valid).sum() / count
         recall = ((truth_iou > 0.5) & valid).sum().to(dtype) / count
     total = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
-    return LossOutput(total, *parts, avg_iou, recall)
-
-
-def region_loss_kwargs(cfg: object) -> dict[str, object]:
-    """The keyword arguments of :func:`region_loss` from a ``LossConfig`` (the config edge; library code below
-    takes plain values)."""
-    names = (
-        "thresh",
-        "object_scale",
-        "noobject_scale",
-        "class_scale",
-        "coord_scale",
-        "prior_scale",
-        "prior_seen",
-        "rescore",
-        "coord_wh_weight",
-        "mode",
-        "box_loss",
-    )
-    return {name: getattr(cfg, name) for name in names}
+    coord, obj, noobj, prior, cls = parts
+    return LossOutput(total, coord, obj, noobj, prior, cls, avg_iou, recall)

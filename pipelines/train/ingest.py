@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import ray.data
 import ray.train
 
+from pipelines.config import TrainConfig
 from pipelines.workspace import Workspace
-from yolov2.config import TrainConfig
 from yolov2.data.augment import Augmentation, MultiScaleSchedule
 from yolov2.data.batch import Batch
 from yolov2.data.partition import batches_per_epoch
@@ -97,7 +97,13 @@ def ray_data_train_dataset(t: TrainConfig, shard_urls: list[str], total: int, wo
         batch_size=t.batch_size,
         batch_format="numpy",
         num_cpus=RAY_DATA_CPUS,
-        fn_kwargs=dict(size=size, seed=t.seed, epoch=None, train=True, augmentation=Augmentation.from_config(t)),
+        fn_kwargs=dict(
+            size=size,
+            seed=t.seed,
+            epoch=None,
+            train=True,
+            augmentation=Augmentation.from_config(t.augmentation, device_color=t.use_gpu),
+        ),
     )
 
 

@@ -6,11 +6,13 @@ Ray Train passes ``train_loop_config`` as a dict: the driver wraps the job as ``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.config import EvaluateConfig, PipelineConfig, TrainConfig
 from pipelines.faults import NO_FAULTS, FaultPlan
-from yolov2.config import EvaluateConfig, LossConfig, PipelineConfig, TrainConfig
+from yolov2.config import LossConfig, PredictConfig
 from yolov2.inference import ModelSpec
 
 
@@ -43,6 +45,24 @@ class TrainJob:
         if not isinstance(job, TrainJob):
             raise TypeError(f"train_loop_config['job'] is a {type(job).__name__}, expected a TrainJob")
         return job
+
+
+VALIDATION_MAX_CANDIDATES = 2000
+"""Validation's cap on the (box, class) pairs per image kept before NMS when ``evaluate.max_candidates`` is unset
+(the evaluate stage keeps all, as Darknet does). Validation runs every epoch, and early in training nearly every
+pair passes the 0.005 threshold; the cap keeps NMS short. It stays 2000: best.pt is the epoch with the best
+validation mAP, so changing it can change which checkpoint training keeps."""
+
+
+def validation_predict(train: TrainConfig, evaluate: EvaluateConfig) -> PredictConfig:
+    """The predictor settings of training's validation: the evaluate stage's, at ``train.input_size`` (the size
+    the model trains at), with :data:`VALIDATION_MAX_CANDIDATES` unless ``evaluate.max_candidates`` is set."""
+    predict = evaluate.predict
+    return dataclasses.replace(
+        predict,
+        input_size=train.input_size,
+        max_candidates=predict.max_candidates or VALIDATION_MAX_CANDIDATES,
+    )
 
 
 def accumulation_for(effective_batch: int, batch_size: int, world_size: int) -> int:

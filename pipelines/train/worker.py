@@ -25,7 +25,7 @@ import torch
 from pipelines import faults, tracking
 from pipelines.train.checkpoints import STATE_FILE, model_file_bytes, newest_checkpoint
 from pipelines.train.ingest import ray_data_batches, webdataset_batches
-from pipelines.train.job import TrainJob, accumulation_for
+from pipelines.train.job import TrainJob, accumulation_for, validation_predict
 from pipelines.workspace import Workspace
 from yolov2.data.batch import Batch
 from yolov2.data.shards import ShardSpec, shard_specs_from_index
@@ -37,7 +37,6 @@ from yolov2.engine.precision import Precision, choose_precision, detect_hardware
 from yolov2.engine.progress import Ticker, TrainProgress
 from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
 from yolov2.evaluation import voc07_map50
-from yolov2.loss import region_loss_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger.precision(precision, hardware, slow_path_warnings(hardware, t.amp, t.channels_last, "train"))
     start_step = resume_from["state"]["step"] if resume_from else 0
     progress = (
-        TrainProgress(settings.total_steps, settings.epochs, t.log_every, start_step=start_step, emit=tracking.console)
+        TrainProgress(
+            settings.total_steps, t.loop.epochs, t.loop.log_every, start_step=start_step, emit=tracking.console
+        )
         if rank == 0
         else None
     )
@@ -142,7 +143,7 @@ def _model_and_optimizer(
         load_initial_weights(model, t.init_weights, t.init_layers)
     freeze_darknet_layers(model, t.freeze_backbone_layers)
     model = ray.train.torch.prepare_model(model.to(memory_format=precision.memory_format))
-    optimizer = build_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay)
+    optimizer = build_optimizer(model, t.optimizer, t.loop.lr, t.momentum, t.weight_decay)
     ema = ModelEMA(unwrap(model), t.ema_decay) if t.ema else None
     return model, optimizer, ema
 
@@ -152,25 +153,15 @@ def _loop_settings(
 ) -> LoopSettings:
     t, spec = job.train, job.spec
     return LoopSettings(
-        epochs=t.epochs,
+        loop=t.loop,
+        loss=job.loss,
         steps_per_epoch=steps_per_epoch(micro_batches, accumulation),
         accumulation=accumulation,
         images_per_micro_batch=t.batch_size * world,
         anchors=torch.tensor(spec.anchors, dtype=torch.float32),
         num_classes=spec.num_classes,
-        loss_kwargs=region_loss_kwargs(job.loss),
-        lr=t.lr,
-        schedule=t.schedule,
-        burn_in=t.burn_in,
-        steps=tuple(t.steps),
-        scales=tuple(t.scales),
-        warmup=t.warmup,
-        max_steps=t.max_steps,
         amp=precision.amp,
         channels_last=precision.channels_last,
-        log_every=t.log_every,
-        val_every=t.val_every,
-        checkpoint_every=t.checkpoint_every,
     )
 
 
@@ -199,20 +190,8 @@ def _val_shards(workspace: Workspace, job: TrainJob) -> list[ShardSpec]:
 
 def _validate(model: torch.nn.Module, job: TrainJob, shards: list[ShardSpec], precision: Precision) -> float:
     """VOC07 mAP@0.5 on the val split, on rank 0, with the predictor settings of the evaluate stage."""
-    e = job.evaluate
     return voc07_map50(
-        model,
-        job.spec,
-        shards,
-        batch_size=e.batch_size,
-        input_size=job.train.input_size,
-        letterbox=e.letterbox,
-        resize=e.resize,
-        conf_thresh=e.conf_thresh,
-        nms_thresh=e.nms_thresh,
-        max_det=e.max_det,
-        max_candidates=e.max_candidates or 2000,
-        precision=precision,
+        model, job.spec, shards, validation_predict(job.train, job.evaluate), job.evaluate.batch_size, precision
     )
 
 

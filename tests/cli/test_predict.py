@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from yolov2.cli import main
+from yolov2.config import PredictConfig
 from yolov2.engine.precision import FLOAT32, choose_precision, detect_hardware
 from yolov2.inference import ModelSpec, Predictor, save_model_file
 from yolov2.models import build_model
@@ -52,7 +53,7 @@ def test_predict_folder(model_file: Path, source: Path, tmp_path: Path, capsys) 
     assert [Path(r["image"]).name for r in results] == IMAGES
     auto = choose_precision(detect_hardware("cpu"))  # what --amp auto --channels-last auto pick on this machine
     direct = Predictor.from_file(
-        model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30, precision=auto
+        model_file, PredictConfig(input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30), precision=auto
     )([rgb(source / name) for name in IMAGES])
     total = 0
     for name, result, expected in zip(IMAGES, results, direct):
@@ -102,7 +103,7 @@ def test_predict_in_float32_when_asked(model_file: Path, source: Path, tmp_path:
     assert main(argv) == 0
     results = json.loads((out / "detections.json").read_text())
     direct = Predictor.from_file(
-        model_file, input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30, precision=FLOAT32
+        model_file, PredictConfig(input_size=128, conf_thresh=0.02, nms_thresh=0.45, max_det=30), precision=FLOAT32
     )([rgb(source / name) for name in IMAGES])
     for result, expected in zip(results, direct):
         boxes = np.array([d["box_xyxy"] for d in result["detections"]])

@@ -54,7 +54,7 @@ class Observation:
 
 def corpus_config(workspace: Path, layout: Layout, root: Path, splits: Sequence[str], strict: bool = False):
     """The pipeline config for a corpus layout: each split of ours is the dataset split of the same name."""
-    from yolov2.config import load_config
+    from pipelines.config import load_config
 
     overrides = [
         f"workspace={workspace}",

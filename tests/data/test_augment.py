@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yolov2.config import TrainConfig
+from pipelines.config import TrainConfig
 from yolov2.data.augment import Augmentation, MultiScaleSchedule
 
 
@@ -31,9 +31,9 @@ def test_schedules_from_config():
     assert (sched.min_size, sched.max_size, sched.step, sched.every, sched.seed) == (320, 608, 32, 10, 0)
     cfg.multiscale = False
     assert MultiScaleSchedule.from_config(cfg) is None
-    aug = Augmentation.from_config(cfg)
+    aug = Augmentation.from_config(cfg.augmentation, cfg.use_gpu)
     assert (aug.jitter, aug.hue, aug.saturation, aug.exposure, aug.device_color) == (0.3, 0.1, 1.5, 1.5, False)
-    cfg.augment, cfg.use_gpu = "none", True
-    assert Augmentation.from_config(cfg).jitter == 0.0
+    cfg.augmentation.augment, cfg.use_gpu = "none", True
+    assert Augmentation.from_config(cfg.augmentation, cfg.use_gpu).jitter == 0.0
     with pytest.raises(Exception, match="multiple"):
         MultiScaleSchedule(320, 600, 32)

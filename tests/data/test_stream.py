@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 import torch
 
+from pipelines.config import TrainConfig
 from tiny_shards import all_ids, make_record, rank_batches, stream, write_tiny_shards
-from yolov2.config import TrainConfig
+from yolov2.config import AugmentConfig
 from yolov2.data.augment import Augmentation, MultiScaleSchedule
 from yolov2.data.partition import batches_per_epoch, rank_length
 from yolov2.data.shards import ShardSpec, write_shard_bytes
@@ -108,7 +109,7 @@ def test_eval_stream_is_letterboxed_in_file_order(shards):
 
 
 def test_mosaic_and_mixup_paths_run_and_keep_boxes_inside(shards):
-    aug = Augmentation(mosaic=1.0, mixup=1.0)
+    aug = Augmentation(AugmentConfig(mosaic=1.0, mixup=1.0))
     batches = list(stream(shards, augmentation=aug, size=64).iter_slot(0, 1))
     targets = torch.cat([b.targets.reshape(-1, 5) for b in batches])
     real = targets[targets[:, 0] >= 0]

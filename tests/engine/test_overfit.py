@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from yolov2.boxes import letterbox_params, targets_from_boxes
+from yolov2.config import LoopConfig, LossConfig, PredictConfig
 from yolov2.data.batch import Batch
 from yolov2.data.synthetic import SHAPE_CLASSES, write_synthetic_dataset
 from yolov2.data.transforms import letterbox
@@ -68,21 +69,17 @@ def test_yolov2_tiny_overfits_eight_generated_images(tmp_path: Path) -> None:
     model = spec.build().to(memory_format=precision.memory_format)
     optimizer = build_optimizer(model, "adamw", lr=1e-3, momentum=0.9, weight_decay=0.05)
     settings = LoopSettings(
-        epochs=STEPS,
+        loop=LoopConfig(
+            epochs=STEPS, lr=1e-3, schedule="cosine", warmup=20, log_every=25, val_every=10**9, checkpoint_every=10**9
+        ),
+        loss=LossConfig(mode="modern"),
         steps_per_epoch=1,
         accumulation=1,
         images_per_micro_batch=8,
         anchors=torch.tensor(TINY_VOC_ANCHORS),
         num_classes=len(SHAPE_CLASSES),
-        loss_kwargs={"mode": "modern"},
-        lr=1e-3,
-        schedule="cosine",
-        warmup=20,
         amp=precision.amp,
         channels_last=precision.channels_last,
-        log_every=25,
-        val_every=10**9,
-        checkpoint_every=10**9,
     )
     losses: list[float] = []
     final = train(
@@ -96,7 +93,7 @@ def test_yolov2_tiny_overfits_eight_generated_images(tmp_path: Path) -> None:
     assert final.step == STEPS
     assert losses[-1] < 0.25 * losses[0], f"the loss should fall on 8 images, got {losses}"
 
-    predictor = Predictor(model, spec, input_size=INPUT, letterbox=True, precision=precision)
+    predictor = Predictor(model, spec, PredictConfig(input_size=INPUT, letterbox=True), precision=precision)
     samples = [((Path(root) / r.path).read_bytes(), r) for r in records]
     detections, seen = predict_samples(predictor, samples)
     flat, _ = compute_metrics(seen, detections, SHAPE_CLASSES, ["voc07"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolov2.config import load_config
+from pipelines.config import load_config
 from yolov2.engine.precision import (
     FLOAT32,
     Hardware,

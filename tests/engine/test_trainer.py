@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from yolov2.config import LoopConfig, LossConfig
 from yolov2.data.batch import Batch, to_model_input
 from yolov2.engine.optim import build_sgd
 from yolov2.engine.trainer import Hooks, LoopSettings, train
@@ -32,14 +33,15 @@ def test_one_step_matches_the_plain_step(threads):
             images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0
         )
         settings = LoopSettings(
-            epochs=1,
+            loop=LoopConfig(epochs=1, lr=0.01, burn_in=0),
+            loss=LossConfig(),
             steps_per_epoch=1,
             accumulation=1,
             images_per_micro_batch=2,
             anchors=anchors,
             num_classes=3,
-            lr=0.01,
-            burn_in=0,
+            amp="off",
+            channels_last=False,
         )
         train(model, build_sgd(model, 0.01, 0.9, 0.0005), lambda epoch, first: [batch], settings, torch.device("cpu"))
 
@@ -64,15 +66,15 @@ def test_every_optimizer_step_reports_its_progress():
     targets = torch.tensor([[[0, 0.5, 0.5, 0.4, 0.3]], [[1, 0.6, 0.4, 0.5, 0.6]]])
     batch = Batch(images, targets, ["a", "b"], torch.tensor([[64, 64], [64, 64]]), torch.zeros(2, dtype=torch.bool), 0)
     settings = LoopSettings(
-        epochs=2,
+        loop=LoopConfig(epochs=2, lr=0.01, burn_in=0, log_every=2),
+        loss=LossConfig(),
         steps_per_epoch=2,
         accumulation=2,
         images_per_micro_batch=4,
         anchors=anchors,
         num_classes=3,
-        lr=0.01,
-        burn_in=0,
-        log_every=2,
+        amp="off",
+        channels_last=False,
     )
     reports, logged = [], []
     train(
@@ -87,5 +89,5 @@ def test_every_optimizer_step_reports_its_progress():
     assert all(r.seconds > 0 and 0 <= r.data_wait <= r.seconds and r.loss > 0 for r in reports)
     # a step's loss is the mean of its micro-batches: two steps average to the loss logged for their window
     assert [s for s, _ in logged] == [2, 4]
-    for (step, window_loss), pair in zip(logged, (reports[:2], reports[2:])):
+    for (_step, window_loss), pair in zip(logged, (reports[:2], reports[2:])):
         assert window_loss == pytest.approx((pair[0].loss + pair[1].loss) / 2, rel=1e-6)

@@ -22,10 +22,10 @@ from PIL import Image
 
 from pipelines import anchors as stage
 from pipelines import prepare, shard
+from pipelines.config import load_config
 from pipelines.dag import run_stage
 from pipelines.workspace import Workspace
 from yolov2 import anchors as A
-from yolov2.config import load_config
 from yolov2.errors import ConfigError
 from yolov2.progress import Progress
 
@@ -124,7 +124,7 @@ def test_generated_equals_single_process_cached_and_forced(ray_local, tmp_path, 
     assert lines[0] == "[anchors] k-means 0/20 runs (0%) elapsed 0:00:00"  # k = 1..10, two restarts each
     assert any(
         re.fullmatch(
-            r"\[anchors\] k-means \d+/20 runs \(\d+%\) [\d.]+ runs/s, elapsed 0:00:\d\d, "
+            r"\[anchors\] k-means \d+/20 runs \(\d+%\) [\d.]+ runs/s, elapsed \d+:\d\d:\d\d, "
             r"ETA 0:\d\d:\d\d",
             line,
         )

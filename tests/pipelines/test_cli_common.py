@@ -117,7 +117,7 @@ def test_stage_main_runs_the_stage_then_finds_it_cached(no_ray, tmp_path, capsys
 def test_stage_main_exits_2_naming_the_upstream_command(no_ray, tmp_path, caplog):
     code = cli_common.stage_main(anchors.SPEC, [*TINY_PREPARE, "--workspace", str(tmp_path / "ws")])
     assert code == 2
-    assert "Run it first: python pipelines/shard.py --config <same config>" in caplog.text
+    assert "Run it first: python -m pipelines.shard --config <same config>" in caplog.text
 
 
 def test_stage_main_has_the_stage_flags_and_the_fault_plan_from_the_environment(no_ray, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.config import PipelineConfig, load_config, to_dict
 from pipelines.dag import (
     MANIFEST,
     StageError,
@@ -22,7 +23,6 @@ from pipelines.dag import (
 )
 from pipelines.stages import STAGES, stage_named
 from pipelines.workspace import Workspace
-from yolov2.config import PipelineConfig, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 PREPARE = stage_named("prepare")
@@ -135,7 +135,7 @@ def test_crashed_body_leaves_no_manifest_and_rerun_starts_clean(tmp_path):
 
 def test_missing_upstream_names_the_command_to_run(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
-    with pytest.raises(StageError, match=r"pipelines/shard\.py"):
+    with pytest.raises(StageError, match=r"python -m pipelines\.shard --config"):
         run_stage(with_body(stage_named("anchors"), lambda ctx: {}), PipelineConfig(), ws, tracking_enabled=False)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from pipelines import evaluate, prepare, shard
+from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
 from pipelines.workspace import Workspace
-from yolov2.config import load_config
+from yolov2.config import PredictConfig
 from yolov2.data.records import table_to_records
 from yolov2.data.shards import iter_shard_samples
 from yolov2.evaluation import compute_metrics, predict_samples
@@ -75,7 +76,9 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
 
     folder = ws.local_path(sharded.output_dir)
     urls = [str(folder / n) for n in sharded.manifest["splits"]["test"]["shards"]]
-    predictor = Predictor.from_file(model_dir / "model.pt", input_size=96, conf_thresh=cfg.evaluate.conf_thresh)
+    predictor = Predictor.from_file(
+        model_dir / "model.pt", PredictConfig(input_size=96, conf_thresh=cfg.evaluate.predict.conf_thresh)
+    )
     plain, records = predict_samples(predictor, ((img, rec) for _, img, rec in iter_shard_samples(urls)), batch_size=3)
 
     assert len(plain) > 13  # a random model still produces plenty of low-score boxes

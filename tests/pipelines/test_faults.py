@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from pipelines import full, prepare, shard
+from pipelines.config import load_config
 from pipelines.dag import MANIFEST, run_stage
 from pipelines.workspace import Workspace, WorkspaceWriteError
 from test_cluster_scripts import session_processes
 from tiny_pipeline import TINY, set_args
-from yolov2.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

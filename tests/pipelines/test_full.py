@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 from pipelines import full, ray_runtime
+from pipelines.config import PipelineConfig
 from pipelines.dag import StageResult
 from pipelines.faults import NO_FAULTS
 from pipelines.stages import STAGE_NAMES, STAGES
 from pipelines.workspace import Workspace
 from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_http
 from tiny_pipeline import TINY, set_args
-from yolov2.config import PipelineConfig
 
 
 def _post(base: str, path: str, body: dict) -> dict:

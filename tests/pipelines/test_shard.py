@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import prepare, shard
+from pipelines.config import load_config
 from pipelines.dag import run_stage
 from pipelines.faults import NO_FAULTS, FaultPlan
 from pipelines.workspace import Workspace
-from yolov2.config import load_config
 from yolov2.data.coco import read_coco
 from yolov2.data.shards import iter_shard_samples
 from yolov2.data.voc import read_voc

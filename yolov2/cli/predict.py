@@ -14,10 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolov2.config import PredictConfig
 from yolov2.data.images import IMAGE_EXTENSIONS, decode_rgb
 from yolov2.engine.precision import choose_precision, detect_hardware, slow_path_warnings
 from yolov2.errors import DatasetError
-from yolov2.inference import Predictor
+from yolov2.inference import Predictor, load_model_file
 from yolov2.io import atomic_write_bytes, atomic_write_text
 
 _PALETTE = np.array(
@@ -97,15 +98,16 @@ def run(args: argparse.Namespace) -> int:
     layout = args.channels_last if args.channels_last == "auto" else args.channels_last == "true"
     for warning in slow_path_warnings(hardware, args.amp, layout, setting="predict"):
         print(f"warning: {warning}", file=sys.stderr)
-    predictor = Predictor.from_file(
-        args.weights,
-        device=args.device,
-        input_size=args.input_size,
+    model, spec = load_model_file(args.weights, args.device)
+    predict = PredictConfig(
+        input_size=args.input_size or spec.input_size,
         resize=args.resize,
         conf_thresh=args.conf,
         nms_thresh=args.nms,
         max_det=args.max_det,
-        precision=choose_precision(hardware, args.amp, layout),
+    )
+    predictor = Predictor(
+        model, spec, predict, device=args.device, precision=choose_precision(hardware, args.amp, layout)
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ once, straight to the current network size).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from yolov2.config import AugmentConfig
 from yolov2.data.batch import record_targets
 from yolov2.data.images import decode_rgb
 from yolov2.data.mosaic import mixup, mosaic4
@@ -26,44 +27,60 @@ __all__ = ["Augmentation", "MultiScaleSchedule", "augment_raw", "augment_sample"
 
 @dataclass(frozen=True)
 class Augmentation:
-    """What happens to each training image; the defaults are yolov2-voc.cfg's recipe.
+    """What happens to each training image: the configured recipe (:class:`~yolov2.config.AugmentConfig`, whose
+    defaults are yolov2-voc.cfg's) and what the run decides around it.
 
-    ``keep_difficult=False`` leaves VOC ``difficult`` and COCO ``iscrowd`` boxes out of the batch targets (training
-    and validation loss alike), as Darknet's ``voc_label.py`` does; mAP evaluation takes its ground truth, with
-    the flags, from the records instead. ``mosaic``/``mixup`` are probabilities per sample (0 = off).
+    ``augment="none"`` in the recipe turns everything off (no jitter, colour, flip, mosaic or mixup): the
+    properties below give the values the samplers use. ``keep_difficult=False`` leaves VOC ``difficult`` and COCO
+    ``iscrowd`` boxes out of the batch targets (training and validation loss alike), as Darknet's
+    ``voc_label.py`` does; mAP evaluation takes its ground truth, with the flags, from the records instead.
     ``device_color=True`` draws the HSV distortion in the loader but applies it on the device
     (``Batch.color`` -> :func:`yolov2.data.batch.to_model_input`): the fast choice for GPU training (module
-    docstring of :mod:`yolov2.data.color`); False applies it on the CPU in the loader.
+    docstring of :mod:`yolov2.data.color`); False applies it on the CPU in the loader. ``min_visibility``: boxes
+    keeping less of their area after the crop are dropped (0: Darknet's rule, only boxes cropped away entirely).
     """
 
-    jitter: float = 0.3
-    hue: float = 0.1
-    saturation: float = 1.5
-    exposure: float = 1.5
-    flip: bool = True
-    min_visibility: float = 0.0
-    mosaic: float = 0.0
-    mixup: float = 0.0
+    config: AugmentConfig = field(default_factory=AugmentConfig)
     keep_difficult: bool = False
     device_color: bool = False
+    min_visibility: float = 0.0
 
     @classmethod
-    def from_config(cls, train_cfg: Any) -> Augmentation:
-        """From a ``TrainConfig``: ``augment="none"`` turns everything off; otherwise the configured values.
+    def from_config(cls, config: AugmentConfig, device_color: bool) -> Augmentation:
+        """The training recipe; ``device_color`` (training on GPUs) only where there is colour to apply."""
+        return cls(config, device_color=device_color and config.augment != "none")
 
-        The colour step goes to the device when training on GPUs (``use_gpu``).
-        """
-        if train_cfg.augment == "none":
-            return cls(jitter=0.0, hue=0.0, saturation=1.0, exposure=1.0, flip=False)
-        return cls(
-            jitter=train_cfg.jitter,
-            hue=train_cfg.hue,
-            saturation=train_cfg.saturation,
-            exposure=train_cfg.exposure,
-            mosaic=train_cfg.mosaic,
-            mixup=train_cfg.mixup,
-            device_color=bool(train_cfg.use_gpu),
-        )
+    @property
+    def enabled(self) -> bool:
+        return self.config.augment != "none"
+
+    @property
+    def jitter(self) -> float:
+        return self.config.jitter if self.enabled else 0.0
+
+    @property
+    def hue(self) -> float:
+        return self.config.hue if self.enabled else 0.0
+
+    @property
+    def saturation(self) -> float:
+        return self.config.saturation if self.enabled else 1.0
+
+    @property
+    def exposure(self) -> float:
+        return self.config.exposure if self.enabled else 1.0
+
+    @property
+    def flip(self) -> bool:
+        return self.enabled
+
+    @property
+    def mosaic(self) -> float:
+        return self.config.mosaic if self.enabled else 0.0
+
+    @property
+    def mixup(self) -> float:
+        return self.config.mixup if self.enabled else 0.0
 
 
 @dataclass(frozen=True)

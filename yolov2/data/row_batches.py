@@ -9,10 +9,11 @@ its output into a :class:`~yolov2.data.batch.Batch`, resized there to the step's
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -33,10 +34,14 @@ def _sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
+def _random_index(rng: np.random.Generator, n: int) -> int:
+    return int(rng.integers(n))
+
+
 def fresh_epoch() -> int:
     """A random stand-in for the epoch, for a pipeline that cannot know it (a Ray Data plan runs unchanged
     every epoch): new draws each time it runs, the same draws for every sample of one call."""
-    return int(np.random.SeedSequence().entropy % (1 << 62))
+    return int(cast(int, np.random.SeedSequence().entropy) % (1 << 62))  # an int when drawn from the OS
 
 
 def _as_rgb(image: Any, key: str) -> np.ndarray:
@@ -63,7 +68,7 @@ def decode_and_augment_batch(
     seed: int = 0,
     epoch: int | None = 0,
     train: bool = True,
-    augmentation: Augmentation = Augmentation(),
+    augmentation: Augmentation | None = None,
     letterbox: bool = True,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function (``batch_format="numpy"``) over ``read_webdataset`` rows.
@@ -78,6 +83,7 @@ def decode_and_augment_batch(
     """
     if epoch is None:
         epoch = fresh_epoch()
+    aug = augmentation or Augmentation()
     keys = [str(k) for k in batch["__key__"]]
     records = [_as_record(m) for m in batch["json"]]
     images = [_as_rgb(img, key) for img, key in zip(batch["jpg"], keys)]
@@ -86,14 +92,13 @@ def decode_and_augment_batch(
     out_color = np.tile(np.array([0.0, 1.0, 1.0], np.float32), (len(keys), 1))
 
     def decode(j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (images[j],) + record_targets(records[j], augmentation.keep_difficult)
+        return (images[j],) + record_targets(records[j], aug.keep_difficult)
 
     for i, key in enumerate(keys):
         if train:
             rng = _sample_rng(seed, epoch, key)
-            sample = augment_sample(
-                decode, i, lambda: int(rng.integers(len(keys))), size, augmentation, rng, out_images[i]
-            )
+            pick = functools.partial(_random_index, rng, len(keys))  # a partner for mosaic/mixup: any row
+            sample = augment_sample(decode, i, pick, size, aug, rng, out_images[i])
         else:
             sample = eval_transform(*decode(i), size, letterbox, out=out_images[i])
         rows = targets_from_boxes([(torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels))], size, size)

@@ -79,7 +79,7 @@ class ShardStream(IterableDataset):
         train: bool = True,
         size: int = 416,
         schedule: MultiScaleSchedule | None = None,
-        augmentation: Augmentation = Augmentation(),
+        augmentation: Augmentation | None = None,
         seed: int = 0,
         shuffle_buffer: int = 256,
         drop_last: bool = False,
@@ -99,7 +99,7 @@ class ShardStream(IterableDataset):
         self.shards = list(shards)
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.train, self.size, self.schedule = train, size, schedule
-        self.augmentation, self.seed, self.shuffle_buffer = augmentation, seed, shuffle_buffer
+        self.augmentation, self.seed, self.shuffle_buffer = augmentation or Augmentation(), seed, shuffle_buffer
         self.drop_last, self.first_batch, self.accumulation = drop_last, first_batch, accumulation
         self.letterbox = letterbox
         self.epoch = 0
@@ -123,7 +123,7 @@ class ShardStream(IterableDataset):
             train=train,
             size=train_cfg.input_size,
             schedule=MultiScaleSchedule.from_config(train_cfg) if train else None,
-            augmentation=Augmentation.from_config(train_cfg),
+            augmentation=Augmentation.from_config(train_cfg.augmentation, device_color=bool(train_cfg.use_gpu)),
             seed=train_cfg.seed,
             accumulation=accumulation,
         )

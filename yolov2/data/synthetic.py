@@ -4,8 +4,8 @@ Why generated: ``make demo`` must run with no download, and a small YOLOv2 must 
 minutes. It is not trivial: five shape classes (:data:`SHAPE_CLASSES`) whose colour is drawn
 independently of the class (colour says nothing about the class), log-uniform sizes from ``min_size``
 (14 px by default; the demo config sets its own) to 45% of the shorter image side, random rotation and
-aspect, overlaps (each object stays at least ``min_visible`` visible), textured backgrounds (smooth colour blobs or gradients, sometimes stripes)
-and Gaussian pixel noise, 0 to ``max_objects`` objects per image.
+aspect, overlaps (each object stays at least ``min_visible`` visible), textured backgrounds (smooth colour
+blobs or gradients, sometimes stripes) and Gaussian pixel noise, 0 to ``max_objects`` objects per image.
 
 Determinism: image ``index`` of ``split`` is drawn from its own generator
 ``numpy.random.default_rng([seed, crc32(split), index])``, so it does not depend on any other image
@@ -173,7 +173,8 @@ def generate_scene(
         visible.append(areas[-1])
         ys, xs = np.nonzero(mask)
         box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
-        shapes.append(Shape(label, tuple(int(c) for c in colour), polygon, box))
+        rgb = (int(colour[0]), int(colour[1]), int(colour[2]))
+        shapes.append(Shape(label, rgb, polygon, box))
     sigma = np.float32(rng.uniform(3.0, 12.0))
     noise_bytes = np.frombuffer(rng.bytes(image.size), np.uint8).reshape(image.shape)
     image += cv2.LUT(noise_bytes, _GAUSSIAN_LUT) * sigma

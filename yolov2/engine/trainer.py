@@ -16,12 +16,13 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from yolov2.config import LoopConfig, LossConfig
 from yolov2.data.batch import Batch, to_model_input
 from yolov2.engine.checkpoint import model_state_for_export, restore_rng_state, rng_state, unwrap
 from yolov2.engine.ema import ModelEMA
@@ -33,32 +34,24 @@ from yolov2.loss import region_loss
 
 @dataclass
 class LoopSettings:
-    """What the loop needs beyond model, optimizer and data (plain values, from ``TrainConfig``)."""
+    """What the loop needs beyond model, optimizer and data: the configured loop and loss, and what the caller
+    derives from the run (steps per epoch, accumulation, world size, the model's anchors and classes, the
+    resolved precision)."""
 
-    epochs: int
+    loop: LoopConfig  # length, learning-rate schedule, cadence
+    loss: LossConfig
     steps_per_epoch: int  # optimizer steps per epoch
     accumulation: int
     images_per_micro_batch: int  # batch_size * world_size
     anchors: torch.Tensor  # (A, 2) grid cells
     num_classes: int
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    lr: float = 0.001
-    schedule: str = "steps"
-    burn_in: int = 1000
-    steps: tuple[int, ...] = (40000, 60000)
-    scales: tuple[float, ...] = (0.1, 0.1)
-    warmup: int = 0
-    max_steps: int | None = None
-    amp: Amp = "off"  # resolved (yolov2.engine.precision.choose_precision): the loss is always float32
-    channels_last: bool = False
-    log_every: int = 10
-    val_every: int = 1
-    checkpoint_every: int = 1
+    amp: Amp  # resolved (yolov2.engine.precision.choose_precision): the loss is always float32
+    channels_last: bool  # resolved
 
     @property
     def total_steps(self) -> int:
-        total = self.epochs * self.steps_per_epoch
-        return min(total, self.max_steps) if self.max_steps else total
+        total = self.loop.epochs * self.steps_per_epoch
+        return min(total, self.loop.max_steps) if self.loop.max_steps else total
 
 
 @dataclass
@@ -90,9 +83,10 @@ def _loss_values(losses) -> list[float]:
 
 
 def learning_rate(settings: LoopSettings, step: int) -> float:
-    if settings.schedule == "cosine":
-        return cosine_lr(step, settings.lr, settings.warmup, settings.total_steps)
-    return darknet_steps_lr(step, settings.lr, settings.burn_in, settings.steps, settings.scales)
+    loop = settings.loop
+    if loop.schedule == "cosine":
+        return cosine_lr(step, loop.lr, loop.warmup, settings.total_steps)
+    return darknet_steps_lr(step, loop.lr, loop.burn_in, loop.steps, loop.scales)
 
 
 @contextlib.contextmanager
@@ -152,21 +146,24 @@ def train(
     batches_for_epoch: Callable[[int, int], Iterable[Batch]],
     settings: LoopSettings,
     device: torch.device,
-    hooks: Hooks = Hooks(),
+    hooks: Hooks | None = None,
     ema: ModelEMA | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Train until ``settings.epochs`` or ``max_steps``; returns the final state.
+    """Train until ``settings.loop.epochs`` or ``max_steps``; returns the final state.
 
     ``batches_for_epoch(epoch, first_micro_batch)`` yields the :class:`Batch` es of this rank for that epoch
     (it sets the loader's epoch and multi-scale offset). ``resume_from``: a checkpoint dict from
     :func:`checkpoint_state`; training continues at its ``epoch`` with the same step count and RNG state.
+    ``hooks``: None does nothing at each hook.
     """
+    hooks = hooks or Hooks()
+    loop = settings.loop
     scaler = torch.amp.GradScaler(device.type) if settings.amp == "fp16" else None
     state = restore(resume_from, model, optimizer, ema, scaler) if resume_from else TrainState()
     anchors = settings.anchors.to(device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    while state.epoch < settings.epochs and (not settings.max_steps or state.step < settings.max_steps):
+    while state.epoch < loop.epochs and (not loop.max_steps or state.step < loop.max_steps):
         model.train()
         first_micro = state.step * settings.accumulation
         totals: dict[str, float] = {}
@@ -186,7 +183,7 @@ def train(
             head = output.detach().float().requires_grad_(True)  # the loss and its backward, on their own
             with small_ops_threads(device):
                 losses = region_loss(
-                    head, batch.targets.to(device), anchors, settings.num_classes, seen_after, **settings.loss_kwargs
+                    head, batch.targets.to(device), anchors, settings.num_classes, seen_after, settings.loss
                 )
                 scaled = losses.total / settings.accumulation
                 (scaler.scale(scaled) if scaler else scaled).backward()
@@ -222,10 +219,10 @@ def train(
                     )
                 )
                 step_start, step_wait, step_loss = step_end, 0.0, 0.0
-                if state.step % settings.log_every == 0:
+                if state.step % loop.log_every == 0:
                     elapsed = time.perf_counter() - window_start
-                    metrics = {f"loss/{k}": v / micro for k, v in totals.items()}
-                    metrics.update(
+                    window = {f"loss/{k}": v / micro for k, v in totals.items()}
+                    window.update(
                         {
                             "lr": lr,
                             "input_size": float(images.shape[-1]),
@@ -234,20 +231,20 @@ def train(
                             "data_wait_fraction": data_wait / max(elapsed, 1e-9),
                         }
                     )
-                    hooks.log(metrics, state.step)
+                    hooks.log(window, state.step)
                     totals, micro, images_in_window, data_wait = {}, 0, 0, 0.0
                     window_start = time.perf_counter()
-                if settings.max_steps and state.step >= settings.max_steps:
+                if loop.max_steps and state.step >= loop.max_steps:
                     break
             wait_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the epoch's end
         state.epoch += 1
-        finished = state.epoch >= settings.epochs or bool(settings.max_steps and state.step >= settings.max_steps)
+        finished = state.epoch >= loop.epochs or bool(loop.max_steps and state.step >= loop.max_steps)
         metrics: dict[str, float] = {"epoch": float(state.epoch), "step": float(state.step)}
-        if state.epoch % settings.val_every == 0 or finished:
+        if state.epoch % loop.val_every == 0 or finished:
             metrics.update(hooks.validate(ema.module if ema else unwrap(model), state))
         ckpt = None
-        if state.epoch % settings.checkpoint_every == 0 or finished:
+        if state.epoch % loop.checkpoint_every == 0 or finished:
             ckpt = checkpoint_state(model, optimizer, ema, scaler, state)
         hooks.end_epoch(state, metrics, ckpt)
     return state

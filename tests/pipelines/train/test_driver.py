@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from pipelines import prepare, shard, tracking, train
+from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
 from pipelines.faults import FaultPlan
 from pipelines.workspace import Workspace
-from yolov2.config import load_config
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.inference import load_model_file

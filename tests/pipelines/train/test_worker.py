@@ -10,6 +10,7 @@ import torch
 from pipelines.faults import NO_FAULTS, FaultPlan
 from pipelines.train.job import TrainJob
 from pipelines.train.worker import _failing_at_step
+from yolov2.config import LoopConfig, LossConfig
 from yolov2.data.batch import Batch
 from yolov2.engine.trainer import Hooks, LoopSettings, train
 
@@ -45,14 +46,15 @@ def _run(plan: FaultPlan, micro_batches: int, accumulation: int, epochs: int, ev
     torch.manual_seed(0)
     model = TinyHead()
     settings = LoopSettings(
-        epochs=epochs,
+        loop=LoopConfig(epochs=epochs, burn_in=0, log_every=1),
+        loss=LossConfig(),
         steps_per_epoch=max(1, micro_batches // accumulation),
         accumulation=accumulation,
         images_per_micro_batch=2,
         anchors=torch.tensor([[1.0, 1.0]]),
         num_classes=2,
-        burn_in=0,
-        log_every=1,
+        amp="off",
+        channels_last=False,
     )
 
     def batches_for_epoch(epoch: int, first_micro: int):

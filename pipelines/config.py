@@ -1,0 +1,345 @@
+"""Every option of the pipeline as plain dataclasses, loaded from YAML and validated with clear errors.
+
+Read top to bottom: one dataclass per stage, each field with its default and a short comment. The settings
+the library takes (model, loss, augmentation, training loop, predictor, synthetic data) are the dataclasses of
+``yolov2/config.py``, embedded here; an embedded section marked :data:`FLAT` keeps its keys in the parent's
+YAML mapping (``train.lr`` is ``TrainConfig.loop.lr``, ``evaluate.conf_thresh`` is
+``EvaluateConfig.predict.conf_thresh``).
+``load_config(path, overrides=["train.epochs=3"])`` is the only entry point the stages use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from yolov2.config import AugmentConfig, LoopConfig, LossConfig, ModelConfig, PredictConfig, SyntheticConfig
+from yolov2.errors import ConfigError
+
+FLAT = {"flatten": True}  # field metadata: the embedded dataclass's keys sit in the parent's mapping
+
+
+@dataclass
+class DataConfig:
+    """Where the raw dataset comes from and how it is read."""
+
+    kind: Literal["synthetic", "voc", "coco", "yolo"] = "synthetic"
+    root: str | None = None  # an existing local dataset folder; None means download (voc/coco) or generate
+    download: list[str] = field(default_factory=list)  # archive names from yolov2.data.download, e.g. voc2007_trainval
+    splits: dict[str, list[str]] = field(
+        default_factory=lambda: {"train": ["train"], "val": ["val"], "test": ["test"]}
+    )  # our split name -> the dataset's own split names (VOC ImageSets files, COCO json stems)
+    class_names: list[str] | None = None  # None: from the dataset (VOC: the 20 classes; COCO: categories)
+    strict: bool = False  # True: the first bad input stops the stage with an error naming the file
+    max_image_pixels: int = 89_478_485  # larger images are rejected (decompression-bomb guard; PIL's default)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ShardConfig:
+    """WebDataset tar shards (pipelines/shard.py)."""
+
+    max_bytes: int = 256 * 1024 * 1024  # start a new shard after this many bytes
+    max_count: int = 1000  # or after this many images
+    records_per_task: int = 500  # records per Ray task
+    reencode: bool = False  # re-encode every image as JPEG (quality below); otherwise keep original bytes
+    max_side: int | None = None  # downscale (and re-encode) images whose longer side exceeds this
+    jpeg_quality: int = 95
+
+
+@dataclass
+class AnchorsConfig:
+    """k-means anchors (pipelines/anchors.py)."""
+
+    k: int = 5
+    seed: int = 0
+    n_init: int = 3
+    max_iter: int = 300
+    update: Literal["mean", "median"] = "mean"
+    include_difficult: bool = True
+    partitions: int = 4
+    pinned: list[tuple[float, float]] | None = None  # use these (grid units) instead of clustering
+
+
+@dataclass
+class TrainConfig:
+    """Training (pipelines/train/). ``input_size`` is training's and validation's; evaluation has its own
+    (``evaluate.input_size``)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    loop: LoopConfig = field(default_factory=LoopConfig, metadata=FLAT)  # epochs, lr, schedule, ...
+    batch_size: int = 8  # per worker, per step
+    effective_batch: int = 64  # gradient accumulation reaches this across workers (Darknet: 64)
+    input_size: int = 416
+    multiscale: bool = True
+    multiscale_sizes: tuple[int, int, int] = (320, 608, 32)  # min, max, step
+    multiscale_every: int = 10
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # Darknet's SGD, or AdamW (faster from scratch; yolov2/engine/optim.py)
+    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
+    weight_decay: float = 0.0005
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: from the hardware (yolov2/engine/precision.py)
+    channels_last: bool | Literal["auto"] = "auto"  # auto: where it measured faster (yolov2/engine/precision.py)
+    ema: bool = False
+    ema_decay: float = 0.9998
+    freeze_backbone_layers: int = 0
+    init_weights: str | None = None  # Darknet .weights (partial ok) or a checkpoint .pt
+    init_layers: int | None = None  # load only the first N conv layers of a Darknet file
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig, metadata=FLAT)  # augment, jitter, ...
+    ingest: Literal["webdataset", "ray_data"] = "webdataset"
+    loader_workers: int = 0
+    max_failures: int = 2
+    seed: int = 0
+    register_name: str | None = "yolov2"
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation (pipelines/evaluate.py). Its predictor settings are also training's validation's, with
+    ``train.input_size`` (pipelines/train/worker.py)."""
+
+    split: str = "test"
+    predict: PredictConfig = field(default_factory=PredictConfig, metadata=FLAT)  # input_size, conf_thresh, ...
+    batch_size: int = 8
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # as train.amp: auto picks from the hardware
+    channels_last: bool | Literal["auto"] = "auto"
+    num_actors: int = 2
+    cpus_per_actor: float = 0.75  # below 1 so a pool holding every CPU leaves room for the shard readers
+    gpus_per_actor: float = 0.0
+    metrics: list[str] = field(default_factory=lambda: ["voc07", "voc12", "coco"])
+    coco_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
+    coco_workers: int = 2
+    num_sample_images: int = 16
+
+
+@dataclass
+class MlflowConfig:
+    """Experiment tracking. tracking_uri None: SQLite inside the workspace (works with nothing running)."""
+
+    tracking_uri: str | None = None
+    experiment: str = "yolov2"
+    fallback_to_local: bool = False  # server unreachable at start: log locally instead of failing
+    flush_timeout: float = 120.0  # seconds training waits at its end for an unreachable server (then: local file)
+
+
+@dataclass
+class RayConfig:
+    """How the stages reach Ray. address None: join a running cluster if any, else start a local one."""
+
+    address: str | None = None
+    num_cpus: int | None = None  # for a local cluster only
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline: one section per stage."""
+
+    workspace: str = "workspace"
+    data: DataConfig = field(default_factory=DataConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML file (``yaml.safe_load``), apply ``section.key=value`` overrides, validate.
+
+    Unknown keys and wrongly typed values raise :class:`ConfigError` naming the key and the file.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(PipelineConfig, raw, source)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, value_text = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(value_text) if value_text.strip() else None
+
+
+def _is_flat(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("flatten"))
+
+
+def _keys(cls: type) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """The YAML keys of dataclass ``cls``: key -> (the flattened fields it sits under, its type)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    for f in dataclasses.fields(cls):
+        inner: dict[str, tuple[tuple[str, ...], Any]] = {f.name: ((), hints[f.name])}
+        if _is_flat(f):
+            inner = {k: ((f.name, *path), tp) for k, (path, tp) in _keys(hints[f.name]).items()}
+        for key, value in inner.items():
+            if key in out:
+                raise TypeError(f"{cls.__name__}: key {key!r} appears twice (a flattened section repeats it)")
+            out[key] = value
+    return out
+
+
+@dataclass
+class _Section:
+    """The values read so far for one flattened field (told apart from a value that is itself a mapping)."""
+
+    values: dict[str, Any]
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``, with each flattened section built from its own sub-mapping of ``values``."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: value for name, value in values.items() if not isinstance(value, _Section)}
+    for f in dataclasses.fields(cls):
+        if _is_flat(f):
+            section = values.get(f.name)
+            kwargs[f.name] = _build(hints[f.name], section.values if section else {})
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, recursively, checking keys and types.
+
+    A field marked :data:`FLAT` reads its own fields from this same mapping.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")
+    keys = _keys(cls)
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys here: {', '.join(sorted(keys))}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():  # in the mapping's order: the first bad value is the one reported
+        path, tp = keys[name]
+        node = values
+        for section in path:
+            node = node.setdefault(section, _Section({})).values
+        node[name] = _coerce(tp, value, source, prefix + name)
+    return _build(cls, values)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{source}: {key} must be {' or '.join(_describe_type(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{source}: {key} must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        k_tp, v_tp = args or (Any, Any)
+        return {_coerce(k_tp, k, source, key): _coerce(v_tp, v, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{source}: {key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _describe_type(tp: Any) -> str:
+    """A type as a config error names it: ``bool``, ``one of 'auto', 'off'``, ``null``."""
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(cfg: Any) -> Any:
+    """A dataclass config as plain YAML/JSON-able data (tuples become lists; flattened sections inline)."""
+    if dataclasses.is_dataclass(cfg):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cfg):
+            value = to_dict(getattr(cfg, f.name))
+            if _is_flat(f):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}``, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,84 @@
+"""pipelines/config.py: flat YAML keys into the library's settings types, and back out unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import (
+    EvaluateConfig,
+    PipelineConfig,
+    TrainConfig,
+    flatten,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from yolov2.config import AugmentConfig, LoopConfig, PredictConfig
+from yolov2.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_flat_keys_fill_the_embedded_settings():
+    cfg = load_config(
+        None,
+        ["train.lr=0.01", "train.epochs=3", "train.jitter=0.2", "train.augment=none", "evaluate.conf_thresh=0.25"],
+    )
+    assert cfg.train.loop == LoopConfig(lr=0.01, epochs=3)
+    assert cfg.train.augmentation == AugmentConfig(jitter=0.2, augment="none")
+    assert cfg.evaluate.predict == PredictConfig(conf_thresh=0.25)
+    assert isinstance(cfg.train.loop.lr, float)  # coerced as before
+
+
+def test_input_sizes_stay_apart():
+    cfg = load_config(None, ["train.input_size=320", "evaluate.input_size=608"])
+    assert (cfg.train.input_size, cfg.evaluate.predict.input_size) == (320, 608)
+
+
+def test_to_dict_is_flat_and_round_trips():
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["train.lr=0.002", "evaluate.max_candidates=50"])
+    data = to_dict(cfg)
+    train, evaluate = data["train"], data["evaluate"]
+    assert "loop" not in train and "augmentation" not in train and "predict" not in evaluate
+    assert (train["lr"], train["epochs"], train["jitter"], evaluate["max_candidates"]) == (
+        0.002,
+        cfg.train.loop.epochs,
+        cfg.train.augmentation.jitter,
+        50,
+    )
+    assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)} - {"loop", "augmentation"} | {
+        f.name for f in dataclasses.fields(LoopConfig)
+    } | {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert set(evaluate) == {f.name for f in dataclasses.fields(EvaluateConfig)} - {"predict"} | {
+        f.name for f in dataclasses.fields(PredictConfig)
+    }
+    assert from_dict(PipelineConfig, data, "<dict>") == cfg
+    params = flatten(data)
+    assert params["train.lr"] == 0.002 and params["evaluate.conf_thresh"] == cfg.evaluate.predict.conf_thresh
+    assert not any(k.startswith(("train.loop", "train.augmentation", "evaluate.predict")) for k in params)
+
+
+def test_unknown_and_bad_keys_are_named_as_written():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train\.lrr; valid keys here: .*\blr\b") as e:
+        load_config(None, ["train.lrr=0.1"])
+    assert "loop" not in str(e.value).split("valid keys here:")[1].split(", ")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train\.loop"):
+        load_config(None, ["train.loop=1"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) evaluate\.predict"):
+        load_config(None, ["evaluate.predict=1"])
+    with pytest.raises(ConfigError, match=r"<defaults>: train\.lr must be float, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"train\.schedule must be one of 'steps', 'cosine', got 'linear'"):
+        load_config(None, ["train.schedule=linear"])
+    with pytest.raises(ConfigError, match=r"evaluate\.resize must be one of 'darknet', 'opencv', got 'pil'"):
+        load_config(None, ["evaluate.resize=pil"])
+    with pytest.raises(ConfigError, match=r"train\.augment must be one of"):
+        load_config(None, ["train.augment=heavy"])
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert isinstance(load_config(path), PipelineConfig)
