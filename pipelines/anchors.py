@@ -15,7 +15,7 @@ ready-to-paste ``anchors=`` line) and ``anchors.png`` (anchor rectangles over th
 IoU against k), both also in MLflow. ``anchors.pinned`` skips clustering and writes those anchors
 (in the given order) with their mean IoU on the data.
 
-Run alone: ``python pipelines/anchors.py --config configs/demo.yaml``.
+Run alone: ``python -m pipelines.anchors --config configs/demo.yaml``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import ray
 
 from pipelines import shard
 from pipelines.cli_common import stage_main
+from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageSpec
-from yolov2 import anchors as A
-from yolov2.config import PipelineConfig
+from yolov2 import anchors as anchors_lib
 from yolov2.errors import ConfigError, DatasetError
 from yolov2.metrics.figures import anchors_figure, figure_png
 from yolov2.progress import Progress
@@ -52,14 +52,14 @@ PLOT_FILE = "anchors.png"
 
 
 def stage_block_size(num_boxes: int, partitions: int) -> int:
-    """Summation block size giving ``partitions`` partitions: ``A.BLOCK_SIZE`` when there are enough
+    """Summation block size giving ``partitions`` partitions: ``anchors_lib.BLOCK_SIZE`` when there are enough
     boxes (so large inputs sum exactly as the library's default), smaller for small inputs (a
-    multiple of ``A.IOU_LANES``), since partitions start on block boundaries."""
+    multiple of ``anchors_lib.IOU_LANES``), since partitions start on block boundaries."""
     if partitions < 1:
         raise ConfigError(f"anchors.partitions must be at least 1, got {partitions}")
     per_part = -(-max(num_boxes, 1) // partitions)
-    lanes = A.IOU_LANES
-    return min(A.BLOCK_SIZE, max(lanes, -(-per_part // lanes) * lanes))
+    lanes = anchors_lib.IOU_LANES
+    return min(anchors_lib.BLOCK_SIZE, max(lanes, -(-per_part // lanes) * lanes))
 
 
 def _assign_partition(
@@ -69,10 +69,10 @@ def _assign_partition(
     start: int,
     block_size: int,
     collect_values: bool,
-    backend: A.Backend,
+    backend: anchors_lib.Backend,
 ):
     """Ray task body: :func:`yolov2.anchors.assign` on one partition with one numba thread (one CPU)."""
-    return A.assign(
+    return anchors_lib.assign(
         part,
         centroids,
         previous,
@@ -84,8 +84,8 @@ def _assign_partition(
     )
 
 
-def _farthest_partition(part: np.ndarray, centroids: np.ndarray, count: int, start: int) -> A.FarthestBoxes:
-    return A.farthest_boxes(part, centroids, count, start=start)
+def _farthest_partition(part: np.ndarray, centroids: np.ndarray, count: int, start: int) -> anchors_lib.FarthestBoxes:
+    return anchors_lib.farthest_boxes(part, centroids, count, start=start)
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,16 @@ class RayPartitions:
     bounds: tuple[tuple[int, int], ...]  # (start, stop) global box indices
     block_size: int
     num_boxes: int
-    backend: A.Backend
+    backend: anchors_lib.Backend
     assign_task: Any  # the remote functions, created once per put
     farthest_task: Any
 
     @staticmethod
     def put(
-        wh: np.ndarray, partitions: int, block_size: int = A.BLOCK_SIZE, backend: A.Backend = "auto"
+        wh: np.ndarray, partitions: int, block_size: int = anchors_lib.BLOCK_SIZE, backend: anchors_lib.Backend = "auto"
     ) -> RayPartitions:
-        wh = A.validate_shapes(wh)
-        bounds = A.partition_bounds(len(wh), partitions, block_size)
+        wh = anchors_lib.validate_shapes(wh)
+        bounds = anchors_lib.partition_bounds(len(wh), partitions, block_size)
         refs = tuple(ray.put(np.asfortranarray(wh[lo:hi])) for lo, hi in bounds)
         return RayPartitions(
             refs=refs,
@@ -136,7 +136,7 @@ class RayMapper:
     def reset(self) -> None:
         self._previous = [None] * len(self.partitions.bounds)
 
-    def assign(self, centroids: np.ndarray, collect_values: bool = False) -> list[A.AssignStats]:
+    def assign(self, centroids: np.ndarray, collect_values: bool = False) -> list[anchors_lib.AssignStats]:
         p = self.partitions
         outs = [
             p.assign_task.remote(ref, centroids, prev, lo, p.block_size, collect_values, p.backend)
@@ -145,7 +145,7 @@ class RayMapper:
         self._previous = [o[1] for o in outs]
         return ray.get([o[0] for o in outs])
 
-    def farthest(self, centroids: np.ndarray, count: int) -> list[A.FarthestBoxes]:
+    def farthest(self, centroids: np.ndarray, count: int) -> list[anchors_lib.FarthestBoxes]:
         p = self.partitions
         return ray.get([p.farthest_task.remote(ref, centroids, count, lo) for ref, (lo, _) in zip(p.refs, p.bounds)])
 
@@ -157,9 +157,9 @@ def parallel_kmeans(
     seed: int = 0,
     n_init: int = 3,
     max_iter: int = 300,
-    update: A.Update = "mean",
+    update: anchors_lib.Update = "mean",
     progress: bool = False,
-) -> dict[int, A.AnchorResult]:
+) -> dict[int, anchors_lib.AnchorResult]:
     """``kmeans_anchors(wh, k, seed, n_init, ...)`` for every k in ``ks``, all restarts at once.
 
     wh (float64[N, 2], normalised) is the same array ``partitions`` holds (the k-means++ draws run
@@ -169,20 +169,20 @@ def parallel_kmeans(
     so each result equals the sequential single-process one bit for bit. ``progress``: progress lines,
     counting finished Lloyd loops (the number of iterations of each is not known in advance).
     """
-    wh = A.validate_shapes(wh)
+    wh = anchors_lib.validate_shapes(wh)
     if len(wh) != partitions.num_boxes:
         raise ConfigError(f"parallel_kmeans: {len(wh)} boxes but the partitions hold {partitions.num_boxes}")
-    seeds = A.restart_seeds(seed, n_init)
+    seeds = anchors_lib.restart_seeds(seed, n_init)
     jobs = [(int(k), i) for k in ks for i in range(n_init)]
 
-    def one_restart(job: tuple[int, int]) -> A.AnchorResult:
+    def one_restart(job: tuple[int, int]) -> anchors_lib.AnchorResult:
         k, i = job
-        init = A.kmeans_pp_init(wh, k, np.random.default_rng(seeds[i]), partitions.backend)
-        return A.lloyd(init, RayMapper(partitions), max_iter, update)
+        init = anchors_lib.kmeans_pp_init(wh, k, np.random.default_rng(seeds[i]), partitions.backend)
+        return anchors_lib.lloyd(init, RayMapper(partitions), max_iter, update)
 
     if not jobs:
         return {}
-    results: dict[int, A.AnchorResult] = {}  # by position in jobs
+    results: dict[int, anchors_lib.AnchorResult] = {}  # by position in jobs
     with (
         ThreadPoolExecutor(max_workers=min(len(jobs), 64), thread_name_prefix="lloyd") as pool,
         Progress("anchors", len(jobs), "runs", desc="k-means", enabled=progress, heartbeat=progress) as bar,
@@ -191,10 +191,10 @@ def parallel_kmeans(
         for future in as_completed(position):
             results[position[future]] = future.result()
             bar.advance()
-    by_k: dict[int, list[A.AnchorResult]] = {}
+    by_k: dict[int, list[anchors_lib.AnchorResult]] = {}
     for i, (k, _) in enumerate(jobs):
         by_k.setdefault(k, []).append(results[i])
-    return {k: A.best_result(rs) for k, rs in by_k.items()}
+    return {k: anchors_lib.best_result(rs) for k, rs in by_k.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +214,9 @@ def pinned_anchors(pinned: Sequence[Sequence[float]], input_size: int) -> np.nda
         raise ConfigError(f"anchors.pinned: expected a non-empty list of [w, h] pairs (grid cells), got {pinned!r}")
     if not (np.isfinite(arr).all() and (arr > 0).all()):
         raise ConfigError(f"anchors.pinned: every width and height must be a positive number, got {arr.tolist()}")
-    if len(arr) > A.MAX_K:
-        raise ConfigError(f"anchors.pinned: at most {A.MAX_K} anchors, got {len(arr)}")
-    A.to_grid_units(arr, input_size, STRIDE)  # checks train.input_size is a multiple of the stride
+    if len(arr) > anchors_lib.MAX_K:
+        raise ConfigError(f"anchors.pinned: at most {anchors_lib.MAX_K} anchors, got {len(arr)}")
+    anchors_lib.to_grid_units(arr, input_size, STRIDE)  # checks train.input_size is a multiple of the stride
     return arr
 
 
@@ -236,11 +236,11 @@ def read_box_shapes(ctx: StageContext) -> np.ndarray:
         )
     name = splits["train"]["index"]
     table = ctx.workspace.read_parquet(shard_result.output_dir, name)
-    wh = A.box_shapes_from_table(table, include_difficult=ctx.cfg.anchors.include_difficult)
-    return A.validate_shapes(wh, source=ctx.workspace.uri_of(shard_result.output_dir, name))
+    wh = anchors_lib.box_shapes_from_table(table, include_difficult=ctx.cfg.anchors.include_difficult)
+    return anchors_lib.validate_shapes(wh, source=ctx.workspace.uri_of(shard_result.output_dir, name))
 
 
-def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[A.AnchorResult, dict[int, float], dict[str, Any]]:
+def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[anchors_lib.AnchorResult, dict[int, float], dict[str, Any]]:
     """Ray k-means for ``anchors.k`` and the k = 1..10 table (only k up to the number of distinct shapes)."""
     settings = cfg.anchors
     distinct = len(np.unique(wh, axis=0))
@@ -276,8 +276,8 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
     started = time.time()
     if settings.pinned:
         anchors_grid = pinned_anchors(settings.pinned, input_size)
-        anchors_norm = A.from_grid_units(anchors_grid, input_size, STRIDE)
-        mean_iou = A.mean_iou(wh, anchors_norm)
+        anchors_norm = anchors_lib.from_grid_units(anchors_grid, input_size, STRIDE)
+        mean_iou = anchors_lib.mean_iou(wh, anchors_norm)
         k = len(anchors_grid)
         table: dict[int, float] = {}
         clustering: dict[str, Any] = {"pinned": True, "iterations": 0, "converged": None}
@@ -290,7 +290,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
     else:
         result, table, info = _cluster(wh, cfg)
         anchors_norm = result.anchors
-        anchors_grid = A.to_grid_units(anchors_norm, input_size, STRIDE)
+        anchors_grid = anchors_lib.to_grid_units(anchors_norm, input_size, STRIDE)
         mean_iou, k = result.mean_iou, settings.k
         clustering = {
             "pinned": False,
@@ -333,7 +333,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         "seconds": round(seconds, 3),
     }
     ctx.workspace.write_json(document, ctx.out(ANCHORS_FILE))
-    wh_grid = A.to_grid_units(wh, input_size, STRIDE)
+    wh_grid = anchors_lib.to_grid_units(wh, input_size, STRIDE)
     title = f"Anchors for input {input_size} ({len(wh)} training boxes)" + (" - pinned" if settings.pinned else "")
     png = figure_png(anchors_figure(wh_grid, anchors_grid, table, k, mean_iou, title, seed=settings.seed))
     ctx.workspace.write_bytes(png, ctx.out(PLOT_FILE))

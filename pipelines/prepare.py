@@ -5,7 +5,7 @@
 - ``data.kind: voc|coco`` with ``data.download``: download the named archives (checksummed, resumable)
   into ``<workspace>/downloads`` and extract them safely into this stage's folder.
 
-Run alone: ``python pipelines/prepare.py --config configs/demo.yaml``.
+Run alone: ``python -m pipelines.prepare --config configs/demo.yaml``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ temporary name and renames it, so a killed task leaves no partial shard. Each ta
 rows of the index as an Arrow table, not as Python records: the driver only concatenates them, so
 its serial share of the stage stays small.
 
-Run alone: ``python pipelines/shard.py --config configs/demo.yaml``.
+Run alone: ``python -m pipelines.shard --config configs/demo.yaml``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ training metrics that never wait on the server.
 - :mod:`~pipelines.tracking.rank_zero`: Ray Train rank 0's logger and the driver's delivery report
 
 Callers use the names re-exported here: ``from pipelines import tracking; tracking.setup_mlflow(...)``.
+
+``mlflow`` is imported inside the functions that use it, never at module level: importing it costs
+seconds, and Ray workers and ``--help`` that never log should not pay that.
 """
 
 from pipelines.tracking.params import (
