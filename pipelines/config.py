@@ -35,7 +35,17 @@ class DataConfig:
     splits: dict[str, list[str]] = field(
         default_factory=lambda: {"train": ["train"], "val": ["val"], "test": ["test"]}
     )  # our split name -> the dataset's own split names (VOC ImageSets files, COCO json stems)
-    class_names: list[str] | None = None  # None: from the dataset (VOC: the 20 classes; COCO: categories)
+    # auto: from the dataset (the VOC downloads: the 20 VOC classes; another VOC folder: the names in the train
+    # split's annotations, sorted; COCO: the categories in id order; YOLO: classes.txt, *.names or data.yaml;
+    # generated data: the generator's); yolov2/data/class_names.py. A list: label i is the i-th name.
+    class_names: list[str] | Literal["auto"] = "auto"
+    # a list that leaves out more than half of the boxes stops the shard stage, naming the other classes;
+    # True: train on the listed class_names only, the other boxes are skipped as rejects
+    skip_unknown_classes: bool = False
+    # > 0: carve a val split out of train (this share of its images, picked by a seeded hash of the image id;
+    # yolov2/data/val_split.py); only when data.splits has no val split
+    val_fraction: float = 0.0
+    val_seed: int = 0  # which images the carve-out takes
     strict: bool = False  # True: the first bad input stops the stage with an error naming the file
     max_image_pixels: int = 89_478_485  # larger images are rejected (decompression-bomb guard; PIL's default)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -89,6 +99,7 @@ class TrainConfig:
     channels_last: bool | Literal["auto"] = "auto"  # auto: where it measured faster (yolov2/engine/precision.py)
     ema: bool = False
     ema_decay: float = 0.9998
+    ema_ramp: float = 2000.0  # optimizer steps over which the EMA decay ramps up (yolov2/engine/ema.py)
     freeze_backbone_layers: int = 0
     init_weights: str | None = None  # Darknet .weights (partial ok) or a checkpoint .pt
     init_layers: int | None = None  # load only the first N conv layers of a Darknet file
@@ -117,6 +128,7 @@ class EvaluateConfig:
     coco_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
     coco_workers: int = 2
     num_sample_images: int = 16
+    checkpoint: Literal["best", "last"] = "best"  # best: chosen on the val split (last when there is none)
 
 
 @dataclass
@@ -179,7 +191,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
         _apply_override(raw, item)
-    return from_dict(PipelineConfig, raw, source)
+    cfg = from_dict(PipelineConfig, raw, source)
+    check_data(cfg.data, source)
+    return cfg
+
+
+def check_data(data: DataConfig, source: str) -> None:
+    """The rules between ``data`` keys that their types cannot say; :class:`ConfigError` naming the key."""
+    if isinstance(data.class_names, list):
+        if not data.class_names or not all(isinstance(n, str) and n.strip() for n in data.class_names):
+            raise ConfigError(
+                f"{source}: data.class_names must list non-empty names (or be auto), got {data.class_names!r}"
+            )
+        repeated = sorted({n for n in data.class_names if data.class_names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"{source}: data.class_names repeats {', '.join(repeated)}")
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise ConfigError(f"{source}: data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    if data.val_fraction > 0 and "val" in data.splits:
+        raise ConfigError(
+            f"{source}: data.val_fraction carves a val split out of train only when data.splits has none, but it "
+            f"maps val to {data.splits['val']}; remove val from data.splits or set data.val_fraction: 0"
+        )
+    if data.val_fraction > 0 and "train" not in data.splits:
+        raise ConfigError(f"{source}: data.val_fraction carves val out of train, but data.splits has no train split")
+    shared = sorted(set(data.splits.get("val", [])) & set(data.splits.get("test", [])))
+    if shared:
+        raise ConfigError(
+            f"{source}: data.splits maps both val and test to {', '.join(shared)}: best.pt would be chosen on the "
+            "test images, and the test score would be optimistic. Drop val from data.splits and set "
+            "data.val_fraction (e.g. 0.15) to carve a val split out of train instead"
+        )
 
 
 def _apply_override(raw: dict, item: str) -> None:

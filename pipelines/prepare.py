@@ -5,6 +5,11 @@
 - ``data.kind: voc|coco`` with ``data.download``: download the named archives (checksummed, resumable)
   into ``<workspace>/downloads`` and extract them safely into this stage's folder.
 
+The manifest names the format and the root; ``class_names`` only for generated data (the generator's
+names), ``archives`` for downloads. The shard stage resolves every other dataset's class names
+(``data.class_names``, or ``auto``: :mod:`yolov2.data.class_names`), so this stage's output does not
+depend on them.
+
 Run alone: ``python -m pipelines.prepare --config configs/demo.yaml``.
 """
 
@@ -35,7 +40,7 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
         root = Path(os.path.abspath(Path(data.root).expanduser()))  # absolute, symlinks kept as the user gave them
         if not root.is_dir():
             raise ConfigError(f"data.root: {root} is not a folder")
-        return {"format": data.kind, "root": str(root), "class_names": data.class_names}
+        return {"format": data.kind, "root": str(root)}
     if not data.download:
         raise ConfigError(f"data.kind={data.kind} needs data.root (an existing dataset) or data.download (archives)")
     downloads = ctx.workspace.local_path("downloads")
@@ -46,7 +51,6 @@ def prepare_body(ctx: StageContext) -> dict[str, Any]:
     return {
         "format": data.kind,
         "root": str(_dataset_root(extracted, data.kind)),
-        "class_names": data.class_names,
         "archives": list(data.download),
     }
 
@@ -62,7 +66,7 @@ SPEC = StageSpec(
     name="prepare",
     upstream=(),
     config_keys=("data.kind", "data.root", "data.download", "data.synthetic"),
-    version=1,
+    version=2,  # 2: class names left to the shard stage (data.class_names is not among this stage's keys)
     body=prepare_body,
     summary="make the raw dataset named by the config exist on local disk",
 )

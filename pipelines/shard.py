@@ -12,6 +12,13 @@ temporary name and renames it, so a killed task leaves no partial shard. Each ta
 rows of the index as an Arrow table, not as Python records: the driver only concatenates them, so
 its serial share of the stage stays small.
 
+Before listing, the class names are resolved (``data.class_names``, or ``auto``: from the dataset,
+:mod:`yolov2.data.class_names`), logged and recorded with their source (``class_names_source``). With
+the user's own list, more than half of the boxes outside it stops the stage, naming those classes (VOC:
+from a scan of the annotation XMLs before any shard is written; COCO, YOLO: from the readers' rejects),
+unless ``data.skip_unknown_classes``; a split whose every image ends with no box is an error. With
+``data.val_fraction`` a ``val`` split is carved out of train by image id (``splits.val.carved_from``).
+
 Run alone: ``python -m pipelines.shard --config configs/demo.yaml``.
 """
 
@@ -32,9 +39,17 @@ from pipelines.cli_common import stage_main
 from pipelines.dag import StageContext, StageSpec
 from pipelines.faults import FaultPlan, shard_write_fault
 from pipelines.workspace import Workspace
+from yolov2.data.class_names import (
+    ClassNames,
+    check_split_has_boxes,
+    check_unknown_classes,
+    check_unknown_classes_early,
+    resolve_class_names,
+    unknown_class_counts,
+)
 from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_to_table
 from yolov2.data.shard_build import ShardItem, ShardOptions, write_shard
-from yolov2.data.sources import list_split_items
+from yolov2.data.sources import list_splits
 from yolov2.errors import DatasetError, YoloV2Error
 from yolov2.progress import Progress
 
@@ -156,38 +171,55 @@ def _stop_tasks(refs: list) -> None:
     ray.wait(refs, num_returns=len(refs), timeout=60)
 
 
+# the per-split counts logged as metrics (not the carve-out's fraction and seed)
+COUNTS = (
+    "images_in",
+    "images",
+    "boxes",
+    "clipped_boxes",
+    "rejected_images",
+    "rejected_boxes",
+    "sizes_from_image",
+    "jpeg_trailing_data",
+    "bytes",
+)
+
+
 def shard_body(ctx: StageContext) -> dict[str, Any]:
-    cfg = ctx.cfg
+    cfg, data = ctx.cfg, ctx.cfg.data
     prepared = ctx.upstream["prepare"].manifest
     options = ShardOptions(
         reencode=cfg.shard.reencode,
         max_side=cfg.shard.max_side,
         jpeg_quality=cfg.shard.jpeg_quality,
-        strict=cfg.data.strict,
-        max_pixels=cfg.data.max_image_pixels,
+        strict=data.strict,
+        max_pixels=data.max_image_pixels,
     )
     started = time.time()
+    names = resolve_class_names(prepared, data.class_names, data.splits)
+    log.info("%s", names.describe())
+    ctx.log_params({"class_names.count": len(names.names), "class_names.source": names.source})
+    ctx.log_artifact_bytes(("\n".join(names.names) + "\n").encode(), "classes.names")  # a Darknet .names file
+    class_names = list(names.names)
+    check_unknown_classes_early(prepared, data.splits, names, data.skip_unknown_classes)  # VOC: before any shard
+    listings = list_splits(prepared, data.splits, class_names, data.strict, data.val_fraction, data.val_seed)
     all_rejects: list[Reject] = []
     planned: list[PlannedShard] = []
-    class_names: list[str] | None = None
     items_in: dict[str, int] = {}
-    for split, dataset_splits in cfg.data.splits.items():
-        listing = list_split_items(prepared, split, dataset_splits, cfg.data.class_names, strict=cfg.data.strict)
-        class_names = listing.class_names
+    for split, listing in listings.items():
         all_rejects.extend(listing.rejects)
         items_in[split] = len(listing.items) + sum(r.level == "image" for r in listing.rejects)
         planned.extend(plan_shards(split, listing.items, cfg.shard.max_count, cfg.shard.max_bytes))
-    assert class_names is not None
 
     outcomes = _run_shard_tasks(ctx, planned, options, class_names)
     orphans = ctx.workspace.remove_temp_files(ctx.output_dir)  # left by killed attempts
     if orphans:
         log.warning("removed %d temp file(s) left by interrupted shard tasks", orphans)
 
-    summary: dict[str, Any] = {"splits": {}, "class_names": class_names}
+    summary: dict[str, Any] = {"splits": {}, "class_names": class_names, "class_names_source": names.source}
     total_images = 0
     total_bytes = 0
-    for split in cfg.data.splits:
+    for split in listings:
         shard_outcomes = [(p, o) for p, o in zip(planned, outcomes) if p.split == split]
         parts = [o.index for _, o in shard_outcomes] or [index_table([], [], "", class_names)]
         table = pa.concat_tables(parts).combine_chunks()  # one chunk: the Parquet layout never depends on the plan
@@ -216,13 +248,16 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
         }
         total_images += images
         total_bytes += bytes_written
+    if data.val_fraction > 0:
+        summary["splits"]["val"].update(carved_from="train", fraction=data.val_fraction, seed=data.val_seed)
     ctx.workspace.write_parquet(rejects_to_table(all_rejects), ctx.out("rejects.parquet"))
+    _check_boxes(summary["splits"], all_rejects, names, data.skip_unknown_classes)
     seconds = time.time() - started
     summary["rejects"] = "rejects.parquet"
     summary["images_per_second"] = total_images / max(seconds, 1e-9)
 
     for split, split_summary in summary["splits"].items():
-        ctx.log_metrics({f"{split}.{key}": value for key, value in split_summary.items() if isinstance(value, int)})
+        ctx.log_metrics({f"{split}.{key}": split_summary[key] for key in COUNTS})
     ctx.log_metrics(
         {"images_per_second": summary["images_per_second"], "bytes": total_bytes, "rejects": len(all_rejects)}
     )
@@ -230,6 +265,18 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
         ctx.log_artifact_bytes(_rejects_text(all_rejects), "rejects.txt")
     log.info("sharded %d images (%d rejects) in %.1fs", total_images, len(all_rejects), seconds)
     return summary
+
+
+def _check_boxes(
+    splits: dict[str, dict[str, Any]], rejects: list[Reject], names: ClassNames, skip_unknown: bool
+) -> None:
+    """After sharding: the unknown-class share over every split (COCO and YOLO know it only now), then each
+    split must have a box."""
+    box_rejects = [r for r in rejects if r.level == "box"]
+    kept = sum(s["boxes"] for s in splits.values())
+    check_unknown_classes(names, unknown_class_counts(box_rejects), kept + len(box_rejects), skip_unknown)
+    for split, s in splits.items():
+        check_split_has_boxes(split, s["images"], s["boxes"], [r for r in box_rejects if r.split == split], names)
 
 
 def _rejects_text(rejects: list[Reject]) -> bytes:
@@ -240,8 +287,17 @@ def _rejects_text(rejects: list[Reject]) -> bytes:
 SPEC = StageSpec(
     name="shard",
     upstream=(prepare.SPEC,),
-    config_keys=("data.splits", "data.class_names", "data.strict", "data.max_image_pixels", "shard"),
-    version=1,
+    config_keys=(
+        "data.splits",
+        "data.class_names",
+        "data.skip_unknown_classes",
+        "data.val_fraction",
+        "data.val_seed",
+        "data.strict",
+        "data.max_image_pixels",
+        "shard",
+    ),
+    version=2,  # 2: class names resolved here (auto), unknown-class and empty-split checks, the val carve-out
     body=shard_body,
     summary="Ray tasks turn the prepared dataset into WebDataset tar shards and an index per split",
 )

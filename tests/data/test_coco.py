@@ -146,6 +146,9 @@ def test_class_names_map_by_name_and_others_become_box_rejects(shared_data: Path
     assert_accounted(80, subset, rejects)
     assert len(rejects) == len(raw["annotations"]) - len(kept)
     assert all(r.level == "box" and "is not among the class names" in r.reason for r in rejects)
+    assert sorted(r.unknown_class for r in rejects) == sorted(
+        name_of[a["category_id"]] for a in raw["annotations"] if name_of[a["category_id"]] not in only
+    )
     assert {int(lab) for r in subset for lab in r.labels} == {0, 1}
 
 

@@ -119,16 +119,22 @@ def test_voc100_records_survive_parquet(shared_data: Path, tmp_path: Path) -> No
 
 
 def test_rejects_table() -> None:
-    rejects = [Reject("a.xml", "malformed XML", "image", "a", "train"), Reject("b.xml", "zero-area box", "box")]
+    rejects = [
+        Reject("a.xml", "malformed XML", "image", "a", "train"),
+        Reject("b.xml", "zero-area box", "box"),
+        Reject("c.xml", "object 0 (dog): unknown class name 'dog'", "box", "c", "train", unknown_class="dog"),
+    ]
     table = rejects_to_table(rejects)
-    assert table.column_names == ["source", "reason", "level", "image_id", "split"]
+    assert table.column_names == ["source", "reason", "level", "image_id", "split", "unknown_class"]
     assert table.to_pylist()[1] == {
         "source": "b.xml",
         "reason": "zero-area box",
         "level": "box",
         "image_id": None,
         "split": None,
+        "unknown_class": None,
     }
+    assert table.column("unknown_class").to_pylist() == [None, None, "dog"]
     assert rejects_to_table([]).num_rows == 0
 
 

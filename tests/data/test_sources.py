@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from yolov2.data.sources import list_split_items
-from yolov2.errors import DatasetError
+from yolov2.data.sources import list_split_items, list_splits
+from yolov2.data.val_split import carve_val
+from yolov2.errors import ConfigError, DatasetError
 
 
 def jpeg(path: Path, size: tuple[int, int] = (80, 60)) -> None:
@@ -156,3 +157,46 @@ def test_yolo_entries_that_are_not_regular_files_are_listed_and_rejected_by_type
     for stem, kind in (("folder", "a directory"), ("pipe", "a named pipe (FIFO)"), ("y", "a named pipe (FIFO)")):
         record, (reject,) = results[stem]
         assert record is None and f"not a regular file but {kind}" in reject.reason, stem
+
+
+def test_keep_lists_only_the_accepted_ids_and_their_rejects(tmp_path: Path) -> None:
+    voc = voc_root(tmp_path, ["a", "b", "c"], "a\nb\nc\nb\n")
+    (voc / "ImageSets" / "Main" / "dog_train.txt").write_text("a 1\nbroken line\n")
+    prepared = {"format": "voc", "root": str(voc)}
+    listing = list_split_items(prepared, "val", ["train"], ["dog"], keep=lambda i: i in {"b", "c"})
+    assert listing.image_ids == ["b", "c"] and [i.key for i in listing.items] == ["00000000", "00000001"]
+    assert [(r.image_id, r.split) for r in listing.rejects] == [("b", "val")]  # b's duplicate line
+    record, _ = listing.items[0].load()
+    assert record.split == "val"
+    rest = list_split_items(prepared, "train", ["train", "dog_train"], ["dog"], keep=lambda i: i not in {"b", "c"})
+    assert rest.image_ids == ["a"]
+    assert [r.image_id for r in rest.rejects] == [None, "a"]  # the bad line names no image; a listed again
+
+
+def test_list_splits_carves_val_out_of_train_by_id(tmp_path: Path) -> None:
+    ids = [f"im{i}" for i in range(10)]
+    voc = voc_root(tmp_path, ids, "".join(f"{i}\n" for i in ids[:8]))
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("im8\nim9\n")
+    prepared = {"format": "voc", "root": str(voc)}
+    splits = {"train": ["train"], "test": ["test"]}
+    listings = list_splits(prepared, splits, ["dog"], val_fraction=0.25, val_seed=3)
+    assert list(listings) == ["train", "val", "test"]
+    expected = set(carve_val(ids[:8], 0.25, 3).val)
+    assert set(listings["val"].image_ids) == expected and len(expected) == 2
+    assert listings["train"].image_ids == [i for i in ids[:8] if i not in expected]
+    assert listings["test"].image_ids == ["im8", "im9"]
+    assert {item.load()[0].split for item in listings["val"].items} == {"val"}
+    assert list_splits(prepared, splits, ["dog"])["train"].image_ids == ids[:8]  # no fraction: no carve
+    with pytest.raises(ConfigError, match="only when data.splits has a train split and no val split"):
+        list_splits(prepared, {**splits, "val": ["test"]}, ["dog"], val_fraction=0.25)
+
+
+def test_yolo_names_from_data_yaml_when_none_are_given(tmp_path: Path) -> None:
+    root = yolo_root(tmp_path)
+    (root / "classes.txt").unlink()
+    (root / "data.yaml").write_text("names: {0: a}\n")
+    listing = list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)
+    assert listing.class_names == ["a"] and listing.image_ids == ["x", "y"]
+    (root / "data.yaml").unlink()
+    with pytest.raises(DatasetError, match="add classes.txt"):
+        list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)

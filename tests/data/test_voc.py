@@ -20,7 +20,16 @@ from PIL import Image
 
 from corpus.special import SPECIAL_KINDS, finishes_within, make_special
 from yolov2.data.records import ImageRecord, Reject
-from yolov2.data.voc import VOC_CLASSES, read_voc, read_voc_item, voc_split_ids, write_voc, write_voc_annotation
+from yolov2.data.voc import (
+    VOC_CLASSES,
+    read_voc,
+    read_voc_item,
+    voc_object_names,
+    voc_spec_root,
+    voc_split_ids,
+    write_voc,
+    write_voc_annotation,
+)
 from yolov2.errors import DatasetError
 
 
@@ -339,9 +348,33 @@ def test_bad_object_is_a_box_level_reject(tmp_path: Path, obj, words: list[str])
     assert reject.reason.startswith("object 1 ")
     for word in words:
         assert word in reject.reason, reject
+    assert reject.unknown_class == ("unicorn" if obj[0] == "unicorn" else None)  # counted without reading reasons
     assert_accounted(1, records, rejects)
     with pytest.raises(DatasetError, match="img.xml: object 1"):
         read_voc(root, "test", class_names=["dog"], strict=True)
+
+
+def test_object_names_alone_and_none_for_a_file_the_reader_would_reject(tmp_path: Path) -> None:
+    """The driver's names-only scan (class_names: auto): the reader's names, and no crash on bad files."""
+    cat = ("cat ", (1, 1, 5, 5), 0)
+    root = make_root(
+        tmp_path,
+        [
+            ("a", None, xml_text("a.jpg", (80, 60), [GOOD_OBJ, cat, ("", (1, 1, 5, 5), 0)])),
+            ("bad", None, "<annotation><object><name>dog</name>"),
+            ("laughs", None, BILLION_LAUGHS),
+            ("root", None, "<html><object><name>dog</name></object></html>"),
+        ],
+    )
+    assert voc_object_names(root, "a") == ["dog", "cat"]  # stripped; a nameless object is no class
+    for image_id in ("bad", "laughs", "root", "missing", "../a", "a\udcff"):
+        assert voc_object_names(root, image_id) is None, image_id
+    (tmp_path / "out.xml").write_text(xml_text("o.jpg", (8, 8), [GOOD_OBJ]))
+    (root / "Annotations" / "link.xml").symlink_to(tmp_path / "out.xml")
+    assert voc_object_names(root, "link") == ["dog"]
+    assert voc_object_names(root, "link", confine_to=root) is None  # outside the dataset root
+    assert voc_spec_root(tmp_path, "VOC2007/trainval") == (tmp_path / "VOC2007", "trainval")
+    assert voc_spec_root(tmp_path, "train") == (tmp_path, "train")
 
 
 @pytest.mark.parametrize("check_images", [True, False])

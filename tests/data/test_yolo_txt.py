@@ -108,21 +108,25 @@ GOOD = "0 0.5 0.5 0.25 0.5\n"
 
 
 @pytest.mark.parametrize(
-    "line, words",
+    "line, words, unknown",
     [
-        ("0 0.5 0.5 0.25\n", "4 columns, expected 5"),
-        ("0 0.5 0.5 0.25 0.5 0.1 0.2\n", "7 columns, expected 5"),
-        ("0 1.5 0.5 0.25 0.5\n", "outside [0, 1]"),
-        ("0 -0.1 0.5 0.25 0.5\n", "outside [0, 1]"),
-        ("0 nan 0.5 0.25 0.5\n", "non-finite"),
-        ("3 0.5 0.5 0.25 0.5\n", "unknown class id 3"),
-        ("-1 0.5 0.5 0.25 0.5\n", "unknown class id -1"),
-        ("1.5 0.5 0.5 0.25 0.5\n", "unknown class id 1.5"),
-        ("cat 0.5 0.5 0.25 0.5\n", "not a number"),
-        ("0 0.5 0.5 0 0.5\n", "zero-area box"),
+        ("0 0.5 0.5 0.25\n", "4 columns, expected 5", None),
+        ("0 0.5 0.5 0.25 0.5 0.1 0.2\n", "7 columns, expected 5", None),
+        ("0 1.5 0.5 0.25 0.5\n", "outside [0, 1]", None),
+        ("0 -0.1 0.5 0.25 0.5\n", "outside [0, 1]", None),
+        ("0 nan 0.5 0.25 0.5\n", "non-finite", None),
+        ("3 0.5 0.5 0.25 0.5\n", "unknown class id 3", "3"),
+        ("3.0 0.5 0.5 0.25 0.5\n", "unknown class id 3.0", "3"),
+        ("-1 0.5 0.5 0.25 0.5\n", "unknown class id -1", "-1"),
+        ("1.5 0.5 0.5 0.25 0.5\n", "unknown class id 1.5", None),  # not a class id at all
+        ("inf 0.5 0.5 0.25 0.5\n", "unknown class id inf", None),
+        ("cat 0.5 0.5 0.25 0.5\n", "not a number", None),
+        ("0 0.5 0.5 0 0.5\n", "zero-area box", None),
     ],
 )
-def test_bad_lines_are_box_rejects_naming_file_and_line(tmp_path: Path, line: str, words: str) -> None:
+def test_bad_lines_are_box_rejects_naming_file_and_line(
+    tmp_path: Path, line: str, words: str, unknown: str | None
+) -> None:
     image_dir, label_dir = make_yolo(tmp_path, {"img": GOOD + line})
     records, rejects = read_yolo_txt(image_dir, label_dir, ["a", "b", "c"], "train")
     assert len(records) == 1 and records[0].num_boxes == 1
@@ -130,6 +134,7 @@ def test_bad_lines_are_box_rejects_naming_file_and_line(tmp_path: Path, line: st
     (reject,) = rejects
     assert reject.level == "box" and reject.source.endswith("labels/img.txt") and reject.image_id == "img"
     assert reject.reason.startswith("line 2: ") and words in reject.reason, reject
+    assert reject.unknown_class == unknown  # an integer id outside the names, counted by the shard stage
     with pytest.raises(DatasetError, match=r"labels/img.txt: line 2"):
         read_yolo_txt(image_dir, label_dir, ["a", "b", "c"], "train", strict=True)
 

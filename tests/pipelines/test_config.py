@@ -82,3 +82,38 @@ def test_unknown_and_bad_keys_are_named_as_written():
 def test_every_shipped_config_loads():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         assert isinstance(load_config(path), PipelineConfig)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["data.splits={train: [train], val: [test], test: [test]}"], "maps both val and test to test: best.pt"),
+        (["data.splits={train: [a], val: [b, c], test: [c, d]}"], "val and test to c: .*data.val_fraction"),
+        (["data.val_fraction=0.2"], r"maps val to \['val'\]; remove val from data.splits"),
+        (["data.splits={test: [test]}", "data.val_fraction=0.2"], "data.splits has no train split"),
+        (["data.splits={train: [train]}", "data.val_fraction=1.0"], r"data.val_fraction must be in \[0, 1\)"),
+        (["data.class_names=[]"], "data.class_names must list non-empty names"),
+        (["data.class_names=[cat, dog, cat]"], "data.class_names repeats cat"),
+    ],
+)
+def test_data_rules_between_keys_are_config_errors(overrides: list[str], words: str) -> None:
+    with pytest.raises(ConfigError, match=rf"<defaults>: .*{words}"):
+        load_config(None, overrides)
+
+
+def test_data_defaults_and_a_carve_config_are_valid() -> None:
+    data = load_config(None).data
+    assert (data.class_names, data.skip_unknown_classes, data.val_fraction, data.val_seed) == ("auto", False, 0.0, 0)
+    cfg = load_config(None, ["data.splits={train: [train], test: [test]}", "data.val_fraction=0.15"])
+    assert cfg.data.val_fraction == 0.15
+    assert load_config(None, ["data.class_names=[b, a]"]).data.class_names == ["b", "a"]
+
+
+def test_raccoon_config_finds_the_shared_folder_from_the_repository_root() -> None:
+    """data.root is read relative to the working folder (pipelines/prepare.py): `make` runs from the repo root."""
+    cfg = load_config(REPO / "configs" / "raccoon.yaml")
+    assert (REPO / cfg.data.root).resolve() == (REPO.parent / "shared" / "data" / "raccoon").resolve()
+    assert (cfg.data.kind, cfg.data.class_names, cfg.data.val_fraction) == ("voc", "auto", 0.15)
+    assert "val" not in cfg.data.splits
+    custom = load_config(REPO / "configs" / "custom.yaml")
+    assert (custom.data.class_names, custom.data.val_fraction) == ("auto", 0.15)

@@ -62,7 +62,7 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
     prepare_fp = digest(
         {
             "stage": "prepare",
-            "version": 1,
+            "version": 2,
             "upstream": {},
             "config": {
                 "data.kind": data["kind"],
@@ -75,11 +75,14 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
     shard_fp = digest(
         {
             "stage": "shard",
-            "version": 1,
+            "version": 2,
             "upstream": {"prepare": prepare_fp},
             "config": {
                 "data.splits": data["splits"],
                 "data.class_names": data["class_names"],
+                "data.skip_unknown_classes": data["skip_unknown_classes"],
+                "data.val_fraction": data["val_fraction"],
+                "data.val_seed": data["val_seed"],
                 "data.strict": data["strict"],
                 "data.max_image_pixels": data["max_image_pixels"],
                 "shard": to_dict(cfg)["shard"],

@@ -6,8 +6,10 @@ The reference for every check is independent of the stage: the dataset readers c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import os
 import re
 import signal
@@ -16,15 +18,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines import prepare, shard
 from pipelines.config import load_config
-from pipelines.dag import run_stage
+from pipelines.dag import fingerprint, run_stage
 from pipelines.faults import NO_FAULTS, FaultPlan
 from pipelines.workspace import Workspace
 from yolov2.data.coco import read_coco
 from yolov2.data.shards import iter_shard_samples
-from yolov2.data.voc import read_voc
+from yolov2.data.synthetic import SHAPE_CLASSES
+from yolov2.data.voc import VOC_CLASSES, read_voc
+from yolov2.errors import DatasetError
 from yolov2.progress import Progress
 
 
@@ -83,6 +88,9 @@ def test_generated_dataset_round_trip_cache_and_force(ray_local, tmp_path, monke
         assert len(records) == n and rejects == []
         _assert_shards_match(ws, result, split, records)
     assert result.manifest["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert result.manifest["class_names"] == list(SHAPE_CLASSES)  # the generator's names, in its order
+    assert result.manifest["class_names_source"] == "generator"
+    assert "carved_from" not in result.manifest["splits"]["val"]
     digests = _shard_digests(ws, result)
 
     _, _, cached = _run(tmp_path, overrides)
@@ -120,6 +128,122 @@ def test_raccoon_two_splits_grayscale_kept(ray_local, tmp_path, shared_data):
         _assert_shards_match(ws, result, split, records)
     total = sum(s["images"] for s in result.manifest["splits"].values())
     assert total == 200 - sum(s["rejected_images"] for s in result.manifest["splits"].values())
+
+
+def _hash_ranked(ids: list[str], k: int, seed: int) -> set[str]:
+    """The val carve-out's rule, written out: the k ids of smallest sha256("<seed>:<id>")."""
+    return set(sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())[:k])
+
+
+def test_raccoon_auto_class_names_and_a_carved_val_split(ray_local, tmp_path, shared_data, caplog):
+    """The new user's config: a real VOC folder, no class names, no val split of its own."""
+    root = shared_data / "raccoon"
+    overrides = ["data.kind=voc", f"data.root={root}", "data.splits={train: [train], test: [test]}"]
+    with caplog.at_level("INFO", logger="pipelines.shard"):
+        _, ws, result = _run(tmp_path, [*overrides, "data.val_fraction=0.15", "data.val_seed=0"])
+    assert "class names (auto, from 160 train annotations): raccoon" in caplog.text
+    manifest = result.manifest
+    assert manifest["class_names"] == ["raccoon"] and manifest["class_names_source"] == "annotations"
+    splits = manifest["splits"]
+    assert list(splits) == ["train", "val", "test"]
+    assert sum(s["boxes"] for s in splits.values()) == 217  # every box of the dataset (README), none rejected
+    assert all(s["boxes"] > 0 and s["rejected_boxes"] == 0 for s in splits.values())
+    assert {k: splits["val"][k] for k in ("carved_from", "fraction", "seed")} == {
+        "carved_from": "train",
+        "fraction": 0.15,
+        "seed": 0,
+    }
+    train_ids = (root / "ImageSets" / "Main" / "train.txt").read_text().split()
+    val_ids = _hash_ranked(train_ids, 24, 0)  # round(0.15 * 160)
+    records, _ = read_voc(root, "train", class_names=["raccoon"])
+    expected_val = [dataclasses.replace(r, split="val") for r in records if r.image_id in val_ids]
+    _assert_shards_match(ws, result, "val", expected_val)
+    _assert_shards_match(ws, result, "train", [r for r in records if r.image_id not in val_ids])
+    folder = ws.local_path(result.output_dir)
+    for split in ("train", "val", "test"):
+        index = pq.read_table(folder / f"{split}-index.parquet")
+        assert json.loads(index.schema.metadata[b"class_names"]) == ["raccoon"]
+        assert set(index.column("split").to_pylist()) == {split}
+    assert (splits["train"]["images"], splits["val"]["images"], splits["test"]["images"]) == (136, 24, 40)
+
+
+def test_raccoon_with_the_voc_names_stops_before_any_shard_naming_raccoon(tmp_path, shared_data):
+    """The issue's run: the 20 VOC names on a 1-class folder. No Ray needed: the names scan stops it first."""
+    overrides = [
+        "data.kind=voc",
+        f"data.root={shared_data / 'raccoon'}",
+        "data.splits={train: [train], test: [test]}",
+        f"data.class_names=[{', '.join(VOC_CLASSES)}]",
+    ]
+    with pytest.raises(DatasetError) as e:
+        _run(tmp_path, overrides)
+    text = str(e.value)
+    assert "217 of the 217 boxes (100%) have a class that is not in data.class_names" in text
+    assert "'raccoon' (217)" in text and "data.class_names: auto" in text and "data.skip_unknown_classes: true" in text
+    cfg = load_config(None, [f"workspace={tmp_path / 'ws'}", *overrides])
+    output = Workspace.open(cfg.workspace).local_path(f"shard/{fingerprint(cfg, shard.SPEC)}")
+    assert output.is_dir() and not list(output.iterdir())  # the stage began, and wrote nothing
+
+
+def _tiny_voc(root: Path, objects: dict[str, list[str]], splits: dict[str, list[str]]) -> Path:
+    """A VOC folder written here: 64x48 JPEGs, one 20x20 box per listed class name."""
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for image_id, names in objects.items():
+        Image.new("RGB", (64, 48), (90, 120, 30)).save(root / "JPEGImages" / f"{image_id}.jpg", "JPEG")
+        boxes = "".join(
+            f"<object><name>{n}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>24</xmax><ymax>24</ymax></bndbox>"
+            "</object>"
+            for n in names
+        )
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>64</width><height>48</height></size>{boxes}</annotation>"
+        )
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def test_skip_unknown_classes_goes_on_and_a_split_left_without_boxes_is_an_error(ray_local, tmp_path):
+    root = _tiny_voc(
+        tmp_path / "voc",
+        {"a": ["cat", "cat", "dog"], "b": ["cat"], "c": ["cat"], "d": ["cat"]},
+        {"train": ["a", "b"], "test": ["c", "d"]},
+    )
+    mine = ["data.kind=voc", f"data.root={root}", "data.class_names=[dog]"]
+    stop = r"5 of the 6 boxes \(83%\) .*\(dog\): 'cat' \(5\)\. Set data.class_names: auto"
+    with pytest.raises(DatasetError, match=stop):
+        _run(tmp_path, [*mine, "data.splits={train: [train], test: [test]}"])
+
+    _, ws, result = _run(tmp_path, [*mine, "data.splits={train: [train]}", "data.skip_unknown_classes=true"])
+    train = result.manifest["splits"]["train"]
+    assert (train["images"], train["boxes"], train["rejected_boxes"]) == (2, 1, 3)
+    assert result.manifest["class_names_source"] == "config"
+    rejects = pq.read_table(ws.local_path(result.output_dir, "rejects.parquet")).to_pylist()
+    assert [r["unknown_class"] for r in rejects] == ["cat"] * 3
+
+    with pytest.raises(DatasetError) as e:
+        _run(tmp_path, [*mine, "data.splits={train: [train], test: [test]}", "data.skip_unknown_classes=true"])
+    assert str(e.value).startswith(
+        "split test: none of its 2 images has a box left; 2 boxes were rejected, most often: unknown class 'cat' (2). "
+        "The class names are the likely cause (class names (from data.class_names): dog)"
+    )
+
+
+def test_yolo_ids_beyond_the_given_names_stop_the_stage_from_its_rejects(ray_local, tmp_path):
+    root = tmp_path / "yolo"
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    for stem, ids in {"x": [0, 2, 2], "y": [1, 2]}.items():
+        Image.new("RGB", (64, 48)).save(root / "images" / "train" / f"{stem}.jpg", "JPEG")
+        (root / "labels" / "train" / f"{stem}.txt").write_text("".join(f"{i} 0.5 0.5 0.2 0.2\n" for i in ids))
+    base = ["data.kind=yolo", f"data.root={root}", "data.splits={train: [train]}"]
+    with pytest.raises(DatasetError, match=r"4 of the 5 boxes \(80%\) .*\(a\): '2' \(3\), '1' \(1\)\."):
+        _run(tmp_path, [*base, "data.class_names=[a]"])
+    _, _, result = _run(tmp_path, base)  # auto: classes.txt
+    assert result.manifest["class_names"] == ["a", "b", "c"] and result.manifest["splits"]["train"]["boxes"] == 5
+    assert result.manifest["class_names_source"] == "names file"
 
 
 def test_coco_tiny(ray_local, tmp_path, shared_data):

@@ -33,10 +33,10 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard
 
 import numpy as np
 
@@ -51,8 +51,19 @@ if TYPE_CHECKING:
 
 RECORD_ID_KEY = "yolov2_image_id"
 
-# Called for every bad entry: (where, reason, level, image id or None); raises when strict.
-ProblemFn = Callable[[str, str, Literal["image", "box"], Any], None]
+
+class ProblemFn(Protocol):
+    """Called for every bad entry: where, why, its level, its image id (or None) and, for a box dropped only
+    because its category is not among the class names, that category's name; raises when strict."""
+
+    def __call__(
+        self,
+        where: str,
+        reason: str,
+        level: Literal["image", "box"],
+        image_id: Any = None,
+        unknown_class: str | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -167,11 +178,17 @@ def read_coco(
 
     rejects: list[Reject] = []
 
-    def problem(where: str, reason: str, level: Literal["image", "box"], image_id: Any = None) -> None:
+    def problem(
+        where: str,
+        reason: str,
+        level: Literal["image", "box"],
+        image_id: Any = None,
+        unknown_class: str | None = None,
+    ) -> None:
         if strict:
             raise DatasetError(reject_message(where, reason))
         iid = None if image_id is None else printable(str(image_id))  # a JSON string may hold lone surrogates
-        rejects.append(Reject(source=where, reason=reason, level=level, image_id=iid, split=split))
+        rejects.append(Reject(where, reason, level, iid, split, unknown_class))
 
     images = _valid_images(data["images"], source, problem)
     anns = _valid_annotations(data["annotations"], data["images"], images, cat_name, label_of_cat, source, problem)
@@ -364,6 +381,7 @@ def _valid_annotations(
                 f"annotation {aid}: category {cat_name[cid]!r} (id {cid}) is not among the class names",
                 "box",
                 iid,
+                printable(cat_name[cid]),  # a JSON string may hold lone surrogates
             )
             continue
         bbox = ann.get("bbox")

@@ -51,6 +51,7 @@ REJECT_SCHEMA = pa.schema(
         pa.field("level", pa.string(), nullable=False),
         pa.field("image_id", pa.string()),
         pa.field("split", pa.string()),
+        pa.field("unknown_class", pa.string()),
     ]
 )
 
@@ -145,13 +146,18 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Reject:
-    """Something a reader skipped: ``source`` names the file, ``reason`` says why."""
+    """Something a reader skipped: ``source`` names the file, ``reason`` says why.
+
+    ``unknown_class``: for a box dropped only because its class is not among the class names, that
+    class's name (a YOLO label: its class id), so the shard stage can count them without reading reasons.
+    """
 
     source: str
     reason: str
     level: Literal["image", "box"] = "image"
     image_id: str | None = None
     split: str | None = None
+    unknown_class: str | None = None
 
 
 def _boxes_to_dicts(record: ImageRecord) -> list[dict]:
@@ -213,12 +219,18 @@ def class_names_of(table_or_schema: pa.Table | pa.Schema) -> list[str]:
 
 
 def reject_or_raise(
-    source: str, reason: str, level: Literal["image", "box"], image_id: str | None, split: str | None, strict: bool
+    source: str,
+    reason: str,
+    level: Literal["image", "box"],
+    image_id: str | None,
+    split: str | None,
+    strict: bool,
+    unknown_class: str | None = None,
 ) -> Reject:
     """A reader's answer to a problem: a :class:`Reject`, or with ``strict`` a :class:`DatasetError` naming the file."""
     if strict:
         raise DatasetError(reject_message(source, reason))
-    return Reject(source=source, reason=reason, level=level, image_id=image_id, split=split)
+    return Reject(source, reason, level, image_id, split, unknown_class)
 
 
 def reject_message(source: str, reason: str) -> str:
@@ -229,7 +241,14 @@ def reject_message(source: str, reason: str) -> str:
 
 def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:
     rows = [
-        {"source": r.source, "reason": r.reason, "level": r.level, "image_id": r.image_id, "split": r.split}
+        {
+            "source": r.source,
+            "reason": r.reason,
+            "level": r.level,
+            "image_id": r.image_id,
+            "split": r.split,
+            "unknown_class": r.unknown_class,
+        }
         for r in rejects
     ]
     return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)

@@ -6,7 +6,7 @@ A split of ours (``train``) is made of one or more of the dataset's own splits (
   a plain ``train`` reads ``<root>/ImageSets/Main/train.txt``.
 - COCO: ``<name>``: ``<root>/annotations/instances_<name>.json`` with images in ``<root>/<name>/``.
 - YOLO: ``<name>``: images in ``<root>/images/<name>/``, labels in ``<root>/labels/<name>/``, class names
-  in ``<root>/classes.txt`` (or the only ``*.names`` file in the root).
+  in ``<root>/classes.txt``, the only ``*.names`` file or a ``data.yaml`` (:mod:`yolov2.data.class_names`).
 
 Listing is cheap (no annotation parsing for VOC/YOLO): each :class:`ShardItem` carries a picklable
 loader that a shard task calls, so annotation parsing runs in parallel with the image I/O.
@@ -17,54 +17,116 @@ cannot pull unrelated files into shared shards; one that is not a regular file (
 device, a folder) is rejected by its type, unopened. With ``strict`` every reject is an error, an id
 listed twice in a split included. For YOLO, a label file without an image is an
 image-level reject (counted as an input), as :func:`yolov2.data.yolo_txt.read_yolo_txt` does.
+
+A split of ours can also be carved out of another (:func:`list_splits`: a ``val`` split taken from
+``train`` by image id, :mod:`yolov2.data.val_split`): the train specs are listed once for their ids, then
+each of the two splits is listed with an image-id predicate (``keep``), so every reader works unchanged
+and each record carries its own split's name.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yolov2.data.class_names import yolo_class_names
 from yolov2.data.coco import read_coco, read_coco_categories
 from yolov2.data.images import IMAGE_EXTENSIONS
 from yolov2.data.paths import RootConfinement, dataset_file_reason, printable
 from yolov2.data.records import ImageRecord, Reject, reject_or_raise
 from yolov2.data.shard_build import ShardItem
-from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_split_ids
+from yolov2.data.val_split import carve_val
+from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_spec_root, voc_split_ids
 from yolov2.data.yolo_txt import orphan_label_rejects, read_yolo_item
-from yolov2.errors import DatasetError
-from yolov2.io import read_names
+from yolov2.errors import ConfigError, DatasetError
+
+Keep = Callable[[str | None], bool]  # which image ids (None: rejects naming no image) a listing keeps
 
 
 @dataclass
 class SplitListing:
-    """The images of one of our splits, in a fixed order, plus what was rejected while listing."""
+    """The images of one of our splits, in a fixed order, plus what was rejected while listing.
+
+    ``image_ids[i]`` is the id of ``items[i]``."""
 
     items: list[ShardItem] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    image_ids: list[str] = field(default_factory=list)
+
+
+def list_splits(
+    prepared: dict[str, Any],
+    splits: Mapping[str, Sequence[str]],
+    class_names: Sequence[str],
+    strict: bool = False,
+    val_fraction: float = 0.0,
+    val_seed: int = 0,
+) -> dict[str, SplitListing]:
+    """Every split of ours (``splits``: our split -> the dataset's specs), in order; with ``val_fraction > 0``
+    also ``val``, right after ``train``, carved out of train's images by id (:func:`carve_val`).
+
+    For COCO a carve reads the train annotation file three times (ids, then each of the two splits).
+    """
+    if val_fraction > 0 and ("val" in splits or "train" not in splits):
+        raise ConfigError(
+            "data.val_fraction carves a val split out of train only when data.splits has a train split and no "
+            f"val split (it has {', '.join(splits)}); set data.val_fraction: 0 or change data.splits"
+        )
+    listings: dict[str, SplitListing] = {}
+    for split, specs in splits.items():
+        if split == "train" and val_fraction > 0:
+            listings["train"], listings["val"] = _carved(prepared, specs, class_names, strict, val_fraction, val_seed)
+        else:
+            listings[split] = list_split_items(prepared, split, specs, class_names, strict)
+    return listings
+
+
+def _carved(
+    prepared: dict[str, Any], specs: Sequence[str], class_names: Sequence[str], strict: bool, fraction: float, seed: int
+) -> tuple[SplitListing, SplitListing]:
+    """The train and val listings of train's specs, val being ``carve_val`` of train's image ids."""
+    ids = list_split_items(prepared, "train", specs, class_names, strict).image_ids
+    val_ids = set(carve_val(ids, fraction, seed).val)
+    train = list_split_items(prepared, "train", specs, class_names, strict, keep=lambda i: i not in val_ids)
+    val = list_split_items(prepared, "val", specs, class_names, strict, keep=lambda i: i in val_ids)
+    return train, val
 
 
 def list_split_items(
-    prepared: dict[str, Any], split: str, specs: Sequence[str], class_names: Sequence[str] | None, strict: bool = False
+    prepared: dict[str, Any],
+    split: str,
+    specs: Sequence[str],
+    class_names: Sequence[str] | None,
+    strict: bool = False,
+    keep: Keep | None = None,
 ) -> SplitListing:
-    """List one split of the dataset described by the prepare stage's manifest (format, root, class_names)."""
+    """List one split of the dataset described by the prepare stage's manifest (format, root, class_names).
+
+    ``class_names`` None: the manifest's, else the dataset's own list without reading annotations (VOC: the
+    20 VOC classes; COCO: each file's categories; YOLO: its names file); the shard stage always passes them.
+    ``keep``: only images whose id it accepts are listed, and only rejects whose ``image_id`` it accepts
+    (``None`` for a reject that names no image, such as a bad split-file line).
+    """
     fmt, root = prepared["format"], Path(prepared["root"])
     names = list(class_names or prepared.get("class_names") or [])
     listing = SplitListing()
     seen: set[str] = set()
     for spec in specs:
         if fmt == "voc":
-            _list_voc(root, spec, split, names or list(VOC_CLASSES), strict, listing, seen)
+            _list_voc(root, spec, split, names or list(VOC_CLASSES), strict, listing, seen, keep)
         elif fmt == "coco":
-            _list_coco(root, spec, split, names, strict, listing, seen)
+            _list_coco(root, spec, split, names, strict, listing, seen, keep)
         elif fmt == "yolo":
-            _list_yolo(root, spec, split, names, strict, listing, seen)
+            _list_yolo(root, spec, split, names, strict, listing, seen, keep)
         else:
             raise DatasetError(f"unknown dataset format {fmt!r} (voc, coco or yolo)")
+    if keep is not None:
+        listing.rejects = [r for r in listing.rejects if keep(r.image_id)]
     return listing
 
 
@@ -78,11 +140,15 @@ def _add(
     split: str,
     strict: bool,
     annotation: str,
+    keep: Keep | None = None,
 ) -> None:
     """List one image; a second one with the same id is an image-level reject (``strict``: an error).
 
     ``source``: the file that lists the image; ``annotation``: the one its size and boxes come from.
+    An image whose id ``keep`` refuses is left out, as are its duplicates.
     """
+    if keep is not None and not keep(image_id):
+        return
     if image_id in seen:
         image_id = printable(image_id)  # a YOLO stem is a file name: maybe not UTF-8
         reason = f"image id {image_id!r} appears twice in split {split}; remove the second entry"
@@ -90,13 +156,20 @@ def _add(
         return
     seen.add(image_id)
     listing.items.append(ShardItem(f"{len(listing.items):08d}", str(image_path), load, annotation))
+    listing.image_ids.append(image_id)
 
 
 def _list_voc(
-    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+    root: Path,
+    spec: str,
+    split: str,
+    names: list[str],
+    strict: bool,
+    listing: SplitListing,
+    seen: set[str],
+    keep: Keep | None,
 ) -> None:
-    sub, _, imageset = spec.rpartition("/")
-    voc_root = (root / sub) if sub else root
+    voc_root, imageset = voc_spec_root(root, spec)
     listing.class_names = names
     source = str(voc_root / "ImageSets" / "Main" / f"{imageset}.txt")
     # One confinement and one names tuple shared by every item: pickled once per shard task, and the
@@ -120,6 +193,7 @@ def _list_voc(
             split,
             strict,
             os.path.join(ann_dir, f"{image_id}.xml"),
+            keep,
         )
 
 
@@ -128,7 +202,14 @@ def _ready(record: ImageRecord) -> tuple[ImageRecord, list[Reject]]:
 
 
 def _list_coco(
-    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+    root: Path,
+    spec: str,
+    split: str,
+    names: list[str],
+    strict: bool,
+    listing: SplitListing,
+    seen: set[str],
+    keep: Keep | None,
 ) -> None:
     annotation = root / "annotations" / f"instances_{spec}.json"
     unusable = dataset_file_reason(annotation, root)
@@ -152,14 +233,22 @@ def _list_coco(
             split,
             strict,
             f"{annotation}: image {record.image_id}",
+            keep,
         )
 
 
 def _list_yolo(
-    root: Path, spec: str, split: str, names: list[str], strict: bool, listing: SplitListing, seen: set[str]
+    root: Path,
+    spec: str,
+    split: str,
+    names: list[str],
+    strict: bool,
+    listing: SplitListing,
+    seen: set[str],
+    keep: Keep | None,
 ) -> None:
     if not names:
-        names = read_names(_yolo_names_file(root))
+        names = yolo_class_names(root)[0]
     listing.class_names = names
     image_dir, label_dir = root / "images" / spec, root / "labels" / spec
     if not image_dir.is_dir():
@@ -170,16 +259,5 @@ def _list_yolo(
         load = functools.partial(
             read_yolo_item, path, label_dir / f"{path.stem}.txt", tuple(names), split, strict, confine_to=root
         )
-        _add(listing, seen, path.stem, path, load, str(path), split, strict, str(path))
+        _add(listing, seen, path.stem, path, load, str(path), split, strict, str(path), keep)
     listing.rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in images}, split, strict))
-
-
-def _yolo_names_file(root: Path) -> Path:
-    if (root / "classes.txt").is_file():
-        return root / "classes.txt"
-    found = sorted(root.glob("*.names"))
-    if len(found) != 1:
-        raise DatasetError(
-            f"{root}: need classes.txt or exactly one *.names file with the class names (found {len(found)})"
-        )
-    return found[0]

@@ -33,6 +33,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -150,8 +151,11 @@ def read_yolo_item(
         if not line.strip():
             continue
         parsed = _parse_line(line, len(class_names))
-        if isinstance(parsed, str):
-            rejects.append(reject_or_raise(str(label_path), f"line {n}: {parsed}", "box", image_id, split, strict))
+        if isinstance(parsed, _BadLine):
+            reason = f"line {n}: {parsed.reason}"
+            rejects.append(
+                reject_or_raise(str(label_path), reason, "box", image_id, split, strict, parsed.unknown_class)
+            )
         else:
             rows.append((n, parsed[0], parsed[1]))
     norm = np.array([r[2] for r in rows], np.float64).reshape(-1, 4)
@@ -221,20 +225,28 @@ def write_yolo_txt(
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_line(line: str, num_classes: int) -> tuple[int, list[float]] | str:
-    """``(class, [cx, cy, w, h])`` or the reason the line is unusable."""
+class _BadLine(NamedTuple):
+    """Why a label line is unusable; ``unknown_class``: its class id, when an integer outside the names."""
+
+    reason: str
+    unknown_class: str | None = None
+
+
+def _parse_line(line: str, num_classes: int) -> tuple[int, list[float]] | _BadLine:
+    """``(class, [cx, cy, w, h])`` or why the line is unusable."""
     parts = line.split()
     if len(parts) != 5:
-        return f"{len(parts)} columns, expected 5 (class cx cy w h)"
+        return _BadLine(f"{len(parts)} columns, expected 5 (class cx cy w h)")
     try:
         values = [float(v) for v in parts]
     except ValueError:
-        return f"not a number in {line.strip()!r}"
+        return _BadLine(f"not a number in {line.strip()!r}")
     cls, coords = values[0], values[1:]
     if not math.isfinite(cls) or not cls.is_integer() or not 0 <= cls < num_classes:
-        return f"unknown class id {parts[0]} (the names file has {num_classes} classes, ids 0..{num_classes - 1})"
+        reason = f"unknown class id {parts[0]} (the names file has {num_classes} classes, ids 0..{num_classes - 1})"
+        return _BadLine(reason, str(int(cls)) if math.isfinite(cls) and cls.is_integer() else None)
     if not all(math.isfinite(v) for v in coords):
-        return f"non-finite value in {line.strip()!r}"
+        return _BadLine(f"non-finite value in {line.strip()!r}")
     if not all(0.0 <= v <= 1.0 for v in coords):
-        return f"value outside [0, 1] in {line.strip()!r} (coordinates must be normalised)"
+        return _BadLine(f"value outside [0, 1] in {line.strip()!r} (coordinates must be normalised)")
     return int(cls), coords
