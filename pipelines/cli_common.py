@@ -46,6 +46,13 @@ def add_stage_arguments(parser: argparse.ArgumentParser, single_stage: bool = Tr
         )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own console lines: worker and worker-group start-up, Ray Train's line per reported "
+        "result and rank, Ray Data's progress bars (default: only Ray's warnings and errors; Ray's log files "
+        "under /tmp/ray/session_latest/logs keep everything either way)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -91,7 +98,7 @@ def stage_main(spec: StageSpec, argv: list[str] | None = None) -> int:
     try:
         cfg, workspace = load_from_args(args)
         faults = FaultPlan.from_env()
-        ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
+        ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus, verbose=args.verbose)
         if not args.no_mlflow:
             tracking.setup_mlflow(
                 cfg.mlflow.tracking_uri, cfg.mlflow.experiment, workspace, cfg.mlflow.fallback_to_local

@@ -5,9 +5,10 @@
     python pipelines/full.py --config configs/demo.yaml --force anchors   # anchors and everything after it
 
 Joins a running Ray cluster when there is one (as under `ray submit` / `ray job submit`), else starts
-a local one. One parent MLflow run per invocation, one nested run per stage that actually runs; a
-cached stage is linked (tag) to the run that produced it. Ends by writing `summary.json` at the
-workspace root and printing where the results are.
+a local one; Ray's own console lines show with --verbose only. One parent MLflow run per invocation, one
+nested run per stage that actually runs; a cached stage is linked (tag) to the run that produced it; the
+parent ends FAILED when a stage failed. Ends by writing `summary.json` at the workspace root and printing
+where the results are, with a link to the experiment in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     forced = frozenset(downstream_of(STAGES, parse_stage_list(args.force, "--force")))
     try:
         cfg, workspace = cli_common.load_from_args(args)
-        ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus)
+        ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus, verbose=args.verbose)
     except YoloV2Error as e:
         log.error("%s", e)
         return 2
@@ -129,13 +130,28 @@ def run_tracked(invocation: Invocation, summary: dict[str, Any], results: dict[s
     summary["mlflow_tracking_uri"] = tracking.mask_secrets(uri)
     with tracking.guarded_run("pipeline") as parent:
         summary["mlflow_parent_run_id"] = parent.run_id
+        summary["mlflow_ui"] = tracking.experiment_ui_url(uri, mlflow.active_run().info.experiment_id)
         parent.call("tags", mlflow.set_tags, tracking.environment_tags())
         parent.call("params", tracking.log_params, flatten(to_dict(cfg)))
         exit_code = run_selected(invocation, summary, results, parent)
         parent.call("metrics", tracking.log_metrics, final_metrics(results))
+        if exit_code:
+            mark_failed(parent, summary)
     if parent.skipped:
         summary["mlflow_not_logged"] = parent.skipped
     return exit_code
+
+
+def mark_failed(parent: tracking.TrackingGuard, summary: dict[str, Any]) -> None:
+    """The parent run ends FAILED, like its failed stage's run, tagged with which stage failed and why: a
+    pipeline that stopped half-way must not read FINISHED in the MLflow UI."""
+    import mlflow  # lazily, as in run_tracked (already imported there by now)
+
+    failed = {name: info for name, info in summary["stages"].items() if info["status"] == "failed"}
+    if failed:
+        tags = {"failed_stage": ",".join(failed), "error": "; ".join(info["error"] for info in failed.values())}
+        parent.call("tags failed_stage, error", mlflow.set_tags, {k: v[:5000] for k, v in tags.items()})
+    parent.fail()
 
 
 def run_selected(
@@ -248,8 +264,10 @@ def print_summary(summary: dict[str, Any], workspace: Workspace) -> None:
         print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
     print(f"  summary: {workspace.uri_of('summary.json')}")
     uri = summary.get("mlflow_tracking_uri")
-    if uri:
+    if uri and not uri.startswith(("http://", "https://")):
         print(f"  MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    if summary.get("mlflow_ui"):
+        print(f"  MLflow experiment: {summary['mlflow_ui']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """MLflow for the stages (the library never imports mlflow): the store, runs, what goes into them, and
 training metrics that never wait on the server.
 
-- :mod:`~pipelines.tracking.server`: which store, does it answer, fail-fast HTTP settings, ``setup_mlflow``
+- :mod:`~pipelines.tracking.server`: which store, does it answer, fail-fast HTTP settings, ``setup_mlflow`` (the
+  experiment marked as model training), the experiment's page in the UI
 - :mod:`~pipelines.tracking.runs`: guarded runs (a dead server holds nothing up), stale runs, environment tags
 - :mod:`~pipelines.tracking.params`: params with secrets masked, metrics, artifacts, figures, the final model
 - :mod:`~pipelines.tracking.sender`: :class:`MetricSender`, values buffered while the server is down
@@ -33,7 +34,11 @@ from pipelines.tracking.rank_zero import (
 from pipelines.tracking.runs import TrackingGuard, end_stale_stage_runs, environment_tags, guarded_run
 from pipelines.tracking.sender import Delivery, MetricSender
 from pipelines.tracking.server import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    experiment_ui_url,
     fail_fast_mlflow_env,
+    mark_model_training,
     mlflow_requests_without_retries,
     server_reachable,
     setup_mlflow,
@@ -42,6 +47,8 @@ from pipelines.tracking.server import (
 
 __all__ = [
     "DELIVERY_REPORT",
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
     "UNSENT_METRICS",
     "Delivery",
     "MetricSender",
@@ -50,6 +57,7 @@ __all__ = [
     "console",
     "end_stale_stage_runs",
     "environment_tags",
+    "experiment_ui_url",
     "fail_fast_mlflow_env",
     "guarded_run",
     "log_artifact_bytes",
@@ -58,6 +66,7 @@ __all__ = [
     "log_metrics",
     "log_params",
     "mask_secrets",
+    "mark_model_training",
     "mlflow_requests_without_retries",
     "report_delivery",
     "safe_params",

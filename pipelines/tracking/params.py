@@ -21,6 +21,7 @@ _SECRET_NAME = re.compile(r"(secret|token|password|passwd|api[_-]?key|access[_-]
 # The password part of a URL's user info (scheme://user:password@host), e.g. a database tracking URI.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
+EXAMPLE_BATCH = 2  # images in the logged model's input example (see log_final_model)
 
 
 def mask_secrets(text: str) -> str:
@@ -78,7 +79,9 @@ def log_final_model(model: torch.nn.Module, register_name: str | None, model_fil
 
     mlflow.log_artifact(str(model_file))
     try:
-        example = np.zeros((1, 3, input_size, input_size), np.float32)
+        # MLflow 3 saves the model with torch.export, which fixes a batch size of 1 in the example as the only
+        # one the model takes (warning "dimension inputs[0].shape[0] 0/1 specialized"): two keep it free.
+        example = np.zeros((EXAMPLE_BATCH, 3, input_size, input_size), np.float32)
         mlflow.pytorch.log_model(model.eval(), name="model", registered_model_name=register_name, input_example=example)
     except Exception as e:  # registry unsupported by the store, or no network for the pip env inference
         log.warning("mlflow.pytorch.log_model failed (%s); model.pt is logged as an artifact instead", e)

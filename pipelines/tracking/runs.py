@@ -35,6 +35,12 @@ class TrackingGuard:
         self.run_id = run_id
         self.health_timeout = health_timeout
         self.skipped: list[str] = []
+        self.failed = False  # set by a caller that handled a failure itself (no exception): the run ends FAILED
+
+    def fail(self) -> None:
+        """End the run FAILED although its block ends normally: the caller caught the error and reported it
+        (``full.py``'s parent run when a stage failed)."""
+        self.failed = True
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """``fn(*args, **kwargs)`` when the server answers, else skipped and ``what`` noted; True if it ran."""
@@ -66,8 +72,8 @@ class TrackingGuard:
 
 @contextmanager
 def guarded_run(run_name: str, nested: bool = False) -> Iterator[TrackingGuard]:
-    """Start an MLflow run and yield its :class:`TrackingGuard`; the run ends FINISHED, FAILED (an error) or
-    KILLED (Ctrl-C), and a dead server does not hold the ending up."""
+    """Start an MLflow run and yield its :class:`TrackingGuard`; the run ends FINISHED, FAILED (an error, or
+    :meth:`TrackingGuard.fail`) or KILLED (Ctrl-C), and a dead server does not hold the ending up."""
     import mlflow
 
     run = mlflow.start_run(run_name=run_name, nested=nested)
@@ -75,7 +81,7 @@ def guarded_run(run_name: str, nested: bool = False) -> Iterator[TrackingGuard]:
     status = "FAILED"
     try:
         yield guard
-        status = "FINISHED"
+        status = "FAILED" if guard.failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise

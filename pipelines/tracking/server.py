@@ -16,12 +16,25 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from pipelines.tracking.params import mask_secrets
 from pipelines.workspace import Workspace
 from yolov2.errors import ConfigError
 
+if TYPE_CHECKING:
+    import mlflow.entities
+
 log = logging.getLogger(__name__)
+
+# MLflow 3 opens an experiment in its GenAI view (traces, an assistant panel) unless told it holds model training.
+# The experiment tag is what MLflow's own "experiment kind" selector writes; the UI of MLflow 3.17 decides by
+# its "workflow type" instead (a sidebar switch, kept in the browser; GenAI unless set), which a link sets with
+# ?workflowType=machine_learning: :func:`experiment_ui_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store (the command the summary prints)
 
 
 def tracking_uri_for(configured: str | None, workspace: Workspace) -> str:
@@ -81,6 +94,7 @@ def setup_mlflow(
 
     # Alembic and mlflow's store start-up are chatty at INFO on every process.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     uri = tracking_uri_for(configured_uri, workspace)
     if not server_reachable(uri):
         if not fallback_to_local:
@@ -96,5 +110,21 @@ def setup_mlflow(
         if uri.startswith("sqlite:"):
             artifact_location = workspace.local_path("mlartifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(experiment)
+    mark_model_training(mlflow.set_experiment(experiment))
     return uri
+
+
+def mark_model_training(experiment: mlflow.entities.Experiment) -> None:
+    """Tag the experiment as model training (:data:`EXPERIMENT_KIND_TAG`) unless it already has a kind: one
+    chosen in the UI is kept."""
+    import mlflow
+
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def experiment_ui_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI, in its model-training view: on the tracking server, or for a local
+    store where ``mlflow ui`` serves it (:data:`LOCAL_UI`)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{mask_secrets(base)}/#/experiments/{experiment_id}?{UI_WORKFLOW_QUERY}"

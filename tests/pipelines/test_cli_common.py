@@ -144,3 +144,23 @@ def test_stage_script_help_is_its_module_docstring():
     )
     assert "The `prepare` stage: make the raw dataset named by the config exist on local disk." in done.stdout
     assert "--force" in done.stdout and "--no-mlflow" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "main", [full.main, functools.partial(cli_common.stage_main, anchors.SPEC)], ids=["full", "single-stage"]
+)
+@pytest.mark.parametrize("extra, verbose", [([], False), (["--verbose"], True)], ids=["default", "verbose"])
+def test_verbose_reaches_ray_runtime_and_is_explained_in_help(main, extra, verbose, monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def connect(*args, **kwargs):
+        seen.append(kwargs.get("verbose"))
+        raise RayStarted
+
+    monkeypatch.setattr(ray_runtime, "connect", connect)
+    with pytest.raises(RayStarted):
+        main(["--config", str(REPO / "configs/demo.yaml"), "--workspace", str(tmp_path), "--no-mlflow", *extra])
+    assert seen == [verbose]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--verbose" in capsys.readouterr().out.replace("\n", " ")

@@ -32,6 +32,15 @@ def test_guarded_run_ends_with_the_status_of_what_happened_inside(tmp_path, rais
     assert guard.skipped == []
 
 
+def test_a_guarded_run_whose_failure_was_handled_inside_ends_failed(tmp_path):
+    import mlflow
+
+    tracking.setup_mlflow(None, "guarded", Workspace.open(tmp_path))
+    with tracking.guarded_run("pipeline") as guard:
+        guard.fail()  # e.g. full.py caught a stage's error, reported it, and goes on to write its summary
+    assert mlflow.get_run(guard.run_id).info.status == "FAILED"
+
+
 def test_guard_skips_and_names_calls_while_the_server_does_not_answer():
     calls = []
     guard = tracking.TrackingGuard(f"http://127.0.0.1:{_closed_port()}", health_timeout=1.0)
