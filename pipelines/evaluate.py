@@ -6,6 +6,12 @@ the trained model once (``num_gpus`` per actor on a cluster, CPU here). Detectio
 and COCO mAP (category chunks evaluated by Ray tasks), ``metrics.json``, and the per-class table,
 PR curves, confusion matrix, error breakdown and sample images as MLflow artifacts.
 
+Which model: ``evaluate.checkpoint``. ``best`` (the default) is training's ``best.pt``, the epoch with the best
+VOC07 mAP@0.5 on the val split; with no val split there is no ``best.pt`` and the last model is evaluated, as
+a log line says. ``last`` is ``model.pt``, the last epoch's. Never chosen by the evaluated split's metrics. The
+manifest (``checkpoint``) and the run's params (``checkpoint.*``) say which was evaluated, its epoch and the
+val metric it was chosen by.
+
 Run alone: ``python -m pipelines.evaluate --config configs/demo.yaml``.
 """
 
@@ -26,6 +32,7 @@ from pipelines import shard, train
 from pipelines.cli_common import stage_main
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageSpec
+from pipelines.train.checkpoints import BEST_BY
 from pipelines.workspace import Workspace
 from yolov2.config import PredictConfig
 from yolov2.data.images import decode_rgb
@@ -161,7 +168,9 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     class_names = shard_result.manifest["class_names"]
     index = ctx.workspace.read_parquet(shard_result.output_dir, split_info["index"])
     records = table_to_records(index)
-    model_path = f"{ctx.upstream['train'].output_dir}/{ctx.upstream['train'].manifest['model']}"
+    checkpoint = evaluated_checkpoint(settings.checkpoint, ctx.upstream["train"].manifest)
+    model_path = f"{ctx.upstream['train'].output_dir}/{checkpoint['file']}"
+    ctx.log_params({f"checkpoint.{k}" if k != "checkpoint" else k: v for k, v in checkpoint.items()})
     urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
 
     detections = run_inference(urls, ctx.workspace, model_path, cfg, [r.image_id for r in records])
@@ -194,9 +203,36 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
     return {
         "metrics": headline,
+        "checkpoint": checkpoint,
         "detections": "detections.parquet",
         "images": len(records),
         "num_detections": len(detections),
+    }
+
+
+def evaluated_checkpoint(requested: str, train_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The train stage's model file to evaluate (``evaluate.checkpoint``), as the manifest records it:
+    ``checkpoint`` (best | last), ``file``, ``epoch``, and for best the val metric it was chosen by and its value.
+    ``best`` without a ``best.pt`` (no val split) falls back to the last model, with a log line."""
+    if requested == "best" and train_manifest.get("best"):
+        return {
+            "checkpoint": "best",
+            "file": train_manifest["best"],
+            "epoch": train_manifest.get("best_epoch"),
+            "chosen_by": f"val {train_manifest.get('best_by', BEST_BY)}",
+            "chosen_value": train_manifest.get("best_map50_voc07"),
+        }
+    if requested == "best":
+        log.warning(
+            "evaluate: checkpoint=best, but training had no val split (no best.pt): evaluating the last model (%s)",
+            train_manifest["model"],
+        )
+    return {
+        "checkpoint": "last",
+        "file": train_manifest["model"],
+        "epoch": train_manifest.get("epochs"),
+        "chosen_by": None,
+        "chosen_value": None,
     }
 
 

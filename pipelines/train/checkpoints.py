@@ -20,6 +20,8 @@ from yolov2.inference import ModelSpec, save_model_file
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"  # in the stage's output: the model of the epoch with the best BEST_BY
+BEST_BY = "map50_voc07"  # VOC07 mAP@0.5 on the val split; never a test metric
 RUN_NAME = "run"  # Ray Train's run folder under <output>/ray
 
 

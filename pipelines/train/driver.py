@@ -4,10 +4,12 @@ Each worker (:mod:`pipelines.train.worker`) reads its share of the training shar
 :func:`yolov2.engine.trainer.train`, and reports a checkpoint through ``ray.train.report`` at the end of
 every ``checkpoint_every`` epochs. ``FailureConfig(max_failures)`` restarts failed workers from the last
 checkpoint; ``--resume`` continues a stopped run; a restart takes the newest complete checkpoint, also one
-Ray had not registered when the worker died. Rank 0 logs to MLflow (into this stage's run; buffered while
-the server is unreachable), validates (VOC07 mAP@0.5 on the val split) and keeps ``best.pt``. At the end
-the driver writes ``model.pt`` (EMA weights when enabled), logs it with ``mlflow.pytorch.log_model`` and
-registers it.
+Ray had not registered when the worker died. Every ``val_every`` epochs all ranks validate, each its share
+of the val split; rank 0 scores it (VOC07 and VOC12 mAP@0.5, COCO AP and AP50), logs to MLflow (into this
+stage's run; buffered while the server is unreachable) and keeps ``best.pt``: the epoch with the best VOC07
+mAP@0.5 on val. Rank 0 also writes the per-epoch results table (``results.parquet``, ``results.csv``). At the
+end the driver writes ``model.pt`` (the last epoch's; EMA weights when enabled), logs it with
+``mlflow.pytorch.log_model`` and registers it, and logs the results table and its curves (``results.png``).
 
 Run alone: ``python -m pipelines.train --config configs/demo.yaml [--resume]``.
 """
@@ -24,13 +26,15 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from pipelines import anchors, shard, tracking
+from pipelines import anchors, ray_runtime, shard, tracking
 from pipelines.dag import StageContext, StageFlag, StageSpec
-from pipelines.train.checkpoints import RUN_NAME, STATE_FILE, has_checkpoint, model_file_bytes
+from pipelines.train.checkpoints import BEST_BY, BEST_FILE, RUN_NAME, STATE_FILE, has_checkpoint, model_file_bytes
 from pipelines.train.ingest import RAY_DATA_CPUS, ray_data_train_dataset
 from pipelines.train.job import TrainJob, model_spec
+from pipelines.train.results import RESULTS_CSV, RESULTS_PARQUET, publish_results
 from pipelines.train.worker import train_loop_per_worker
 from yolov2.engine.checkpoint import load_checkpoint
+from yolov2.engine.results import results_from_state
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,8 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
     model_bytes = model_file_bytes(model, spec)
     ctx.workspace.write_bytes(model_bytes, ctx.out("model.pt"))
-    has_best = ctx.workspace.exists(ctx.out("best.pt"))
+    has_best = ctx.workspace.exists(ctx.out(BEST_FILE))
+    publish_results(ctx, results_from_state(state.get("results", [])))
     final_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     delivery = tracking.report_delivery(ctx.workspace, ctx.output_dir)
     if ctx.tracking_enabled:
@@ -93,11 +98,14 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
             )
     return {
         "model": "model.pt",
-        "best": "best.pt" if has_best else None,
+        "best": BEST_FILE if has_best else None,
+        "best_by": BEST_BY,
+        "best_epoch": int(state["state"].get("best_epoch", 0)) if has_best else None,
         "steps": int(state["state"]["step"]),
         "epochs": int(state["state"]["epoch"]),
         "seen": int(state["state"]["seen"]),
         "best_map50_voc07": float(state["state"]["best_metric"]),
+        "results": {"parquet": RESULTS_PARQUET, "csv": RESULTS_CSV},
         "final_metrics": final_metrics,
         "train_seconds": round(time.time() - started, 1),
         "spec": spec.__dict__,
@@ -125,6 +133,7 @@ def _torch_trainer(job: TrainJob, storage: str, datasets: dict[str, ray.data.Dat
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray_runtime.train_logging_config(),
             worker_runtime_env={"env_vars": tracking.worker_mlflow_env()} if job.run_id else None,
         ),
         datasets=datasets,
@@ -142,5 +151,6 @@ SPEC = StageSpec(
             "resume", "continue an interrupted run of this config from its last checkpoint", keeps_partial_output=True
         ),
     ),
-    summary="YOLOv2 on Ray Train workers: checkpoints, restarts, resume; rank 0 logs to MLflow and keeps best.pt",
+    summary="YOLOv2 on Ray Train workers: checkpoints, restarts, resume; validation on every rank; rank 0 logs "
+    "to MLflow, keeps best.pt and the per-epoch results table",
 )

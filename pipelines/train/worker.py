@@ -2,9 +2,11 @@
 
 Each worker reads its share of the training shards (split by rank and DataLoader worker, every sample once
 per epoch) and reports a checkpoint through ``ray.train.report`` at the end of every ``checkpoint_every``
-epochs (model, optimizer, EMA, step, ``seen``, RNG state). Rank 0 logs to MLflow (buffered while the server
-is unreachable, :class:`~pipelines.tracking.RankZeroLogger`), validates (VOC07 mAP@0.5 on the val split) and
-keeps ``best.pt``.
+epochs (model, optimizer, EMA, step, ``seen``, RNG state, the results rows so far). Every rank validates its
+share of the val split (:mod:`pipelines.train.validation`); rank 0 scores it (VOC07 and VOC12 mAP@0.5, COCO
+AP and AP50), logs to MLflow (buffered while the server is unreachable,
+:class:`~pipelines.tracking.RankZeroLogger`), keeps ``best.pt`` (the best VOC07 mAP@0.5 on val) and writes
+the per-epoch results table (:mod:`pipelines.train.results`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import ray.train.torch
 import torch
 
 from pipelines import faults, tracking
-from pipelines.train.checkpoints import STATE_FILE, model_file_bytes, newest_checkpoint
+from pipelines.train.checkpoints import BEST_BY, BEST_FILE, STATE_FILE, model_file_bytes, newest_checkpoint
 from pipelines.train.ingest import ray_data_batches, webdataset_batches
 from pipelines.train.job import TrainJob, accumulation_for, validation_predict
+from pipelines.train.results import write_results
+from pipelines.train.validation import gather_predictions
 from pipelines.workspace import Workspace
 from yolov2.data.batch import Batch
 from yolov2.data.shards import ShardSpec, shard_specs_from_index
@@ -36,7 +40,7 @@ from yolov2.engine.optim import build_optimizer
 from yolov2.engine.precision import Precision, choose_precision, detect_hardware, slow_path_warnings
 from yolov2.engine.progress import Ticker, TrainProgress
 from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
-from yolov2.evaluation import voc07_map50
+from yolov2.evaluation import validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +93,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0
         else None
     )
-    val_shards = _val_shards(workspace, job) if rank == 0 and job.val_index else None
+    val_shards = _val_shards(workspace, job) if job.val_index else None
+    predict = validation_predict(t, job.evaluate)
 
     def validate(eval_model: torch.nn.Module, state) -> dict[str, float]:
+        """Every rank predicts its share; the metrics on rank 0 ({} on the others)."""
         if val_shards is None:
             return {}
-        return {"map50_voc07": _validate(eval_model, job, val_shards, precision)}
+        gathered = gather_predictions(
+            eval_model, spec, val_shards, predict, job.evaluate.batch_size, precision, rank, world
+        )
+        if gathered is None:
+            return {}
+        detections, records = gathered
+        return validation_metrics(records, detections, spec.class_names, job.evaluate.coco_backend)
 
     def end_epoch(state, metrics: dict[str, float], ckpt: dict[str, Any] | None) -> None:
-        if rank == 0 and "map50_voc07" in metrics and metrics["map50_voc07"] > state.best_metric:
-            state.best_metric = metrics["map50_voc07"]
+        """best.pt: the epoch with the best VOC07 mAP@0.5 on the val split (never a test metric)."""
+        if rank == 0 and BEST_BY in metrics and metrics[BEST_BY] > state.best_metric:
+            state.best_metric, state.best_epoch = metrics[BEST_BY], state.epoch
             best = ema.module if ema else unwrap(model)
-            workspace.write_bytes(model_file_bytes(best, spec), job.output_dir, "best.pt")
+            workspace.write_bytes(model_file_bytes(best, spec), job.output_dir, BEST_FILE)
             if ckpt is not None:
-                ckpt["state"]["best_metric"] = state.best_metric
+                ckpt["state"].update(best_metric=state.best_metric, best_epoch=state.best_epoch)
+        if rank == 0:
+            write_results(workspace, job.output_dir, state.results)
         if ckpt is not None:
             ckpt["precision"] = {
                 "amp": precision.amp,
@@ -144,7 +159,7 @@ def _model_and_optimizer(
     freeze_darknet_layers(model, t.freeze_backbone_layers)
     model = ray.train.torch.prepare_model(model.to(memory_format=precision.memory_format))
     optimizer = build_optimizer(model, t.optimizer, t.loop.lr, t.momentum, t.weight_decay)
-    ema = ModelEMA(unwrap(model), t.ema_decay) if t.ema else None
+    ema = ModelEMA(unwrap(model), t.ema_decay, ramp=t.ema_ramp) if t.ema else None
     return model, optimizer, ema
 
 
@@ -186,13 +201,6 @@ def _resume_point(workspace: Workspace, job: TrainJob, rank: int, world: int) ->
 def _val_shards(workspace: Workspace, job: TrainJob) -> list[ShardSpec]:
     index = workspace.read_parquet(job.shard_dir, job.val_index)
     return shard_specs_from_index(index, workspace.uri_of(job.shard_dir))
-
-
-def _validate(model: torch.nn.Module, job: TrainJob, shards: list[ShardSpec], precision: Precision) -> float:
-    """VOC07 mAP@0.5 on the val split, on rank 0, with the predictor settings of the evaluate stage."""
-    return voc07_map50(
-        model, job.spec, shards, validation_predict(job.train, job.evaluate), job.evaluate.batch_size, precision
-    )
 
 
 def _traced(batches: Iterable[Batch], trace_dir: str, rank: int, epoch: int) -> Iterator[Batch]:

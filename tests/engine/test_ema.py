@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -22,9 +23,10 @@ class _Wrapper(nn.Module):  # stands in for DDP: the real model under .module
         self.module = module
 
 
-def test_update_matches_the_formula_and_copies_bn_statistics():
+@pytest.mark.parametrize("ramp", [2000.0, 3.0])  # YOLOX's, and a short run's: the decay differs at every step
+def test_update_matches_the_formula_and_copies_bn_statistics(ramp):
     model = _model()
-    ema = ModelEMA(model, decay=0.9)
+    ema = ModelEMA(model, decay=0.9, ramp=ramp)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     for step in range(1, 4):
         with torch.no_grad():
@@ -33,7 +35,7 @@ def test_update_matches_the_formula_and_copies_bn_statistics():
             model[1].running_mean.add_(1.0)
             model[1].num_batches_tracked += 1
         ema.update(_Wrapper(model) if step == 2 else model)  # a DDP-style wrapper is unwrapped
-        d = 0.9 * (1 - math.exp(-step / 2000))
+        d = 0.9 * (1 - math.exp(-step / ramp))
         for name, value in model.state_dict().items():
             if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 reference[name] = value.clone()
@@ -49,10 +51,15 @@ def test_update_matches_the_formula_and_copies_bn_statistics():
 
 def test_state_dict_round_trip():
     model = _model()
-    ema = ModelEMA(model, decay=0.99)
+    ema = ModelEMA(model, decay=0.99, ramp=50.0)
     ema.update(model)
     other = ModelEMA(copy.deepcopy(model), decay=0.5)
     other.load_state_dict(ema.state_dict())
-    assert other.updates == 1 and other.decay == 0.99
+    assert other.updates == 1 and other.decay == 0.99 and other.ramp == 50.0
     for a, b in zip(ema.module.state_dict().values(), other.module.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_ramp_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError, match="ramp"):
+        ModelEMA(_model(), ramp=0)

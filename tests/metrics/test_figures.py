@@ -13,7 +13,7 @@ from PIL import Image
 from yolov2.data.voc import VOC_CLASSES, read_voc
 from yolov2.metrics.coco import coco_evaluate
 from yolov2.metrics.detections import DetectionTable
-from yolov2.metrics.figures import evaluation_figures
+from yolov2.metrics.figures import evaluation_figures, results_figure
 from yolov2.metrics.voc import voc_evaluate
 
 
@@ -71,3 +71,24 @@ def test_figures_module_needs_no_pyplot():
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_results_figure_draws_losses_lr_and_the_validated_epochs_only():
+    columns = {
+        "epoch": [1, 2, 3],
+        "step": [10, 20, 30],
+        "loss_total": [9.0, 6.0, 4.0],
+        "loss_coord": [2.0, 1.5, 1.0],
+        "lr": [0.001, 0.001, 0.0001],
+        "val_map50_voc07": [None, 0.2, 0.3],
+        "val_coco_ap": [None, None, 0.1],
+        "images_per_s": [5.0, 5.0, 5.0],
+    }
+    fig = results_figure(columns)
+    losses, lr, val = fig.axes
+    assert [line.get_label() for line in losses.lines] == ["total", "coord"]
+    assert lr.lines[0].get_ydata().tolist() == [0.001, 0.001, 0.0001]
+    drawn = {line.get_label(): line.get_xdata().tolist() for line in val.lines}
+    assert drawn == {"map50_voc07": [2.0, 3.0], "coco_ap": [3.0]}  # epochs without validation are left out
+    w, h = png_size(fig)
+    assert w > 300 and h > 100

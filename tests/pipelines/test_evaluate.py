@@ -1,9 +1,11 @@
-"""The evaluate stage's parallel detections equal a plain single-process loop with the same model."""
+"""The evaluate stage's parallel detections equal a plain single-process loop with the same model: the one
+``evaluate.checkpoint`` names (best.pt, chosen on val; model.pt, the last; the last when there is no best.pt)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from pipelines import evaluate, prepare, shard
 from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
+from pipelines.evaluate import evaluated_checkpoint
 from pipelines.workspace import Workspace
 from yolov2.config import PredictConfig
 from yolov2.data.records import table_to_records
@@ -54,8 +57,17 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
     )
     model_dir = ws.local_path("fake-train")
     model_dir.mkdir(parents=True)
-    save_model_file(model_dir / "model.pt", spec.build(), spec)
-    trained = StageResult("train", "f" * 16, "fake-train", {"model": "model.pt"}, cached=True, seconds=0, run_id=None)
+    save_model_file(model_dir / "best.pt", spec.build(), spec)  # evaluate.checkpoint=best (the default)
+    save_model_file(model_dir / "model.pt", spec.build(), spec)  # the last epoch's: other weights
+    train_manifest = {
+        "model": "model.pt",
+        "best": "best.pt",
+        "best_by": "map50_voc07",
+        "best_epoch": 3,
+        "best_map50_voc07": 0.25,
+        "epochs": 5,
+    }
+    trained = StageResult("train", "f" * 16, "fake-train", train_manifest, cached=True, seconds=0, run_id=None)
 
     monkeypatch.setattr(evaluate, "Progress", functools.partial(Progress, interval=0))  # a line per block
     result = run_stage(evaluate.SPEC, cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
@@ -76,8 +88,15 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
 
     folder = ws.local_path(sharded.output_dir)
     urls = [str(folder / n) for n in sharded.manifest["splits"]["test"]["shards"]]
+    assert result.manifest["checkpoint"] == {
+        "checkpoint": "best",
+        "file": "best.pt",
+        "epoch": 3,
+        "chosen_by": "val map50_voc07",
+        "chosen_value": 0.25,
+    }
     predictor = Predictor.from_file(
-        model_dir / "model.pt", PredictConfig(input_size=96, conf_thresh=cfg.evaluate.predict.conf_thresh)
+        model_dir / "best.pt", PredictConfig(input_size=96, conf_thresh=cfg.evaluate.predict.conf_thresh)
     )
     plain, records = predict_samples(predictor, ((img, rec) for _, img, rec in iter_shard_samples(urls)), batch_size=3)
 
@@ -93,3 +112,20 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
     for key in ("map50_voc07", "map50_voc12", "coco_AP", "coco_AP50"):
         assert abs(metrics[key] - expected[key]) < 1e-6, key
     assert result.manifest["images"] == 13
+
+
+def test_the_checkpoint_evaluated_is_the_one_asked_for_and_the_last_without_a_val_split(caplog):
+    trained = {"model": "model.pt", "best": "best.pt", "best_epoch": 4, "best_map50_voc07": 0.5, "epochs": 9}
+    last = {"checkpoint": "last", "file": "model.pt", "epoch": 9, "chosen_by": None, "chosen_value": None}
+    assert evaluated_checkpoint("last", trained) == last
+    assert evaluated_checkpoint("best", trained) == {
+        "checkpoint": "best",
+        "file": "best.pt",
+        "epoch": 4,
+        "chosen_by": "val map50_voc07",
+        "chosen_value": 0.5,
+    }
+    no_val = {"model": "model.pt", "best": None, "best_map50_voc07": -1.0, "epochs": 9}
+    with caplog.at_level(logging.WARNING, logger="pipelines.evaluate"):
+        assert evaluated_checkpoint("best", no_val) == last
+    assert any("no val split" in r.getMessage() and "last model" in r.getMessage() for r in caplog.records)

@@ -16,21 +16,26 @@ _COPIED_BUFFERS = ("running_mean", "running_var")  # BN statistics: copied, not 
 class ModelEMA:
     """Keeps ``ema = d * ema + (1 - d) * model`` after each optimizer step.
 
-    The decay ramps up as ``decay * (1 - exp(-updates / 2000))`` so the average is not dominated by
-    the random initial weights early in training. Buffers (BN statistics) are copied, not averaged.
+    The decay ramps up as ``decay * (1 - exp(-updates / ramp))`` so the average is not dominated by
+    the random initial weights early in training. YOLOX's ``ramp`` of 2000 updates suits runs of tens of
+    thousands of steps; a run of a few hundred (a small dataset) needs a shorter one, or its average stays
+    close to the raw weights throughout. Buffers (BN statistics) are copied, not averaged.
     The update is two ``torch._foreach_*`` calls over all tensors (one per-tensor Python loop over
     ``state_dict`` took as long as the SGD step on a 2-core CPU).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9998, updates: int = 0) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9998, updates: int = 0, ramp: float = 2000.0) -> None:
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        if ramp <= 0:
+            raise ValueError(f"EMA ramp must be positive (updates), got {ramp}")
         self.decay = decay
         self.updates = updates
+        self.ramp = ramp
 
     def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-self.updates / 2000))
+        return self.decay * (1 - math.exp(-self.updates / self.ramp))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -44,12 +49,13 @@ class ModelEMA:
             torch._foreach_copy_(copied, copied_src)
 
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay, "ramp": self.ramp}
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state["decay"])
+        self.ramp = float(state.get("ramp", self.ramp))  # checkpoints before the ramp was a setting: unchanged
 
 
 def _paired_tensors(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:

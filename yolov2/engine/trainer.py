@@ -16,7 +16,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from yolov2.engine.ema import ModelEMA
 from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
 from yolov2.engine.precision import Amp, autocast
 from yolov2.engine.progress import StepReport
+from yolov2.engine.results import EpochResult, epoch_result, results_from_state, results_to_state
 from yolov2.loss import region_loss
 
 
@@ -61,7 +62,9 @@ class TrainState:
     epoch: int = 0  # the next epoch to run
     step: int = 0  # optimizer steps done
     seen: int = 0
-    best_metric: float = -1.0
+    best_metric: float = -1.0  # the caller's (pipelines/train: VOC07 mAP@0.5 on the val split)
+    best_epoch: int = 0  # the epoch (1-based) that reached best_metric; 0: none yet
+    results: list[EpochResult] = field(default_factory=list)  # one row per finished epoch
 
 
 @dataclass
@@ -118,7 +121,14 @@ def checkpoint_state(
         "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict() if ema else None,
         "scaler": scaler.state_dict() if scaler else None,
-        "state": {"epoch": state.epoch, "step": state.step, "seen": state.seen, "best_metric": state.best_metric},
+        "state": {
+            "epoch": state.epoch,
+            "step": state.step,
+            "seen": state.seen,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+        },
+        "results": results_to_state(state.results),
         "rng": rng_state(),
     }
 
@@ -137,7 +147,7 @@ def restore(
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_state(checkpoint["rng"])
-    return TrainState(**checkpoint["state"])
+    return TrainState(**checkpoint["state"], results=results_from_state(checkpoint.get("results", [])))
 
 
 def train(
@@ -155,7 +165,8 @@ def train(
     ``batches_for_epoch(epoch, first_micro_batch)`` yields the :class:`Batch` es of this rank for that epoch
     (it sets the loader's epoch and multi-scale offset). ``resume_from``: a checkpoint dict from
     :func:`checkpoint_state`; training continues at its ``epoch`` with the same step count and RNG state.
-    ``hooks``: None does nothing at each hook.
+    ``hooks``: None does nothing at each hook. Each finished epoch appends its row of the results table
+    (:func:`~yolov2.engine.results.epoch_result`) to ``state.results`` before its checkpoint, which carries them.
     """
     hooks = hooks or Hooks()
     loop = settings.loop
@@ -166,6 +177,9 @@ def train(
     while state.epoch < loop.epochs and (not loop.max_steps or state.step < loop.max_steps):
         model.train()
         first_micro = state.step * settings.accumulation
+        epoch_start, epoch_seen, epoch_micro = time.perf_counter(), state.seen, 0
+        epoch_totals = dict.fromkeys(LOSS_PARTS, 0.0)
+        lr = learning_rate(settings, state.step)  # the epoch's last step's, for its results row
         totals: dict[str, float] = {}
         window_start, data_wait, images_in_window, micro = time.perf_counter(), 0.0, 0, 0
         step_start, step_wait, step_loss = window_start, 0.0, 0.0
@@ -195,6 +209,8 @@ def train(
             step_loss += loss_values[0]
             for name, value in zip(LOSS_PARTS, loss_values):
                 totals[name] = totals.get(name, 0.0) + value
+                epoch_totals[name] += value
+            epoch_micro += 1
             if micro % settings.accumulation == 0:
                 lr = learning_rate(settings, state.step)
                 set_lr(optimizer, lr)
@@ -238,11 +254,27 @@ def train(
                     break
             wait_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the epoch's end
+        train_seconds = time.perf_counter() - epoch_start
         state.epoch += 1
         finished = state.epoch >= loop.epochs or bool(loop.max_steps and state.step >= loop.max_steps)
         metrics: dict[str, float] = {"epoch": float(state.epoch), "step": float(state.step)}
+        validation: dict[str, float] = {}
         if state.epoch % loop.val_every == 0 or finished:
-            metrics.update(hooks.validate(ema.module if ema else unwrap(model), state))
+            validation = hooks.validate(ema.module if ema else unwrap(model), state)
+            metrics.update(validation)
+        state.results.append(
+            epoch_result(
+                epoch=state.epoch,
+                step=state.step,
+                losses={name: total / max(epoch_micro, 1) for name, total in epoch_totals.items()},
+                lr=lr,
+                metrics=validation,
+                images=state.seen - epoch_seen,
+                train_seconds=train_seconds,
+                epoch_seconds=time.perf_counter() - epoch_start,
+                previous=state.results[-1] if state.results else None,
+            )
+        )
         ckpt = None
         if state.epoch % loop.checkpoint_every == 0 or finished:
             ckpt = checkpoint_state(model, optimizer, ema, scaler, state)

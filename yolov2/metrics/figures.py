@@ -1,5 +1,5 @@
 """Matplotlib figures of the analysis data: PR curves, confusion matrix, error breakdown, sample images,
-and the anchors stage's anchor shapes over the box shapes.
+the anchors stage's anchor shapes over the box shapes, and the training curves of the per-epoch results table.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global state, no
 display, no backend to select (saving uses Agg), so they work in Ray workers and on headless
@@ -232,6 +232,34 @@ def anchors_figure(
         "Box generation: mean IoU against k" if table else "clustering skipped (pinned anchors)", fontsize=10
     )
     fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def results_figure(columns: Mapping[str, Sequence[float | None]]) -> Figure:
+    """Training curves by epoch from the per-epoch results table's columns (``table.to_pydict()``): the loss
+    parts (``loss_*``), the learning rate (``lr``) and the validation metrics (``val_*``, drawn where present:
+    epochs without validation hold None)."""
+    epochs = np.asarray(columns["epoch"], np.float64)
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    ax_loss, ax_lr, ax_val = fig.subplots(1, 3)
+    panels = ((ax_loss, "loss_", "training loss (epoch mean)"), (ax_val, "val_", "validation"))
+    for ax, prefix, title in panels:
+        for name, values in columns.items():
+            if not name.startswith(prefix):
+                continue
+            y = np.array([np.nan if v is None else v for v in values], np.float64)
+            shown = np.isfinite(y)
+            if shown.any():
+                ax.plot(epochs[shown], y[shown], marker="o", ms=3, lw=1.2, label=name.removeprefix(prefix))
+        ax.set_title(title, fontsize=10)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    ax_lr.plot(epochs, np.asarray(columns["lr"], np.float64), marker="o", ms=3, lw=1.2, color="tab:green")
+    ax_lr.set_title("learning rate (last step of the epoch)", fontsize=10)
+    ax_val.set_ylim(0, 1)
+    for ax in (ax_loss, ax_lr, ax_val):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
     return fig
 
 

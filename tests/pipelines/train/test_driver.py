@@ -1,7 +1,9 @@
 """The train stage (pipelines/train/driver.py) on real Ray Train: 2 CPU workers with gloo, a tiny model, tiny images.
 
 Checks: the loss falls; ranks see disjoint samples and the same multi-scale size at every step; DDP keeps
-the weights identical across ranks; MLflow gets the metrics from rank 0; a worker that fails mid-run is
+the weights identical across ranks; MLflow gets the metrics from rank 0; validation on both ranks gives best.pt's
+metrics as one process computes them, and the per-epoch results table (Parquet = CSV, in MLflow with its
+figure) keeps the rows of the epochs before a restart or a resume; a worker that fails mid-run is
 restarted from the last checkpoint with the same total step count, also when killed by SIGKILL (the metrics
 go on in the stage's one MLflow run); a stopped run resumes; checkpoints load with weights_only=True; a
 real MLflow server killed mid-training and restarted gets every step's metrics afterwards. (Without Ray:
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -26,9 +29,12 @@ from pipelines import prepare, shard, tracking, train
 from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
 from pipelines.faults import FaultPlan
+from pipelines.train.job import validation_predict
 from pipelines.workspace import Workspace
+from yolov2.data.shards import shard_specs_from_index
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
+from yolov2.evaluation import predict_share, validation_metrics
 from yolov2.inference import load_model_file
 
 ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
@@ -66,6 +72,21 @@ def _setup(tmp_path: Path, extra: list[str]):
     return cfg, ws, {"shard": sharded, "anchors": anchors}
 
 
+VAL_KEYS = ("map50_voc07", "map50_voc12", "coco_AP", "coco_AP50")
+
+
+def expected_precision():
+    """What ``amp: auto`` and ``channels_last: auto`` pick on this CPU, as the workers do."""
+    return choose_precision(detect_hardware("cpu"))
+
+
+def _epochs_in_results(ws: Workspace, result: StageResult) -> list[int]:
+    table = ws.read_parquet(result.output_dir, "results.parquet")
+    wall = table.column("wall_seconds").to_pylist()
+    assert wall == sorted(wall) and all(w > 0 for w in wall)  # cumulative over the restart
+    return table.column("epoch").to_pylist()
+
+
 def _trace(trace_dir: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in (trace_dir / f"batches-rank{rank}.jsonl").read_text().splitlines()]
 
@@ -98,11 +119,36 @@ def test_two_workers_loss_falls_ranks_agree_and_mlflow_gets_metrics(ray_local, t
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4  # the loss falls
 
     # the precision auto picked on this CPU: in the manifest and the run's params
-    expected = choose_precision(detect_hardware("cpu"))
+    expected = expected_precision()
     assert result.manifest["precision"]["amp"] == expected.amp
     assert result.manifest["precision"]["channels_last"] == expected.channels_last
     params = mlflow.tracking.MlflowClient().get_run(result.run_id).data.params
     assert params["precision.amp"] == expected.amp and params["precision.channels_last"] == str(expected.channels_last)
+
+    # the per-epoch results table: one row per epoch, validation at epoch 8 only (val_every=8), CSV = Parquet
+    table = ws.read_parquet(result.output_dir, "results.parquet")
+    assert table.column("epoch").to_pylist() == list(range(1, 9))
+    assert table.column("step").to_pylist() == [2 * e for e in range(1, 9)]
+    val = {name: table.column(f"val_{name.lower()}").to_pylist() for name in VAL_KEYS}
+    assert all(values[:7] == [None] * 7 and values[7] is not None for values in val.values())
+    csv = pd.read_csv(ws.local_path(result.output_dir, "results.csv"))
+    pd.testing.assert_frame_equal(csv, table.to_pandas(), check_exact=True)
+    client = mlflow.tracking.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"results.parquet", "results.csv", "results.png"} <= artifacts
+    # validated on both ranks: best.pt (epoch 8's model) scored in this one process gives the same numbers
+    assert result.manifest["best"] == "best.pt" and result.manifest["best_epoch"] == 8
+    logged = client.get_run(result.run_id).data.metrics
+    best, spec = load_model_file(ws.local_path(result.output_dir, "best.pt"))
+    shard_dir = upstream["shard"].output_dir
+    index = ws.read_parquet(shard_dir, upstream["shard"].manifest["splits"]["val"]["index"])
+    shards = shard_specs_from_index(index, ws.uri_of(shard_dir))
+    part = predict_share(
+        best, spec, shards, validation_predict(cfg.train, cfg.evaluate), cfg.evaluate.batch_size, expected_precision()
+    )
+    alone = validation_metrics(part.records, part.detections, spec.class_names, cfg.evaluate.coco_backend)
+    for name in VAL_KEYS:
+        assert val[name][7] == pytest.approx(alone[name], abs=1e-6) == logged[name], name
 
     blob = load_checkpoint(ws.local_path(result.output_dir, "model.pt"))  # weights_only
     assert blob["format"] == "yolov2-pipeline/model"
@@ -120,6 +166,7 @@ def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_loca
     recovered = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False, faults=fault)
     assert (markers / "train-step-3.failed").exists()  # the failure really happened
     assert recovered.manifest["steps"] == 6 and recovered.manifest["epochs"] == 3
+    assert _epochs_in_results(ws, recovered) == [1, 2, 3]  # epoch 0's row came back with its checkpoint
 
     # A run that stops (no retries left) leaves its checkpoint; --resume continues from it.
     fault = FaultPlan(train_step=4, train_marker_dir=str(markers))
@@ -132,6 +179,7 @@ def test_failed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_loca
         train.SPEC, cfg2, ws2, upstream=upstream2, tracking_enabled=False, flags={"resume": True}, faults=fault
     )
     assert resumed.manifest["resumed"] and resumed.manifest["steps"] == 6
+    assert _epochs_in_results(ws2, resumed) == [1, 2, 3]
 
 
 def test_ray_data_ingest_streams_disjoint_samples_at_the_shared_size(ray_local, tmp_path):
