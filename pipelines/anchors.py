@@ -240,7 +240,9 @@ def read_box_shapes(ctx: StageContext) -> np.ndarray:
     return anchors_lib.validate_shapes(wh, source=ctx.workspace.uri_of(shard_result.output_dir, name))
 
 
-def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[anchors_lib.AnchorResult, dict[int, float], dict[str, Any]]:
+def _cluster(
+    wh: np.ndarray, cfg: PipelineConfig
+) -> tuple[anchors_lib.AnchorResult, dict[int, anchors_lib.AnchorResult], dict[str, Any]]:
     """Ray k-means for ``anchors.k`` and the k = 1..10 table (only k up to the number of distinct shapes)."""
     settings = cfg.anchors
     distinct = len(np.unique(wh, axis=0))
@@ -265,7 +267,7 @@ def _cluster(wh: np.ndarray, cfg: PipelineConfig) -> tuple[anchors_lib.AnchorRes
         "lloyd_runs": len(ks) * settings.n_init,
         "clustering_seconds": round(time.time() - started, 3),
     }
-    return results[settings.k], {k: results[k].mean_iou for k in table_ks}, info
+    return results[settings.k], {k: results[k] for k in table_ks}, info
 
 
 def anchors_body(ctx: StageContext) -> dict[str, Any]:
@@ -280,6 +282,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         mean_iou = anchors_lib.mean_iou(wh, anchors_norm)
         k = len(anchors_grid)
         table: dict[int, float] = {}
+        by_k: dict[int, list[list[float]]] = {}
         clustering: dict[str, Any] = {"pinned": True, "iterations": 0, "converged": None}
         log.info(
             "anchors: pinned (%d anchors from the config), clustering skipped; mean IoU %.4f on %d boxes",
@@ -288,7 +291,9 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
             len(wh),
         )
     else:
-        result, table, info = _cluster(wh, cfg)
+        result, results_by_k, info = _cluster(wh, cfg)
+        table = {kk: r.mean_iou for kk, r in results_by_k.items()}
+        by_k = {kk: anchors_lib.to_grid_units(r.anchors, input_size, STRIDE).tolist() for kk, r in results_by_k.items()}
         anchors_norm = result.anchors
         anchors_grid = anchors_lib.to_grid_units(anchors_norm, input_size, STRIDE)
         mean_iou, k = result.mean_iou, settings.k
@@ -328,6 +333,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         "num_boxes": len(wh),
         "include_difficult": settings.include_difficult,
         "iou_table": [{"k": kk, "mean_iou": v} for kk, v in sorted(table.items())],
+        "anchors_by_k": {str(kk): v for kk, v in sorted(by_k.items())},  # the table's anchors (the tune stage's k)
         "darknet": darknet_anchors_line(anchors_grid),
         **clustering,
         "seconds": round(seconds, 3),
@@ -359,6 +365,7 @@ def anchors_body(ctx: StageContext) -> dict[str, Any]:
         "num_boxes": len(wh),
         "pinned": bool(settings.pinned),
         "darknet": document["darknet"],
+        "anchors_by_k": document["anchors_by_k"],
         "files": {"anchors": ANCHORS_FILE, "plot": PLOT_FILE},
     }
 
@@ -367,7 +374,7 @@ SPEC = StageSpec(
     name="anchors",
     upstream=(shard.SPEC,),
     config_keys=("anchors", "train.input_size"),
-    version=1,
+    version=2,
     body=anchors_body,
     summary="k-means anchor shapes (1 - IoU distance) from the training split's box table, on Ray tasks",
 )

@@ -109,6 +109,41 @@ class TrainConfig:
     max_failures: int = 2
     seed: int = 0
     register_name: str | None = "yolov2"
+    # True: train with the tune stage's best_config.yaml applied over these sections (and its anchors.k's
+    # anchors); the tune stage then runs first, and its fingerprint is part of train's
+    from_tune: bool = False
+
+
+DEFAULT_SEARCH_SPACE: dict[str, dict[str, list[Any]]] = {
+    "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+    "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-1]},
+    "train.jitter": {"uniform": [0.0, 0.3]},
+    "train.hue": {"uniform": [0.0, 0.1]},
+    "train.saturation": {"uniform": [1.0, 1.5]},
+    "train.exposure": {"uniform": [1.0, 1.5]},
+    "train.multiscale_sizes": {"choice": [[288, 448, 32], [320, 512, 32], [352, 608, 32]]},
+    "anchors.k": {"choice": [3, 5, 7, 9]},
+}
+"""The tune stage's search space when the config names none: a dotted ``train``, ``loss`` or ``anchors`` key ->
+``{sampler: arguments}`` (pipelines/tune/space.py)."""
+
+
+@dataclass
+class TuneConfig:
+    """Hyperparameter search over the train stage (pipelines/tune/): sampled trials, ASHA early stopping on
+    the val split's VOC07 mAP@0.5, every trial a child MLflow run."""
+
+    enabled: bool = False  # run the tune stage in full.py (so does --stages tune, or train.from_tune: true)
+    num_trials: int = 8
+    seed: int = 0  # the sampled configs: the same seed and space give the same trials
+    max_concurrent_trials: int | None = None  # None: as many as the cluster's CPUs (GPUs) hold at once
+    num_workers: int | None = None  # train workers per trial (DDP inside a trial); None: train.num_workers
+    max_epochs: int | None = None  # a trial's length, ASHA's max_t; None: train.epochs
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    # dotted train / loss / anchors key -> {loguniform|uniform: [low, high]} or {randint: [low, high)} or
+    # {choice: [values...]}
+    space: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
 
 
 @dataclass
@@ -159,6 +194,7 @@ class PipelineConfig:
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -193,7 +229,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_override(raw, item)
     cfg = from_dict(PipelineConfig, raw, source)
     check_data(cfg.data, source)
+    check_tune(cfg, source)
     return cfg
+
+
+def check_tune(cfg: PipelineConfig, source: str) -> None:
+    """The tune section's rules and its search space, checked when the config loads: a bad space is a
+    :class:`ConfigError` before Ray starts."""
+    from pipelines.tune.space import parse_space  # here: the space module reads this one's types
+
+    tune = cfg.tune
+    for key in ("num_trials", "grace_period", "reduction_factor"):
+        if getattr(tune, key) < 1:
+            raise ConfigError(f"{source}: tune.{key} must be at least 1, got {getattr(tune, key)}")
+    for key in ("max_concurrent_trials", "num_workers", "max_epochs"):
+        if getattr(tune, key) is not None and getattr(tune, key) < 1:
+            raise ConfigError(f"{source}: tune.{key} must be at least 1 (or null), got {getattr(tune, key)}")
+    parse_space(tune.space, cfg, source)
+
+
+def with_overrides(cfg: PipelineConfig, overrides: dict[str, Any], source: str) -> PipelineConfig:
+    """``cfg`` with dotted keys set (``{"train.lr": 0.003, "anchors.k": 7}``), checked as a config file's
+    values are; a :class:`ConfigError` names the key and ``source``."""
+    raw = to_dict(cfg)
+    for dotted, value in overrides.items():
+        *sections, key = dotted.split(".")
+        node = raw
+        for section in sections:
+            node = node.get(section)
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {dotted}: {section} is not a config section")
+        if key not in node:
+            raise ConfigError(f"{source}: unknown key {dotted}")
+        node[key] = value
+    return from_dict(PipelineConfig, raw, source)
 
 
 def check_data(data: DataConfig, source: str) -> None:
@@ -241,14 +310,14 @@ def _is_flat(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("flatten"))
 
 
-def _keys(cls: type) -> dict[str, tuple[tuple[str, ...], Any]]:
+def yaml_keys(cls: type) -> dict[str, tuple[tuple[str, ...], Any]]:
     """The YAML keys of dataclass ``cls``: key -> (the flattened fields it sits under, its type)."""
     hints = typing.get_type_hints(cls)
     out: dict[str, tuple[tuple[str, ...], Any]] = {}
     for f in dataclasses.fields(cls):
         inner: dict[str, tuple[tuple[str, ...], Any]] = {f.name: ((), hints[f.name])}
         if _is_flat(f):
-            inner = {k: ((f.name, *path), tp) for k, (path, tp) in _keys(hints[f.name]).items()}
+            inner = {k: ((f.name, *path), tp) for k, (path, tp) in yaml_keys(hints[f.name]).items()}
         for key, value in inner.items():
             if key in out:
                 raise TypeError(f"{cls.__name__}: key {key!r} appears twice (a flattened section repeats it)")
@@ -283,7 +352,7 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")
-    keys = _keys(cls)
+    keys = yaml_keys(cls)
     unknown = sorted(set(raw) - set(keys))
     if unknown:
         raise ConfigError(

@@ -55,10 +55,24 @@ class StageSpec:
     body: Callable[..., dict[str, Any]]  # body(ctx: StageContext, **flags: bool) -> manifest content (JSON-able)
     flags: tuple[StageFlag, ...] = ()
     summary: str = ""  # one line for --help
+    # stages the body reads only under some configs (train reads tune's best config with train.from_tune)
+    upstream_if: tuple[tuple[StageSpec, Callable[[PipelineConfig], bool]], ...] = ()
+    # None: part of every full run; else full.py runs it only when this says so (or --stages names it)
+    runs_if: Callable[[PipelineConfig], bool] | None = None
+    # True: a rerun continues an interrupted attempt's output (the tune stage restores its search) instead of
+    # deleting it; --force still starts clean
+    resumes: bool = False
 
     def command(self) -> str:
         """How to run this stage alone (for error messages)."""
         return f"python -m pipelines.{self.name}"
+
+    def upstream_for(self, cfg: PipelineConfig) -> tuple[StageSpec, ...]:
+        """The stages whose outputs the body reads under this config."""
+        return self.upstream + tuple(spec for spec, needed in self.upstream_if if needed(cfg))
+
+    def runs_by_default(self, cfg: PipelineConfig) -> bool:
+        return self.runs_if is None or self.runs_if(cfg)
 
 
 def _select(cfg_dict: dict, dotted: str) -> Any:
@@ -80,20 +94,20 @@ def fingerprint(cfg: PipelineConfig, spec: StageSpec) -> str:
         "stage": spec.name,
         "version": spec.version,
         "config": stage_config(cfg, spec),
-        "upstream": {up.name: fingerprint(cfg, up) for up in spec.upstream},
+        "upstream": {up.name: fingerprint(cfg, up) for up in spec.upstream_for(cfg)},
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def downstream_of(registry: Iterable[StageSpec], names: Iterable[str]) -> set[str]:
-    """The named stages and every stage of ``registry`` that depends on them, directly or not."""
+def downstream_of(registry: Iterable[StageSpec], names: Iterable[str], cfg: PipelineConfig) -> set[str]:
+    """The named stages and every stage of ``registry`` that depends on them under ``cfg``, directly or not."""
     out = set(names)
     changed = True
     while changed:
         changed = False
         for spec in registry:
-            if spec.name not in out and out.intersection(up.name for up in spec.upstream):
+            if spec.name not in out and out.intersection(up.name for up in spec.upstream_for(cfg)):
                 out.add(spec.name)
                 changed = True
     return out
@@ -166,7 +180,7 @@ def load_result(cfg: PipelineConfig, workspace: Workspace, spec: StageSpec) -> S
 def require_upstream(cfg: PipelineConfig, workspace: Workspace, spec: StageSpec) -> dict[str, StageResult]:
     """Upstream results for a stage run on its own; a clear error names what to run first."""
     results = {}
-    for up in spec.upstream:
+    for up in spec.upstream_for(cfg):
         result = load_result(cfg, workspace, up)
         if result is None:
             raise StageError(
@@ -214,7 +228,7 @@ def run_stage(
                 log.info("stage %s: finished by another run meanwhile (%s)", spec.name, output_dir)
                 return cached
         keep_partial = any(flag.keeps_partial_output and flag_values[flag.name] for flag in spec.flags)
-        if not keep_partial:
+        if not (keep_partial or (spec.resumes and not force)):
             workspace.delete_dir(output_dir)  # a forced or interrupted earlier attempt starts clean
         workspace.makedirs(output_dir)
         ctx = StageContext(spec.name, cfg, workspace, output_dir, upstream, tracking_enabled, faults)

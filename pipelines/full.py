@@ -1,8 +1,9 @@
-"""The whole pipeline: prepare -> shard -> anchors -> train -> evaluate, each stage cached by fingerprint.
+"""The whole pipeline: prepare -> shard -> anchors -> [tune] -> train -> evaluate, each stage cached by fingerprint.
 
     python pipelines/full.py --config configs/demo.yaml
     python pipelines/full.py --config configs/voc.yaml --stages shard,anchors
     python pipelines/full.py --config configs/demo.yaml --force anchors   # anchors and everything after it
+    python pipelines/full.py --config configs/demo.yaml --set tune.enabled=true --set train.from_tune=true
 
 Joins a running Ray cluster when there is one (as under `ray submit` / `ray job submit`), else starts
 a local one; Ray's own console lines show with --verbose only. One parent MLflow run per invocation, one
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages",
         default=None,
-        help=f"comma-separated stages to run (default: all: {','.join(STAGE_NAMES)}); "
-        "their upstream outputs must exist or be runnable",
+        help=f"comma-separated stages to run, of {','.join(STAGE_NAMES)} (default: all but tune, which runs "
+        "when tune.enabled or train.from_tune is true); their upstream outputs must exist or be runnable",
     )
     parser.add_argument(
         "--force",
@@ -87,14 +88,16 @@ def parse_stage_list(text: str | None, option: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli_common.setup_logging(args.log_level)
-    selected = tuple(parse_stage_list(args.stages, "--stages")) or STAGE_NAMES
-    forced = frozenset(downstream_of(STAGES, parse_stage_list(args.force, "--force")))
+    named = parse_stage_list(args.stages, "--stages")
+    forced_names = parse_stage_list(args.force, "--force")
     try:
         cfg, workspace = cli_common.load_from_args(args)
         ray_runtime.connect(cfg.ray.address, cfg.ray.num_cpus, verbose=args.verbose)
     except YoloV2Error as e:
         log.error("%s", e)
         return 2
+    selected = tuple(named) or tuple(spec.name for spec in STAGES if spec.runs_by_default(cfg))
+    forced = frozenset(downstream_of(STAGES, forced_names, cfg))
     invocation = Invocation(
         cfg,
         workspace,
@@ -170,7 +173,7 @@ def run_selected(
             if cached is not None:
                 results[spec.name] = cached
             continue
-        upstream = upstream_results(spec, results)
+        upstream = upstream_results(spec, results, cfg)
         started = time.time()
         try:
             result = run_stage(
@@ -203,14 +206,15 @@ def run_selected(
     return 0
 
 
-def upstream_results(spec: StageSpec, results: dict[str, StageResult]) -> dict[str, StageResult]:
+def upstream_results(spec: StageSpec, results: dict[str, StageResult], cfg: PipelineConfig) -> dict[str, StageResult]:
     """The results of the stage's upstream stages from this invocation (run or cached)."""
-    missing = [up.name for up in spec.upstream if up.name not in results]
+    upstream = spec.upstream_for(cfg)
+    missing = [up.name for up in upstream if up.name not in results]
     if missing:
         raise StageError(
             f"stage {spec.name} needs {missing[0]}, which was not run and has no cached output; add it to --stages"
         )
-    return {up.name: results[up.name] for up in spec.upstream}
+    return {up.name: results[up.name] for up in upstream}
 
 
 def stage_summary(result: StageResult, workspace: Workspace) -> dict[str, Any]:

@@ -6,10 +6,10 @@ and ends with ``raise SystemExit(stage_main(SPEC))``, and one line here. ``full.
 
 from __future__ import annotations
 
-from pipelines import anchors, evaluate, prepare, shard, train
+from pipelines import anchors, evaluate, prepare, shard, train, tune
 from pipelines.dag import StageSpec
 
-STAGES: tuple[StageSpec, ...] = (prepare.SPEC, shard.SPEC, anchors.SPEC, train.SPEC, evaluate.SPEC)
+STAGES: tuple[StageSpec, ...] = (prepare.SPEC, shard.SPEC, anchors.SPEC, tune.SPEC, train.SPEC, evaluate.SPEC)
 STAGE_NAMES: tuple[str, ...] = tuple(spec.name for spec in STAGES)
 
 

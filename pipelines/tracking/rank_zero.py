@@ -57,8 +57,10 @@ class RankZeroLogger:
         workspace: Workspace | None = None,
         output_dir: str | None = None,
         flush_timeout: float = 120.0,
+        console_lines: bool = True,
     ) -> None:
         self.enabled = rank == 0
+        self.console_lines = console_lines  # False: MLflow only (a tune trial, whose progress is the search's)
         self.sender = None
         self.log_params: Callable[[dict[str, Any]], None] | None = None
         self.started = time.time()
@@ -81,7 +83,8 @@ class RankZeroLogger:
         """Say once what precision and layout training runs in and why; record it as MLflow params."""
         if not self.enabled:
             return
-        console(f"[train] precision: {precision.describe()} on {hardware.describe()} ({precision.reason})")
+        if self.console_lines:
+            console(f"[train] precision: {precision.describe()} on {hardware.describe()} ({precision.reason})")
         for warning in warnings:
             console(f"[train] warning: {warning}")
         if self.log_params is not None:
@@ -98,7 +101,7 @@ class RankZeroLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        if "epoch" in metrics:  # the end of an epoch; per-step progress is TrainProgress's
+        if "epoch" in metrics and self.console_lines:  # the end of an epoch; per-step progress is TrainProgress's
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step")
             console(f"[train] end of epoch {int(metrics['epoch'])}: {shown} ({time.time() - self.started:.0f}s)")
         if self.sender is not None:

@@ -19,20 +19,25 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray.data
 import ray.train
+from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
-from pipelines import anchors, ray_runtime, shard, tracking
-from pipelines.dag import StageContext, StageFlag, StageSpec
+from pipelines import anchors, ray_runtime, shard, tracking, tune
+from pipelines.config import PipelineConfig, with_overrides
+from pipelines.dag import StageContext, StageFlag, StageResult, StageSpec
+from pipelines.faults import NO_FAULTS, FaultPlan
 from pipelines.train.checkpoints import BEST_BY, BEST_FILE, RUN_NAME, STATE_FILE, has_checkpoint, model_file_bytes
 from pipelines.train.ingest import RAY_DATA_CPUS, ray_data_train_dataset
 from pipelines.train.job import TrainJob, model_spec
 from pipelines.train.results import RESULTS_CSV, RESULTS_PARQUET, publish_results
 from pipelines.train.worker import train_loop_per_worker
+from pipelines.workspace import Workspace
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.results import results_from_state
 
@@ -42,40 +47,29 @@ log = logging.getLogger(__name__)
 def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     import mlflow  # here: `import mlflow` takes about 2 s, and only a tracked run needs it
 
-    cfg, t = ctx.cfg, ctx.cfg.train
-    shard_result, anchors_result = ctx.upstream["shard"], ctx.upstream["anchors"]
-    class_names = shard_result.manifest["class_names"]
-    spec = model_spec(cfg, class_names, anchors_result.manifest["anchors"])
-    splits = shard_result.manifest["splits"]
+    cfg, anchors_grid = ctx.cfg, ctx.upstream["anchors"].manifest["anchors"]
+    if cfg.train.from_tune:
+        cfg, anchors_grid = tuned_config(cfg, ctx.upstream["tune"].manifest)
+    t = cfg.train
+    shard_result = ctx.upstream["shard"]
     run_id = mlflow.active_run().info.run_id if ctx.tracking_enabled and mlflow.active_run() else None
-    job = TrainJob(
-        workspace_uri=ctx.workspace.uri,
-        output_dir=ctx.output_dir,
-        # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
-        # deleted that folder unless resuming), so --resume only has to keep the folder.
-        checkpoint_dir=ctx.out("ray", RUN_NAME),
-        shard_dir=shard_result.output_dir,
-        train_index=splits["train"]["index"],
-        val_index=splits["val"]["index"] if "val" in splits and splits["val"]["images"] else None,
-        train_total=splits["train"]["images"],
-        spec=spec,
-        train=t,
-        loss=cfg.loss,
-        evaluate=cfg.evaluate,
-        flush_timeout=cfg.mlflow.flush_timeout,
+    job = train_job(
+        cfg,
+        ctx.workspace,
+        shard_result,
+        anchors_grid,
+        ctx.output_dir,
         tracking_uri=mlflow.get_tracking_uri() if run_id else None,
         run_id=run_id,
         faults=ctx.faults,
     )
-    datasets = None
-    if t.ingest == "ray_data":
-        urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in splits["train"]["shards"]]
-        datasets = {"train": ray_data_train_dataset(t, urls, splits["train"]["images"], t.num_workers)}
+    spec = job.spec
+    datasets = train_datasets(job, ctx.workspace, shard_result)
     storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
     resumed = resume and (not ctx.workspace.is_local or has_checkpoint(Path(storage)))
     if resume and not resumed:
         log.warning("--resume: no checkpoint under %s, starting from step 0", storage)
-    trainer = _torch_trainer(job, storage, datasets)
+    trainer = torch_trainer(job, storage, datasets)
     started = time.time()
     result = trainer.fit()
     if result.error:
@@ -115,9 +109,72 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     }
 
 
-def _torch_trainer(job: TrainJob, storage: str, datasets: dict[str, ray.data.Dataset] | None) -> TorchTrainer:
+def tuned_config(cfg: PipelineConfig, tune_manifest: dict[str, Any]) -> tuple[PipelineConfig, list[list[float]]]:
+    """``train.from_tune``: the config with the tune stage's best trial's values, and its anchors."""
+    best = tune_manifest["best_config"]
+    tuned = with_overrides(cfg, best, "the tune stage's best_config.yaml")
+    log.info("train: with the tune stage's best config: %s", ", ".join(f"{k}={v}" for k, v in best.items()))
+    return tuned, tune_manifest["best_anchors"]
+
+
+def train_job(
+    cfg: PipelineConfig,
+    workspace: Workspace,
+    shard_result: StageResult,
+    anchors_grid: list[list[float]],
+    output_dir: str,
+    *,
+    tracking_uri: str | None,
+    run_id: str | None,
+    faults: FaultPlan = NO_FAULTS,
+    console_lines: bool = True,
+) -> TrainJob:
+    """What every worker of a train run gets: the data, the model for these anchors, the settings, where to
+    write (``output_dir``; Ray Train's run folder under it) and the MLflow run rank 0 logs into."""
+    splits = shard_result.manifest["splits"]
+    return TrainJob(
+        workspace_uri=workspace.uri,
+        output_dir=output_dir,
+        # Ray Train restores a run whose storage folder and name already hold checkpoints (and the stage
+        # deleted that folder unless resuming), so --resume only has to keep the folder.
+        checkpoint_dir=f"{output_dir}/ray/{RUN_NAME}",
+        shard_dir=shard_result.output_dir,
+        train_index=splits["train"]["index"],
+        val_index=splits["val"]["index"] if "val" in splits and splits["val"]["images"] else None,
+        train_total=splits["train"]["images"],
+        spec=model_spec(cfg, shard_result.manifest["class_names"], anchors_grid),
+        train=cfg.train,
+        loss=cfg.loss,
+        evaluate=cfg.evaluate,
+        flush_timeout=cfg.mlflow.flush_timeout,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        faults=faults,
+        console_lines=console_lines,
+    )
+
+
+def train_datasets(
+    job: TrainJob, workspace: Workspace, shard_result: StageResult
+) -> dict[str, ray.data.Dataset] | None:
+    """The Ray Dataset of the training shards for ``train.ingest: ray_data``; None for webdataset ingest."""
+    t = job.train
+    if t.ingest != "ray_data":
+        return None
+    train_split = shard_result.manifest["splits"]["train"]
+    urls = [workspace.uri_of(shard_result.output_dir, name) for name in train_split["shards"]]
+    return {"train": ray_data_train_dataset(t, urls, train_split["images"], t.num_workers)}
+
+
+def torch_trainer(
+    job: TrainJob,
+    storage: str,
+    datasets: dict[str, ray.data.Dataset] | None,
+    callbacks: Sequence[UserCallback] = (),
+) -> TorchTrainer:
     """Ray Train's trainer for the job: its workers and their resources (ray_data trainers leave some CPU to
-    Ray Data's tasks), checkpoints under ``storage``, restarts, and fail-fast MLflow requests when tracked."""
+    Ray Data's tasks), checkpoints under ``storage``, restarts, and fail-fast MLflow requests when tracked;
+    ``callbacks`` (a tune trial's ``TuneReportCallback``) see every report."""
     t = job.train
     worker_cpus = max(t.cpus_per_worker - RAY_DATA_CPUS, RAY_DATA_CPUS) if datasets else t.cpus_per_worker
     return TorchTrainer(
@@ -135,14 +192,20 @@ def _torch_trainer(job: TrainJob, storage: str, datasets: dict[str, ray.data.Dat
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray_runtime.train_logging_config(),
             worker_runtime_env={"env_vars": tracking.worker_mlflow_env()} if job.run_id else None,
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
 
 
+def _from_tune(cfg: PipelineConfig) -> bool:
+    return cfg.train.from_tune
+
+
 SPEC = StageSpec(
     name="train",
     upstream=(shard.SPEC, anchors.SPEC),
+    upstream_if=((tune.SPEC, _from_tune),),
     config_keys=("model", "loss", "train"),
     version=1,
     body=train_body,

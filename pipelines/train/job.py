@@ -35,6 +35,7 @@ class TrainJob:
     tracking_uri: str | None = None  # None: no MLflow logging from the workers
     run_id: str | None = None  # the stage's MLflow run, which rank 0 logs into
     faults: FaultPlan = NO_FAULTS
+    console_lines: bool = True  # rank 0's progress and end-of-epoch lines (a tune trial's are the search's line)
 
     def as_loop_config(self) -> dict[str, Any]:
         return {"job": self}

@@ -82,7 +82,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resume_from = _resume_point(workspace, job, rank, world)
 
     logger = tracking.RankZeroLogger(
-        job.tracking_uri, job.run_id, rank, settings.total_steps, workspace, job.output_dir, job.flush_timeout
+        job.tracking_uri,
+        job.run_id,
+        rank,
+        settings.total_steps,
+        workspace,
+        job.output_dir,
+        job.flush_timeout,
+        console_lines=job.console_lines,
     )
     logger.precision(precision, hardware, slow_path_warnings(hardware, t.amp, t.channels_last, "train"))
     start_step = resume_from["state"]["step"] if resume_from else 0
@@ -90,7 +97,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         TrainProgress(
             settings.total_steps, t.loop.epochs, t.loop.log_every, start_step=start_step, emit=tracking.console
         )
-        if rank == 0
+        if rank == 0 and job.console_lines
         else None
     )
     val_shards = _val_shards(workspace, job) if job.val_index else None
@@ -126,7 +133,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "hardware": hardware.describe(),
             }
         logger.log(metrics, state.step)
-        report = {**metrics, "step": state.step, "epoch": state.epoch, "seen": state.seen}
+        report = {
+            **metrics,
+            "step": state.step,
+            "epoch": state.epoch,
+            "seen": state.seen,
+            "training_done": settings.finished(state),  # a search tells a finished trial from a stopped one
+            "node_id": ray.get_runtime_context().get_node_id(),  # the node rank 0 ran on
+        }
         if ckpt is not None and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(ckpt, Path(folder) / STATE_FILE)

@@ -94,9 +94,14 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
 
 
 def test_downstream_of():
-    assert downstream_of(STAGES, ["anchors"]) == {"anchors", "train", "evaluate"}
-    assert downstream_of(STAGES, ["prepare"]) == {"prepare", "shard", "anchors", "train", "evaluate"}
-    assert downstream_of(STAGES, []) == set()
+    cfg = PipelineConfig()
+    assert downstream_of(STAGES, ["anchors"], cfg) == {"anchors", "tune", "train", "evaluate"}
+    assert downstream_of(STAGES, ["prepare"], cfg) == {"prepare", "shard", "anchors", "tune", "train", "evaluate"}
+    assert downstream_of(STAGES, [], cfg) == set()
+    # train reads the tune stage's result only with train.from_tune
+    assert downstream_of(STAGES, ["tune"], cfg) == {"tune"}
+    tuned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, from_tune=True))
+    assert downstream_of(STAGES, ["tune"], tuned) == {"tune", "train", "evaluate"}
 
 
 def test_run_stage_caches_and_force_reruns(tmp_path):

@@ -38,6 +38,8 @@ from test_cluster_scripts import _start_mlflow, free_port, stop_session, wait_ht
 from tiny_pipeline import TINY, set_args
 from yolov2.errors import DatasetError
 
+DEFAULT_STAGES = tuple(spec.name for spec in STAGES if spec.runs_by_default(PipelineConfig()))  # all but tune
+
 
 def _post(base: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(
@@ -90,15 +92,15 @@ def run_tiny_pipeline(tmp_path, base: str, experiment: str, extra: Sequence[str]
 def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_path):
     with mlflow_server(tmp_path) as base:
         args, summary = run_tiny_pipeline(tmp_path, base, "full-test")
-        assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["done"] * 5
+        assert [summary["stages"][s]["status"] for s in DEFAULT_STAGES] == ["done"] * 5
         assert "map50_voc07" in summary["metrics"] and 0.0 <= summary["metrics"]["map50_voc07"] <= 1.0
 
         experiment = _get(base, "experiments/get-by-name?experiment_name=full-test")["experiment"]
         runs = _post(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
         by_name = {r["info"]["run_name"]: r for r in runs}
         parent_id = summary["mlflow_parent_run_id"]
-        assert set(by_name) == {"pipeline", *STAGE_NAMES}
-        for stage in STAGE_NAMES:
+        assert set(by_name) == {"pipeline", *DEFAULT_STAGES}
+        for stage in DEFAULT_STAGES:
             tags = {t["key"]: t["value"] for t in by_name[stage]["data"].get("tags", [])}
             assert tags["mlflow.parentRunId"] == parent_id
         metrics = {m["key"] for m in by_name["train"]["data"]["metrics"]}
@@ -112,10 +114,10 @@ def test_pipeline_logs_to_a_real_mlflow_server_and_reruns_cached(ray_local, tmp_
 
         assert full.main(args) == 0  # the rerun: every stage cached, no new stage runs
         summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
-        assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["cached"] * 5
+        assert [summary["stages"][s]["status"] for s in DEFAULT_STAGES] == ["cached"] * 5
         runs = _post(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
         names = sorted(r["info"]["run_name"] for r in runs)
-        assert names == sorted(["pipeline", "pipeline", *STAGE_NAMES])
+        assert names == sorted(["pipeline", "pipeline", *DEFAULT_STAGES])
         rerun_parent = next(r for r in runs if r["info"]["run_id"] == summary["mlflow_parent_run_id"])
         tags = {t["key"]: t["value"] for t in rerun_parent["data"].get("tags", [])}
         assert tags["stage.train.cached_run_id"] == by_name["train"]["info"]["run_id"]
@@ -146,7 +148,7 @@ def test_each_stage_gets_only_the_flags_it_declares(tmp_path, monkeypatch):
     )
     summary: dict = {"stages": {}}
     assert full.run_selected(invocation, summary, {}) == 0
-    assert calls == {"prepare": {}, "shard": {}, "anchors": {}, "train": {"resume": True}, "evaluate": {}}
+    assert calls == {"prepare": {}, "shard": {}, "anchors": {}, "tune": {}, "train": {"resume": True}, "evaluate": {}}
     assert list(summary["stages"]) == list(STAGE_NAMES)
 
 
@@ -446,7 +448,7 @@ def test_the_raccoon_recipe_runs_end_to_end_on_a_reduced_budget(ray_local, share
     args += set_args([f"data.root={shared_data / 'raccoon'}", *RACCOON_REDUCED])
     assert full.main(args) == 0
     summary = json.loads((workspace / "summary.json").read_text())
-    assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["done"] * 5
+    assert [summary["stages"][s]["status"] for s in DEFAULT_STAGES] == ["done"] * 5
 
     shard = json.loads(next((workspace / "shard").glob("*/manifest.json")).read_text())
     assert shard["class_names"] == ["raccoon"] and shard["class_names_source"] == "annotations"

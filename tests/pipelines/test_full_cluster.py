@@ -11,16 +11,19 @@ node was still starting its first worker process; and with 4 test images the fir
 the model took every batch. So the shard stage pins its first task on each node (pipelines/shard.py) and
 evaluate feeds its actor pool only once every actor is up (pipelines/evaluate.py).
 
-Slow (about 5 minutes on 2 cores): `make test-slow`, or `.venv/bin/pytest tests/pipelines/test_full_cluster.py`.
+Slow (about 5 minutes each on 2 cores): `make test-slow`, or `.venv/bin/pytest tests/pipelines/test_full_cluster.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.stages import STAGE_NAMES
@@ -70,8 +73,10 @@ def _actor_nodes(address: str, job_id: str, class_name: str) -> list[str]:
     return [a.node_id for a in actors]
 
 
-@pytest.mark.slow
-def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray_token_file):
+@contextlib.contextmanager
+def two_node_cluster(ray_token_file) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
+    """`cluster/local_cluster.sh` up (1 CPU per node) for the test, down after it: (address, env, node ids by
+    custom resource); skips when the cluster cannot start here."""
     port = pick_cluster_port()
     temp_dir = f"/tmp/yolov2-f{port}"
     # The cluster uses the test session's token, which this process's Ray already presents: the state API
@@ -95,7 +100,6 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
         PATH=f"{VENV_BIN}:{os.environ['PATH']}",
     )
     address = f"127.0.0.1:{port}"
-    workspace = tmp_path / "ws"
     try:
         up = run([*cluster[:1], "up", *cluster[1:]], env=env, timeout=300, cwd="/")
         if up.returncode != 0:
@@ -105,32 +109,46 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
             )
         nodes = _nodes_by_resource(address)
         assert set(nodes) == {"node_head", "node_worker"} and len(set(nodes.values())) == 2, nodes
+        yield address, env, nodes
+    finally:
+        down = run([*cluster[:1], "down", *cluster[1:]], env=env, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
 
+
+def submit(address: str, env: dict[str, str], submission_id: str, args: list[str]) -> None:
+    """``ray job submit`` of ``python pipelines/full.py <args>`` to the cluster at ``address``; asserts it succeeded."""
+    port = int(address.rsplit(":", 1)[1])
+    job = run(
+        [
+            str(VENV_BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{port + 1}",
+            "--submission-id",
+            submission_id,
+            "--",
+            "python",
+            "pipelines/full.py",
+            "--config",
+            "configs/demo.yaml",
+            *args,
+        ],
+        env=env,
+        timeout=900,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray_token_file):
+    workspace = tmp_path / "ws"
+    with two_node_cluster(ray_token_file) as (address, env, nodes):
+        port = int(address.rsplit(":", 1)[1])
         submission_id = f"yolov2-full-{uuid.uuid4().hex[:8]}"
-        job = run(
-            [
-                str(VENV_BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                f"http://127.0.0.1:{port + 1}",
-                "--submission-id",
-                submission_id,
-                "--",
-                "python",
-                "pipelines/full.py",
-                "--config",
-                "configs/demo.yaml",
-                "--workspace",
-                str(workspace),
-                *set_args(TINY + TWO_NODES),
-            ],
-            env=env,
-            timeout=900,
-        )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+        submit(address, env, submission_id, ["--workspace", str(workspace), *set_args(TINY + TWO_NODES)])
         summary = json.loads((workspace / "summary.json").read_text())
-        assert [summary["stages"][s]["status"] for s in STAGE_NAMES] == ["done"] * 5
+        assert [summary["stages"][s]["status"] for s in STAGE_NAMES if s != "tune"] == ["done"] * 5
 
         from ray.job_submission import JobSubmissionClient
 
@@ -153,6 +171,27 @@ def test_full_pipeline_spreads_every_parallel_stage_over_two_nodes(tmp_path, ray
         assert len(ran["train workers"]) == 2 and len(ran["evaluate actors"]) == 2
         for stage, counts in where.items():
             assert all(counts.values()), f"{stage} did not run on both nodes: {where}"
-    finally:
-        down = run([*cluster[:1], "down", *cluster[1:]], env=env, timeout=180)
-    assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.mark.slow
+def test_tune_trials_land_on_both_nodes(tmp_path, ray_token_file):
+    """Four one-worker trials, two at a time (the cluster's 2 CPUs): each node runs trials, as trials.parquet's
+    node column (the node of each trial's rank 0) shows."""
+    workspace = tmp_path / "ws"
+    search = [
+        *TINY,
+        "train.cpus_per_worker=1",
+        "tune.num_trials=4",
+        "tune.max_epochs=2",
+        "tune.num_workers=1",
+        "tune.space={train.lr: {loguniform: [1.0e-3, 1.0e-2]}}",
+    ]
+    with two_node_cluster(ray_token_file) as (address, env, nodes):
+        args = ["--workspace", str(workspace), "--stages", "prepare,shard,anchors,tune", "--no-mlflow"]
+        submit(address, env, f"yolov2-tune-{uuid.uuid4().hex[:8]}", [*args, *set_args(search)])
+    (trials_file,) = workspace.glob("tune/*/trials.parquet")
+    trials = pq.read_table(trials_file).to_pylist()
+    assert len(trials) == 4 and all(t["status"] != "failed" for t in trials), trials
+    on = {name: sum(t["node"] == node for t in trials) for name, node in nodes.items()}
+    print(json.dumps(on), file=sys.stderr)
+    assert all(on.values()) and sum(on.values()) == 4, on

@@ -13,13 +13,13 @@ from pipelines.stages import STAGE_NAMES, STAGES, stage_named
 def test_every_stage_comes_after_its_upstream_stages():
     seen: list[StageSpec] = []
     for spec in STAGES:
-        for up in spec.upstream:
+        for up in spec.upstream + tuple(conditional for conditional, _ in spec.upstream_if):
             assert any(up is earlier for earlier in seen), f"{spec.name} needs {up.name}, registered later or never"
         seen.append(spec)
 
 
 def test_names_are_unique_and_in_pipeline_order():
-    assert STAGE_NAMES == ("prepare", "shard", "anchors", "train", "evaluate")
+    assert STAGE_NAMES == ("prepare", "shard", "anchors", "tune", "train", "evaluate")
     assert len(set(STAGE_NAMES)) == len(STAGES)
 
 

@@ -54,6 +54,10 @@ class LoopSettings:
         total = self.loop.epochs * self.steps_per_epoch
         return min(total, self.loop.max_steps) if self.loop.max_steps else total
 
+    def finished(self, state: TrainState) -> bool:
+        """Whether the run is over after ``state``'s epoch: all epochs done, or ``max_steps`` reached."""
+        return state.epoch >= self.loop.epochs or bool(self.loop.max_steps and state.step >= self.loop.max_steps)
+
 
 @dataclass
 class TrainState:
@@ -256,7 +260,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the epoch's end
         train_seconds = time.perf_counter() - epoch_start
         state.epoch += 1
-        finished = state.epoch >= loop.epochs or bool(loop.max_steps and state.step >= loop.max_steps)
+        finished = settings.finished(state)
         metrics: dict[str, float] = {"epoch": float(state.epoch), "step": float(state.step)}
         validation: dict[str, float] = {}
         if state.epoch % loop.val_every == 0 or finished:
