@@ -13,7 +13,7 @@ after ``--steps`` optimizer steps. Tracking is off in both, so the figures are R
 * ``tune_concurrent``: ``max_concurrent_trials`` = the CPUs (one CPU per one-worker trial): ``speedup`` = the
   baseline / its wall time, against ``ideal`` = min(N, CPUs).
 
-    python benchmarks/tune.py [--trials 4] [--steps 24] [--images 64]
+    python benchmarks/tune.py [--trials 4] [--steps 96] [--images 64]
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ray  # noqa: E402
 from machine import machine_facts  # noqa: E402
 
-from pipelines import anchors, prepare, ray_runtime, shard, train, tune  # noqa: E402
+from pipelines import anchors, prepare, ray_auth, shard, train, tune  # noqa: E402
 from pipelines.config import PipelineConfig, load_config  # noqa: E402
 from pipelines.dag import run_stage  # noqa: E402
 from pipelines.tune.space import parse_space, sample_trials, trial_config  # noqa: E402
@@ -75,11 +76,12 @@ def timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help="trials in the search, and sequential train runs")
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps of every run (train.max_steps)")
+    parser.add_argument("--steps", type=int, default=96, help="optimizer steps of every run (train.max_steps)")
     parser.add_argument("--images", type=int, default=64, help="generated training images")
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
-    ray_runtime.connect(num_cpus=cpus)
+    ray_auth.configure(starts_local=True)  # as pipelines/ray_runtime.py, with the workers' output kept off stdout
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     with tempfile.TemporaryDirectory() as folder:
         workspace = Workspace(folder)
         cfg = config(args.images, args.steps, args.trials, 1)

@@ -171,10 +171,12 @@ def torch_trainer(
     storage: str,
     datasets: dict[str, ray.data.Dataset] | None,
     callbacks: Sequence[UserCallback] = (),
+    logging_config: ray.train.LoggingConfig | None = None,
 ) -> TorchTrainer:
     """Ray Train's trainer for the job: its workers and their resources (ray_data trainers leave some CPU to
     Ray Data's tasks), checkpoints under ``storage``, restarts, and fail-fast MLflow requests when tracked;
-    ``callbacks`` (a tune trial's ``TuneReportCallback``) see every report."""
+    ``callbacks`` (a tune trial's ``TuneReportCallback``) see every report. ``logging_config``: Ray Train's console
+    level, by default from this process's Ray (:func:`ray_runtime.train_logging_config`)."""
     t = job.train
     worker_cpus = max(t.cpus_per_worker - RAY_DATA_CPUS, RAY_DATA_CPUS) if datasets else t.cpus_per_worker
     return TorchTrainer(
@@ -190,7 +192,7 @@ def torch_trainer(
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray_runtime.train_logging_config(),
+            logging_config=logging_config or ray_runtime.train_logging_config(),
             worker_runtime_env={"env_vars": tracking.worker_mlflow_env()} if job.run_id else None,
             callbacks=list(callbacks),
         ),

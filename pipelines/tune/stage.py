@@ -15,14 +15,17 @@ import ray.tune
 import yaml
 from ray.tune.schedulers import ASHAScheduler
 
+from pipelines import ray_runtime
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageError
 from pipelines.train.checkpoints import BEST_BY
+from pipelines.train.job import accumulation_for
 from pipelines.tune import runs
 from pipelines.tune.progress import SearchProgress
 from pipelines.tune.records import TrialRecord, best_record, trials_table
 from pipelines.tune.space import Dimension, parse_space, sample_trials
 from pipelines.tune.trial import TRIAL_DRIVER_RESOURCES, SearchJob, run_trial, trial_name, trial_settings
+from yolov2.engine.trainer import steps_per_epoch
 from yolov2.errors import ConfigError
 from yolov2.metrics.figures import figure_png
 from yolov2.metrics.search_figures import params_figure, trial_curves_figure
@@ -52,6 +55,7 @@ def search(ctx: StageContext) -> dict[str, Any]:
         anchors=ctx.upstream["anchors"].manifest["anchors"],
         anchors_by_k=anchors_by_k,
         tracking_uri=_tracking_uri(ctx),
+        logging_config=ray_runtime.train_logging_config(),
     )
     param_space = {
         "trial": ray.tune.grid_search(
@@ -81,33 +85,47 @@ def search(ctx: StageContext) -> dict[str, Any]:
             experiment, trainable, resume_unfinished=True, resume_errored=True, param_space=param_space
         )
     else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=ray.tune.TuneConfig(
-                scheduler=ASHAScheduler(
-                    time_attr="epoch",
-                    metric=BEST_BY,
-                    mode="max",
-                    max_t=max_epochs,
-                    grace_period=min(cfg.tune.grace_period, max_epochs),
-                    reduction_factor=cfg.tune.reduction_factor,
-                ),
-                max_concurrent_trials=concurrency,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=ray.tune.RunConfig(
-                name=SEARCH_NAME,
-                storage_path=storage,
-                verbose=0,
-                callbacks=[SearchProgress(len(trials), max_epochs)],
-            ),
-        )
+        epochs = expected_epochs(base, ctx.upstream["shard"].manifest["splits"]["train"]["images"])
+        tuner = new_tuner(trainable, param_space, base, storage, concurrency, len(trials), epochs)
     grid = tuner.fit()
     records = [trial_record(result, max_epochs) for result in grid]
     records.sort(key=lambda r: r.index)
     return _publish(ctx, dims, records, grid, anchors_by_k, max_epochs, restored)
+
+
+def new_tuner(
+    trainable: Any,
+    param_space: dict[str, Any],
+    base: PipelineConfig,
+    storage: str,
+    concurrency: int,
+    num_trials: int,
+    expected: int,
+) -> ray.tune.Tuner:
+    """The search: ASHA on the val metric every epoch (``time_attr="epoch"``, ``max_t`` the trial's epochs), the
+    trials named and foldered by index, Tune's own console tables off (:class:`SearchProgress` prints the line,
+    counting ``expected`` epochs per trial)."""
+    tune, max_epochs = base.tune, base.train.loop.epochs
+    return ray.tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray.tune.TuneConfig(
+            scheduler=ASHAScheduler(
+                time_attr="epoch",
+                metric=BEST_BY,
+                mode="max",
+                max_t=max_epochs,
+                grace_period=min(tune.grace_period, max_epochs),
+                reduction_factor=tune.reduction_factor,
+            ),
+            max_concurrent_trials=concurrency,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=SEARCH_NAME, storage_path=storage, verbose=0, callbacks=[SearchProgress(num_trials, expected)]
+        ),
+    )
 
 
 def _publish(
@@ -233,6 +251,18 @@ def max_concurrent_trials(base: PipelineConfig, num_trials: int, cluster: dict[s
     t = base.train
     resource, per_trial = ("GPU", t.num_workers) if t.use_gpu else ("CPU", t.num_workers * t.cpus_per_worker)
     return max(1, min(num_trials, int(cluster.get(resource, 0) // max(per_trial, 1))))
+
+
+def expected_epochs(base: PipelineConfig, train_images: int) -> int:
+    """The epochs a trial runs unless stopped: ``train.epochs``, or fewer when ``train.max_steps`` ends it first
+    (for the progress line's total; the loaders' exact split may differ by a step)."""
+    t = base.train
+    if not t.loop.max_steps:
+        return t.loop.epochs
+    accumulation = accumulation_for(t.effective_batch, t.batch_size, t.num_workers)
+    micro_batches = math.ceil(train_images / (t.batch_size * t.num_workers))
+    per_epoch = steps_per_epoch(micro_batches, accumulation)
+    return max(1, min(t.loop.epochs, math.ceil(t.loop.max_steps / per_epoch)))
 
 
 def runs_enabled(ctx: StageContext) -> bool:

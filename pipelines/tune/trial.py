@@ -45,6 +45,7 @@ class SearchJob:
     anchors: list[list[float]]  # the anchors stage's, for trials that do not sample anchors.k
     anchors_by_k: dict[int, list[list[float]]]
     tracking_uri: str | None
+    logging_config: Any  # Ray Train's console level, the stage's (a trial's process does not know --verbose)
 
 
 def trial_settings(cfg: PipelineConfig) -> PipelineConfig:
@@ -108,6 +109,7 @@ def run_trial(config: dict[str, Any], job: SearchJob) -> None:
         workspace.uri_of(output_dir, "ray"),
         train_datasets(train, workspace, job.shard),
         callbacks=[TuneReportCallback()],
+        logging_config=job.logging_config,
     )
     result = trainer.fit()
     if result.error:

@@ -11,6 +11,8 @@ node was still starting its first worker process; and with 4 test images the fir
 the model took every batch. So the shard stage pins its first task on each node (pipelines/shard.py) and
 evaluate feeds its actor pool only once every actor is up (pipelines/evaluate.py).
 
+The tune stage's trials, one worker each and two at a time, likewise land on both nodes.
+
 Slow (about 5 minutes each on 2 cores): `make test-slow`, or `.venv/bin/pytest tests/pipelines/test_full_cluster.py`.
 """
 
@@ -183,6 +185,7 @@ def test_tune_trials_land_on_both_nodes(tmp_path, ray_token_file):
         "train.cpus_per_worker=1",
         "tune.num_trials=4",
         "tune.max_epochs=2",
+        "tune.grace_period=2",  # no trial stops early: every trial runs its workers to the end
         "tune.num_workers=1",
         "tune.space={train.lr: {loguniform: [1.0e-3, 1.0e-2]}}",
     ]
