@@ -254,6 +254,9 @@ def final_metrics(results: dict[str, StageResult]) -> dict[str, float]:
     """The headline numbers: evaluation metrics when evaluate ran, else what earlier stages measured."""
     if "evaluate" in results:
         return {k: v for k, v in results["evaluate"].manifest.get("metrics", {}).items() if isinstance(v, (int, float))}
+    if "tune" in results and "best_trial" in results["tune"].manifest:
+        best = results["tune"].manifest["best_trial"]
+        return {f"tune_best_{key}": value for key, value in best.items() if isinstance(value, float)}
     if "anchors" in results:
         return {"anchors_mean_iou": results["anchors"].manifest.get("mean_iou", 0.0)}
     return {}

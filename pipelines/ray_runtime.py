@@ -79,13 +79,17 @@ def init_options(verbose: bool) -> dict[str, Any]:
     }
 
 
+def is_verbose() -> bool:
+    """Whether the Ray this process joined is verbose (read from the level :func:`connect` gave the ``ray`` logger)."""
+    return logging.getLogger("ray").getEffectiveLevel() < QUIET_LEVEL
+
+
 def train_logging_config() -> ray.train.LoggingConfig:
     """For Ray Train's ``RunConfig(logging_config=...)``: its ``ray.train`` console lines at WARNING and up,
-    unless the Ray this process joined is verbose (read from the level :func:`connect` gave the ``ray`` logger)."""
+    unless :func:`is_verbose`."""
     import ray.train
 
-    verbose = logging.getLogger("ray").getEffectiveLevel() < QUIET_LEVEL
-    return ray.train.LoggingConfig(log_level="INFO" if verbose else logging.getLevelName(QUIET_LEVEL))
+    return ray.train.LoggingConfig(log_level="INFO" if is_verbose() else logging.getLevelName(QUIET_LEVEL))
 
 
 def train_report_logger_name() -> str:

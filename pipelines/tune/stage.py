@@ -33,6 +33,7 @@ from yolov2.metrics.search_figures import params_figure, trial_curves_figure
 log = logging.getLogger(__name__)
 TRIALS_FILE, BEST_CONFIG_FILE = "trials.parquet", "best_config.yaml"
 CURVES_FIGURE, PARAMS_FIGURE = "trial_curves.png", "trial_params.png"
+ANCHORS_BY_K_FILE = "anchors_by_k.json"  # in MLflow: the anchors of every k the space can sample
 TRIAL_RUNS_FILE = "trial_runs.json"  # trial index -> MLflow run id, kept for a restored search
 SEARCH_NAME = "search"  # Ray Tune's experiment folder under <output>/ray
 STOPPED_TRIAL_GRACE_S = 1
@@ -70,6 +71,8 @@ def search(ctx: StageContext) -> dict[str, Any]:
     # real data) while its workers keep the CPUs; past this many seconds (and Tune's own floor of 10) Tune kills
     # the trial actor, and its train run's controller and workers go with it. Tune reads it when the search starts.
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(STOPPED_TRIAL_GRACE_S))
+    if not ray_runtime.is_verbose():  # Tune's newer console output prints its experiment box even at verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     concurrency = max_concurrent_trials(base, len(trials), ray.cluster_resources())
     log.info(
         "tune: %d trials of up to %d epochs, %d at a time, ASHA grace %d, reduction %d%s",
@@ -123,7 +126,10 @@ def new_tuner(
             trial_dirname_creator=_trial_name,
         ),
         run_config=ray.tune.RunConfig(
-            name=SEARCH_NAME, storage_path=storage, verbose=0, callbacks=[SearchProgress(num_trials, expected)]
+            name=SEARCH_NAME,
+            storage_path=storage,
+            verbose=2 if ray_runtime.is_verbose() else 0,
+            callbacks=[SearchProgress(num_trials, expected)],
         ),
     )
 
@@ -171,6 +177,8 @@ def _publish(
         ctx.log_figure(figure, name)
     for name in (TRIALS_FILE, BEST_CONFIG_FILE):
         ctx.log_artifact_bytes(ctx.workspace.read_bytes(ctx.out(name)), name)
+    by_k = {str(k): v for k, v in sorted(anchors_by_k.items())}
+    ctx.log_artifact_bytes(json.dumps(by_k, indent=1).encode(), ANCHORS_BY_K_FILE)
     stopped = sum(r.status == "stopped_early" for r in records)
     failed = sum(r.status == "failed" for r in records)
     ctx.log_metrics({f"best_{BEST_BY}": best.best_metric, "trials_stopped_early": stopped, "trials_failed": failed})
@@ -193,7 +201,7 @@ def _publish(
         "failed": failed,
         "max_epochs": max_epochs,
         "restored": restored,
-        "anchors_by_k": {str(k): v for k, v in sorted(anchors_by_k.items())},
+        "anchors_by_k": by_k,
         "files": {"trials": TRIALS_FILE, "best_config": BEST_CONFIG_FILE, "figures": [CURVES_FIGURE, PARAMS_FIGURE]},
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 MANY_TRIALS = 12  # above this the curves' legend moves outside the axes, in columns of small type
 
@@ -89,6 +90,7 @@ def params_figure(
                        linewidths=0.6, zorder=3)  # fmt: skip
         if numeric and log_scale.get(key, False):
             ax.set_xscale("log" if (x > 0).all() else "symlog")  # symlog: a zero (e.g. no decay) still shows
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a range under a decade labels every minor tick
         ax.set_title(key, fontsize=9)
         ax.set_ylabel(metric_name, fontsize=7)
         ax.tick_params(labelsize=6)

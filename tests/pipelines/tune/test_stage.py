@@ -112,7 +112,13 @@ def test_every_trial_is_a_child_run_of_the_tune_run_with_its_outcome(search):
         else:
             assert run.info.status == "FINISHED" and "tune.stopped_at_epoch" not in run.data.tags
     artifacts = {f.path for f in client.list_artifacts(tune_run_id)}
-    assert {"trials.parquet", "best_config.yaml", "trial_curves.png", "trial_params.png"} <= artifacts
+    assert {
+        "trials.parquet",
+        "best_config.yaml",
+        "trial_curves.png",
+        "trial_params.png",
+        "anchors_by_k.json",
+    } <= artifacts
 
 
 def test_best_config_is_ray_tunes_best_result(search):
