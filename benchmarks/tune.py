@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 from machine import machine_facts  # noqa: E402
 
-from pipelines import anchors, prepare, ray_auth, shard, train, tune  # noqa: E402
+from pipelines import anchors, prepare, ray_auth, shard  # noqa: E402
 from pipelines.config import PipelineConfig, load_config  # noqa: E402
 from pipelines.dag import run_stage  # noqa: E402
+from pipelines.train import driver as train  # noqa: E402
+from pipelines.tune import stage as tune  # noqa: E402
 from pipelines.tune.space import parse_space, sample_trials, trial_config  # noqa: E402
 from pipelines.tune.trial import trial_settings  # noqa: E402
 from pipelines.workspace import Workspace  # noqa: E402

@@ -11,6 +11,7 @@ from pipelines import ray_runtime, tracking
 from pipelines.config import PipelineConfig, load_config
 from pipelines.dag import StageError, StageSpec, run_stage
 from pipelines.faults import FaultPlan
+from pipelines.tune.space import check_space
 from pipelines.workspace import Workspace
 from yolov2.engine.precision import detect_hardware, slow_path_warnings
 from yolov2.errors import YoloV2Error
@@ -65,8 +66,10 @@ def setup_logging(level: str) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[PipelineConfig, Workspace]:
-    """The config with its overrides, checked (slow precision choices warned about) before Ray starts."""
+    """The config with its overrides, checked (its search space too; slow precision choices warned about)
+    before Ray starts."""
     cfg = load_config(args.config, args.overrides)
+    check_space(cfg, args.config or "<defaults>")
     if args.workspace:
         cfg.workspace = args.workspace
     for warning in precision_warnings(cfg):

@@ -234,18 +234,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def check_tune(cfg: PipelineConfig, source: str) -> None:
-    """The tune section's rules and its search space, checked when the config loads: a bad space is a
-    :class:`ConfigError` before Ray starts."""
-    from pipelines.tune.space import parse_space  # here: the space module reads this one's types
-
+    """The tune section's numbers. The search space itself is checked by ``pipelines.tune.space.check_space``
+    (the stage commands run it before Ray starts). Pinned anchors take ``anchors.k`` out of the default space:
+    it would not be used."""
     tune = cfg.tune
+    if cfg.anchors.pinned and tune.space == DEFAULT_SEARCH_SPACE:
+        tune.space = {key: value for key, value in tune.space.items() if key != "anchors.k"}
     for key in ("num_trials", "grace_period", "reduction_factor"):
         if getattr(tune, key) < 1:
             raise ConfigError(f"{source}: tune.{key} must be at least 1, got {getattr(tune, key)}")
     for key in ("max_concurrent_trials", "num_workers", "max_epochs"):
         if getattr(tune, key) is not None and getattr(tune, key) < 1:
             raise ConfigError(f"{source}: tune.{key} must be at least 1 (or null), got {getattr(tune, key)}")
-    parse_space(tune.space, cfg, source)
 
 
 def with_overrides(cfg: PipelineConfig, overrides: dict[str, Any], source: str) -> PipelineConfig:

@@ -28,10 +28,11 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from pipelines import shard, train
+from pipelines import shard
 from pipelines.cli_common import stage_main
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageSpec
+from pipelines.train import driver as train
 from pipelines.train.checkpoints import BEST_BY
 from pipelines.workspace import Workspace
 from yolov2.config import PredictConfig

@@ -1,13 +1,16 @@
 """The pipeline's stages, in run order: every stage comes after the stages it reads.
 
-Adding a stage: a module ``pipelines/<name>.py`` that declares ``SPEC = StageSpec(...)`` (pipelines/dag.py)
-and ends with ``raise SystemExit(stage_main(SPEC))``, and one line here. ``full.py`` runs this tuple.
+Adding a stage: a module ``pipelines/<name>.py`` (or a package whose driver module holds it, as train and tune)
+that declares ``SPEC = StageSpec(...)`` (pipelines/dag.py) and ends with ``raise SystemExit(stage_main(SPEC))``,
+and one line here. ``full.py`` runs this tuple.
 """
 
 from __future__ import annotations
 
-from pipelines import anchors, evaluate, prepare, shard, train, tune
+from pipelines import anchors, evaluate, prepare, shard
 from pipelines.dag import StageSpec
+from pipelines.train import driver as train
+from pipelines.tune import stage as tune
 
 STAGES: tuple[StageSpec, ...] = (prepare.SPEC, shard.SPEC, anchors.SPEC, tune.SPEC, train.SPEC, evaluate.SPEC)
 STAGE_NAMES: tuple[str, ...] = tuple(spec.name for spec in STAGES)

@@ -11,7 +11,7 @@ Each entry is a dotted ``train``, ``loss`` or ``anchors`` key and one sampler::
 The trials are drawn here, before the search, from Ray's own domains with one seeded random state (trial by
 trial, key by key in the space's order), so the same config gives the same trials, a longer search keeps the
 first ones, and every value the space can give is checked against the config when it loads, not in a trial.
-Nothing here imports Ray at module level: :func:`parse_space` runs from ``load_config``.
+Nothing here imports Ray at module level: :func:`check_space` runs as a command loads its config.
 """
 
 from __future__ import annotations
@@ -181,3 +181,9 @@ def _plain(value: Any) -> Any:
 def trial_config(cfg: PipelineConfig, overrides: dict[str, Any], source: str) -> PipelineConfig:
     """``cfg`` with one trial's sampled values, checked as a config file's are."""
     return with_overrides(cfg, overrides, source)
+
+
+def check_space(cfg: PipelineConfig, source: str) -> None:
+    """The config's search space, checked as the stage commands load a config (before Ray starts): a
+    :class:`ConfigError` naming the key."""
+    parse_space(cfg.tune.space, cfg, source)

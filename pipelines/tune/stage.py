@@ -1,4 +1,21 @@
-"""The tune stage's driver: the search (pipelines/tune/__init__.py says what it does and writes)."""
+"""The `tune` stage: hyperparameter search over the train stage with Ray Tune, ASHA early stopping, every trial
+a child MLflow run.
+
+The search space (``tune.space``, pipelines/tune/space.py) is sampled before Ray starts anything, seeded:
+the same config gives the same trials. Each trial is the train stage itself (:mod:`pipelines.tune.trial`):
+the same worker function, data and validation, on ``tune.num_workers`` workers, reporting the val split's VOC07
+mAP@0.5 every epoch; ASHA (``grace_period``, ``reduction_factor``, ``max_t = tune.max_epochs``) stops the
+trials that trail at each rung. The anchors for every k the space can sample come from the anchors stage's
+k table. Trials run concurrently as far as the cluster's CPUs (GPUs) allow.
+
+Outputs: ``trials.parquet`` (config, metric per epoch, best metric, epochs run, wall time, node, outcome),
+``best_config.yaml`` (what ``train.from_tune: true`` applies), ``trial_curves.png`` and ``trial_params.png``,
+all also in MLflow. A rerun after the driver was killed restores the search (``Tuner.restore``): finished
+trials are not run again and unfinished ones resume from their last checkpoint.
+
+Run alone: ``python -m pipelines.tune --config configs/demo.yaml`` (``full.py`` runs it when ``tune.enabled`` or
+``train.from_tune`` is true, or with ``--stages tune``).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +32,9 @@ import ray.tune
 import yaml
 from ray.tune.schedulers import ASHAScheduler
 
-from pipelines import ray_runtime
+from pipelines import anchors, ray_runtime, shard
 from pipelines.config import PipelineConfig
-from pipelines.dag import StageContext, StageError
+from pipelines.dag import StageContext, StageError, StageSpec
 from pipelines.train.checkpoints import BEST_BY
 from pipelines.train.job import accumulation_for
 from pipelines.tune import runs
@@ -39,8 +56,8 @@ SEARCH_NAME = "search"  # Ray Tune's experiment folder under <output>/ray
 STOPPED_TRIAL_GRACE_S = 1
 
 
-def search(ctx: StageContext) -> dict[str, Any]:
-    """The tune stage's body (see the package docstring): sample, search, publish; the manifest."""
+def tune_body(ctx: StageContext) -> dict[str, Any]:
+    """Sample the trials, run the search (or restore it), publish its outputs; the manifest."""
     cfg = ctx.cfg
     dims = parse_space(cfg.tune.space, cfg, "tune.space")
     anchors_by_k = _anchors_by_k(ctx.upstream["anchors"].manifest, dims)
@@ -326,3 +343,20 @@ def _anchors_by_k(manifest: dict[str, Any], dims: Sequence[Dimension]) -> dict[i
 
 def _trial_name(trial: Any) -> str:
     return trial_name(trial.config["trial"]["index"])
+
+
+def _runs_if(cfg: PipelineConfig) -> bool:
+    return cfg.tune.enabled or cfg.train.from_tune
+
+
+SPEC = StageSpec(
+    name="tune",
+    upstream=(shard.SPEC, anchors.SPEC),
+    config_keys=("tune", "model", "loss", "train", "anchors", "evaluate"),
+    version=1,
+    body=tune_body,
+    summary="hyperparameter search over the train stage with Ray Tune: seeded samples, ASHA on val mAP, "
+    "a child MLflow run per trial, best_config.yaml",
+    runs_if=_runs_if,
+    resumes=True,
+)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageResult
-from pipelines.train.driver import torch_trainer, train_datasets, train_job
+from pipelines.train.launch import torch_trainer, train_datasets, train_job
 from pipelines.tune.space import trial_config
 from pipelines.workspace import Workspace
 

@@ -25,10 +25,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines import prepare, shard, tracking, train
+from pipelines import prepare, shard, tracking
 from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
 from pipelines.faults import FaultPlan
+from pipelines.train import driver as train
 from pipelines.train.job import validation_predict
 from pipelines.workspace import Workspace
 from yolov2.data.shards import shard_specs_from_index

@@ -3,6 +3,7 @@ with a seed (same seed, same trials; each trial different; learning rates on a l
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipelines.cli_common import load_from_args
 from pipelines.config import DEFAULT_SEARCH_SPACE, PipelineConfig, load_config
 from pipelines.tune.space import Dimension, parse_space, ray_param_space, sample_trials, trial_config
 from yolov2.errors import ConfigError
@@ -154,12 +156,21 @@ def test_anchors_k_with_pinned_anchors():
         ({"train.lr": {"choice": [0.0, 0.001]}}, r"tune\.space\.train\.lr: every train\.lr must be > 0"),
     ],
 )
-def test_load_config_rejects_a_bad_space(tmp_path: Path, space, message):
+def test_a_stage_command_rejects_a_bad_space_as_it_loads_the_config(tmp_path: Path, space, message):
+    """``cli_common.load_from_args``: what full.py and every stage command run before Ray starts."""
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"tune": {"space": space}}))
     with pytest.raises(ConfigError, match=message) as error:
-        load_config(path)
+        load_from_args(argparse.Namespace(config=str(path), overrides=[], workspace=str(tmp_path / "ws")))
     assert str(path) in str(error.value)
+
+
+def test_pinned_anchors_take_k_out_of_the_default_space_only():
+    pinned = ["anchors.pinned=[[1.0, 1.0], [2.0, 2.0]]"]
+    assert "anchors.k" not in load_config(None, pinned).tune.space
+    with pytest.raises(ConfigError, match="anchors.pinned is set"):
+        cfg = load_config(None, [*pinned, "tune.space={anchors.k: {choice: [3, 5]}}"])
+        parse_space(cfg.tune.space, cfg, "test")
 
 
 def test_load_config_takes_a_good_space(tmp_path: Path):

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines import full
+from pipelines import full, ray_auth
 from pipelines.config import load_config
 from pipelines.dag import MANIFEST, fingerprint
 from pipelines.stages import stage_named
@@ -56,11 +56,21 @@ def _tune_dir(ws: Path) -> Path:
     return next(ws.glob(f"tune/*/{MANIFEST}")).parent
 
 
+def _alive_train_actors() -> set[str]:
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    return {a.actor_id for a in alive if a.class_name in ("RayTrainWorker", "TrainController")}
+
+
 @pytest.fixture(scope="module")
 def search(ray_local, tmp_path_factory):
-    """One search of 5 trials of up to 4 epochs (1 worker each, 2 at a time on the 2 CPUs): its workspace."""
+    """One search of 5 trials of up to 4 epochs (1 worker each, 2 at a time on the 2 CPUs): its workspace, and
+    the train actors alive before it (the session's Ray is shared with other tests)."""
     ws = tmp_path_factory.mktemp("tune") / "ws"
+    before = _alive_train_actors()
     assert full.main(_args(ws)) == 0
+    ws.joinpath("actors_before.json").write_text(json.dumps(sorted(before)))
     return ws
 
 
@@ -141,10 +151,8 @@ def test_best_config_is_ray_tunes_best_result(search):
 
 
 def test_no_training_worker_outlives_the_search(search):
-    from ray.util.state import list_actors
-
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    assert not [a for a in alive if a.class_name in ("RayTrainWorker", "TrainController")], alive
+    before = set(json.loads((search / "actors_before.json").read_text()))
+    assert not _alive_train_actors() - before
 
 
 def test_a_rerun_with_the_same_config_is_a_cache_hit(search):
@@ -165,7 +173,9 @@ def test_train_from_tune_reads_the_search_and_changes_trains_fingerprint():
 
 
 @pytest.mark.fault
-def test_a_search_whose_driver_was_killed_resumes_and_does_not_rerun_finished_trials(ray_local, tmp_path):
+def test_a_search_whose_driver_was_killed_resumes_and_does_not_rerun_finished_trials(
+    ray_local, ray_token_file, tmp_path
+):
     import ray.tune
 
     ws = tmp_path / "ws"
@@ -174,7 +184,12 @@ def test_a_search_whose_driver_was_killed_resumes_and_does_not_rerun_finished_tr
     # The driver joins the session's Ray, as a driver joins a cluster: the trials, their train runs and workers
     # are its job's actors and die with it. (A second Ray instance on one machine confuses Ray Train's
     # placement-group cleaner, which then leaves a stopped trial's CPUs taken.)
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != ray_auth.TOKEN_ENV},
+        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+        ray_auth.MODE_ENV: "token",
+        ray_auth.TOKEN_PATH_ENV: str(ray_token_file),  # the session Ray's token, whatever other tests exported
+    }
     with open(log, "w") as out:
         command = [sys.executable, "-m", "pipelines.full", *args]
         driver = subprocess.Popen(
