@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "seen": state.seen,
             "training_done": settings.finished(state),  # a search tells a finished trial from a stopped one
             "node_id": ray.get_runtime_context().get_node_id(),  # the node rank 0 ran on
+            "world_size": world,  # a search's trial may train on several workers (DDP inside the trial)
         }
         if ckpt is not None and rank == 0:
             with tempfile.TemporaryDirectory() as folder:

@@ -30,6 +30,7 @@ class TrialRecord:
     status: str  # "finished" (ran max_t epochs), "stopped_early" (ASHA), "failed"
     error: str | None = None
     run_id: str | None = None  # its MLflow child run
+    workers: int = 0  # the training workers of its train run (DDP inside the trial); 0 if it never reported
 
     @property
     def epochs_run(self) -> int:
@@ -70,6 +71,7 @@ def trials_table(records: Sequence[TrialRecord]) -> pa.Table:
         "stopped_at_epoch": pa.array([r.stopped_at_epoch for r in rows], pa.int64()),
         "wall_seconds": pa.array([float(r.wall_seconds) for r in rows], pa.float64()),
         "node": pa.array([r.node for r in rows], pa.string()),
+        "workers": pa.array([r.workers for r in rows], pa.int64()),
         "error": pa.array([r.error for r in rows], pa.string()),
         "mlflow_run_id": pa.array([r.run_id for r in rows], pa.string()),
         "config": pa.array([_json(r.params, sort_keys=True) for r in rows], pa.string()),

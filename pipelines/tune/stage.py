@@ -248,6 +248,7 @@ def trial_record(result: Any, max_epochs: int) -> TrialRecord:
         metric_by_epoch=curve,
         wall_seconds=float(last.get("time_total_s", 0.0)),
         node=str(last.get("node_id", "")),
+        workers=int(last.get("world_size", 0)),
         status=status,
         error=f"{type(result.error).__name__}: {result.error}" if result.error else None,
         run_id=trial["run_id"],

@@ -10,21 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from driver_kill import kill_driver_when
 from pipelines import full, prepare, shard
 from pipelines.config import load_config
 from pipelines.dag import MANIFEST, run_stage
 from pipelines.workspace import Workspace, WorkspaceWriteError
-from test_cluster_scripts import session_processes
 from tiny_pipeline import TINY, set_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,16 +149,6 @@ def _runs(tracking_uri: str, experiment: str) -> dict[str, list]:
     return by_name
 
 
-def _wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"full.py ended ({proc.returncode}) before the kill point:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"kill point not reached in {timeout}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.fault
 def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_train(ray_local, tmp_path):
@@ -187,16 +174,7 @@ def test_driver_killed_mid_train_then_rerun_caches_done_stages_and_restarts_trai
     with open(log, "w") as out:
         command = [sys.executable, str(REPO / "pipelines/full.py"), *args, "--set", "ray.address=local"]
         driver = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for(lambda: any(ws.glob("train/*/ray/**/state.pt")), driver, log, timeout=480)
-        os.kill(driver.pid, signal.SIGKILL)
-        assert driver.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        # The killed driver's Ray instance: its raylet and workers go with it, but Ray's DashboardAgent and
-        # RuntimeEnvAgent were seen to outlive it here (minutes); they are this test's processes, so end them.
-        time.sleep(5)
-        for pid in session_processes(driver.pid):
-            os.kill(pid, signal.SIGKILL)
+    kill_driver_when(lambda: any(ws.glob("train/*/ray/**/state.pt")), driver, log, timeout=480)
 
     done = {s: next(ws.glob(f"{s}/*/{MANIFEST}"), None) for s in stages}
     assert done["train"] is None and all(done[s] for s in ["prepare", "shard", "anchors"])

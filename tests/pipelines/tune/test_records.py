@@ -22,6 +22,7 @@ def record(index: int, metrics: list[float], status: str = "finished", **kw) -> 
         "wall_seconds": 10.0 + index,
         "node": "10.0.0.1",
         "status": status,
+        "workers": 2,
     }
     fields.update(kw)
     return TrialRecord(**fields)
@@ -42,7 +43,7 @@ def test_derived_values():
 def test_table_columns_types_and_order():
     records = [
         record(2, [0.1, 0.3], run_id="run-2"),
-        record(0, [NAN, NAN], status="stopped_early", node=""),
+        record(0, [NAN, NAN], status="stopped_early", node="", workers=0),
         record(1, [0.2], status="failed", error="RuntimeError: boom"),
     ]
     table = trials_table(records)
@@ -56,6 +57,7 @@ def test_table_columns_types_and_order():
         "stopped_at_epoch": pa.int64(),
         "wall_seconds": pa.float64(),
         "node": pa.string(),
+        "workers": pa.int64(),
         "error": pa.string(),
         "mlflow_run_id": pa.string(),
         "config": pa.string(),
@@ -77,6 +79,7 @@ def test_table_columns_types_and_order():
     assert [r["error"] for r in rows] == [None, "RuntimeError: boom", None]
     assert [r["mlflow_run_id"] for r in rows] == [None, None, "run-2"]
     assert [r["node"] for r in rows] == ["", "10.0.0.1", "10.0.0.1"]
+    assert [r["workers"] for r in rows] == [0, 2, 2]
     assert [r["wall_seconds"] for r in rows] == [10.0, 11.0, 12.0]
     assert json.loads(rows[2]["config"]) == {"optim.lr": 0.003, "train.batch_size": 8}
     assert rows[2]["config"].index("optim.lr") < rows[2]["config"].index("train.batch_size")  # sorted keys

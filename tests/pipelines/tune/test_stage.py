@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from driver_kill import kill_driver_when
 from pipelines import full, ray_auth
 from pipelines.config import load_config
 from pipelines.dag import MANIFEST, fingerprint
 from pipelines.stages import stage_named
 from pipelines.tune.space import parse_space, sample_trials
 from pipelines.tune.stage import SEARCH_NAME
-from test_cluster_scripts import session_processes
 from tiny_pipeline import TINY, set_args
 
 REPO = Path(__file__).resolve().parents[3]
@@ -88,6 +86,7 @@ def test_asha_stops_some_trials_before_max_t_and_lets_others_finish(search):
     assert finished and all(t["epochs_run"] == 4 for t in finished)
     for t in trials:
         assert len(t["metric_by_epoch"]) == t["epochs_run"] and t["wall_seconds"] > 0 and t["node"]
+        assert t["workers"] == 1
         assert t["best_metric"] == pytest.approx(max(v for v in t["metric_by_epoch"] if v is not None))
 
 
@@ -172,6 +171,16 @@ def test_train_from_tune_reads_the_search_and_changes_trains_fingerprint():
     assert not tune.runs_by_default(cfg) and tune.runs_by_default(tuned)
 
 
+def test_a_trial_trains_on_several_workers(ray_local, tmp_path):
+    """``tune.num_workers: 2``: each trial's train run is data-parallel over two workers (Ray Train's world
+    size, reported by rank 0)."""
+    ws = tmp_path / "ws"
+    assert full.main(_args(ws, ["tune.num_trials=1", "tune.max_epochs=1", "tune.num_workers=2"])) == 0
+    [trial] = _trials(ws)
+    assert (trial["workers"], trial["status"], trial["epochs_run"]) == (2, "finished", 1)
+    assert trial["best_metric"] is not None
+
+
 @pytest.mark.fault
 def test_a_search_whose_driver_was_killed_resumes_and_does_not_rerun_finished_trials(
     ray_local, ray_token_file, tmp_path
@@ -195,24 +204,13 @@ def test_a_search_whose_driver_was_killed_resumes_and_does_not_rerun_finished_tr
         driver = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    experiment = None
-    try:
-        deadline = time.monotonic() + 480
-        while True:
-            assert driver.poll() is None, f"the search ended before the kill point:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"no trial ended in time:\n{log.read_text()[-4000:]}"
-            experiment = next(ws.glob(f"tune/*/ray/{SEARCH_NAME}"), None)
-            if experiment and ray.tune.Tuner.can_restore(str(experiment)):
-                ended = _ended_trials(experiment)
-                if ended:
-                    break
-            time.sleep(1)
-        os.kill(driver.pid, signal.SIGKILL)
-        assert driver.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        time.sleep(5)
-        for pid in session_processes(driver.pid):
-            os.kill(pid, signal.SIGKILL)
+
+    def a_trial_ended() -> bool:
+        experiment = next(ws.glob(f"tune/*/ray/{SEARCH_NAME}"), None)
+        return bool(experiment and ray.tune.Tuner.can_restore(str(experiment)) and _ended_trials(experiment))
+
+    kill_driver_when(a_trial_ended, driver, log, timeout=480, poll_s=1)
+    experiment = next(ws.glob(f"tune/*/ray/{SEARCH_NAME}"))
     ended = _ended_trials(experiment)
     assert ended and not (experiment.parent.parent / MANIFEST).exists()
     starts_before = _starts(experiment.parent.parent)
