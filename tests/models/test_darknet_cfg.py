@@ -20,6 +20,7 @@ from yolov2.models.darknet_cfg import parse_cfg
 from yolov2.models.summary import count_parameters, model_summary
 
 CFGS = ["yolov2-voc.cfg", "yolov2.cfg", "yolov2-tiny-voc.cfg", "yolov2-tiny.cfg"]
+CLASSIFIER_CFGS = ["darknet19.cfg", "darknet19_448.cfg"]  # Darknet-19 on ImageNet: conv ... avgpool, softmax
 
 
 def reference_walk(path: Path, height: int, width: int) -> dict[str, int]:
@@ -59,8 +60,14 @@ def reference_walk(path: Path, height: int, width: int) -> dict[str, int]:
         elif kind == "reorg":
             s = int(opt["stride"])
             c, h, w = c * s * s, h // s, w // s
+        elif kind == "avgpool":  # global: one value per channel
+            h, w = 1, 1
+        elif kind in ("softmax", "cost"):  # same shape out
+            pass
         elif kind == "region":
             break
+        else:
+            raise AssertionError(f"reference walk does not handle [{kind}]")
         outs.append((c, h, w))
     return {"params": params, "floats": floats, "macs": macs, "out_c": c, "out_h": h, "out_w": w}
 
@@ -83,6 +90,41 @@ def test_output_shape_and_gflops_match_the_cfg(cfg: str, cfg_dir: Path, cfg_mode
     assert (ref["out_h"], ref["out_w"]) == (h // 32, w // 32)
     assert summary["conv_macs"] == ref["macs"]
     assert summary["gflops"] == pytest.approx(2 * ref["macs"] / 1e9)
+
+
+@pytest.mark.parametrize("cfg", CLASSIFIER_CFGS)
+def test_classifier_cfg_builds_with_avgpool_and_softmax(cfg: str, cfg_dir: Path, cfg_model) -> None:
+    if not (cfg_dir / cfg).is_file():
+        pytest.skip(f"{cfg} not found in {cfg_dir}")
+    h, w = 64, 96
+    ref = reference_walk(cfg_dir / cfg, h, w)
+    model = cfg_model(cfg)
+    assert count_parameters(model) == ref["params"] == 20_842_376
+    state_floats = sum(t.numel() for k, t in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert state_floats == ref["floats"]
+    assert len(list(model.darknet_layers())) == 19 and model.region is None
+    summary = model_summary(model, (h, w))
+    assert summary["output_shape"] == [1, ref["out_c"], ref["out_h"], ref["out_w"]] == [1, 1000, 1, 1]
+    assert summary["conv_macs"] == ref["macs"]
+    with torch.no_grad():
+        probs = model(torch.randn(2, 3, h, w))
+    assert probs.shape == (2, 1000, 1, 1) and bool((probs >= 0).all())
+    torch.testing.assert_close(probs.sum(dim=1).flatten(), torch.ones(2))
+
+
+def test_avgpool_softmax_cost_compute_what_darknet_does(tmp_path: Path) -> None:
+    """conv -> [avgpool] (mean per channel) -> [softmax] groups=2 temperature=2 (each half of the channels
+    on its own, logits halved) -> [cost] (identity at inference), against a plain torch computation."""
+    text = HEAD + "[avgpool]\n[softmax]\ngroups=2\ntemperature=2\n[cost]\ntype=sse\n"
+    model = build_from_darknet_cfg(_write(tmp_path, text)).eval()
+    x = torch.randn(3, 3, 16, 24)
+    with torch.no_grad():
+        conv = model.layers[0]
+        pooled = conv(x).mean(dim=(2, 3))  # [3, 8]
+        expected = torch.cat([torch.softmax(pooled[:, :4] / 2, 1), torch.softmax(pooled[:, 4:] / 2, 1)], dim=1)
+        out = model(x)
+    assert out.shape == (3, 8, 1, 1)
+    torch.testing.assert_close(out.flatten(1), expected)
 
 
 def test_region_options_map_to_loss_config(cfg_dir: Path) -> None:
@@ -138,6 +180,13 @@ def test_unknown_section_names_file_and_line(tmp_path: Path) -> None:
         (HEAD + "[route]\nlayers=-5\n", 14, "outside layers"),
         (HEAD.replace("leaky", "swish"), 12, "activation=swish"),
         (HEAD.replace("filters=8", "filters=eight"), 8, "must be an integer"),
+        (HEAD + "[avgpool]\nsize=2\n", 14, "not supported in [avgpool]"),
+        (HEAD + "[softmax]\ntree=data/9k.tree\n", 14, "hierarchical softmax"),
+        (HEAD + "[softmax]\nspatial=1\n", 14, "spatial=1"),
+        (HEAD + "[softmax]\ngroups=3\n", 14, "must divide the 8 input channels"),
+        (HEAD + "[softmax]\ntemperature=0\n", 14, "temperature"),
+        (HEAD + "[cost]\ntype=hinge\n", 14, "type=hinge"),
+        (HEAD + "[cost]\nscale=big\n", 14, "must be a number"),
     ],
 )
 def test_bad_cfg_errors_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:

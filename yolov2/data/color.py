@@ -42,7 +42,7 @@ class ColorJitter:
     dexp: float = 1.0
 
 
-def _rand_scale(scale: float, rng: np.random.Generator) -> float:
+def rand_scale(scale: float, rng: np.random.Generator) -> float:
     """Darknet's ``rand_scale``: ``U(1, s)``, inverted with probability 0.5 (not uniform on [1/s, s])."""
     value = float(rng.uniform(1.0, scale)) if scale > 1.0 else 1.0
     return value if rng.random() < 0.5 else 1.0 / value
@@ -53,7 +53,7 @@ def sample_color_jitter(hue: float, saturation: float, exposure: float, rng: np.
     if hue < 0 or saturation < 1 or exposure < 1:
         raise ConfigError(f"need hue >= 0, saturation >= 1, exposure >= 1; got {hue}, {saturation}, {exposure}")
     dhue = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
-    return ColorJitter(dhue, _rand_scale(saturation, rng), _rand_scale(exposure, rng))
+    return ColorJitter(dhue, rand_scale(saturation, rng), rand_scale(exposure, rng))
 
 
 def darknet_color(image: np.ndarray, jitter: ColorJitter, out: np.ndarray | None = None) -> np.ndarray:

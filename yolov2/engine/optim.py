@@ -4,6 +4,9 @@ Darknet (``yolov2-voc.cfg``): momentum 0.9, decay 0.0005, learning_rate 0.001, `
 (lr x (step/burn_in)^4 during burn-in), then ``policy=steps`` (multiply by each scale when the step
 passes each boundary). Weight decay applies to conv weights only, not to batch-norm parameters or
 biases (standard practice; Darknet decays BN scales too, which hurts small batches).
+
+Darknet-19's classifier cfgs (``darknet19.cfg``, ``darknet19_448.cfg``) use ``policy=poly`` with ``power=4``
+instead: :func:`darknet_poly_lr`.
 """
 
 from __future__ import annotations
@@ -77,6 +80,26 @@ def darknet_steps_lr(step: int, base_lr: float, burn_in: int, steps: Sequence[in
         if step >= boundary:
             lr *= scale
     return lr
+
+
+def darknet_poly_lr(step: int, base_lr: float, burn_in: int, max_batches: int, power: float = 4.0) -> float:
+    """Darknet's ``policy=poly`` with ``burn_in``: the learning rate for optimizer step ``step`` (0-based).
+
+    Darknet's ``get_current_rate`` with ``batch = step + 1`` (Darknet counts the images seen before updating,
+    so its first update already sees batch 1, as in :func:`darknet_steps_lr`): ``base_lr * (batch / burn_in) **
+    power`` while ``batch < burn_in`` (the same ``power`` as the decay: quartic for Darknet-19's cfgs), then
+    ``base_lr * (1 - batch / max_batches) ** power``. So the last step, ``max_batches - 1``, runs at rate 0, as in
+    Darknet; steps past it stay at 0 (Darknet stops there; the formula would turn negative or NaN).
+    """
+    if max_batches <= 0 or burn_in < 0 or power < 0:
+        raise ConfigError(
+            f"poly schedule needs max_batches > 0, burn_in >= 0, power >= 0; got max_batches={max_batches}, "
+            f"burn_in={burn_in}, power={power}"
+        )
+    batch = step + 1
+    if batch < burn_in:
+        return base_lr * (batch / burn_in) ** power
+    return base_lr * max(0.0, 1.0 - batch / max_batches) ** power
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int, final_fraction: float = 0.05) -> float:

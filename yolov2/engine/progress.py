@@ -42,7 +42,9 @@ class TrainProgress:
         start_step: int = 0,
         clock: Callable[[], float] = time.monotonic,
         emit: Callable[[str], None] = print,
+        label: str = "train",
     ) -> None:
+        self.label = label  # the line's prefix: the stage
         self.total_steps, self.epochs, self.log_every, self.interval = total_steps, epochs, max(1, log_every), interval
         self.clock, self.emit = clock, emit
         self.started = clock()
@@ -85,7 +87,7 @@ class TrainProgress:
             running = format_duration(now - self.last_step_time)
             eta = self._eta(now)
             line = (
-                f"[train] step {self.last_step + 1}/{self.total_steps} running for {running} "
+                f"[{self.label}] step {self.last_step + 1}/{self.total_steps} running for {running} "
                 f"| elapsed {format_duration(now - self.started)}"
                 + (f" | ETA {format_duration(eta)}" if eta is not None else " | ETA after the first step")
             )
@@ -98,7 +100,7 @@ class TrainProgress:
         wait = sum(r.data_wait for r in self.window)
         eta = self._eta(now)
         return (
-            f"[train] step {report.step}/{self.total_steps} epoch {report.epoch + 1}/{self.epochs} "
+            f"[{self.label}] step {report.step}/{self.total_steps} epoch {report.epoch + 1}/{self.epochs} "
             f"| {images / max(seconds, 1e-9):.1f} img/s | data {100 * wait / max(seconds, 1e-9):.0f}% "
             f"| loss {report.loss:.4g} | {seconds / len(self.window):.2f} s/step "
             f"| elapsed {format_duration(now - self.started)} | ETA {format_duration(eta or 0.0)}"

@@ -8,6 +8,10 @@
 
 ``build_from_darknet_cfg(path)`` -- a Darknet ``.cfg`` file, run layer by layer.
 
+``build_classifier(name, num_classes)`` -- the pretrain classifier: detector ``name``'s backbone + Darknet's
+1x1-conv/avgpool head (``darknet19.cfg`` for the yolov2_* models), handed over to the detector by
+:mod:`yolov2.models.classifier`; it maps x to logits Tensor[B, num_classes].
+
 Every model maps x (Tensor[B, 3, H, W]), H and W divisible by 32, to raw predictions
 Tensor[B, A*(5+C), H/32, W/32], anchor-major as Darknet (per anchor: tx, ty, tw, th, objectness
 logit, C class logits), and has ``num_classes``, ``num_anchors``, ``stride`` (32),
@@ -25,6 +29,13 @@ from pathlib import Path
 from torch import nn
 
 from yolov2.errors import ConfigError
+from yolov2.models.classifier import (
+    BackboneClassifier,
+    build_classifier,
+    load_backbone_state,
+    save_backbone_state,
+    save_backbone_weights,
+)
 from yolov2.models.darknet19 import Darknet19
 from yolov2.models.darknet_cfg import DarknetNet, build_from_cfg
 from yolov2.models.darknet_io import LoadReport, load_darknet_weights, save_darknet_weights
@@ -39,6 +50,11 @@ __all__ = [
     "MODELS",
     "build_model",
     "build_from_darknet_cfg",
+    "build_classifier",
+    "BackboneClassifier",
+    "save_backbone_weights",
+    "save_backbone_state",
+    "load_backbone_state",
     "load_darknet_weights",
     "save_darknet_weights",
     "LoadReport",

@@ -1,7 +1,8 @@
 """Darknet ``.cfg`` files: the parser, and a network built layer by layer from one.
 
 Supported sections: ``[net]`` (or ``[network]``), ``[convolutional]``, ``[maxpool]``, ``[route]``,
-``[reorg]``, ``[region]`` -- what YOLOv2 and tiny YOLOv2 use. Anything else raises
+``[reorg]``, ``[region]`` -- what YOLOv2 and tiny YOLOv2 use -- and ``[avgpool]``, ``[softmax]``,
+``[cost]``, which end Darknet's classifiers (``darknet19.cfg``, ``darknet19_448.cfg``). Anything else raises
 :class:`ConfigError` naming the file and the line. Parsing follows Darknet's ``read_cfg``
 (``src/parser.c``): whitespace is removed everywhere in a line, ``#`` and ``;`` start comment lines,
 and the option defaults are Darknet's ``parse_*`` defaults.
@@ -20,7 +21,11 @@ from torch import nn
 from yolov2.errors import ConfigError
 from yolov2.models.layers import ConvPair, DarknetConv, DarknetMaxPool, Reorg
 
-SUPPORTED_SECTIONS = ("net", "network", "convolutional", "maxpool", "route", "reorg", "region")
+SUPPORTED_SECTIONS = (
+    "net", "network", "convolutional", "maxpool", "route", "reorg", "region", "avgpool", "softmax", "cost",
+)  # fmt: skip
+# Darknet's cost types (get_cost_type, src/cost_layer.c); the cost only shapes training, so it is not run here.
+COST_TYPES = ("sse", "masked", "smooth", "L1", "seg", "wgan")
 
 # Options each layer section may carry (anything else is refused rather than silently ignored).
 _ALLOWED = {
@@ -32,6 +37,9 @@ _ALLOWED = {
         "anchors", "bias_match", "classes", "coords", "num", "softmax", "jitter", "rescore", "object_scale",
         "noobject_scale", "class_scale", "coord_scale", "absolute", "thresh", "random", "max",
     },
+    "avgpool": set(),
+    "softmax": {"groups", "temperature", "tree", "spatial", "noloss"},
+    "cost": {"type", "scale", "ratio", "noobject_scale", "thresh"},
 }  # fmt: skip
 
 
@@ -175,13 +183,44 @@ class Route(nn.Module):
         return torch.cat([outputs[i] for i in self.sources], dim=1)
 
 
+class GlobalAvgPool(nn.Module):
+    """``[avgpool]``: the mean of each channel over the whole map, as Darknet's avgpool layer (1x1 output).
+
+    x (Tensor[B, C, H, W]) -> Tensor[B, C, 1, 1].
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
+class DarknetSoftmax(nn.Module):
+    """``[softmax]`` as Darknet's ``softmax_cpu``: each sample's values, flattened in (C, H, W) order, split
+    into ``groups`` equal runs, each softmaxed after dividing by ``temperature``. After ``[avgpool]``
+    (H = W = 1) and with ``groups=1`` that is the softmax over channels.
+
+    x (Tensor[B, C, H, W]) -> probabilities of the same shape.
+    """
+
+    def __init__(self, groups: int = 1, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.groups = groups
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        runs = x.reshape(x.shape[0], self.groups, -1) / self.temperature
+        return torch.softmax(runs, dim=-1).reshape(x.shape)
+
+
 class DarknetNet(nn.Module):
     """A network built from a Darknet cfg, run layer by layer as Darknet runs it.
 
     x (Tensor[B, channels, H, W]) -> the output of the last layer before ``[region]``
-    (Tensor[B, num*(5+classes), H/32, W/32] for the YOLOv2 cfgs).
+    (Tensor[B, num*(5+classes), H/32, W/32] for the YOLOv2 cfgs), or of the last layer for a classifier
+    (Tensor[B, classes, 1, 1] of softmax probabilities for ``darknet19.cfg``; ``[cost]`` is the identity,
+    as Darknet's inference skips it).
     Attributes: ``region`` (see :func:`region_options`, or None), ``num_classes``, ``num_anchors``,
-    ``default_anchors``, ``input_size`` ((height, width) from [net]), ``stride``.
+    ``default_anchors``, ``input_size`` ((height, width) from [net]), ``stride`` (of the last map before
+    a global ``[avgpool]``).
     """
 
     def __init__(self, sections: list[CfgSection]) -> None:
@@ -209,6 +248,12 @@ class DarknetNet(nn.Module):
             elif s.name == "reorg":
                 reorg = _reorg_layer(s, c_in)
                 layer, c, st = reorg, c_in * reorg.stride**2, st_in * reorg.stride
+            elif s.name == "avgpool":
+                layer, c, st = GlobalAvgPool(), c_in, st_in
+            elif s.name == "softmax":
+                layer, c, st = _softmax_layer(s, c_in), c_in, st_in
+            elif s.name == "cost":
+                layer, c, st = _cost_layer(s), c_in, st_in
             else:  # region
                 self.region = region_options(s)
                 expected = self.region["num"] * (5 + self.region["classes"])
@@ -284,6 +329,30 @@ def _reorg_layer(s: CfgSection, c_in: int) -> Reorg:
             f"{s.where('stride')}: reorg stride {stride} needs channels divisible by {stride**2}, got {c_in}"
         )
     return Reorg(stride, "darknet")
+
+
+def _softmax_layer(s: CfgSection, c_in: int) -> DarknetSoftmax:
+    if "tree" in s.options:
+        raise ConfigError(f"{s.where('tree')}: [softmax] tree= (hierarchical softmax, YOLO9000) is not supported")
+    if s.get_int("spatial", 0):
+        raise ConfigError(f"{s.where('spatial')}: [softmax] spatial=1 is not supported")
+    groups = s.get_int("groups", 1)
+    if groups < 1 or c_in % groups:
+        raise ConfigError(f"{s.where('groups')}: [softmax] groups={groups} must divide the {c_in} input channels")
+    temperature = s.get_float("temperature", 1.0)
+    if temperature <= 0:
+        raise ConfigError(f"{s.where('temperature')}: [softmax] temperature={temperature} must be > 0")
+    return DarknetSoftmax(groups, temperature)
+
+
+def _cost_layer(s: CfgSection) -> nn.Identity:
+    """``[cost]``: Darknet's training loss on the layer before; at inference the output passes through."""
+    kind = s.get_str("type", "sse")
+    if kind not in COST_TYPES:
+        raise ConfigError(f"{s.where('type')}: [cost] type={kind} is not one of Darknet's ({', '.join(COST_TYPES)})")
+    for key in ("scale", "ratio", "noobject_scale", "thresh"):
+        s.get_float(key, 0.0)  # a malformed number is an error here too, though the value is unused
+    return nn.Identity()
 
 
 def build_from_cfg(path: str | Path) -> DarknetNet:
