@@ -112,6 +112,9 @@ class TrainConfig:
     # True: train with the tune stage's best_config.yaml applied over these sections (and its anchors.k's
     # anchors); the tune stage then runs first, and its fingerprint is part of train's
     from_tune: bool = False
+    # pretrain: start from the pretrain stage's backbone (its Darknet partial weights file, every backbone conv
+    # layer), instead of init_weights; the pretrain stage then runs first, and its fingerprint is part of train's
+    init_from: Literal["pretrain"] | None = None
 
 
 DEFAULT_SEARCH_SPACE: dict[str, dict[str, list[Any]]] = {
@@ -144,6 +147,60 @@ class TuneConfig:
     # dotted train / loss / anchors key -> {loguniform|uniform: [low, high]} or {randint: [low, high)} or
     # {choice: [values...]}
     space: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+
+
+@dataclass
+class ClassifierPhase:
+    """One phase of the classifier pretraining, Darknet's ``[net]`` section of ``darknet19.cfg`` (the low
+    resolution phase) or ``darknet19_448.cfg`` (the high one): the poly learning rate with its burn-in, and the
+    training crop (short side resized to a value in [min_crop, max_crop], then a ``size`` x ``size`` crop)."""
+
+    epochs: int = 160  # the paper: 160 epochs on ImageNet (darknet19.cfg's max_batches is in batches of 128)
+    lr: float = 0.1  # for a batch of 128 images (all workers): scale it with pretrain.batch_size x num_workers
+    burn_in: int = 1000  # optimizer steps of Darknet's burn-in: lr * (step / burn_in) ** power
+    power: float = 4.0  # poly: lr * (1 - step / steps) ** power (and the burn-in's exponent)
+    size: int = 256  # the training crop, and the val centre crop (darknet19.cfg: 256; the paper says 224)
+    min_crop: int = 128
+    max_crop: int = 448
+
+
+def _high_resolution_phase() -> ClassifierPhase:
+    return ClassifierPhase(epochs=10, lr=0.001, burn_in=0, size=448, min_crop=448, max_crop=512)
+
+
+@dataclass
+class PretrainConfig:
+    """The backbone trained as a classifier before detection (pipelines/pretrain/): the low resolution phase,
+    then the high one at twice the size, Darknet's recipe; ``train.init_from: pretrain`` starts the detector
+    from it."""
+
+    enabled: bool = False  # run it in full.py (so does --stages pretrain, or train.init_from: pretrain)
+    # crops: object crops from the shard stage's training boxes; imagefolder: root/<class>/*.jpg;
+    # synthetic: crops of generated shapes (data.synthetic's generator, its own images)
+    source: Literal["crops", "imagefolder", "synthetic"] = "crops"
+    root: str | None = None  # imagefolder: the folder of class folders
+    margin: float = 0.15  # crops: context added on each side, a fraction of the box's side
+    min_side: int = 16  # crops: smaller crops (after clipping to the image) are rejects
+    synthetic_images: int = 400  # synthetic: generated images whose shapes are cut out
+    val_fraction: float = 0.1  # a stratified val split (each class in this proportion)
+    seed: int = 0  # the val split, the shuffling, the initial weights
+    shard_max_count: int = 2000  # crops per classification shard
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    batch_size: int = 64  # per worker, per step: 128 on the 2 workers, Darknet's batch, which the lr values assume
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    angle: float = 7.0  # rotation, +-degrees
+    aspect: float = 4 / 3  # aspect ratio jitter, in [1/aspect, aspect]
+    hue: float = 0.1
+    saturation: float = 4 / 3  # in [1/saturation, saturation]
+    exposure: float = 4 / 3
+    low: ClassifierPhase = field(default_factory=ClassifierPhase)
+    high: ClassifierPhase = field(default_factory=_high_resolution_phase)  # epochs 0: the low phase only
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    max_failures: int = 2
+    log_every: int = 20  # optimizer steps between loss lines
 
 
 @dataclass
@@ -195,6 +252,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -230,7 +288,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = from_dict(PipelineConfig, raw, source)
     check_data(cfg.data, source)
     check_tune(cfg, source)
+    check_pretrain(cfg.pretrain, source)
     return cfg
+
+
+def check_pretrain(pretrain: PretrainConfig, source: str) -> None:
+    """The pretrain section's rules that its types cannot say; :class:`ConfigError` naming the key."""
+    if pretrain.source == "imagefolder" and not pretrain.root:
+        raise ConfigError(f"{source}: pretrain.source imagefolder needs pretrain.root (a folder of class folders)")
+    if not 0.0 < pretrain.val_fraction < 1.0:
+        raise ConfigError(f"{source}: pretrain.val_fraction must be in (0, 1), got {pretrain.val_fraction}")
+    for name in ("num_workers", "batch_size", "shard_max_count", "synthetic_images", "min_side"):
+        if getattr(pretrain, name) < 1:
+            raise ConfigError(f"{source}: pretrain.{name} must be at least 1, got {getattr(pretrain, name)}")
+    if pretrain.low.epochs < 1:
+        raise ConfigError(f"{source}: pretrain.low.epochs must be at least 1, got {pretrain.low.epochs}")
+    for phase in ("low", "high"):
+        p: ClassifierPhase = getattr(pretrain, phase)
+        if p.epochs < 0 or p.lr <= 0 or p.burn_in < 0 or p.power <= 0:
+            raise ConfigError(f"{source}: pretrain.{phase}: epochs and burn_in >= 0, lr and power > 0 ({p})")
+        if p.size % 32 or p.size < 32 or not 0 < p.min_crop <= p.max_crop:
+            raise ConfigError(
+                f"{source}: pretrain.{phase}: size must be a multiple of 32 and 0 < min_crop <= max_crop ({p})"
+            )
 
 
 def check_tune(cfg: PipelineConfig, source: str) -> None:

@@ -1,9 +1,11 @@
-"""The whole pipeline: prepare -> shard -> anchors -> [tune] -> train -> evaluate, each stage cached by fingerprint.
+"""The whole pipeline: prepare -> shard -> anchors -> [pretrain] -> [tune] -> train -> evaluate, each stage cached
+by fingerprint.
 
     python pipelines/full.py --config configs/demo.yaml
     python pipelines/full.py --config configs/voc.yaml --stages shard,anchors
     python pipelines/full.py --config configs/demo.yaml --force anchors   # anchors and everything after it
     python pipelines/full.py --config configs/demo.yaml --set tune.enabled=true --set train.from_tune=true
+    python pipelines/full.py --config configs/demo.yaml --set train.init_from=pretrain
 
 Joins a running Ray cluster when there is one (as under `ray submit` / `ray job submit`), else starts
 a local one; Ray's own console lines show with --verbose only. One parent MLflow run per invocation, one
@@ -59,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages",
         default=None,
-        help=f"comma-separated stages to run, of {','.join(STAGE_NAMES)} (default: all but tune, which runs "
-        "when tune.enabled or train.from_tune is true); their upstream outputs must exist or be runnable",
+        help=f"comma-separated stages to run, of {','.join(STAGE_NAMES)} (default: all but pretrain and "
+        "tune, which run when pretrain.enabled or train.init_from: pretrain, tune.enabled or train.from_tune is "
+        "true); their upstream outputs must exist or be runnable",
     )
     parser.add_argument(
         "--force",
@@ -257,6 +260,9 @@ def final_metrics(results: dict[str, StageResult]) -> dict[str, float]:
     if "tune" in results and "best_trial" in results["tune"].manifest:
         best = results["tune"].manifest["best_trial"]
         return {f"tune_best_{key}": value for key, value in best.items() if isinstance(value, float)}
+    if "pretrain" in results and "train" not in results:
+        phases = results["pretrain"].manifest["phases"]
+        return {f"pretrain_{phase}_{key}": v for phase, metrics in phases.items() for key, v in metrics.items()}
     if "anchors" in results:
         return {"anchors_mean_iou": results["anchors"].manifest.get("mean_iou", 0.0)}
     return {}

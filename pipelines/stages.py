@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from pipelines import anchors, evaluate, prepare, shard
 from pipelines.dag import StageSpec
+from pipelines.pretrain import stage as pretrain
 from pipelines.train import driver as train
 from pipelines.tune import stage as tune
 
-STAGES: tuple[StageSpec, ...] = (prepare.SPEC, shard.SPEC, anchors.SPEC, tune.SPEC, train.SPEC, evaluate.SPEC)
+STAGES: tuple[StageSpec, ...] = (
+    prepare.SPEC,
+    shard.SPEC,
+    anchors.SPEC,
+    pretrain.SPEC,
+    tune.SPEC,
+    train.SPEC,
+    evaluate.SPEC,
+)
 STAGE_NAMES: tuple[str, ...] = tuple(spec.name for spec in STAGES)
 
 

@@ -58,8 +58,10 @@ class RankZeroLogger:
         output_dir: str | None = None,
         flush_timeout: float = 120.0,
         console_lines: bool = True,
+        label: str = "train",
     ) -> None:
         self.enabled = rank == 0
+        self.label = label  # the console lines' prefix: the stage
         self.console_lines = console_lines  # False: MLflow only (a tune trial, whose progress is the search's)
         self.sender = None
         self.log_params: Callable[[dict[str, Any]], None] | None = None
@@ -84,9 +86,9 @@ class RankZeroLogger:
         if not self.enabled:
             return
         if self.console_lines:
-            console(f"[train] precision: {precision.describe()} on {hardware.describe()} ({precision.reason})")
+            console(f"[{self.label}] precision: {precision.describe()} on {hardware.describe()} ({precision.reason})")
         for warning in warnings:
-            console(f"[train] warning: {warning}")
+            console(f"[{self.label}] warning: {warning}")
         if self.log_params is not None:
             params = {
                 "precision.amp": precision.amp,
@@ -103,7 +105,7 @@ class RankZeroLogger:
             return
         if "epoch" in metrics and self.console_lines:  # the end of an epoch; per-step progress is TrainProgress's
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step")
-            console(f"[train] end of epoch {int(metrics['epoch'])}: {shown} ({time.time() - self.started:.0f}s)")
+            console(f"[{self.label}] end of epoch {int(metrics['epoch'])}: {shown} ({time.time() - self.started:.0f}s)")
         if self.sender is not None:
             self.sender.add({k.replace("/", "_"): v for k, v in metrics.items()}, step)
 

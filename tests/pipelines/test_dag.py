@@ -96,12 +96,19 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
 def test_downstream_of():
     cfg = PipelineConfig()
     assert downstream_of(STAGES, ["anchors"], cfg) == {"anchors", "tune", "train", "evaluate"}
-    assert downstream_of(STAGES, ["prepare"], cfg) == {"prepare", "shard", "anchors", "tune", "train", "evaluate"}
+    everything = {"prepare", "shard", "anchors", "pretrain", "tune", "train", "evaluate"}
+    assert downstream_of(STAGES, ["prepare"], cfg) == everything  # pretrain: crops of the shard stage's boxes
     assert downstream_of(STAGES, [], cfg) == set()
     # train reads the tune stage's result only with train.from_tune
     assert downstream_of(STAGES, ["tune"], cfg) == {"tune"}
     tuned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, from_tune=True))
     assert downstream_of(STAGES, ["tune"], tuned) == {"tune", "train", "evaluate"}
+    # and the pretrain stage's backbone only with train.init_from: pretrain; generated shapes need no shards
+    assert downstream_of(STAGES, ["pretrain"], cfg) == {"pretrain"}
+    pretrained = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from="pretrain"))
+    assert downstream_of(STAGES, ["pretrain"], pretrained) == {"pretrain", "train", "evaluate"}
+    shapes = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, source="synthetic"))
+    assert "pretrain" not in downstream_of(STAGES, ["shard"], shapes)
 
 
 def test_run_stage_caches_and_force_reruns(tmp_path):

@@ -148,7 +148,15 @@ def test_each_stage_gets_only_the_flags_it_declares(tmp_path, monkeypatch):
     )
     summary: dict = {"stages": {}}
     assert full.run_selected(invocation, summary, {}) == 0
-    assert calls == {"prepare": {}, "shard": {}, "anchors": {}, "tune": {}, "train": {"resume": True}, "evaluate": {}}
+    assert calls == {
+        "prepare": {},
+        "shard": {},
+        "anchors": {},
+        "pretrain": {},
+        "tune": {},
+        "train": {"resume": True},
+        "evaluate": {},
+    }
     assert list(summary["stages"]) == list(STAGE_NAMES)
 
 

@@ -19,7 +19,7 @@ def test_every_stage_comes_after_its_upstream_stages():
 
 
 def test_names_are_unique_and_in_pipeline_order():
-    assert STAGE_NAMES == ("prepare", "shard", "anchors", "tune", "train", "evaluate")
+    assert STAGE_NAMES == ("prepare", "shard", "anchors", "pretrain", "tune", "train", "evaluate")
     assert len(set(STAGE_NAMES)) == len(STAGES)
 
 
