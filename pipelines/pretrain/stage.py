@@ -32,14 +32,16 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from pipelines import ray_runtime, shard, tracking
-from pipelines.config import PipelineConfig
-from pipelines.dag import StageContext, StageSpec
+from pipelines.config import PipelineConfig, with_overrides
+from pipelines.dag import StageContext, StageResult, StageSpec
 from pipelines.pretrain.dataset import build_dataset, read_split
 from pipelines.pretrain.worker import PHASES, PretrainJob, pretrain_loop_per_worker
 from pipelines.train.checkpoints import RUN_NAME, STATE_FILE
+from pipelines.workspace import Workspace
 from yolov2.data.classify_transforms import classifier_val_transform
 from yolov2.data.images import decode_rgb
 from yolov2.engine.checkpoint import load_checkpoint
+from yolov2.errors import ConfigError
 from yolov2.metrics.classification import class_confusion_figure, class_samples_figure
 from yolov2.metrics.figures import figure_png
 from yolov2.models.classifier import BackboneClassifier, build_classifier, save_backbone_state, save_backbone_weights
@@ -194,6 +196,23 @@ def _curves_figure(results: list[dict[str, Any]]):
     loss.set_ylabel("cross-entropy")
     figure.suptitle("pretrain: the classifier by epoch")
     return figure
+
+
+def pretrained_config(cfg: PipelineConfig, workspace: Workspace, pretrain: StageResult) -> PipelineConfig:
+    """``train.init_from: pretrain``: the config with the pretrain stage's backbone as ``train.init_weights``
+    (its Darknet partial weights file, all of its conv layers)."""
+    manifest = pretrain.manifest
+    if not workspace.is_local:
+        raise ConfigError(
+            f"train.init_from: pretrain reads the backbone from a local workspace, and {workspace.uri} is not one: "
+            f"copy {workspace.uri_of(pretrain.output_dir, BACKBONE_WEIGHTS)} to the nodes and set train.init_weights"
+        )
+    weights = workspace.local_path(pretrain.output_dir, manifest["files"]["backbone_weights"])
+    log.info(
+        "train: starting from the pretrain stage's backbone %s (%d conv layers)", weights, manifest["backbone_layers"]
+    )
+    overrides = {"train.init_weights": str(weights), "train.init_layers": manifest["backbone_layers"]}
+    return with_overrides(cfg, overrides, "the pretrain stage's backbone")
 
 
 def _runs_if(cfg: PipelineConfig) -> bool:

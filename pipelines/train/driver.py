@@ -24,17 +24,14 @@ from typing import Any
 
 from pipelines import anchors, shard, tracking
 from pipelines.config import PipelineConfig, with_overrides
-from pipelines.dag import StageContext, StageFlag, StageResult, StageSpec
+from pipelines.dag import StageContext, StageFlag, StageSpec
 from pipelines.pretrain import stage as pretrain_stage
-from pipelines.pretrain.stage import BACKBONE_WEIGHTS
 from pipelines.train.checkpoints import BEST_BY, BEST_FILE, STATE_FILE, has_checkpoint, model_file_bytes
 from pipelines.train.launch import torch_trainer, train_datasets, train_job
 from pipelines.train.results import RESULTS_CSV, RESULTS_PARQUET, publish_results
 from pipelines.tune import stage as tune_stage
-from pipelines.workspace import Workspace
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.results import results_from_state
-from yolov2.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ def train_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     if cfg.train.from_tune:
         cfg, anchors_grid = tuned_config(cfg, ctx.upstream["tune"].manifest)
     if cfg.train.init_from == "pretrain":
-        cfg = pretrained_config(cfg, ctx.workspace, ctx.upstream["pretrain"])
+        cfg = pretrain_stage.pretrained_config(cfg, ctx.workspace, ctx.upstream["pretrain"])
     t = cfg.train
     shard_result = ctx.upstream["shard"]
     run_id = mlflow.active_run().info.run_id if ctx.tracking_enabled and mlflow.active_run() else None
@@ -112,23 +109,6 @@ def tuned_config(cfg: PipelineConfig, tune_manifest: dict[str, Any]) -> tuple[Pi
     tuned = with_overrides(cfg, best, "the tune stage's best_config.yaml")
     log.info("train: with the tune stage's best config: %s", ", ".join(f"{k}={v}" for k, v in best.items()))
     return tuned, tune_manifest["best_anchors"]
-
-
-def pretrained_config(cfg: PipelineConfig, workspace: Workspace, pretrain: StageResult) -> PipelineConfig:
-    """``train.init_from: pretrain``: the config with the pretrain stage's backbone as ``train.init_weights``
-    (its Darknet partial weights file, all of its conv layers)."""
-    manifest = pretrain.manifest
-    if not workspace.is_local:
-        raise ConfigError(
-            f"train.init_from: pretrain reads the backbone from a local workspace, and {workspace.uri} is not one: "
-            f"copy {workspace.uri_of(pretrain.output_dir, BACKBONE_WEIGHTS)} to the nodes and set train.init_weights"
-        )
-    weights = workspace.local_path(pretrain.output_dir, manifest["files"]["backbone_weights"])
-    log.info(
-        "train: starting from the pretrain stage's backbone %s (%d conv layers)", weights, manifest["backbone_layers"]
-    )
-    overrides = {"train.init_weights": str(weights), "train.init_layers": manifest["backbone_layers"]}
-    return with_overrides(cfg, overrides, "the pretrain stage's backbone")
 
 
 def _from_tune(cfg: PipelineConfig) -> bool:

@@ -35,6 +35,7 @@ from ray.tune.schedulers import ASHAScheduler
 from pipelines import anchors, ray_runtime, shard
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageError, StageSpec
+from pipelines.pretrain import stage as pretrain_stage
 from pipelines.train.checkpoints import BEST_BY
 from pipelines.train.job import accumulation_for
 from pipelines.tune import runs
@@ -63,6 +64,8 @@ def tune_body(ctx: StageContext) -> dict[str, Any]:
     anchors_by_k = _anchors_by_k(ctx.upstream["anchors"].manifest, dims)
     trials = sample_trials(dims, cfg.tune.num_trials, cfg.tune.seed)
     base = trial_settings(cfg)
+    if cfg.train.init_from == "pretrain":  # every trial starts from the pretrain stage's backbone, as train would
+        base = pretrain_stage.pretrained_config(base, ctx.workspace, ctx.upstream["pretrain"])
     max_epochs = base.train.loop.epochs
     run_ids = _trial_runs(ctx, trials)
     job = SearchJob(
@@ -350,9 +353,14 @@ def _runs_if(cfg: PipelineConfig) -> bool:
     return cfg.tune.enabled or cfg.train.from_tune
 
 
+def _from_pretrain(cfg: PipelineConfig) -> bool:
+    return cfg.train.init_from == "pretrain"
+
+
 SPEC = StageSpec(
     name="tune",
     upstream=(shard.SPEC, anchors.SPEC),
+    upstream_if=((pretrain_stage.SPEC, _from_pretrain),),
     config_keys=("tune", "model", "loss", "train", "anchors", "evaluate"),
     version=1,
     body=tune_body,

@@ -103,10 +103,10 @@ def test_downstream_of():
     assert downstream_of(STAGES, ["tune"], cfg) == {"tune"}
     tuned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, from_tune=True))
     assert downstream_of(STAGES, ["tune"], tuned) == {"tune", "train", "evaluate"}
-    # and the pretrain stage's backbone only with train.init_from: pretrain; generated shapes need no shards
+    # and the pretrain stage's backbone (tune's trials too) only with train.init_from: pretrain; shapes need no shards
     assert downstream_of(STAGES, ["pretrain"], cfg) == {"pretrain"}
     pretrained = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from="pretrain"))
-    assert downstream_of(STAGES, ["pretrain"], pretrained) == {"pretrain", "train", "evaluate"}
+    assert downstream_of(STAGES, ["pretrain"], pretrained) == {"pretrain", "tune", "train", "evaluate"}
     shapes = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, source="synthetic"))
     assert "pretrain" not in downstream_of(STAGES, ["shard"], shapes)
 

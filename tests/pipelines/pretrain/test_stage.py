@@ -17,7 +17,6 @@ from pipelines.faults import FaultPlan
 from pipelines.pretrain import stage as pretrain
 from pipelines.pretrain.dataset import read_split
 from pipelines.pretrain.worker import steps_per_epoch
-from pipelines.train.driver import pretrained_config
 from pipelines.workspace import Workspace
 from yolov2.data.cls_shards import encode_jpeg
 from yolov2.data.images import decode_rgb
@@ -121,7 +120,7 @@ def test_the_backbone_starts_the_detector(synthetic):
                  for c, bn in list(classifier.darknet_layers())[:layers])  # fmt: skip
     assert (folder / "backbone.weights").stat().st_size == 20 + 4 * values
 
-    tuned = pretrained_config(load_config(None, [*SMALL, "train.init_from=pretrain"]), ws, result)
+    tuned = pretrain.pretrained_config(load_config(None, [*SMALL, "train.init_from=pretrain"]), ws, result)
     assert (tuned.train.init_weights, tuned.train.init_layers) == (str(folder / "backbone.weights"), layers)
     detector = build_model("yolov2_tiny_voc", 20, width_multiplier=0.25)
     untouched = {k: v.clone() for k, v in detector.state_dict().items() if not k.startswith("body.")}
