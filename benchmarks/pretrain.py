@@ -61,7 +61,7 @@ def config(args: argparse.Namespace, extra: list[str]) -> PipelineConfig:
 
 def curve(workspace: Workspace, result: StageResult) -> list[float]:
     table = workspace.read_parquet(result.output_dir, "results.parquet")
-    return [round(v, 4) for v in table.column("map50_voc07").to_pylist()]
+    return [round(v, 4) for v in table.column("val_map50_voc07").to_pylist()]
 
 
 def main() -> None:
