@@ -27,11 +27,11 @@ import torch.distributed as dist
 from pipelines import faults, tracking
 from pipelines.config import ClassifierPhase, PretrainConfig
 from pipelines.faults import NO_FAULTS, FaultPlan
-from pipelines.train.checkpoints import STATE_FILE, newest_checkpoint
+from pipelines.train.checkpoints import STATE_FILE, resume_state
 from pipelines.workspace import Workspace
 from yolov2.data.classify_transforms import ClassifierAugment, classifier_train_transform, classifier_val_transform
 from yolov2.data.cls_stream import class_batches, rank_samples
-from yolov2.engine.checkpoint import load_checkpoint, unwrap
+from yolov2.engine.checkpoint import unwrap
 from yolov2.engine.classify import EpochTotals, PhaseSchedule, train_classifier_epoch, validate_classifier
 from yolov2.engine.optim import build_sgd
 from yolov2.engine.precision import choose_precision, detect_hardware, slow_path_warnings
@@ -242,12 +242,7 @@ def _report(
 
 def _resume(workspace: Workspace, job: PretrainJob, rank: int, world: int) -> dict[str, Any] | None:
     """The checkpoint to continue from (Ray's restored one, or a newer one it had not registered); None."""
-    restored = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            restored = load_checkpoint(Path(folder) / STATE_FILE)
-    state = newest_checkpoint(workspace, job.checkpoint_dir, restored, rank, world)
+    state = resume_state(workspace, job.checkpoint_dir, rank, world)
     if state is not None:
         log.info("pretrain rank %d: resuming after epoch %d", rank, state["state"]["epoch"])
     return state

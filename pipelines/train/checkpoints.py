@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray.train
 import torch
 import torch.distributed as dist
 
@@ -61,6 +62,17 @@ def newest_checkpoint(
     if choice[0] is None:
         return restored
     return newer if newer is not None else load_state(workspace, checkpoint_dir, choice[0])
+
+
+def resume_state(workspace: Workspace, checkpoint_dir: str, rank: int, world: int) -> dict[str, Any] | None:
+    """The checkpoint a (re)started worker continues from: Ray's restored one, or a newer one it had not
+    registered (:func:`newest_checkpoint`); None: from the start."""
+    restored = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            restored = load_checkpoint(Path(folder) / STATE_FILE)
+    return newest_checkpoint(workspace, checkpoint_dir, restored, rank, world)
 
 
 def load_state(workspace: Workspace, checkpoint_dir: str, name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import ray.train.torch
 import torch
 
 from pipelines import faults, tracking
-from pipelines.train.checkpoints import BEST_BY, BEST_FILE, STATE_FILE, model_file_bytes, newest_checkpoint
+from pipelines.train.checkpoints import BEST_BY, BEST_FILE, STATE_FILE, model_file_bytes, resume_state
 from pipelines.train.ingest import ray_data_batches, webdataset_batches
 from pipelines.train.job import TrainJob, accumulation_for, validation_predict
 from pipelines.train.results import write_results
@@ -33,7 +33,7 @@ from pipelines.train.validation import gather_predictions
 from pipelines.workspace import Workspace
 from yolov2.data.batch import Batch
 from yolov2.data.shards import ShardSpec, shard_specs_from_index
-from yolov2.engine.checkpoint import load_checkpoint, unwrap
+from yolov2.engine.checkpoint import unwrap
 from yolov2.engine.ema import ModelEMA
 from yolov2.engine.init import freeze_darknet_layers, load_initial_weights
 from yolov2.engine.optim import build_optimizer
@@ -197,12 +197,7 @@ def _loop_settings(
 
 def _resume_point(workspace: Workspace, job: TrainJob, rank: int, world: int) -> dict[str, Any] | None:
     """The checkpoint this worker resumes from (Ray's restored one, or a newer one); None: from step 0."""
-    restored = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            restored = load_checkpoint(Path(folder) / STATE_FILE)
-    resume_from = newest_checkpoint(workspace, job.checkpoint_dir, restored, rank, world)
+    resume_from = resume_state(workspace, job.checkpoint_dir, rank, world)
     if resume_from is not None:
         log.info(
             "rank %d: resuming from epoch %d, step %d",

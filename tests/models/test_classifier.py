@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cfg_text import cfg_sections
 from torch import nn
 
 from yolov2.engine.init import load_initial_weights
@@ -35,16 +36,7 @@ DARKNET19_CONV23_BYTES = 79_327_120  # pjreddie.com/media/files/darknet19_448.co
 
 def cfg_convs(path: Path) -> list[dict[str, int]]:
     """Independent walk over a cfg's text: each [convolutional] as filters, c_in, size, bn (in file order)."""
-    sections: list[tuple[str, dict[str, str]]] = []
-    for line in path.read_text().splitlines():
-        line = "".join(line.split())
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            sections.append((line.strip("[]"), {}))
-        else:
-            k, v = line.split("=", 1)
-            sections[-1][1][k] = v
+    sections = cfg_sections(path)
     c = int(sections[0][1].get("channels", 3))
     convs = []
     for kind, opt in sections[1:]:

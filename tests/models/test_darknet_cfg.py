@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cfg_text import cfg_sections
 
 from yolov2.config import LossConfig
 from yolov2.errors import ConfigError
@@ -25,16 +26,7 @@ CLASSIFIER_CFGS = ["darknet19.cfg", "darknet19_448.cfg"]  # Darknet-19 on ImageN
 
 def reference_walk(path: Path, height: int, width: int) -> dict[str, int]:
     """Independent count from the cfg text: learnable params, .weights floats, conv MACs, output shape."""
-    sections: list[tuple[str, dict[str, str]]] = []
-    for line in path.read_text().splitlines():
-        line = line.replace(" ", "").strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            sections.append((line.strip("[]"), {}))
-        else:
-            k, v = line.split("=", 1)
-            sections[-1][1][k] = v
+    sections = cfg_sections(path)
     c, h, w = int(sections[0][1].get("channels", 3)), height, width
     outs: list[tuple[int, int, int]] = []  # (c, h, w) per layer
     params = floats = macs = 0
