@@ -12,10 +12,10 @@ import torch
 
 from pipelines import prepare, shard
 from pipelines.config import load_config
-from pipelines.dag import run_stage
+from pipelines.dag import StageContext, run_stage
 from pipelines.faults import FaultPlan
 from pipelines.pretrain import stage as pretrain
-from pipelines.pretrain.dataset import read_split
+from pipelines.pretrain.dataset import build_dataset, read_split
 from pipelines.pretrain.worker import steps_per_epoch
 from pipelines.workspace import Workspace
 from yolov2.data.cls_shards import encode_jpeg
@@ -141,9 +141,6 @@ def test_crops_of_the_shard_stages_boxes(ray_local, tmp_path):
         tmp_path,
         [
             "pretrain.source=crops",
-            "pretrain.low.epochs=1",
-            "pretrain.high.epochs=0",
-            "pretrain.num_workers=1",
             "data.synthetic.num_train=24",
             "data.synthetic.num_val=4",
             "data.synthetic.num_test=2",
@@ -154,8 +151,8 @@ def test_crops_of_the_shard_stages_boxes(ray_local, tmp_path):
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
     sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
-    result = run_stage(pretrain.SPEC, cfg, ws, upstream={"shard": sharded}, tracking_enabled=False)
-    dataset = result.manifest["dataset"]
+    ctx = StageContext("pretrain", cfg, ws, "pretrain/crops", upstream={"shard": sharded}, tracking_enabled=False)
+    dataset = build_dataset(ctx)  # the data alone: the synthetic test trains
     index = ws.read_parquet(sharded.output_dir, sharded.manifest["splits"]["train"]["index"]).to_pylist()
     boxes = sum(len(r["boxes"]) for r in index)
     written = dataset["splits"]["train"]["samples"] + dataset["splits"]["val"]["samples"]
@@ -163,8 +160,8 @@ def test_crops_of_the_shard_stages_boxes(ray_local, tmp_path):
     assert len(dataset["splits"]["train"]["shards"]) == len(sharded.manifest["splits"]["train"]["shards"])
     # a crop holds its box with the margin: the crop's size against the box's, for every crop of the first image
     first = index[0]
-    crops = {k: decode_rgb(jpg).shape for k, jpg, _ in read_split(ws, result.output_dir, dataset, "train")}
-    crops.update({k: decode_rgb(jpg).shape for k, jpg, _ in read_split(ws, result.output_dir, dataset, "val")})
+    crops = {k: decode_rgb(jpg).shape for k, jpg, _ in read_split(ws, ctx.output_dir, dataset, "train")}
+    crops.update({k: decode_rgb(jpg).shape for k, jpg, _ in read_split(ws, ctx.output_dir, dataset, "val")})
     for i, box in enumerate(first["boxes"]):
         shape = crops.get(f"{first['image_id']}_b{i:04d}")
         if shape is None:
@@ -191,18 +188,15 @@ def test_an_image_folder_with_bad_files_gives_named_rejects(ray_local, tmp_path)
             "pretrain.source=imagefolder",
             f"pretrain.root={root}",
             "pretrain.val_fraction=0.25",
-            "pretrain.low.epochs=1",
-            "pretrain.high.epochs=0",
-            "pretrain.num_workers=1",
         ],
     )
     ws = Workspace.open(cfg.workspace)
-    result = run_stage(pretrain.SPEC, cfg, ws, tracking_enabled=False)
-    dataset = result.manifest["dataset"]
+    ctx = StageContext("pretrain", cfg, ws, "pretrain/folder", tracking_enabled=False)
+    dataset = build_dataset(ctx)
     assert dataset["class_names"] == ["cat", "dog"]
     assert dataset["splits"]["val"]["per_class"] == {"cat": 3, "dog": 3}
     assert dataset["splits"]["train"]["per_class"] == {"cat": 9, "dog": 9}
-    rejects = pq.read_table(ws.local_path(result.output_dir, "rejects.parquet")).to_pylist()
+    rejects = pq.read_table(ws.local_path(ctx.output_dir, "rejects.parquet")).to_pylist()
     assert sorted(Path(r["source"]).name for r in rejects) == ["cut.jpg", "empty.jpg", "notes.jpg"]
     assert all(r["reason"] for r in rejects)
     assert dataset["inputs"] == 24 + 3
