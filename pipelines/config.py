@@ -184,7 +184,6 @@ class PretrainConfig:
     synthetic_images: int = 400  # synthetic: generated images whose shapes are cut out
     val_fraction: float = 0.1  # a stratified val split (each class in this proportion)
     seed: int = 0  # the val split, the shuffling, the initial weights
-    shard_max_count: int = 2000  # crops per classification shard
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -298,7 +297,7 @@ def check_pretrain(pretrain: PretrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: pretrain.source imagefolder needs pretrain.root (a folder of class folders)")
     if not 0.0 < pretrain.val_fraction < 1.0:
         raise ConfigError(f"{source}: pretrain.val_fraction must be in (0, 1), got {pretrain.val_fraction}")
-    for name in ("num_workers", "batch_size", "shard_max_count", "synthetic_images", "min_side"):
+    for name in ("num_workers", "batch_size", "synthetic_images", "min_side"):
         if getattr(pretrain, name) < 1:
             raise ConfigError(f"{source}: pretrain.{name} must be at least 1, got {getattr(pretrain, name)}")
     if pretrain.low.epochs < 1:

@@ -117,3 +117,30 @@ def test_raccoon_config_finds_the_shared_folder_from_the_repository_root() -> No
     assert "val" not in cfg.data.splits
     custom = load_config(REPO / "configs" / "custom.yaml")
     assert (custom.data.class_names, custom.data.val_fraction) == ("auto", 0.15)
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["pretrain.source=imagefolder"], "needs pretrain.root"),
+        (["pretrain.val_fraction=0"], "pretrain.val_fraction must be in"),
+        (["pretrain.high.size=100"], "pretrain.high: size must be a multiple of 32"),
+        (["pretrain.low.min_crop=300", "pretrain.low.max_crop=200"], "pretrain.low: size must be"),
+        (["pretrain.low.lr=0"], "pretrain.low: epochs and burn_in >= 0, lr and power > 0"),
+        (["pretrain.low.epochs=0"], "pretrain.low.epochs must be at least 1"),
+        (["pretrain.batch_size=0"], "pretrain.batch_size must be at least 1"),
+        (["train.init_from=imagenet"], "train.init_from"),
+    ],
+)
+def test_a_bad_pretrain_section_is_named(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(None, overrides)
+
+
+def test_the_pretrain_defaults_are_darknets():
+    cfg = load_config(None, [])
+    low, high = cfg.pretrain.low, cfg.pretrain.high
+    assert (low.lr, low.power, low.burn_in, low.size, low.min_crop, low.max_crop) == (0.1, 4.0, 1000, 256, 128, 448)
+    assert (high.lr, high.size, high.min_crop, high.max_crop) == (0.001, 448, 448, 512)  # darknet19_448.cfg
+    assert high.size == 2 * 224 and high.epochs * 16 == low.epochs  # the paper: 448 after 224, 10 of 160 epochs
+    assert cfg.pretrain.batch_size * cfg.pretrain.num_workers == 128  # the batch Darknet's rates are for
