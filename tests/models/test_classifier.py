@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cfg_text import cfg_sections
 from torch import nn
 
+from cfg_text import cfg_sections
 from yolov2.engine.init import load_initial_weights
 from yolov2.errors import ConfigError, WeightsError
 from yolov2.models import (

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cfg_text import cfg_sections
 
+from cfg_text import cfg_sections
 from yolov2.config import LossConfig
 from yolov2.errors import ConfigError
 from yolov2.models import build_from_darknet_cfg
