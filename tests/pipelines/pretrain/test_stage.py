@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines import prepare, shard
+from pipelines import prepare, shard, tracking
 from pipelines.config import load_config
 from pipelines.dag import StageContext, run_stage
 from pipelines.faults import FaultPlan
@@ -64,7 +65,9 @@ def synthetic(ray_local, tmp_path_factory):
     cfg = _cfg(tmp, extra)
     ws = Workspace.open(cfg.workspace)
     fault = FaultPlan(train_step=FAILING_STEP, train_rank=1, train_kind="sigkill", train_marker_dir=str(markers))
-    result = run_stage(pretrain.SPEC, cfg, ws, tracking_enabled=False, faults=fault)
+    tracking.setup_mlflow(None, "pretrain-test", ws)
+    with mlflow.start_run(run_name="pipeline"):
+        result = run_stage(pretrain.SPEC, cfg, ws, faults=fault)
     return cfg, ws, result, markers
 
 
@@ -80,6 +83,20 @@ def test_the_classifier_learns_the_shapes_well_above_chance(synthetic):
     assert result.manifest["phases"]["high"]["val_top1"] > 1.5 * chance, rows
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert "val_top5" not in rows[0]  # five classes: top-5 is always right and is left out
+
+
+def test_mlflow_has_each_phases_metrics_and_the_figures(synthetic):
+    _, ws, result, _ = synthetic
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{ws.local_path('mlflow.db')}")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "pretrain"
+    low = {m.step: m.value for m in client.get_metric_history(result.run_id, "low_val_top1")}
+    high = client.get_metric_history(result.run_id, "high_val_top1")
+    per_epoch = steps_per_epoch(result.manifest["dataset"], 16, 2)
+    assert sorted(low) == [e * per_epoch for e in range(1, 7)] and len({m.step for m in high}) == 1
+    assert low[6 * per_epoch] == pytest.approx(result.manifest["phases"]["low"]["val_top1"])
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"curves.png", "confusion.png", "samples.png", "results.parquet", "backbone.weights"} <= artifacts
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(synthetic):
