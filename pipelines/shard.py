@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipelines import prepare
+from pipelines import prepare, ray_tasks
 from pipelines.cli_common import stage_main
 from pipelines.dag import StageContext, StageSpec
 from pipelines.faults import FaultPlan, shard_write_fault
@@ -50,7 +50,7 @@ from yolov2.data.class_names import (
 from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_to_table
 from yolov2.data.shard_build import ShardItem, ShardOptions, write_shard
 from yolov2.data.sources import list_splits
-from yolov2.errors import DatasetError, YoloV2Error
+from yolov2.errors import DatasetError
 from yolov2.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -145,30 +145,8 @@ def _run_shard_tasks(
         )
         for p, strategy in zip(planned, _spread_strategies(len(planned)))
     ]
-    index_of = {ref: i for i, ref in enumerate(refs)}
-    outcomes: list[ShardIndexPart | None] = [None] * len(refs)
-    pending = list(refs)
     with Progress(SPEC.name, sum(len(p.items) for p in planned), "images", heartbeat=True) as progress:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                try:
-                    outcomes[index_of[ref]] = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    _stop_tasks(pending)
-                    if isinstance(e.cause, YoloV2Error):  # a clear error (bad input, disk full): without Ray's frames
-                        raise e.cause from None
-                    raise
-                progress.advance(len(planned[index_of[ref]].items))
-    return [o for o in outcomes if o is not None]
-
-
-def _stop_tasks(refs: list) -> None:
-    """Cancel the other shard tasks after one failed and wait for them, so none writes after the stage
-    has failed (a cancelled task's atomic write removes its temp file)."""
-    for ref in refs:
-        ray.cancel(ref)
-    ray.wait(refs, num_returns=len(refs), timeout=60)
+        return ray_tasks.gather(refs, [len(p.items) for p in planned], progress)
 
 
 # the per-split counts logged as metrics (not the carve-out's fraction and seed)
