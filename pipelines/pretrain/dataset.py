@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from pipelines import ray_tasks
 from pipelines.config import PipelineConfig
 from pipelines.dag import StageContext, StageResult
 from pipelines.workspace import Workspace
@@ -35,8 +36,8 @@ from yolov2.data.imagefolder import scan_image_folder
 from yolov2.data.images import decode_rgb
 from yolov2.data.records import ImageRecord, Reject, rejects_to_table, table_to_records
 from yolov2.data.shards import iter_shard_samples
-from yolov2.data.synthetic import SHAPE_CLASSES, generate_scene
-from yolov2.errors import DatasetError, YoloV2Error
+from yolov2.data.synthetic import SHAPE_CLASSES, SyntheticScene, generate_scene
+from yolov2.errors import DatasetError
 from yolov2.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def plan_dataset(ctx: StageContext) -> Plan:
             Plan(shard.manifest["class_names"], groups, planned.rejects, planned.inputs), p.val_fraction, p.seed
         )
     if p.source == "synthetic":
-        records = [_synthetic_scene(ctx.cfg, i, with_image=False)[1] for i in range(p.synthetic_images)]
+        records = [_synthetic_scene(ctx.cfg, i).record for i in range(p.synthetic_images)]
         planned = _crop_plan(records, [str(i) for i in range(len(records))], settings)
         chunks = {str(i): f"synthetic-{i // SYNTHETIC_CHUNK}" for i in range(len(records))}
         groups = _group_by(planned, chunks, None, "")
@@ -152,9 +153,10 @@ def _split(plan: Plan, fraction: float, seed: int) -> Plan:
     return plan
 
 
-def _synthetic_scene(cfg: PipelineConfig, index: int, with_image: bool) -> tuple[Any, ImageRecord]:
+def _synthetic_scene(cfg: PipelineConfig, index: int) -> SyntheticScene:
+    """Generated image ``index`` of the pretrain source (seeded: the plan and the task draw the same one)."""
     s = cfg.data.synthetic
-    scene = generate_scene(
+    return generate_scene(
         s.seed + 1,
         index,
         "pretrain",
@@ -163,7 +165,6 @@ def _synthetic_scene(cfg: PipelineConfig, index: int, with_image: bool) -> tuple
         min_size=s.min_object_size,
         min_visible=s.min_visible,
     )
-    return (scene.image if with_image else None), scene.record
 
 
 @dataclass
@@ -196,7 +197,7 @@ def _images_of(group: Group, cfg: PipelineConfig, rejects: list[Reject]):
         wanted.setdefault(sample.image, []).append(sample)
     if group.source == "synthetic":
         for image_key, samples in wanted.items():
-            yield _synthetic_scene(cfg, int(image_key), with_image=True)[0], samples
+            yield _synthetic_scene(cfg, int(image_key)).image, samples
     elif group.source == "files":
         for path, samples in wanted.items():
             try:
@@ -228,23 +229,9 @@ def build_dataset(ctx: StageContext) -> dict[str, Any]:
         )
     remote = ray.remote(num_cpus=1, max_retries=3)(write_group)
     refs = [remote.remote(ctx.workspace, ctx.output_dir, g, ctx.cfg) for g in plan.groups]
-    sizes = {ref: len(g.samples) for ref, g in zip(refs, plan.groups)}
-    outcomes: list[GroupOutcome] = []
-    pending = list(refs)
-    with Progress("pretrain data", sum(sizes.values()), "samples", heartbeat=True) as progress:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                try:
-                    outcomes.append(ray.get(ref))
-                except ray.exceptions.RayTaskError as e:
-                    for other in pending:
-                        ray.cancel(other)
-                    if isinstance(e.cause, YoloV2Error):
-                        raise e.cause from None
-                    raise
-                progress.advance(sizes[ref])
-    outcomes.sort(key=lambda o: o.index)
+    sizes = [len(g.samples) for g in plan.groups]
+    with Progress("pretrain data", sum(sizes), "samples", heartbeat=True) as progress:
+        outcomes: list[GroupOutcome] = ray_tasks.gather(refs, sizes, progress)  # in group order
     rejects = plan.rejects + [r for o in outcomes for r in o.rejects]
     ctx.workspace.write_parquet(rejects_to_table(rejects), ctx.out(REJECTS_FILE))
     splits = {}

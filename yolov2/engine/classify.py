@@ -88,8 +88,7 @@ def train_classifier_epoch(
 ) -> tuple[EpochTotals, int]:
     """One epoch: a step per batch at the schedule's rate for ``first_step`` onwards; ``(totals, steps done)``."""
     model.train()
-    num_classes = None
-    totals = EpochTotals(0, 0.0, {k: 0 for k in TOP_K})
+    totals = EpochTotals(0, 0.0, {})  # the k below the class count (topk_correct leaves the others out)
     step = first_step
     waited_from = time.perf_counter()
     for images, labels in batches:
@@ -103,17 +102,14 @@ def train_classifier_epoch(
         loss.backward()
         optimizer.step()
         step += 1
-        num_classes = logits.shape[1]
-        n = len(labels)
+        n, value = len(labels), loss.item()  # one device-to-host copy per step
         totals.samples += n
-        totals.loss_sum += loss.item() * n
-        for k, hits in topk_correct(logits.detach().float(), labels, _ks(num_classes)).items():
-            totals.correct[k] += hits
+        totals.loss_sum += value * n
+        for k, hits in topk_correct(logits.detach().float(), labels, TOP_K).items():
+            totals.correct[k] = totals.correct.get(k, 0) + hits
         now = time.perf_counter()
-        step_end(StepReport(step, epoch, n * world_size, now - waited_from, started - waited_from, loss.item()))
+        step_end(StepReport(step, epoch, n * world_size, now - waited_from, started - waited_from, value))
         waited_from = now
-    if num_classes is not None:
-        totals.correct = {k: v for k, v in totals.correct.items() if k < num_classes}
     return totals, step - first_step
 
 
