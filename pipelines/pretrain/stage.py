@@ -8,7 +8,7 @@ trained on classification at low resolution (``darknet19.cfg``), fine-tuned at t
    folder, or generated shapes, as classification shards with a stratified val split, by Ray tasks.
 2. Training (:mod:`pipelines.pretrain.worker`): Ray Train on ``pretrain.num_workers`` workers, the low phase
    then the high one (``pretrain.high.epochs: 0`` skips it), a checkpoint every epoch, restarts after a failed
-   worker, rank 0 logging to MLflow.
+   worker, ``--resume`` after a stopped or killed run (as the train stage), rank 0 logging to MLflow.
 3. Outputs: ``backbone.weights`` (the backbone as a Darknet partial weights file: for Darknet-19 the 18 conv
    layers ``darknet19_448.conv.23`` holds, readable by Darknet), ``backbone.pt`` (its state dict),
    ``classifier.pt``, ``results.parquet`` (per epoch: phase, loss, val top-1 / top-5), ``curves.png``,
@@ -33,10 +33,10 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import ray_runtime, shard, tracking
 from pipelines.config import PipelineConfig, with_overrides
-from pipelines.dag import StageContext, StageResult, StageSpec
+from pipelines.dag import StageContext, StageFlag, StageResult, StageSpec
 from pipelines.pretrain.dataset import build_dataset, read_split
 from pipelines.pretrain.worker import PHASES, PretrainJob, pretrain_loop_per_worker
-from pipelines.train.checkpoints import RUN_NAME, STATE_FILE
+from pipelines.train.checkpoints import RUN_NAME, STATE_FILE, has_checkpoint
 from pipelines.workspace import Workspace
 from yolov2.data.classify_transforms import classifier_val_transform
 from yolov2.data.images import decode_rgb
@@ -52,7 +52,7 @@ RESULTS, CURVES, CONFUSION, SAMPLES = "results.parquet", "curves.png", "confusio
 NUM_SAMPLE_IMAGES = 16
 
 
-def pretrain_body(ctx: StageContext) -> dict[str, Any]:
+def pretrain_body(ctx: StageContext, resume: bool = False) -> dict[str, Any]:
     import mlflow  # here: about 2 s to import, and only a tracked run needs it
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain
@@ -72,8 +72,14 @@ def pretrain_body(ctx: StageContext) -> dict[str, Any]:
         run_id=run_id,
         faults=ctx.faults,
     )
+    storage = ctx.workspace.uri_of(ctx.output_dir, "ray")
+    # Ray Train restores a run whose storage folder and name hold checkpoints, and the stage keeps that folder
+    # only under --resume (the data is rebuilt first: the same shards, as its split is a seeded hash)
+    resumed = resume and (not ctx.workspace.is_local or has_checkpoint(Path(storage)))
+    if resume and not resumed:
+        log.warning("--resume: no checkpoint under %s, starting from epoch 0", storage)
     started = time.time()
-    result = _trainer(job, ctx.workspace.uri_of(ctx.output_dir, "ray")).fit()
+    result = _trainer(job, storage).fit()
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:
@@ -92,6 +98,7 @@ def pretrain_body(ctx: StageContext) -> dict[str, Any]:
         "dataset": dataset,
         "phases": by_phase,
         "epochs": int(state["state"]["epoch"]),
+        "resumed": resumed,
         "backbone_layers": layers,
         "model": {"name": cfg.model.name, "width_multiplier": cfg.model.width_multiplier},
         "train_seconds": round(time.time() - started, 1),
@@ -230,6 +237,11 @@ SPEC = StageSpec(
     config_keys=("pretrain", "model.name", "model.width_multiplier", "data.synthetic"),
     version=1,
     body=pretrain_body,
+    flags=(
+        StageFlag(
+            "resume", "continue an interrupted run of this config from its last checkpoint", keeps_partial_output=True
+        ),
+    ),
     summary="the backbone as a classifier (object crops, an image folder or generated shapes), low then high "
     "resolution, Darknet's recipe; backbone.weights for train.init_from: pretrain",
     runs_if=_runs_if,

@@ -152,7 +152,7 @@ def test_each_stage_gets_only_the_flags_it_declares(tmp_path, monkeypatch):
         "prepare": {},
         "shard": {},
         "anchors": {},
-        "pretrain": {},
+        "pretrain": {"resume": True},
         "tune": {},
         "train": {"resume": True},
         "evaluate": {},

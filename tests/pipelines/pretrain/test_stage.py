@@ -107,6 +107,32 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(synthetic):
     assert result.manifest["epochs"] == 7
 
 
+def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, tmp_path):
+    """No retries left: the run stops with its first epoch's checkpoint; ``--resume`` continues from there."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    extra = [
+        "pretrain.source=synthetic",
+        "pretrain.synthetic_images=80",
+        "pretrain.num_workers=1",
+        "pretrain.max_failures=0",
+        "pretrain.low.epochs=3",
+        "pretrain.high.epochs=0",
+        "data.synthetic.image_size=[160, 120]",
+    ]
+    cfg = _cfg(tmp_path, extra)
+    ws = Workspace.open(cfg.workspace)
+    fault = FaultPlan(train_step=25, train_marker_dir=str(markers))
+    with pytest.raises(Exception, match="injected training failure"):
+        run_stage(pretrain.SPEC, cfg, ws, tracking_enabled=False, faults=fault)
+    kept = [load_checkpoint(p)["state"] for p in ws.local_path("pretrain").glob("*/ray/**/state.pt")]
+    assert kept and max(s["epoch"] for s in kept) == 1  # the failure came in the second epoch
+    resumed = run_stage(pretrain.SPEC, cfg, ws, tracking_enabled=False, flags={"resume": True}, faults=fault)
+    assert resumed.manifest["resumed"] is True and resumed.manifest["epochs"] == 3
+    rows = pq.read_table(ws.local_path(resumed.output_dir, "results.parquet")).to_pylist()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 1's row came back with its checkpoint
+
+
 def test_the_dataset_is_counted_split_by_class_and_readable(synthetic):
     _, ws, result, _ = synthetic
     dataset = result.manifest["dataset"]
