@@ -25,7 +25,7 @@ demo: $(STAMP)  ## run the whole pipeline on the generated dataset, local Ray, l
 test: lint  ## lint and type checks, then the default test suite (no `slow` tests), < 15 minutes on 2 cores
 	$(PY) -m pytest -m "not slow" -q
 
-LINTED := yolov2 pipelines tests benchmarks
+LINTED := yolov2 pipelines tests benchmarks tools
 lint: $(STAMP)  ## ruff (lint + format check) on the code, mypy on the library; settings in pyproject.toml
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
