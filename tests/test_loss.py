@@ -23,6 +23,7 @@ from yolov2.boxes import efficient_iou_loss, pairwise_box_iou, targets_from_boxe
 from yolov2.config import LossConfig
 from yolov2.errors import ConfigError, DatasetError
 from yolov2.loss import region_loss
+from yolov2.wordtree import WordTree
 
 # ------------------------------------------------------------------------------------------------------------
 # Darknet port (slow, plain Python floats; x is indexed [b, n, entry, j, i])
@@ -77,14 +78,67 @@ def _delta_region_box(truth, x, biases, n, b, i, j, w, h, delta, scale):
     return iou
 
 
-def _delta_region_class(x, delta, n, b, i, j, class_id, classes, scale):
-    """region_layer.c:129-138 (no hierarchy; softmax=1 so tag = !l.softmax = 0) on blas.c:305-321's softmax."""
+def _class_probs(x, n, b, i, j, classes, hier=None) -> list[float]:
+    """The class entries after Darknet's forward: one softmax (blas.c:305-321), or one per sibling group of the
+    tree (``softmax_tree``, blas_kernels.cu:959-987)."""
     logits = [x[b, n, 5 + c, j, i] for c in range(classes)]
-    top = max(logits)
-    exps = [math.exp(v - top) for v in logits]
-    probs = [e / sum(exps) for e in exps]
-    for c in range(classes):
-        delta[b, n, 5 + c, j, i] = scale * ((1.0 if c == class_id else 0.0) - probs[c])
+    groups = [(0, classes)] if hier is None else list(zip(hier.group_offsets, hier.group_sizes))
+    probs = [0.0] * classes
+    for offset, size in groups:
+        top = max(logits[offset : offset + size])
+        exps = [math.exp(v - top) for v in logits[offset : offset + size]]
+        for k, e in enumerate(exps):
+            probs[offset + k] = e / sum(exps)
+    return probs
+
+
+def _delta_region_class(x, delta, n, b, i, j, class_id, classes, scale, hier=None):
+    """region_layer.c:112-138: softmax=1 so tag = !l.softmax = 0; with a tree, the hierarchical branch (each group
+    on the label's path: 0 - p, the path node 1 - p)."""
+    probs = _class_probs(x, n, b, i, j, classes, hier)
+    if hier is None:
+        for c in range(classes):
+            delta[b, n, 5 + c, j, i] = scale * ((1.0 if c == class_id else 0.0) - probs[c])
+        return
+    while class_id >= 0:
+        group = hier.group_of[class_id]
+        offset = hier.group_offsets[group]
+        for k in range(hier.group_sizes[group]):
+            delta[b, n, 5 + offset + k, j, i] = scale * (0 - probs[offset + k])
+        delta[b, n, 5 + class_id, j, i] = scale * (1 - probs[class_id])
+        class_id = hier.parents[class_id]
+
+
+def _hierarchy_probability(probs, class_id, hier) -> float:
+    """tree.c:27-35 get_hierarchy_probability (flat: the class's probability)."""
+    if hier is None:
+        return probs[class_id]
+    p = 1.0
+    while class_id >= 0:
+        p *= probs[class_id]
+        class_id = hier.parents[class_id]
+    return p
+
+
+def _class_only_delta(x, delta, b, truth, classes, hier, object_scale, noobject_scale, class_scale, push):
+    """The classification-only branch of forward_region_layer (YOLO9000, January 2017): every prediction gets the
+    no-object delta; the one with the highest objectness x P(class) (Darknet's ``p > maxp`` from 0) gets the class
+    delta and, if its objectness is under .3, the delta up to .3 (``push``; later Darknet sets it to 0)."""
+    _, num, _, lh, lw = x.shape
+    class_id = int(truth[4])
+    maxp, best = 0.0, (0, 0, 0)
+    for n in range(num):  # Darknet's n over l.n*l.w*l.h: anchor, row, column
+        for j in range(lh):
+            for i in range(lw):
+                so = _logistic(x[b, n, 4, j, i])
+                delta[b, n, 4, j, i] = noobject_scale * ((0 - so) * (so * (1 - so)))
+                p = so * _hierarchy_probability(_class_probs(x, n, b, i, j, classes, hier), class_id, hier)
+                if p > maxp:
+                    maxp, best = p, (n, j, i)
+    n, j, i = best
+    _delta_region_class(x, delta, n, b, i, j, class_id, classes, class_scale, hier)
+    so = _logistic(x[b, n, 4, j, i])
+    delta[b, n, 4, j, i] = object_scale * (0.3 - so) * (so * (1 - so)) if push and so < 0.3 else 0.0
 
 
 def darknet_region_delta(
@@ -101,12 +155,16 @@ def darknet_region_delta(
     coord_scale=1.0,
     rescore=True,
     coord_wh_weight=False,
+    hier=None,
+    class_only_push=True,
 ):
     """forward_region_layer's delta. truths[b]: image b's Darknet truth buffer, MAX_TRUTHS rows (x, y, w, h, class)
     as the loader fills it (packed, then rows of zeros); the loops stop at the first row with x == 0.
 
     ``coord_wh_weight`` switches on pjreddie's call ``delta_region_box(..., l.coord_scale * (2 - truth.w*truth.h))``,
     present since commit 60e952ba (2017-03-26) and at HEAD (region_layer.c:293), not in the YOLOv2 release.
+    ``hier``: the WordTree of ``[region] tree=``. A truth row with x and y above 100000 is Darknet's
+    classification-only truth (:func:`_class_only_delta`); its image takes nothing else.
     Returns (delta, stats) with counts of ignored predictions and overwritten truths, so the tests can check that
     those paths were exercised.
     """
@@ -116,6 +174,12 @@ def darknet_region_delta(
     slots: dict[tuple, int] = {}
     overwritten = 0
     for b in range(batch):
+        only = [t for t in truths[b] if t[0] > 100000 and t[1] > 100000]
+        if only:
+            _class_only_delta(
+                x, delta, b, only[0], classes, hier, object_scale, noobject_scale, class_scale, class_only_push
+            )
+            continue
         for j in range(lh):
             for i in range(lw):
                 for n in range(num):
@@ -157,7 +221,7 @@ def darknet_region_delta(
             delta[b, best_n, 4, j, i] = object_scale * (1 - so) * (so * (1 - so))
             if rescore:
                 delta[b, best_n, 4, j, i] = object_scale * (iou - so) * (so * (1 - so))
-            _delta_region_class(x, delta, best_n, b, i, j, int(truth[4]), classes, class_scale)
+            _delta_region_class(x, delta, best_n, b, i, j, int(truth[4]), classes, class_scale, hier)
             key = (b, best_n, j, i)
             overwritten += key in slots
             slots[key] = 1
@@ -231,13 +295,17 @@ def _make_case(seed: int, batch: int = 3, num_classes: int = 4, grid_h: int = 6,
     return output, targets, torch.tensor(ANCHORS, dtype=torch.float64), num_classes
 
 
-def _darknet_truths(targets: torch.Tensor) -> list[list[tuple]]:
+def _darknet_truths(targets: torch.Tensor, class_only: torch.Tensor | None = None) -> list[list[tuple]]:
     """Our padded rows [label, cx, cy, w, h] -> Darknet's truth buffer per image: the real rows (x, y, w, h, class)
     in order, packed, then rows of zeros up to MAX_TRUTHS, as data.c fill_truth_detection (HEAD, lines 458-485)
     leaves it. Real rows are the ones region_loss keeps (label >= 0, w > 0, h > 0); more than MAX_TRUTHS is an
     error here, since Darknet would never see the rest."""
     truths = []
-    for image in targets.tolist():
+    for b, image in enumerate(targets.tolist()):
+        if class_only is not None and bool(class_only[b]):
+            label = next(row[0] for row in image if row[0] >= 0)
+            truths.append([(1e6, 1e6, 1.0, 1.0, label)] + [(0.0, 0.0, 0.0, 0.0, 0.0)] * (MAX_TRUTHS - 1))
+            continue
         rows = [(x, y, w, h, label) for label, x, y, w, h in image if label >= 0 and w > 0 and h > 0]
         if len(rows) > MAX_TRUTHS:
             raise ValueError(f"{len(rows)} truths in one image; Darknet's region layer reads at most {MAX_TRUTHS}")
@@ -245,10 +313,11 @@ def _darknet_truths(targets: torch.Tensor) -> list[list[tuple]]:
     return truths
 
 
-def _reference_grad(output, targets, anchors, num_classes, seen, **kwargs):
+def _reference_grad(output, targets, anchors, num_classes, seen, class_only=None, **kwargs):
     batch, _, grid_h, grid_w = output.shape
     x = output.detach().numpy().reshape(batch, len(ANCHORS), 5 + num_classes, grid_h, grid_w)
-    delta, stats = darknet_region_delta(x, _darknet_truths(targets), ANCHORS, num_classes, seen, **kwargs)
+    truths = _darknet_truths(targets, class_only)
+    delta, stats = darknet_region_delta(x, truths, ANCHORS, num_classes, seen, **kwargs)
     return torch.from_numpy(-delta / batch).view_as(output), stats
 
 
@@ -449,3 +518,83 @@ def test_targets_from_boxes_normalises_and_pads():
     assert targets_from_boxes(samples, 416, 320).shape == (2, 2, 5)
     with pytest.raises(ValueError, match="image 0 has 2 boxes"):
         targets_from_boxes(samples, 416, 320, max_boxes=1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# YOLO9000: the WordTree class term and classification-only images
+# ------------------------------------------------------------------------------------------------------------
+
+# animal, vehicle; dog, cat; car, bus, truck; two kinds of dog: groups [0, 1], [2, 3], [4, 5, 6], [7, 8]
+HAND_TREE = WordTree(
+    ("animal", "vehicle", "dog", "cat", "car", "bus", "truck", "puppy", "hound"), (-1, -1, 0, 0, 1, 1, 1, 2, 2)
+)
+
+
+@pytest.mark.parametrize(("seed", "seen"), [(4, 0), (5, 20000)])
+def test_tree_gradients_equal_darknet_hierarchical_deltas(seed, seen):
+    output, targets, anchors, num_classes = _make_case(seed, num_classes=HAND_TREE.num_nodes)
+    assert {int(v) for v in targets[..., 0].flatten() if v >= 0} & {0, 1, 2}, "labels must include inner nodes"
+    output.requires_grad_(True)
+    region_loss(output, targets, anchors, num_classes, seen, tree=HAND_TREE).total.backward()
+    expected, _ = _reference_grad(output, targets, anchors, num_classes, seen, hier=HAND_TREE)
+    torch.testing.assert_close(output.grad, expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("tree", [HAND_TREE, None], ids=["tree", "flat"])
+@pytest.mark.parametrize("objectness", ["push", "zero"])
+@pytest.mark.parametrize("seen", [0, 20000])
+def test_class_only_images_follow_darknets_yolo9000_rule(tree, objectness, seen):
+    """Image 1 carries only a label (with a box row whose values must not be read), image 2 as well, among
+    detection images; the gradient equals the port's delta everywhere (the tree and flat softmax alike)."""
+    output, targets, anchors, num_classes = _make_case(6, num_classes=HAND_TREE.num_nodes)
+    targets[1, 2] = torch.tensor([7.0, 0.1, 0.9, 0.0, 0.0], dtype=torch.float64)  # puppy; the box is not read
+    class_only = torch.tensor([False, True, True])
+    output.requires_grad_(True)
+    loss = LossConfig(class_only_objectness=objectness)
+    region_loss(output, targets, anchors, num_classes, seen, loss, tree=tree, class_only=class_only).total.backward()
+    expected, _ = _reference_grad(
+        output, targets, anchors, num_classes, seen, class_only, hier=tree, class_only_push=objectness == "push"
+    )
+    torch.testing.assert_close(output.grad, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_class_only_rule_on_a_hand_built_output():
+    """The box with the highest objectness x P(label) learns the label: not the most confident box (its P(label)
+    is low), its objectness is pushed up to 0.3, no coordinate gradient anywhere, no-object everywhere else."""
+    num_anchors, grid = 2, 2
+    out = torch.zeros(1, num_anchors, 5 + HAND_TREE.num_nodes, grid, grid, dtype=torch.float64)
+    out[0, :, 4] = _logit(0.05)
+    out[0, 0, 4, 0, 0] = _logit(0.9)  # the most confident box, but it says "vehicle"
+    out[0, 0, 5 + 1, 0, 0] = 6.0
+    out[0, 1, 4, 1, 0] = _logit(0.2)  # less confident, but "animal > dog > puppy"
+    out[0, 1, 5 + 0, 1, 0] = out[0, 1, 5 + 2, 1, 0] = out[0, 1, 5 + 7, 1, 0] = 6.0
+    output = out.view(1, -1, grid, grid).clone().requires_grad_(True)
+    targets = torch.tensor([[[7.0, 0.5, 0.5, 1.0, 1.0]]], dtype=torch.float64)
+    anchors = torch.tensor(ANCHORS[:num_anchors], dtype=torch.float64)
+    result = region_loss(output, targets, anchors, HAND_TREE.num_nodes, 0, tree=HAND_TREE, class_only=torch.ones(1))
+    result.total.backward()
+    grad = output.grad.view_as(out)
+    assert not grad[0, :, :4].any()  # no coordinate (and no prior) gradient
+    s = 0.2
+    assert grad[0, 1, 4, 1, 0].item() == pytest.approx(-5.0 * (0.3 - s) * s * (1 - s))  # object_scale x (.3 - s)
+    others = torch.ones(num_anchors, grid, grid, dtype=torch.bool)
+    others[1, 1, 0] = False
+    so = torch.sigmoid(out[0, :, 4])
+    torch.testing.assert_close(grad[0, :, 4][others], (so * so * (1 - so))[others])  # no-object: s x s(1 - s)
+    class_grad = grad[0, :, 5:].permute(0, 2, 3, 1)
+    assert class_grad[1, 1, 0].abs().sum() > 0 and class_grad[:, :, :, :].abs().sum() == class_grad[1, 1, 0].abs().sum()
+    assert not class_grad[1, 1, 0, [4, 5, 6]].any()  # the vehicle group is off the path
+    assert result.avg_iou.item() == 0 and result.recall.item() == 0  # no detection truth to count
+
+
+def test_tree_and_class_only_inputs_are_checked():
+    output, targets, anchors, _ = _make_case(0, num_classes=4)
+    with pytest.raises(ConfigError, match="the tree has 9 nodes, the head 4 classes"):
+        region_loss(output, targets, anchors, 4, 0, tree=HAND_TREE)
+    with pytest.raises(ValueError, match=r"class_only must be \(B=3,\)"):
+        region_loss(output, targets, anchors, 4, 0, class_only=torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(DatasetError, match="classification-only image has no label"):
+        region_loss(output, targets, anchors, 4, 0, class_only=torch.tensor([False, True, False]))
+    with pytest.raises(ConfigError, match="class_only_objectness"):
+        bad = LossConfig(class_only_objectness="sometimes")  # type: ignore[arg-type]
+        region_loss(output, targets, anchors, 4, 0, bad, class_only=torch.tensor([True, False, False]))

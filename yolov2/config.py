@@ -65,6 +65,10 @@ class LossConfig:
     coord_wh_weight: bool = (
         False  # coord scale x (2 - w*h), pjreddie's region_layer.c since 60e952ba (2017); off = YOLOv2 release
     )
+    # YOLO9000's classification-only images: the prediction that learns the label has its objectness pushed up
+    # to CLASS_ONLY_OBJECTNESS (push: the paper, Darknet of January 2017) or gets no objectness gradient (zero:
+    # later Darknet)
+    class_only_objectness: Literal["push", "zero"] = "push"
 
 
 @dataclass

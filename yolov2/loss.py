@@ -43,6 +43,18 @@ f6afaabc (region_layer.c:293), pjreddie's code calls ``delta_region_box`` with `
 (truth w, h normalised) and applies the sigmoid gradient in the GPU backward only; ``coord_wh_weight=True`` gives
 the ``(2 - w*h)`` weighting (default off, to match REFERENCE.md).
 
+YOLO9000 (``tree``, ``class_only``; Darknet's ``[region] tree=``, region_layer.c of January 2017, the paper's
+rules):
+
+4. With a WordTree the class scores are a softmax per sibling group, and the class term of a label is the sum of
+   the softmax cross-entropies of the groups on its path to the root (:func:`yolov2.hierarchy.
+   hierarchical_class_loss`: gradient p - onehot there, nothing below the label or off its path).
+5. A classification-only image (a label, no box) takes none of rules 1-3: every prediction gets the no-object
+   term (no ignore threshold, no prior), except the one with the highest objectness x P(label), which gets the
+   class term and an objectness target of at least ``CLASS_ONLY_OBJECTNESS`` (0.3; or no objectness gradient,
+   ``class_only_objectness="zero"``, as later Darknet). No coordinate term. Without a tree the same rule applies
+   with the flat softmax.
+
 ``seen``: Darknet increments ``net.seen`` by the batch size *before* the forward pass, so pass the number of
 images seen including this batch.
 
@@ -68,8 +80,19 @@ from yolov2.boxes import (
 )
 from yolov2.config import LossConfig
 from yolov2.errors import ConfigError, DatasetError
+from yolov2.hierarchy import (
+    TreeTensors,
+    group_log_softmax,
+    group_softmax,
+    hierarchical_class_loss,
+    path_probability,
+    tree_tensors,
+)
+from yolov2.wordtree import WordTree
 
-__all__ = ["LossOutput", "region_loss"]
+__all__ = ["CLASS_ONLY_OBJECTNESS", "LossOutput", "region_loss"]
+
+CLASS_ONLY_OBJECTNESS = 0.3  # Darknet's floor for the objectness of a classification-only image's chosen box
 
 
 class LossOutput(NamedTuple):
@@ -97,6 +120,9 @@ def region_loss(
     num_classes: int,
     seen: int,
     loss: LossConfig | None = None,
+    *,
+    tree: WordTree | TreeTensors | None = None,
+    class_only: torch.Tensor | None = None,
 ) -> LossOutput:
     """Darknet's region loss (see the module docstring for the exact rules and the scaling).
 
@@ -108,6 +134,9 @@ def region_loss(
     anchors (Tensor[A, 2]): (pw, ph) in grid cells (Darknet's ``anchors=``).
     seen: images seen so far including this batch. Half-precision outputs are promoted to float32.
     loss: the scales and rules (``LossConfig()``: yolov2-voc.cfg's ``[region]``).
+    tree: the WordTree of the class scores (C = its nodes, labels are node indices; rule 4).
+    class_only (Tensor[B] bool): the images that carry only a label (rule 5): their first row with label >= 0
+    gives it, and their box values are not read.
     """
     loss = loss or LossConfig()
     mode, box_loss, thresh, rescore = loss.mode, loss.box_loss, loss.thresh, loss.rescore
@@ -144,9 +173,19 @@ def region_loss(
     # ---- truths: validity, responsible cell and anchor, last-writer-wins per slot ------------------------------
     labels = targets[..., 0]
     valid = (labels >= 0) & (targets[..., 3] > 0) & (targets[..., 4] > 0)  # (B, T)
-    if bool((valid & (labels >= num_classes)).any()):
-        bad = int(labels[valid & (labels >= num_classes)].max())
+    checked = valid
+    if class_only is not None:
+        class_only = class_only.to(device=device, dtype=torch.bool)
+        if class_only.shape != (batch,):
+            raise ValueError(f"region_loss: class_only must be (B={batch},), got {tuple(class_only.shape)}")
+        valid = valid & ~class_only[:, None]  # rules 1-3 see no truth in a classification-only image
+        checked = valid | (class_only[:, None] & (labels >= 0))
+    if bool((checked & (labels >= num_classes)).any()):
+        bad = int(labels[checked & (labels >= num_classes)].max())
         raise DatasetError(f"region_loss: truth label {bad} is not below num_classes={num_classes}")
+    tree = tree_tensors(tree, device) if tree is not None else None
+    if tree is not None and tree.num_nodes != num_classes:
+        raise ConfigError(f"region_loss: the tree has {tree.num_nodes} nodes, the head {num_classes} classes")
     # Padding gets a harmless box so that log() and IoU stay finite; it is masked out below.
     fallback = targets.new_tensor([0.5, 0.5, 0.25, 0.25])
     tbox = torch.where(valid[..., None], targets[..., 1:], fallback)  # (B, T, 4) cxcywh normalised
@@ -182,8 +221,15 @@ def region_loss(
         responsible.index_add_(0, (pred_index + image_offset).view(-1), owner.to(dtype).view(-1))
         responsible = responsible.view(batch, num_anchors, grid_h, grid_w) > 0
 
+    # ---- rule 5: classification-only images (YOLO9000) ---------------------------------------------------------
+    class_only_cls, class_only_obj, chosen = zero, zero, torch.zeros_like(responsible)
+    if class_only is not None and bool(class_only.any()):
+        class_only_cls, class_only_obj, chosen = _class_only_terms(
+            out, labels, class_only, num_classes, tree, loss, class_scale, object_scale
+        )
+
     # ---- rule 1: objectness of unassigned predictions ----------------------------------------------------------
-    noobj_mask = (~responsible & ~ignored).to(dtype)
+    noobj_mask = (~responsible & ~ignored & ~chosen).to(dtype)
     if mode == "darknet":
         noobj_terms = 0.5 * noobject_scale * torch.sigmoid(obj_logit) ** 2
     else:
@@ -197,7 +243,8 @@ def region_loss(
     if seen < prior_seen:
         sxy = torch.sigmoid(raw_xywh[:, :, 0:2])
         prior_terms = ((0.5 - sxy) ** 2).sum(2) + (raw_xywh[:, :, 2:4] ** 2).sum(2)  # (B, A, H, W)
-        prior = 0.5 * prior_scale * (prior_terms * (~responsible).to(dtype)).sum()
+        no_prior = responsible if class_only is None else responsible | class_only[:, None, None, None]
+        prior = 0.5 * prior_scale * (prior_terms * (~no_prior).to(dtype)).sum()
 
     # ---- rule 3: the responsible prediction of each truth ------------------------------------------------------
     image_index = torch.arange(batch, device=device)[:, None].expand(batch, num_truths)
@@ -226,12 +273,15 @@ def region_loss(
         obj_terms = object_scale * F.binary_cross_entropy_with_logits(
             picked[..., 4], obj_target.clamp(0, 1), reduction="none"
         )
-    obj = (obj_terms * weight).sum()
+    obj = (obj_terms * weight).sum() + class_only_obj
 
-    cls_terms = class_scale * F.cross_entropy(
-        picked[..., 5:].reshape(-1, num_classes), cls_target.view(-1), reduction="none"
-    ).view(batch, num_truths)
-    cls = (cls_terms * weight).sum()
+    if tree is None:
+        cls_terms = class_scale * F.cross_entropy(
+            picked[..., 5:].reshape(-1, num_classes), cls_target.view(-1), reduction="none"
+        ).view(batch, num_truths)
+        cls = (cls_terms * weight).sum() + class_only_cls
+    else:
+        cls = class_scale * _tree_class_sum(picked[..., 5:], cls_target, tree, valid, later_same_slot) + class_only_cls
 
     parts = [part / batch for part in (coord, obj, noobj, prior, cls)]
     with torch.no_grad():
@@ -241,3 +291,77 @@ def region_loss(
     total = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
     coord, obj, noobj, prior, cls = parts
     return LossOutput(total, coord, obj, noobj, prior, cls, avg_iou, recall)
+
+
+def _tree_class_sum(
+    scores: torch.Tensor, labels: torch.Tensor, tree: TreeTensors, valid: torch.Tensor, later_same_slot: torch.Tensor
+) -> torch.Tensor:
+    """Rule 4 for the truths (B, T) of rule 3, summed: each group on a label's path adds its cross-entropy.
+
+    Darknet's last writer wins group by group here: ``delta_region_class`` writes only the groups on a label's
+    path, so of two truths in one (cell, anchor) slot the earlier one keeps the groups off the later one's path.
+    """
+    paths = tree.paths[labels]  # (B, T, D): the label, its parent, ..., its root, then -1
+    log_p = group_log_softmax(scores, tree).gather(-1, paths.clamp(min=0))
+    keep = (paths >= 0) & valid[..., None]
+    rewritten = later_same_slot.any(2)  # (B, T): a later truth writes this truth's slot
+    if bool(rewritten.any()):
+        groups = torch.where(paths >= 0, tree.group_of[paths.clamp(min=0)], -1)  # (B, T, D)
+        b, t = rewritten.nonzero(as_tuple=True)
+        # (K, D, T', D'): the group of (t, d) is on the path of a later truth t' of the slot
+        same = (groups[b, t][:, :, None, None] == groups[b][:, None]) & (groups[b, t] >= 0)[:, :, None, None]
+        keep[b, t] &= ~(same & later_same_slot[b, t][:, None, :, None]).flatten(2).any(2)
+    return -(log_p * keep).sum()
+
+
+def _class_loss(logits: torch.Tensor, labels: torch.Tensor, tree: TreeTensors | None) -> torch.Tensor:
+    """Per row: the softmax cross-entropy (rule 3), or the sum of the group cross-entropies on the label's path."""
+    if tree is None:
+        return F.cross_entropy(logits, labels, reduction="none")
+    return hierarchical_class_loss(logits, labels, tree)
+
+
+def _class_only_terms(
+    out: torch.Tensor,
+    labels: torch.Tensor,
+    class_only: torch.Tensor,
+    num_classes: int,
+    tree: TreeTensors | None,
+    loss: LossConfig,
+    class_scale: float,
+    object_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rule 5: the class and objectness terms of the classification-only images (summed), and the mask
+    (B, A, H, W) of the prediction each one chose (it takes no no-object term)."""
+    batch, num_anchors, _, grid_h, grid_w = out.shape
+    images = class_only.nonzero(as_tuple=True)[0]
+    labelled = labels[images] >= 0
+    if not bool(labelled.any(1).all()):
+        raise DatasetError("region_loss: a classification-only image has no label (every row is padding)")
+    label = labels[images, labelled.to(torch.uint8).argmax(1)].long()  # the first labelled row
+    scores = out[images, :, 5:].permute(0, 1, 3, 4, 2).reshape(len(images), -1, num_classes)  # (K, A*H*W, C)
+    obj_logit = out[images, :, 4].reshape(len(images), -1)
+    with torch.no_grad():
+        per_box = label[:, None].expand(obj_logit.shape)
+        if tree is None:
+            p_label = torch.softmax(scores, -1).gather(-1, per_box[..., None])[..., 0]
+        else:
+            p_label = path_probability(group_softmax(scores, tree), per_box, tree)
+        best = (torch.sigmoid(obj_logit) * p_label).argmax(1)  # the first maximum, as Darknet's `p > maxp`
+    rows = torch.arange(len(images), device=out.device)
+    cls = class_scale * _class_loss(scores[rows, best], label, tree).sum()
+    obj = out.new_zeros(())
+    if loss.class_only_objectness == "push":
+        logit = obj_logit[rows, best]
+        below = (torch.sigmoid(logit) < CLASS_ONLY_OBJECTNESS).to(logit.dtype).detach()
+        if loss.mode == "darknet":
+            terms = 0.5 * object_scale * (CLASS_ONLY_OBJECTNESS - torch.sigmoid(logit)) ** 2
+        else:
+            target = torch.full_like(logit, CLASS_ONLY_OBJECTNESS)
+            terms = object_scale * F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+        obj = (terms * below).sum()
+    elif loss.class_only_objectness != "zero":
+        raise ConfigError(f"loss.class_only_objectness must be 'push' or 'zero', got {loss.class_only_objectness!r}")
+    chosen = torch.zeros(batch, num_anchors * grid_h * grid_w, dtype=torch.bool, device=out.device)
+    chosen[images, best] = True
+    return cls, obj, chosen.view(batch, num_anchors, grid_h, grid_w)
