@@ -19,6 +19,7 @@ import pytest
 import torch
 from torchvision.ops import complete_box_iou
 
+from test_hierarchy import darknet_get_hierarchy_probability, darknet_softmax_tree
 from yolov2.boxes import efficient_iou_loss, pairwise_box_iou, targets_from_boxes
 from yolov2.config import LossConfig
 from yolov2.errors import ConfigError, DatasetError
@@ -82,14 +83,11 @@ def _class_probs(x, n, b, i, j, classes, hier=None) -> list[float]:
     """The class entries after Darknet's forward: one softmax (blas.c:305-321), or one per sibling group of the
     tree (``softmax_tree``, blas_kernels.cu:959-987)."""
     logits = [x[b, n, 5 + c, j, i] for c in range(classes)]
-    groups = [(0, classes)] if hier is None else list(zip(hier.group_offsets, hier.group_sizes))
-    probs = [0.0] * classes
-    for offset, size in groups:
-        top = max(logits[offset : offset + size])
-        exps = [math.exp(v - top) for v in logits[offset : offset + size]]
-        for k, e in enumerate(exps):
-            probs[offset + k] = e / sum(exps)
-    return probs
+    if hier is not None:
+        return darknet_softmax_tree(logits, hier)
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    return [e / sum(exps) for e in exps]
 
 
 def _delta_region_class(x, delta, n, b, i, j, class_id, classes, scale, hier=None):
@@ -109,17 +107,6 @@ def _delta_region_class(x, delta, n, b, i, j, class_id, classes, scale, hier=Non
         class_id = hier.parents[class_id]
 
 
-def _hierarchy_probability(probs, class_id, hier) -> float:
-    """tree.c:27-35 get_hierarchy_probability (flat: the class's probability)."""
-    if hier is None:
-        return probs[class_id]
-    p = 1.0
-    while class_id >= 0:
-        p *= probs[class_id]
-        class_id = hier.parents[class_id]
-    return p
-
-
 def _class_only_delta(x, delta, b, truth, classes, hier, object_scale, noobject_scale, class_scale, push):
     """The classification-only branch of forward_region_layer (YOLO9000, January 2017): every prediction gets the
     no-object delta; the one with the highest objectness x P(class) (Darknet's ``p > maxp`` from 0) gets the class
@@ -132,7 +119,8 @@ def _class_only_delta(x, delta, b, truth, classes, hier, object_scale, noobject_
             for i in range(lw):
                 so = _logistic(x[b, n, 4, j, i])
                 delta[b, n, 4, j, i] = noobject_scale * ((0 - so) * (so * (1 - so)))
-                p = so * _hierarchy_probability(_class_probs(x, n, b, i, j, classes, hier), class_id, hier)
+                probs = _class_probs(x, n, b, i, j, classes, hier)
+                p = so * (probs[class_id] if hier is None else darknet_get_hierarchy_probability(probs, hier, class_id))
                 if p > maxp:
                     maxp, best = p, (n, j, i)
     n, j, i = best

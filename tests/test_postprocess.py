@@ -8,8 +8,10 @@ import pytest
 import torch
 from torchvision.ops import distance_box_iou, nms
 
+from test_hierarchy import HAND, darknet_hierarchy_predictions, darknet_hierarchy_top_prediction, darknet_softmax_tree
 from yolov2.boxes import letterbox_geometry, letterbox_params, pairwise_distance_box_iou
 from yolov2.postprocess import batched_diou_nms, decode, postprocess
+from yolov2.wordtree import WordTree
 
 ANCHORS = [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)]
 
@@ -18,9 +20,12 @@ def _sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 
 
-def _loop_decode(output: torch.Tensor, anchors: list, num_classes: int):
+def _loop_decode(
+    output: torch.Tensor, anchors: list, num_classes: int, tree: WordTree | None = None, conditional: bool = False
+):
     """REFERENCE.md "Location prediction", one prediction at a time. Returns per image a list of
-    (xyxy normalised, objectness, class probs) in (anchor, row, column) order."""
+    (xyxy normalised, objectness, class probs) in (anchor, row, column) order. With a tree the class probabilities
+    are Darknet's softmax_tree, made absolute by hierarchy_predictions unless ``conditional``."""
     batch, _, grid_h, grid_w = output.shape
     x = output.view(batch, len(anchors), 5 + num_classes, grid_h, grid_w).tolist()
     result = []
@@ -34,8 +39,12 @@ def _loop_decode(output: torch.Tensor, anchors: list, num_classes: int):
                     by = (j + _sigmoid(v[1])) / grid_h
                     bw = pw * math.exp(v[2]) / grid_w
                     bh = ph * math.exp(v[3]) / grid_h
-                    exps = [math.exp(s) for s in v[5:]]
-                    probs = [e / sum(exps) for e in exps]
+                    if tree is None:
+                        exps = [math.exp(s) for s in v[5:]]
+                        probs = [e / sum(exps) for e in exps]
+                    else:
+                        probs = darknet_softmax_tree(v[5:], tree)
+                        probs = probs if conditional else darknet_hierarchy_predictions(probs, tree)
                     preds.append(((bx - bw / 2, by - bh / 2, bx + bw / 2, by + bh / 2), _sigmoid(v[4]), probs))
         result.append(preds)
     return result
@@ -182,11 +191,17 @@ def test_boxes_map_back_to_the_original_image(letterbox):
         assert torch.all(det.scores > 0.99)
 
 
-def _reference_postprocess(output, num_classes, net_size, image_sizes, conf, iou, max_det, max_candidates=None):
+def _reference_postprocess(
+    output, num_classes, net_size, image_sizes, conf, iou, max_det, max_candidates=None, tree=None, tree_classes=None
+):
     """Darknet's order, per image and class: loop-decoded boxes, letterbox undone as correct_region_boxes does,
     threshold, do_nms_sort on the unclipped boxes, then clipped (print_detector_detections); merged by score
-    and cut at max_det. ``max_candidates``: only the image's best (box, class) pairs by score enter NMS."""
-    decoded = _loop_decode(output, ANCHORS, num_classes)
+    and cut at max_det. ``max_candidates``: only the image's best (box, class) pairs by score enter NMS.
+    ``tree_classes``: the classes are those tree nodes, each scored by its absolute probability."""
+    decoded = _loop_decode(output, ANCHORS, num_classes, tree)
+    if tree_classes is not None:
+        decoded = [[(box, obj, [probs[k] for k in tree_classes]) for box, obj, probs in preds] for preds in decoded]
+        num_classes = len(tree_classes)
     results = []
     for preds, (w, h) in zip(decoded, image_sizes):
         boxes = [_darknet_correct_box(box, w, h, net_size) for box, _, _ in preds]
@@ -371,3 +386,82 @@ def test_pairwise_distance_box_iou_matches_torchvision():
     got = pairwise_distance_box_iou(b1, b2)
     for k in range(2):
         torch.testing.assert_close(got[k], distance_box_iou(b1[k], b2[k]))
+
+
+def test_decode_with_a_tree_gives_darknets_tree_probabilities():
+    output = _random_output(3, batch=2, num_classes=HAND.num_nodes, grid=3)
+    anchors = torch.tensor(ANCHORS, dtype=torch.float64)
+    for conditional in (False, True):
+        _, _, probs = decode(output, anchors, HAND.num_nodes, HAND, conditional=conditional)
+        reference = _loop_decode(output, ANCHORS, HAND.num_nodes, HAND, conditional)
+        for b, preds in enumerate(reference):
+            torch.testing.assert_close(probs[b], torch.tensor([p[2] for p in preds], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("level", ["leaves", "top"])
+def test_tree_scores_against_a_fixed_class_list_match_the_loop(level):
+    """Evaluation at the leaves or at the roots: score = objectness x P(node), labels index the list."""
+    net, grid = 160, 4
+    image_sizes = [(300, 200), (160, 240)]
+    tree_classes = list(HAND.leaves) if level == "leaves" else [0, 1]
+    output = _random_output(4, batch=2, num_classes=HAND.num_nodes, grid=grid)
+    dets = postprocess(
+        output,
+        torch.tensor(ANCHORS, dtype=torch.float64),
+        HAND.num_nodes,
+        (net, net),
+        torch.tensor(image_sizes),
+        conf_thresh=0.05,
+        max_det=1000,
+        tree=HAND,
+        tree_classes=tree_classes,
+    )
+    reference = _reference_postprocess(
+        output, HAND.num_nodes, net, image_sizes, 0.05, 0.45, 1000, tree=HAND, tree_classes=tree_classes
+    )
+    assert sum(len(r) for r in reference) > 10
+    for det, rows in zip(dets, reference):
+        torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
+        assert det.labels.tolist() == [r[1] for r in rows]
+        torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+
+
+def test_tree_walk_gives_each_box_one_label_scored_by_objectness():
+    """Without a class list: Darknet's get_region_detections with a tree, on conditional probabilities (the
+    paper's rule): the label is where the walk stops, the score the objectness, NMS per label."""
+    net, grid, conf, hier = 160, 4, 0.3, 0.5
+    image_sizes = [(300, 200), (160, 240)]
+    output = _random_output(5, batch=2, num_classes=HAND.num_nodes, grid=grid)
+    dets = postprocess(
+        output,
+        torch.tensor(ANCHORS, dtype=torch.float64),
+        HAND.num_nodes,
+        (net, net),
+        torch.tensor(image_sizes),
+        conf_thresh=conf,
+        max_det=None,
+        tree=HAND,
+        hier_thresh=hier,
+    )
+    stops = set()
+    for det, preds, (w, h) in zip(dets, _loop_decode(output, ANCHORS, HAND.num_nodes, HAND, True), image_sizes):
+        boxes = [_darknet_correct_box(box, w, h, net) for box, _, _ in preds]
+        labels = [darknet_hierarchy_top_prediction(cond, HAND, hier) for _, _, cond in preds]
+        stops |= {HAND.depth[c] for c in labels}
+        rows = []
+        for c in sorted(set(labels)):
+            idx = [i for i, (_, obj, _) in enumerate(preds) if labels[i] == c and obj > conf]
+            for k in _do_nms_sort([boxes[i] for i in idx], [preds[i][1] for i in idx], 0.45):
+                x1, y1, x2, y2 = boxes[idx[k]]
+                rows.append(
+                    (
+                        preds[idx[k]][1],
+                        c,
+                        [min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)],
+                    )
+                )
+        rows.sort(key=lambda r: -r[0])
+        torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
+        assert det.labels.tolist() == [r[1] for r in rows]
+        torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+    assert len(stops) >= 2, "the case must stop the walk at more than one depth"

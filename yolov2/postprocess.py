@@ -10,10 +10,17 @@ image pixels with ``correct_region_boxes``' letterbox inverse, threshold, NMS on
 then clip to the image. Every (box, class) pair whose score objectness x p(class) is above ``conf_thresh`` is a
 candidate, so one box can give several class detections. Clipping before NMS (as torchvision's detectors do)
 changes which boxes survive: a box reaching far outside the image overlaps its neighbours less once clipped.
+
+With a WordTree (YOLO9000) the class scores are a softmax per sibling group and a node's probability is the
+product along its path (:mod:`yolov2.hierarchy`). Against a fixed class list (``tree_classes``: evaluation at
+the leaves or at any level) the score of (box, class) is objectness x P(class node), as above. Without one, each
+box gets one label, the node where the tree walk stops (``hier_thresh``), and its score is the objectness
+(Darknet's ``get_region_detections``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -21,6 +28,8 @@ from torchvision.ops import batched_nms
 
 from yolov2.boxes import cxcywh_to_xyxy, letterbox_geometry, pairwise_distance_box_iou, region_boxes
 from yolov2.errors import ConfigError
+from yolov2.hierarchy import TreeTensors, absolute_probabilities, group_softmax, tree_tensors, tree_walk
+from yolov2.wordtree import WordTree
 
 __all__ = [
     "Detections",
@@ -45,14 +54,20 @@ class Detections(NamedTuple):
 
 
 def decode(
-    output: torch.Tensor, anchors: torch.Tensor, num_classes: int
+    output: torch.Tensor,
+    anchors: torch.Tensor,
+    num_classes: int,
+    tree: WordTree | TreeTensors | None = None,
+    *,
+    conditional: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode the raw head output (REFERENCE.md "Location prediction").
 
     output (Tensor[B, A*(5+C), H, W]) anchor-major, anchors (Tensor[A, 2]) in grid cells. Returns
     boxes (Tensor[B, N, 4]) xyxy normalised to the network input ([0, 1] inside it), objectness (Tensor[B, N])
-    = sigmoid(to), class_probs (Tensor[B, N, C]) = softmax of the class scores; N = A*H*W in (anchor, row,
-    column) order. Half-precision outputs are promoted to float32.
+    = sigmoid(to), class_probs (Tensor[B, N, C]) = softmax of the class scores (with a ``tree``: each node's
+    absolute probability, or with ``conditional=True`` its probability given its parent); N = A*H*W in (anchor,
+    row, column) order. Half-precision outputs are promoted to float32.
     """
     batch, channels, grid_h, grid_w = output.shape
     num_anchors = anchors.shape[0]
@@ -65,8 +80,11 @@ def decode(
     out = output.to(dtype).view(batch, num_anchors, 5 + num_classes, grid_h, grid_w)
     boxes = cxcywh_to_xyxy(region_boxes(out[:, :, :4], anchors.to(out.device))).reshape(batch, -1, 4)
     objectness = torch.sigmoid(out[:, :, 4]).reshape(batch, -1)
-    class_probs = torch.softmax(out[:, :, 5:], dim=2).permute(0, 1, 3, 4, 2).reshape(batch, -1, num_classes)
-    return boxes, objectness, class_probs
+    scores = out[:, :, 5:].permute(0, 1, 3, 4, 2).reshape(batch, -1, num_classes)
+    if tree is None:
+        return boxes, objectness, torch.softmax(scores, dim=2)
+    cond = group_softmax(scores, tree_tensors(tree, out.device))
+    return boxes, objectness, cond if conditional else absolute_probabilities(cond, tree_tensors(tree, out.device))
 
 
 def to_image_pixels(
@@ -159,6 +177,9 @@ def postprocess(
     max_det: int | None = 100,
     nms: Literal["standard", "diou"] = "standard",
     max_candidates: int | None = None,
+    tree: WordTree | TreeTensors | None = None,
+    tree_classes: Sequence[int] | None = None,
+    hier_thresh: float = 0.5,
 ) -> list[Detections]:
     """Detections per image from the raw head output.
 
@@ -170,26 +191,31 @@ def postprocess(
     ``max_candidates``: keep only that many best (box, class) candidates per image before NMS (None: all, as
     Darknet). An untrained network puts nearly every pair above 0.005 (B x A*H*W x C candidates), and NMS
     time grows with the square of that; a cap such as 3000 bounds it.
+    ``tree`` (C = its nodes): with ``tree_classes`` (node indices) the labels index that list and p(class) is the
+    node's absolute probability; without, each box's label is its tree walk's node (``hier_thresh``, Darknet's
+    default 0.5) and its score the objectness.
     """
     if nms not in ("standard", "diou"):
         raise ConfigError(f"postprocess: nms must be 'standard' or 'diou', got {nms!r}")
     batch = output.shape[0]
-    boxes, objectness, class_probs = decode(output, anchors, num_classes)
     sizes = torch.as_tensor(image_sizes, device=output.device).reshape(-1, 2)
     if sizes.shape[0] != batch:
         raise ValueError(f"postprocess: {sizes.shape[0]} image sizes for a batch of {batch}")
+    walk = tree is not None and tree_classes is None
+    boxes, objectness, class_probs = decode(output, anchors, num_classes, tree, conditional=walk)
     boxes = to_image_pixels(boxes, input_size, sizes, letterbox)
-    scores = objectness[:, :, None] * class_probs  # (B, N, C)
-    if max_candidates is not None and max_candidates < scores[0].numel():
-        top_scores, top_index = scores.view(batch, -1).topk(max_candidates, dim=1)
-        image, column = torch.nonzero(top_scores > conf_thresh, as_tuple=True)
-        flat = top_index[image, column]
-        box, label = torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
+    if walk:
+        assert tree is not None
+        labels = tree_walk(class_probs, tree_tensors(tree, output.device), hier_thresh)  # (B, N)
+        image, box = torch.nonzero(objectness > conf_thresh, as_tuple=True)
+        label, candidate_scores, num_groups = labels[image, box], objectness[image, box], num_classes
     else:
-        image, box, label = torch.nonzero(scores > conf_thresh, as_tuple=True)
+        if tree_classes is not None:
+            class_probs = class_probs[..., torch.as_tensor(list(tree_classes), device=output.device)]
+        image, box, label, candidate_scores = _class_candidates(objectness, class_probs, conf_thresh, max_candidates)
+        num_groups = class_probs.shape[-1]
     candidates = boxes[image, box]
-    candidate_scores = scores[image, box, label]
-    groups = image * num_classes + label
+    groups = image * num_groups + label
     if nms == "standard":
         keep = batched_nms(candidates, candidate_scores, groups, nms_thresh)
     else:
@@ -210,3 +236,20 @@ def postprocess(
             kept_boxes.split(counts_list), candidate_scores[keep].split(counts_list), label[keep].split(counts_list)
         )
     ]
+
+
+def _class_candidates(
+    objectness: torch.Tensor, class_probs: torch.Tensor, conf_thresh: float, max_candidates: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, box, label, score) of every (box, class) pair scoring objectness x p(class) > ``conf_thresh`` (of
+    the ``max_candidates`` best per image, when set)."""
+    batch, _, num_classes = class_probs.shape
+    scores = objectness[:, :, None] * class_probs  # (B, N, C)
+    if max_candidates is not None and max_candidates < scores[0].numel():
+        top_scores, top_index = scores.view(batch, -1).topk(max_candidates, dim=1)
+        image, column = torch.nonzero(top_scores > conf_thresh, as_tuple=True)
+        flat = top_index[image, column]
+        box, label = torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
+    else:
+        image, box, label = torch.nonzero(scores > conf_thresh, as_tuple=True)
+    return image, box, label, scores[image, box, label]
