@@ -126,7 +126,7 @@ def test_region_options_map_to_loss_config(cfg_dir: Path) -> None:
     assert region["anchors"][0] == (0.57273, 0.677385) and len(region["anchors"]) == 5
     assert region["rescore"] is False and region["thresh"] == 0.6 and region["object_scale"] == 5.0
     loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
-    loss_part = {k: v for k, v in region.items() if k not in ("anchors", "classes", "num")}
+    loss_part = {k: v for k, v in region.items() if k not in ("anchors", "classes", "num", "tree", "map")}
     assert set(loss_part) <= loss_fields
     loss = LossConfig(**loss_part)
     assert loss.rescore is False and loss.noobject_scale == 1.0
@@ -142,6 +142,35 @@ def test_voc_region_values(cfg_dir: Path) -> None:
     assert (r["thresh"], r["object_scale"], r["noobject_scale"], r["class_scale"], r["coord_scale"], r["rescore"]) == (
         0.6, 5.0, 1.0, 1.0, 1.0, True,
     )  # fmt: skip
+
+
+def test_yolo9000_cfg_builds_with_its_tree_and_map(cfg_dir: Path) -> None:
+    """``tree=data/9k.tree`` (Darknet's working-directory path) is found next to the cfg; the head is
+    num x (classes + 5) wide with classes = the tree's nodes."""
+    model = build_from_darknet_cfg(cfg_dir / "yolo9000.cfg")
+    sections = dict(cfg_sections(cfg_dir / "yolo9000.cfg"))
+    classes, num = int(sections["region"]["classes"]), int(sections["region"]["num"])
+    assert model.tree is not None and model.tree.num_nodes == classes == 9418
+    assert len(model.region["map"]) == 80 and all(0 <= node < classes for node in model.region["map"])
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, num * (classes + 5), 2, 2)
+    assert reference_walk(cfg_dir / "yolo9000.cfg", 64, 64)["out_c"] == num * (classes + 5)
+
+
+def test_tree_option_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "two.tree").write_text("a -1\nb -1\nc 0\n")
+    region = "\n[convolutional]\nfilters={f}\nsize=1\nactivation=linear\n\n[region]\nclasses={c}\nnum=1\nsoftmax=1\n"
+    ok = _write(tmp_path, HEAD + region.format(f=8, c=3) + "tree=two.tree\n")
+    assert build_from_darknet_cfg(ok).tree.num_nodes == 3
+    wrong = _write(tmp_path, HEAD + region.format(f=9, c=4) + "tree=two.tree\n")
+    with pytest.raises(ConfigError, match=r"net.cfg:23: the tree has 3 nodes but classes=4"):
+        build_from_darknet_cfg(wrong)
+    missing = _write(tmp_path, HEAD + region.format(f=8, c=3) + "tree=data/none.tree\n")
+    with pytest.raises(ConfigError, match=r"net.cfg:23: tree=data/none.tree not found"):
+        build_from_darknet_cfg(missing)
+    no_tree = _write(tmp_path, HEAD + region.format(f=8, c=3) + "map=coco9k.map\n")
+    with pytest.raises(ConfigError, match=r"net.cfg:23: map= maps classes to tree nodes and needs tree="):
+        build_from_darknet_cfg(no_tree)
 
 
 def _write(tmp_path: Path, text: str) -> Path:

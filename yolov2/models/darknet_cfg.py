@@ -20,6 +20,7 @@ from torch import nn
 
 from yolov2.errors import ConfigError
 from yolov2.models.layers import ConvPair, DarknetConv, DarknetMaxPool, Reorg
+from yolov2.wordtree import read_class_map, read_tree
 
 SUPPORTED_SECTIONS = (
     "net", "network", "convolutional", "maxpool", "route", "reorg", "region", "avgpool", "softmax", "cost",
@@ -35,7 +36,7 @@ _ALLOWED = {
     "reorg": {"stride", "reverse", "flatten", "extra"},
     "region": {
         "anchors", "bias_match", "classes", "coords", "num", "softmax", "jitter", "rescore", "object_scale",
-        "noobject_scale", "class_scale", "coord_scale", "absolute", "thresh", "random", "max",
+        "noobject_scale", "class_scale", "coord_scale", "absolute", "thresh", "random", "max", "tree", "map",
     },
     "avgpool": set(),
     "softmax": {"groups", "temperature", "tree", "spatial", "noloss"},
@@ -143,8 +144,10 @@ def parse_cfg(path: str | Path) -> list[CfgSection]:
 def region_options(section: CfgSection) -> dict[str, Any]:
     """The ``[region]`` options as a flat dict: the :class:`~yolov2.config.LossConfig` fields they set
     (thresh, object_scale, noobject_scale, class_scale, coord_scale, rescore) plus ``anchors``
-    (list of (w, h) in grid units at stride 32), ``classes`` and ``num``. Missing options take
-    Darknet's ``parse_region`` defaults (which are not always LossConfig's: thresh .5, rescore 0).
+    (list of (w, h) in grid units at stride 32), ``classes`` and ``num``, and YOLO9000's ``tree`` (the
+    :class:`~yolov2.wordtree.WordTree` of ``tree=``, or None) and ``map`` (``map=``: dataset class -> tree node, or
+    None). Missing options take Darknet's ``parse_region`` defaults (which are not always LossConfig's: thresh .5,
+    rescore 0).
     """
     num = section.get_int("num", 1)
     classes = section.get_int("classes", 20)
@@ -166,8 +169,32 @@ def region_options(section: CfgSection) -> dict[str, Any]:
         "anchors": [(values[2 * i], values[2 * i + 1]) for i in range(num)],
         "classes": classes,
         "num": num,
+        "tree": None,
+        "map": None,
     }
+    if "tree" in section.options:
+        tree = read_tree(_cfg_relative(section, "tree"))
+        if tree.num_nodes != classes:
+            raise ConfigError(f"{section.where('tree')}: the tree has {tree.num_nodes} nodes but classes={classes}")
+        out["tree"] = tree
+        if "map" in section.options:
+            out["map"] = read_class_map(_cfg_relative(section, "map"), tree)
+    elif "map" in section.options:
+        raise ConfigError(f"{section.where('map')}: map= maps classes to tree nodes and needs tree=")
     return out
+
+
+def _cfg_relative(section: CfgSection, key: str) -> Path:
+    """A file an option names: as written (Darknet reads it from its working directory, e.g. ``data/9k.tree``),
+    else next to the cfg file under that path or under its bare name."""
+    written = Path(section.get_str(key))
+    folder = Path(section.path).parent
+    for candidate in (written, folder / written, folder / written.name):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{section.where(key)}: {key}={written} not found (looked in the working directory and in {folder})"
+    )
 
 
 class Route(nn.Module):
@@ -272,6 +299,7 @@ class DarknetNet(nn.Module):
         self.num_classes = self.region["classes"] if self.region else None
         self.num_anchors = self.region["num"] if self.region else None
         self.default_anchors = self.region["anchors"] if self.region else None
+        self.tree = self.region["tree"] if self.region else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs: list[torch.Tensor] = []
