@@ -114,3 +114,4 @@ class PredictConfig:
     nms_thresh: float = 0.45
     max_det: int = 100
     max_candidates: int | None = None  # best (box, class) pairs per image kept before NMS; None: all (Darknet)
+    hier_thresh: float = 0.5  # YOLO9000: the tree walk descends while P(node) > this (Darknet's -hier)

@@ -20,10 +20,12 @@ from yolov2.config import PredictConfig
 from yolov2.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from yolov2.engine.precision import FLOAT32, Precision
 from yolov2.errors import WeightsError
+from yolov2.hierarchy import TreeTensors
 from yolov2.models import build_model
 from yolov2.models.layers import BatchNormFormula
 from yolov2.postprocess import Detections, postprocess
 from yolov2.preprocess import images_to_tensor
+from yolov2.wordtree import WordTree
 
 MODEL_FORMAT = "yolov2-pipeline/model"
 
@@ -42,6 +44,14 @@ class ModelSpec:
     sppf: bool = False
     decoupled_head: bool = False
     batch_norm: BatchNormFormula = "darknet"  # the inference formula (yolov2.models.layers.DarknetBatchNorm2d)
+    # YOLO9000: the WordTree of the class scores as {"names": [...], "parents": [...]} (num_classes = its nodes),
+    # and the tree node of each of class_names (Darknet's map=); without tree_classes a box's label is the node
+    # where the tree walk stops
+    tree: dict[str, list] | None = None
+    tree_classes: list[int] | None = None
+
+    def word_tree(self) -> WordTree | None:
+        return WordTree(tuple(self.tree["names"]), tuple(self.tree["parents"])) if self.tree else None
 
     def build(self) -> nn.Module:
         return build_model(
@@ -102,6 +112,8 @@ class Predictor:
         self.spec = spec
         self.device = torch.device(device)
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
+        tree = spec.word_tree()
+        self.tree = TreeTensors.from_tree(tree, self.device) if tree is not None else None
 
     @classmethod
     def from_file(
@@ -135,4 +147,7 @@ class Predictor:
             nms_thresh=p.nms_thresh,
             max_det=p.max_det,
             max_candidates=p.max_candidates,
+            tree=self.tree,
+            tree_classes=self.spec.tree_classes,
+            hier_thresh=p.hier_thresh,
         )
