@@ -19,6 +19,7 @@ from yolov2.data.records import (
     ImageRecord,
     Reject,
     class_names_of,
+    class_only_record,
     record_schema,
     records_to_table,
     rejects_to_table,
@@ -221,3 +222,14 @@ def test_sanitize_box_gives_exactly_what_sanitize_boxes_gives() -> None:
             assert one_clipped == was_clipped[i], (i, box)
             assert np.array(one, np.float32).tobytes() == clipped[i].tobytes(), (i, box)  # bit for bit
     assert len(set(reasons.tolist())) == 5  # every outcome was exercised
+
+
+def test_class_only_records_round_trip_and_plain_ones_stay_as_they_were():
+    record = class_only_record("n01", "train", "crops/n01.jpg", 40, 30, label=7)
+    assert record.class_only and record.boxes.tolist() == [[0, 0, 40, 30]] and record.labels.tolist() == [7]
+    stored = record.to_dict()
+    assert stored["class_only"] is True and ImageRecord.from_dict(stored).to_dict() == stored
+    plain = ImageRecord("d01", "train", "d01.jpg", 40, 30, [[1, 2, 3, 4]], [0], [False], [False])
+    assert "class_only" not in plain.to_dict() and not ImageRecord.from_dict(plain.to_dict()).class_only
+    with pytest.raises(ValueError, match="n02: a classification-only record has one box"):
+        ImageRecord("n02", "train", "n02.jpg", 40, 30, [[1, 2, 3, 4], [5, 6, 7, 8]], [0, 1], class_only=True)

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pipelines.config import TrainConfig
-from tiny_shards import all_ids, make_record, rank_batches, stream, write_tiny_shards
+from tiny_shards import all_ids, make_jpeg, make_record, rank_batches, stream, write_tiny_shards
 from yolov2.config import AugmentConfig
 from yolov2.data.augment import Augmentation, MultiScaleSchedule
 from yolov2.data.partition import batches_per_epoch, rank_length
+from yolov2.data.records import class_only_record
 from yolov2.data.shards import ShardSpec, write_shard_bytes
 from yolov2.data.stream import ShardStream, make_dataloader
 from yolov2.errors import DatasetError
@@ -123,3 +124,33 @@ def test_corrupt_image_names_shard_and_key(tmp_path):
     path.write_bytes(write_shard_bytes([("k0", b"\xff\xd8\xffnot a jpeg", record)]))
     with pytest.raises(DatasetError, match=r"bad-000000.tar:k0"):
         list(stream([ShardSpec(str(path), 1)]).iter_slot(0, 1))
+
+
+def test_class_only_samples_carry_their_label_on_the_whole_input_and_no_mosaic(tmp_path):
+    """YOLO9000's classification-only samples among detection ones: flagged in the batch, their target row is the
+    label on the whole input whatever the jitter did, and mosaic (probability 1 here) never takes them."""
+    samples = []
+    for i in range(6):
+        w, h = 48, 40
+        record = make_record(i, w, h)
+        if i % 2:
+            record = class_only_record(f"cls{i}", "train", f"cls{i}.jpg", w, h, label=2)
+        samples.append((f"k{i:04d}", make_jpeg(i, w, h), record))
+    path = tmp_path / "mixed-000000.tar"
+    path.write_bytes(write_shard_bytes(samples))
+    aug = Augmentation(AugmentConfig(mosaic=1.0, jitter=0.3))
+    for train in (True, False):
+        (batch,) = list(
+            stream([ShardSpec(str(path), 6)], train=train, augmentation=aug, size=64, batch_size=6).iter_slot(0, 1)
+        )
+        flags = {image_id: bool(flag) for image_id, flag in zip(batch.image_ids, batch.class_only)}
+        assert flags == {**{f"img{i:03d}": False for i in (0, 2, 4)}, **{f"cls{i}": True for i in (1, 3, 5)}}
+        for row, only in zip(batch.targets, batch.class_only):
+            real = row[row[:, 0] >= 0]
+            if only:
+                assert real.tolist() == [[2.0, 0.5, 0.5, 1.0, 1.0]] if train else len(real) == 1
+            elif train:
+                assert len(real) > 2  # mosaic gathered boxes of four detection images, no whole-image box
+                assert not ((real[:, 3] == 1.0) & (real[:, 4] == 1.0)).any()
+    plain = list(stream(write_tiny_shards(tmp_path), train=True, size=64).iter_slot(0, 1))
+    assert all(b.class_only is None for b in plain)

@@ -28,7 +28,8 @@ class Batch(NamedTuple):
     ``[label, cx, cy, w, h]`` normalised to the input, label -1 = padding; image_ids (list[str]); orig_sizes
     (Tensor[B, 2] int64) original (width, height); repeated (Tensor[B] bool) samples repeated to even out ranks
     (count them once in metrics); index: the batch's position in this rank's epoch stream; color (Tensor[B, 3]
-    float32 ``(dhue, dsat, dexp)``) the colour distortion still to apply on the device, or None.
+    float32 ``(dhue, dsat, dexp)``) the colour distortion still to apply on the device, or None; class_only
+    (Tensor[B] bool) YOLO9000's classification-only images (their targets row 0 holds the label), or None if none.
     """
 
     images: torch.Tensor
@@ -38,6 +39,7 @@ class Batch(NamedTuple):
     repeated: torch.Tensor
     index: int  # type: ignore[assignment]  # shadows tuple.index; the field name is public API (tests, pipelines)
     color: torch.Tensor | None = None
+    class_only: torch.Tensor | None = None
 
 
 def record_targets(record: ImageRecord, keep_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +59,12 @@ def collate(
     repeated: Sequence[bool],
     index: int = 0,
     colors: Sequence[Any] | None = None,
+    class_only: Sequence[bool] | None = None,
 ) -> Batch:
     """A :class:`Batch` from images uint8[B, S_h, S_w, 3] RGB (the samples were written into it in place) and
     per-image boxes float32[K_i, 4] xyxy pixels of the input with labels int[K_i] (-> normalised targets).
-    ``colors``: per-image deferred ``ColorJitter`` (or None each); all None -> ``Batch.color`` is None."""
+    ``colors``: per-image deferred ``ColorJitter`` (or None each); all None -> ``Batch.color`` is None.
+    ``class_only``: per image; none set -> ``Batch.class_only`` is None."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"collate: images must be uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
     if not len(images) == len(boxes) == len(labels) == len(image_ids) == len(orig_sizes) == len(repeated):
@@ -82,6 +86,7 @@ def collate(
         repeated=torch.tensor(list(repeated), dtype=torch.bool),
         index=index,
         color=color_params(colors) if colors is not None and any(c is not None for c in colors) else None,
+        class_only=torch.tensor(list(class_only), dtype=torch.bool) if class_only and any(class_only) else None,
     )
 
 

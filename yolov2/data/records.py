@@ -69,6 +69,8 @@ class ImageRecord:
 
     boxes (float32[N, 4]): x1, y1, x2, y2 in absolute pixels, 0-based continuous.
     labels (int32[N]): contiguous class indices into the dataset's class names.
+    class_only: YOLO9000's classification-only sample: an image with a label and no box (its one box covers the
+    image and is never trained on); stored in the shard's JSON only when set.
     """
 
     image_id: str
@@ -81,6 +83,7 @@ class ImageRecord:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     clipped_boxes: int = 0
+    class_only: bool = False
     # The annotation gave no usable size, so width/height are the image header's. Not stored (the
     # record is the same either way): the shard stage counts these repairs in its stats.
     size_from_image: bool = field(default=False, compare=False)
@@ -101,12 +104,15 @@ class ImageRecord:
             difficult: npt.ArrayLike = ...,
             iscrowd: npt.ArrayLike = ...,
             clipped_boxes: int = 0,
+            class_only: bool = False,
             size_from_image: bool = False,
         ) -> None: ...
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
         n = len(self.boxes)
+        if self.class_only and n != 1:
+            raise ValueError(f"{self.image_id}: a classification-only record has one box (its label), not {n}")
         self.labels = np.asarray(self.labels, np.int32).reshape(n)
         self.difficult = np.asarray(self.difficult, bool).reshape(n)
         self.iscrowd = np.asarray(self.iscrowd, bool).reshape(n)
@@ -117,7 +123,7 @@ class ImageRecord:
 
     def to_dict(self) -> dict:
         """Plain-JSON form, the one stored next to each image in a shard (``<key>.json``)."""
-        return {
+        out = {
             "image_id": self.image_id,
             "split": self.split,
             "path": self.path,
@@ -126,6 +132,7 @@ class ImageRecord:
             "boxes": _boxes_to_dicts(self),
             "clipped_boxes": int(self.clipped_boxes),
         }
+        return {**out, "class_only": True} if self.class_only else out
 
     @classmethod
     def from_dict(cls, row: dict) -> ImageRecord:
@@ -141,7 +148,15 @@ class ImageRecord:
             difficult=np.array([b["difficult"] for b in boxes], bool),
             iscrowd=np.array([b["iscrowd"] for b in boxes], bool),
             clipped_boxes=int(row.get("clipped_boxes", 0)),
+            class_only=bool(row.get("class_only") or False),
         )
+
+
+def class_only_record(image_id: str, split: str, path: str, width: int, height: int, label: int) -> ImageRecord:
+    """A classification-only sample: the label on a box covering the whole image."""
+    return ImageRecord(
+        image_id, split, path, width, height, [[0, 0, width, height]], [label], [False], [False], class_only=True
+    )
 
 
 @dataclass(frozen=True)

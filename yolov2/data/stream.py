@@ -11,6 +11,7 @@ validation batches are letterboxed (or resized) at one size.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from yolov2.data.partition import (
     worker_batch_counts,
 )
 from yolov2.data.shards import RawSample, ShardSpec, read_samples
-from yolov2.data.transforms import eval_transform
+from yolov2.data.transforms import Augmented, eval_transform
 from yolov2.errors import ConfigError, DatasetError
 
 __all__ = ["ShardStream", "shuffled", "make_dataloader"]
@@ -184,6 +185,9 @@ class ShardStream(IterableDataset):
         samples = []
         for i, raw in enumerate(raws):
             try:
+                if self.train and raw.record.class_only:
+                    samples.append(_class_only_sample(raw, size, self.augmentation, rng, images[i]))
+                    continue  # never a mosaic or mixup partner
                 if self.train:
                     samples.append(augment_raw(raw, recent, size, self.augmentation, rng, out=images[i]))
                 else:
@@ -204,7 +208,19 @@ class ShardStream(IterableDataset):
             [r.repeated for r in raws],
             index=position,
             colors=[s.color for s in samples],
+            class_only=[r.record.class_only for r in raws],
         )
+
+
+def _class_only_sample(
+    raw: RawSample, size: int, augmentation: Augmentation, rng: np.random.Generator, out: np.ndarray
+) -> Augmented:
+    """A classification-only sample: the usual jitter, colour and flip without mosaic or mixup; its target is its
+    label on the whole input, whatever the crop did to the box (the region loss reads only the label)."""
+    plain = dataclasses.replace(augmentation, config=dataclasses.replace(augmentation.config, mosaic=0.0, mixup=0.0))
+    sample = augment_raw(raw, [], size, plain, rng, out=out)
+    whole = np.array([[0, 0, size, size]], np.float32)
+    return sample._replace(boxes=whole, labels=raw.record.labels[:1].astype(np.int64))
 
 
 def _worker_init(_: int) -> None:

@@ -30,6 +30,7 @@ from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
 from yolov2.engine.precision import Amp, autocast
 from yolov2.engine.progress import StepReport
 from yolov2.engine.results import EpochResult, epoch_result, results_from_state, results_to_state
+from yolov2.hierarchy import TreeTensors
 from yolov2.loss import region_loss
 
 
@@ -48,6 +49,7 @@ class LoopSettings:
     num_classes: int
     amp: Amp  # resolved (yolov2.engine.precision.choose_precision): the loss is always float32
     channels_last: bool  # resolved
+    tree: TreeTensors | None = None  # YOLO9000: the WordTree of the class scores (yolov2.hierarchy)
 
     @property
     def total_steps(self) -> int:
@@ -201,7 +203,14 @@ def train(
             head = output.detach().float().requires_grad_(True)  # the loss and its backward, on their own
             with small_ops_threads(device):
                 losses = region_loss(
-                    head, batch.targets.to(device), anchors, settings.num_classes, seen_after, settings.loss
+                    head,
+                    batch.targets.to(device),
+                    anchors,
+                    settings.num_classes,
+                    seen_after,
+                    settings.loss,
+                    tree=settings.tree,
+                    class_only=batch.class_only,
                 )
                 scaled = losses.total / settings.accumulation
                 (scaler.scale(scaled) if scaler else scaled).backward()
