@@ -21,6 +21,7 @@ from yolov2.hierarchy import (
     group_log_softmax,
     group_softmax,
     hierarchical_class_loss,
+    labels_to_nodes,
     path_probability,
     tree_walk,
 )
@@ -306,3 +307,14 @@ def test_tree_walk_reaches_every_kind_of_stop(tree9k: WordTree) -> None:
 def test_tree_walk_rejects_negative_thresh() -> None:
     with pytest.raises(ValueError, match="thresh must be >= 0"):
         tree_walk(torch.zeros(1, 9), HAND, -0.1)
+
+
+def test_labels_to_nodes_maps_real_rows_and_keeps_padding() -> None:
+    targets = torch.tensor(
+        [[[1.0, 0.5, 0.5, 0.2, 0.2], [-1.0, 0, 0, 0, 0]], [[0.0, 0.1, 0.2, 0.3, 0.4], [2.0, 1, 1, 1, 1]]]
+    )
+    mapped = labels_to_nodes(targets, torch.tensor([7, 3, 5]))
+    assert mapped[..., 0].tolist() == [[3.0, -1.0], [7.0, 5.0]]
+    assert torch.equal(mapped[..., 1:], targets[..., 1:]) and labels_to_nodes(targets, None) is targets
+    with pytest.raises(DatasetError, match="label 2 has no tree node: the model maps 2 classes"):
+        labels_to_nodes(targets, torch.tensor([7, 3]))

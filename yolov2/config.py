@@ -46,6 +46,9 @@ class ModelConfig:
     # batch norm at inference: darknet = pjreddie's (x - mean) / (sqrt(var) + 1e-6), the one yolov2-voc.weights
     # was trained with; alexeyab = AlexeyAB's fork, (x - mean) / sqrt(var + 1e-5)
     batch_norm: Literal["darknet", "alexeyab"] = "darknet"
+    # YOLO9000: a Darknet .tree file (yolov2/wordtree.py); the head's classes are its nodes, a softmax per group of
+    # siblings, and each dataset class name must name a node (a label trains its path up to the root)
+    tree: str | None = None
 
 
 @dataclass

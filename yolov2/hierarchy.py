@@ -36,6 +36,7 @@ __all__ = [
     "group_log_softmax",
     "group_softmax",
     "hierarchical_class_loss",
+    "labels_to_nodes",
     "path_probability",
     "tree_tensors",
     "tree_walk",
@@ -199,6 +200,20 @@ def _label_paths(labels: torch.Tensor, scores: torch.Tensor, t: TreeTensors, wha
         bad = labels[(labels < 0) | (labels >= t.num_nodes)][0]
         raise DatasetError(f"{what}: label {int(bad)} is not a tree node (0 to {t.num_nodes - 1})")
     return t.paths.index_select(0, labels.reshape(-1)).reshape(*labels.shape, t.paths.shape[1])
+
+
+def labels_to_nodes(targets: torch.Tensor, class_nodes: torch.Tensor | None) -> torch.Tensor:
+    """Targets (Tensor[B, T, 5], rows [label, cx, cy, w, h], label -1 = padding) with each dataset label replaced
+    by its tree node (``class_nodes[label]``); unchanged without ``class_nodes``."""
+    if class_nodes is None:
+        return targets
+    labels = targets[..., 0]
+    real = labels >= 0
+    if bool((real & (labels >= len(class_nodes))).any()):
+        bad = int(labels[real & (labels >= len(class_nodes))].max())
+        raise DatasetError(f"label {bad} has no tree node: the model maps {len(class_nodes)} classes")
+    nodes = class_nodes.to(targets.device, targets.dtype)[labels.clamp(min=0).long()]
+    return torch.cat((torch.where(real, nodes, labels)[..., None], targets[..., 1:]), -1)
 
 
 def hierarchical_class_loss(logits: torch.Tensor, labels: torch.Tensor, tree: WordTree | TreeTensors) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pipelines.config import EvaluateConfig, PipelineConfig, TrainConfig
 from pipelines.faults import NO_FAULTS, FaultPlan
 from yolov2.config import LossConfig, PredictConfig
 from yolov2.inference import ModelSpec
+from yolov2.wordtree import map_class_names, read_tree
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ def accumulation_for(effective_batch: int, batch_size: int, world_size: int) -> 
 
 
 def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[float]]) -> ModelSpec:
-    """The model the config describes, for these classes and anchors (grid cells at stride 32)."""
+    """The model the config describes, for these classes and anchors (grid cells at stride 32); with
+    ``model.tree`` its classes are the tree's nodes and ``tree_classes`` the node of each dataset class."""
     m = cfg.model
+    tree = read_tree(m.tree) if m.tree else None
     return ModelSpec(
         m.name,
-        len(class_names),
+        tree.num_nodes if tree else len(class_names),
         [list(map(float, a)) for a in anchors],
         list(class_names),
         cfg.train.input_size,
@@ -85,4 +88,6 @@ def model_spec(cfg: PipelineConfig, class_names: list[str], anchors: list[list[f
         m.sppf,
         m.decoupled_head,
         m.batch_norm,
+        tree={"names": list(tree.names), "parents": list(tree.parents)} if tree else None,
+        tree_classes=list(map_class_names(class_names, tree)) if tree else None,
     )

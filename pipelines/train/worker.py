@@ -41,6 +41,7 @@ from yolov2.engine.precision import Precision, choose_precision, detect_hardware
 from yolov2.engine.progress import Ticker, TrainProgress
 from yolov2.engine.trainer import Hooks, LoopSettings, steps_per_epoch, train
 from yolov2.evaluation import validation_metrics
+from yolov2.hierarchy import TreeTensors
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ def _loop_settings(
         num_classes=spec.num_classes,
         amp=precision.amp,
         channels_last=precision.channels_last,
+        tree=TreeTensors.from_tree(tree) if (tree := spec.word_tree()) else None,
+        class_nodes=torch.tensor(spec.tree_classes) if spec.tree_classes is not None else None,
     )
 
 

@@ -30,7 +30,7 @@ from yolov2.engine.optim import cosine_lr, darknet_steps_lr, set_lr
 from yolov2.engine.precision import Amp, autocast
 from yolov2.engine.progress import StepReport
 from yolov2.engine.results import EpochResult, epoch_result, results_from_state, results_to_state
-from yolov2.hierarchy import TreeTensors
+from yolov2.hierarchy import TreeTensors, labels_to_nodes
 from yolov2.loss import region_loss
 
 
@@ -50,6 +50,7 @@ class LoopSettings:
     amp: Amp  # resolved (yolov2.engine.precision.choose_precision): the loss is always float32
     channels_last: bool  # resolved
     tree: TreeTensors | None = None  # YOLO9000: the WordTree of the class scores (yolov2.hierarchy)
+    class_nodes: torch.Tensor | None = None  # with a tree: the node of each dataset label (ModelSpec.tree_classes)
 
     @property
     def total_steps(self) -> int:
@@ -204,7 +205,7 @@ def train(
             with small_ops_threads(device):
                 losses = region_loss(
                     head,
-                    batch.targets.to(device),
+                    labels_to_nodes(batch.targets.to(device), settings.class_nodes),
                     anchors,
                     settings.num_classes,
                     seen_after,

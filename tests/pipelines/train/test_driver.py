@@ -33,10 +33,12 @@ from pipelines.train import driver as train
 from pipelines.train.job import validation_predict
 from pipelines.workspace import Workspace
 from yolov2.data.shards import shard_specs_from_index
+from yolov2.data.synthetic import SHAPE_CLASSES
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.evaluation import predict_share, validation_metrics
 from yolov2.inference import load_model_file
+from yolov2.wordtree import WordTree, write_tree
 
 ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
 
@@ -340,3 +342,25 @@ def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(
     finally:
         for server in servers:
             stop_session(server)
+
+
+def test_a_tree_model_trains_on_node_labels_and_validates_on_the_dataset_classes(ray_local, tmp_path):
+    """model.tree: the shapes as leaves of two parents; the head predicts the tree's nodes, the loss trains each
+    label's path, and validation scores the dataset's five classes through ModelSpec.tree_classes."""
+    names = ["round", "angular", *SHAPE_CLASSES]
+    parents = [-1, -1] + [0 if name in ("circle", "ellipse") else 1 for name in SHAPE_CLASSES]
+    order = sorted(range(len(names)), key=lambda i: (parents[i] >= 0, parents[i], i))  # siblings contiguous
+    position = {old: new for new, old in enumerate(order)}
+    tree = WordTree(
+        tuple(names[i] for i in order), tuple(position[parents[i]] if parents[i] >= 0 else -1 for i in order)
+    )
+    write_tree(tree, tmp_path / "shapes.tree")
+    tree_option = f"model.tree={tmp_path / 'shapes.tree'}"
+    cfg, ws, upstream = _setup(tmp_path, ["train.epochs=2", "train.val_every=2", tree_option])
+    result = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False)
+    model, spec = load_model_file(ws.local_path(result.output_dir, "model.pt"))
+    assert spec.word_tree() == tree and spec.num_classes == 7
+    assert [tree.names[node] for node in spec.tree_classes] == spec.class_names == list(SHAPE_CLASSES)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5 * (5 + 7), 2, 2)
+    rows = ws.read_parquet(result.output_dir, "results.parquet").to_pylist()
+    assert len(rows) == 2 and rows[-1]["val_map50_voc07"] is not None
