@@ -164,3 +164,25 @@ def test_darknet_export_refuses_layers_darknet_lacks(kwargs, match: str, tmp_pat
     with pytest.raises(ConfigError, match=match):
         export_darknet(m, tmp_path / "m.weights", name="yolov2_voc", anchors=ANCHORS, width_multiplier=0.25)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tree_model_exports_its_group_softmaxes(tmp_path: Path) -> None:
+    """YOLO9000: class_probs of the decode head are the tree's absolute probabilities, as yolov2's decode gives."""
+    from test_hierarchy import HAND
+    from yolov2.postprocess import decode
+
+    torch.manual_seed(0)
+    m = build_model("yolov2_tiny_voc", HAND.num_nodes, num_anchors=len(ANCHORS), width_multiplier=0.25).eval()
+    randomize_bn(m)
+    path = export_onnx(
+        m, tmp_path / "tree.onnx", 64, with_decode=True, anchors=ANCHORS, num_classes=HAND.num_nodes, tree=HAND
+    )
+    s = session(path)
+    for batch, height, width in SHAPES:
+        x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = decode(m(x), torch.tensor(ANCHORS), HAND.num_nodes, HAND)
+        got = s.run(None, {"images": x.numpy()})
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got[2][..., [0, 1]].sum(-1), 1.0, atol=1e-5)  # the roots: animal, plant

@@ -6,8 +6,9 @@ torch.export-based one would add ``onnxscript``. The graph takes ``images`` (Ten
 float32 RGB in [0, 1], H and W divisible by 32) and gives either the raw head ``output``
 (Tensor[B, A*(5+C), H/32, W/32], anchor-major) or, with the decode head, ``boxes`` (Tensor[B, N, 4]
 xyxy normalised to the network input), ``objectness`` (Tensor[B, N]) and ``class_probs``
-(Tensor[B, N, C]), N = A*(H/32)*(W/32), exactly :func:`yolov2.postprocess.decode`. Batch, height
-and width are dynamic axes, so one file serves every batch size and input size. Feed it what the
+(Tensor[B, N, C]), N = A*(H/32)*(W/32), exactly :func:`yolov2.postprocess.decode`; for a YOLO9000 model
+(``tree``) ``class_probs`` are each tree node's absolute probability, its group softmaxes in the graph. Batch,
+height and width are dynamic axes, so one file serves every batch size and input size. Feed it what the
 project's own inference does: :func:`yolov2.preprocess.images_to_tensor` (Darknet's letterbox), and map the
 decoded boxes back with :func:`yolov2.postprocess.to_image_pixels` (or run :func:`~yolov2.postprocess.postprocess`
 on the raw output).
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from yolov2.errors import ConfigError, WeightsError
+from yolov2.hierarchy import TreeTensors
 from yolov2.io import atomic_output, write_names
 from yolov2.models import build_from_darknet_cfg, save_darknet_weights
 from yolov2.models.darknet_cfg_writer import darknet_cfg_text
@@ -35,6 +37,7 @@ from yolov2.models.darknet_io import conv_layer_shapes
 from yolov2.models.heads import DecoupledHead
 from yolov2.models.layers import SPPF, Reorg
 from yolov2.postprocess import decode
+from yolov2.wordtree import WordTree
 
 MIN_OPSET = 17
 RAW_OUTPUTS = ("output",)
@@ -51,11 +54,14 @@ class DecodedModel(nn.Module):
 
     anchors: torch.Tensor  # the registered buffer (declared for the type checker)
 
-    def __init__(self, model: nn.Module, anchors: torch.Tensor, num_classes: int, stride: int = 32) -> None:
+    def __init__(
+        self, model: nn.Module, anchors: torch.Tensor, num_classes: int, stride: int = 32, tree: WordTree | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.num_classes = num_classes
         self.stride = stride
+        self.tree = TreeTensors.from_tree(tree) if tree is not None else None
         self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +72,7 @@ class DecodedModel(nn.Module):
         batch, _, height, width = x.shape
         channels = self.anchors.shape[0] * (5 + self.num_classes)
         output = output.reshape(batch, channels, height // self.stride, width // self.stride)
-        return decode(output, self.anchors, self.num_classes)
+        return decode(output, self.anchors, self.num_classes, self.tree)
 
 
 def _dynamic_axes(output_names: Sequence[str]) -> dict[str, dict[int, str]]:
@@ -85,14 +91,15 @@ def export_onnx(
     with_decode: bool = False,
     anchors: Sequence[Sequence[float]] | torch.Tensor | None = None,
     num_classes: int | None = None,
+    tree: WordTree | None = None,
 ) -> Path:
     """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
 
     ``input_size`` (side, or (height, width), divisible by 32) is the example input traced, and the
     fixed size when ``dynamic=False``. ``with_decode`` appends the decode head; its ``anchors``
     (A, 2) grid cells and ``num_classes`` default to the model's ``default_anchors`` and
-    ``num_classes``. The model is traced in eval mode (batch norm uses its running statistics) on
-    its own device; its training mode is restored afterwards.
+    ``num_classes``; ``tree`` (YOLO9000) gives the decode head its group softmaxes. The model is traced in
+    eval mode (batch norm uses its running statistics) on its own device; its training mode is restored afterwards.
     """
     if opset < MIN_OPSET:
         raise ConfigError(f"export_onnx: opset {opset} is too old; use {MIN_OPSET} or newer")
@@ -108,7 +115,7 @@ def export_onnx(
         num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         if anchors is None or num_classes is None:
             raise ConfigError("export_onnx: the decode head needs anchors and num_classes (the model has no defaults)")
-        module = DecodedModel(model, torch.as_tensor(anchors, dtype=torch.float32), int(num_classes), stride)
+        module = DecodedModel(model, torch.as_tensor(anchors, dtype=torch.float32), int(num_classes), stride, tree)
         output_names = DECODED_OUTPUTS
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

@@ -13,9 +13,9 @@ shape. Darknet (pjreddie f6afaabc) normalises the scores with a softmax inside e
   is minus Darknet's ``delta_region_class`` (region_layer.c:112-128) with scale 1;
 * :func:`tree_walk`: Darknet's detection-time class choice (``hierarchy_top_prediction``, tree.c:53-81).
 
-Memory stays O(C) per prediction for the 9k tree (9,418 nodes in 1,846 groups): groups are reduced with
-``torch.segment_reduce`` over the node dimension (siblings are contiguous), never padded into a [groups, largest
-group] matrix. The index tensors come from :class:`TreeTensors`; every function also takes a
+Memory stays O(C) per prediction for the 9k tree (9,418 nodes in 1,846 groups): groups are reduced by a
+scatter over the node dimension (``scatter_reduce``, which also exports to ONNX), never padded into a [groups,
+largest group] matrix. The index tensors come from :class:`TreeTensors`; every function also takes a
 :class:`~yolov2.wordtree.WordTree` and builds them on the fly, so a training loop should build
 ``TreeTensors.from_tree(tree, device)`` once.
 """
@@ -48,7 +48,7 @@ class TreeTensors:
     """A WordTree's index tensors (all int64, on one device), built once per tree and device.
 
     ``group_of`` [C], ``parents`` [C] (-1: root), ``child_group`` [C] (-1: leaf), ``group_offsets`` and
-    ``group_sizes`` [G] (groups are contiguous runs of nodes, so they are segments for ``torch.segment_reduce``);
+    ``group_sizes`` [G] (groups are contiguous runs of nodes);
     ``paths`` [C, D]: row c = c, its parent, ..., its root, then -1 (D = max depth + 1); ``levels[d]``: the nodes
     at depth d, ascending; ``level_parent_pos[d]``: for each node of ``levels[d]``, its parent's position in
     ``levels[d - 1]`` (empty for d = 0); ``level_inverse`` [C]: node c's position in ``cat(levels)``.
@@ -143,10 +143,19 @@ def _prepare(scores: torch.Tensor, tree: WordTree | TreeTensors, what: str) -> T
 
 
 def _group_reduce(values: torch.Tensor, t: TreeTensors, reduce: str) -> torch.Tensor:
-    """[..., G]: ``reduce`` ('max', 'min', 'sum') of ``values`` [..., C] over each group's contiguous run of nodes."""
-    lengths = t.group_sizes.expand(*values.shape[:-1], t.num_groups)
-    # unsafe: the lengths come from a validated WordTree (checking them would synchronise with a GPU)
-    return torch.segment_reduce(values, reduce, lengths=lengths, axis=values.dim() - 1, unsafe=True)
+    """[..., G]: ``reduce`` ('max', 'min', 'sum') of ``values`` [..., C] over each group's nodes.
+
+    A scatter over the node dimension from the reduction's identity: O(C) memory, and it exports to ONNX
+    (ScatterElements), which ``torch.segment_reduce`` does not.
+    """
+    index = t.group_of.expand_as(values)
+    limits = torch.finfo(values.dtype) if values.is_floating_point() else torch.iinfo(values.dtype)
+    start = {"max": limits.min, "min": limits.max, "sum": 0}[reduce]
+    out = values.new_full((*values.shape[:-1], t.num_groups), start)
+    return out.scatter_reduce(-1, index, values, _SCATTER_REDUCE[reduce])
+
+
+_SCATTER_REDUCE = {"max": "amax", "min": "amin", "sum": "sum"}
 
 
 def _shift_and_log_sum(logits: torch.Tensor, t: TreeTensors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,8 +282,7 @@ def tree_walk(probs: torch.Tensor, tree: WordTree | TreeTensors, thresh: float =
     group_max = _group_reduce(x, t, "max").clamp(min=0)  # [R, G]; Darknet's max starts at 0
     is_best = (x == group_max.index_select(-1, t.group_of)) & (x > 0)
     # the first node holding its group's max (Darknet takes the first on ties); node 0 where nothing is positive.
-    # Node indices as float64 (exact) because segment_reduce reduces floating point values.
-    node = torch.arange(t.num_nodes, device=x.device, dtype=torch.float64).expand_as(x)
+    node = torch.arange(t.num_nodes, device=x.device).expand_as(x)
     first_best = _group_reduce(torch.where(is_best, node, torch.full_like(node, t.num_nodes)), t, "min").long()
     first_best = torch.where(first_best == t.num_nodes, torch.zeros_like(first_best), first_best)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from yolov2.errors import ConfigError
 from yolov2.export import MIN_OPSET, export_darknet, export_onnx
 from yolov2.inference import load_model_file
 
@@ -52,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
             with_decode=args.with_decode,
             anchors=spec.anchors,
             num_classes=spec.num_classes,
+            tree=spec.word_tree(),
         )
         written = [path]
+    elif spec.tree is not None:
+        raise ConfigError(f"{args.weights}: a YOLO9000 (tree) model exports to ONNX only, not to Darknet files yet")
     else:
         written = export_darknet(
             model,
