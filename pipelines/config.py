@@ -48,6 +48,10 @@ class DataConfig:
     val_seed: int = 0  # which images the carve-out takes
     strict: bool = False  # True: the first bad input stops the stage with an error naming the file
     max_image_pixels: int = 89_478_485  # larger images are rejected (decompression-bomb guard; PIL's default)
+    # YOLO9000: an image folder root/<class>/<image> of classification-only samples (labels, no boxes) trained
+    # beside the detection images (train.class_only_ratio of them per detection image); its classes follow the
+    # dataset's in the class names
+    class_only_root: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -105,6 +109,9 @@ class TrainConfig:
     init_layers: int | None = None  # load only the first N conv layers of a Darknet file
     augmentation: AugmentConfig = field(default_factory=AugmentConfig, metadata=FLAT)  # augment, jitter, ...
     ingest: Literal["webdataset", "ray_data"] = "webdataset"
+    # YOLO9000: classification-only samples (the shard stage's train_class_only split) per detection sample in an
+    # epoch; the paper oversamples COCO so that ImageNet outnumbers it 4:1
+    class_only_ratio: float = 4.0
     loader_workers: int = 0
     max_failures: int = 2
     seed: int = 0

@@ -37,13 +37,16 @@ from pipelines.train.checkpoints import BEST_BY
 from pipelines.workspace import Workspace
 from yolov2.config import PredictConfig
 from yolov2.data.images import decode_rgb
-from yolov2.data.records import ImageRecord, table_to_records
+from yolov2.data.records import ImageRecord, relabel_records, table_to_records
+from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
+from yolov2.errors import ConfigError
 from yolov2.evaluation import compute_metrics, detections_table
-from yolov2.inference import Predictor
+from yolov2.inference import ModelSpec, Predictor
 from yolov2.metrics import DetectionTable
 from yolov2.metrics.figures import evaluation_figures
 from yolov2.progress import Progress
+from yolov2.wordtree import ancestors_at_depth
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,8 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     model_path = f"{ctx.upstream['train'].output_dir}/{checkpoint['file']}"
     ctx.log_params({f"checkpoint.{k}" if k != "checkpoint" else k: v for k, v in checkpoint.items()})
     urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
+    if settings.predict.tree_depth is not None:
+        class_names, records = _at_tree_depth(_model_spec(ctx.workspace, model_path), records, settings.predict)
 
     detections = run_inference(urls, ctx.workspace, model_path, cfg, [r.image_id for r in records])
     ctx.workspace.write_parquet(detections.to_arrow(), ctx.out("detections.parquet"))
@@ -209,6 +214,31 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
         "images": len(records),
         "num_detections": len(detections),
     }
+
+
+def _model_spec(workspace: Workspace, model_path: str) -> ModelSpec:
+    """The spec of a model file in the workspace (its weights are loaded too, and dropped)."""
+    with tempfile.NamedTemporaryFile(suffix=".pt") as local:
+        local.write(workspace.read_bytes(model_path))
+        local.flush()
+        return ModelSpec(**load_checkpoint(local.name)["spec"])
+
+
+def _at_tree_depth(
+    spec: ModelSpec, records: list[ImageRecord], predict: PredictConfig
+) -> tuple[list[str], list[ImageRecord]]:
+    """``evaluate.tree_depth`` (YOLO9000): the class names and ground truth at that depth of the model's tree, as
+    the Predictor scores it (each class's ancestor there; boxes of classes above that depth are left out)."""
+    tree = spec.word_tree()
+    if tree is None or spec.tree_classes is None or predict.tree_depth is None:
+        raise ConfigError("evaluate.tree_depth scores a YOLO9000 model (model.tree); this model has no tree")
+    level, position = ancestors_at_depth(tree, spec.tree_classes, predict.tree_depth)
+    at_depth = relabel_records(records, position)
+    dropped = sum(r.num_boxes for r in records) - sum(r.num_boxes for r in at_depth)
+    names = [tree.names[node] for node in level]
+    depth = predict.tree_depth
+    log.info("evaluate: tree depth %d: %d classes (%s); %d boxes above it left out", depth, len(names), names, dropped)
+    return names, at_depth
 
 
 def evaluated_checkpoint(requested: str, train_manifest: dict[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from yolov2.data.class_names import (
 )
 from yolov2.data.records import ImageRecord, Reject, records_to_table, rejects_to_table
 from yolov2.data.shard_build import ShardItem, ShardOptions, write_shard
-from yolov2.data.sources import list_splits
+from yolov2.data.sources import CLASS_ONLY_SPLIT, list_class_only, list_splits
 from yolov2.errors import DatasetError
 from yolov2.progress import Progress
 
@@ -177,10 +177,20 @@ def shard_body(ctx: StageContext) -> dict[str, Any]:
     names = resolve_class_names(prepared, data.class_names, data.splits)
     log.info("%s", names.describe())
     ctx.log_params({"class_names.count": len(names.names), "class_names.source": names.source})
-    ctx.log_artifact_bytes(("\n".join(names.names) + "\n").encode(), "classes.names")  # a Darknet .names file
     class_names = list(names.names)
     check_unknown_classes_early(prepared, data.splits, names, data.skip_unknown_classes)  # VOC: before any shard
     listings = list_splits(prepared, data.splits, class_names, data.strict, data.val_fraction, data.val_seed)
+    if data.class_only_root:
+        listings[CLASS_ONLY_SPLIT], class_names = list_class_only(
+            data.class_only_root, class_names, data.strict, data.max_image_pixels
+        )
+        log.info(
+            "classification-only samples: %d images of %d classes from %s",
+            len(listings[CLASS_ONLY_SPLIT].items),
+            len(class_names) - len(names.names),
+            data.class_only_root,
+        )
+    ctx.log_artifact_bytes(("\n".join(class_names) + "\n").encode(), "classes.names")  # a Darknet .names file
     all_rejects: list[Reject] = []
     planned: list[PlannedShard] = []
     items_in: dict[str, int] = {}
@@ -273,6 +283,7 @@ SPEC = StageSpec(
         "data.val_seed",
         "data.strict",
         "data.max_image_pixels",
+        "data.class_only_root",
         "shard",
     ),
     version=2,  # 2: class names resolved here (auto), unknown-class and empty-split checks, the val carve-out

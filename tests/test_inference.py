@@ -65,3 +65,20 @@ def test_the_predictor_labels_by_the_walk_or_by_the_class_nodes():
         labels = torch.cat([d.labels for d in detections])
         limit = HAND.num_nodes if tree_classes is None else len(tree_classes)
         assert int(labels.max()) < limit
+
+
+def test_the_predictor_scores_at_a_depth_of_the_tree():
+    """predict.tree_depth=0: the leaves' ancestors at the roots (animal, plant), scored objectness x P(root)."""
+    torch.manual_seed(1)
+    images = [np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    spec = _tree_spec(list(HAND.leaves))  # cat, oak, beagle, pug, toy_poodle
+    model = spec.build().eval()
+    (got,) = Predictor(model, spec, PredictConfig(input_size=64, conf_thresh=0.0, tree_depth=0))(images)
+    with torch.no_grad():
+        output = model(images_to_tensor(images, 64, True, "darknet"))
+    (want,) = postprocess(
+        output, torch.tensor(ANCHORS), HAND.num_nodes, (64, 64), torch.tensor([[64, 64]]), conf_thresh=0.0,
+        tree=HAND, tree_classes=[0, 1],
+    )  # fmt: skip
+    assert set(got.labels.tolist()) == {0, 1} and torch.equal(got.labels, want.labels)
+    torch.testing.assert_close(got.scores, want.scores)

@@ -14,6 +14,7 @@ import pytest
 from yolov2.errors import DatasetError
 from yolov2.wordtree import (
     WordTree,
+    ancestors_at_depth,
     map_class_names,
     parse_class_map,
     parse_tree,
@@ -259,3 +260,14 @@ def test_9k_maps_and_cfg(tree9k: WordTree, cfg_dir: Path) -> None:
     assert len(read_class_map(cfg_dir / "inet9k.map", tree9k)) == 200
     cfg = (cfg_dir / "yolo9000.cfg").read_text()
     assert re.search(r"^classes\s*=\s*9418\s*$", cfg, re.M)  # the cfg's class count is the tree's node count
+
+
+def test_ancestors_at_depth(hand: WordTree) -> None:
+    # classes: pug, toy_poodle, cat, oak, animal
+    classes = [7, 8, 3, 4, 0]
+    assert ancestors_at_depth(hand, classes, 0) == ([0, 1], [0, 0, 0, 1, 0])  # animal, plant
+    assert ancestors_at_depth(hand, classes, 1) == ([2, 3, 4], [0, 0, 1, 2, -1])  # dog, cat, oak; animal is above
+    assert ancestors_at_depth(hand, classes, 2) == ([5, 7], [1, 0, -1, -1, -1])  # poodle, pug
+    assert ancestors_at_depth(hand, classes, 9) == ([], [-1] * 5)
+    with pytest.raises(ValueError, match="depth must be >= 0"):
+        ancestors_at_depth(hand, classes, -1)

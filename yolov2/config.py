@@ -118,3 +118,6 @@ class PredictConfig:
     max_det: int = 100
     max_candidates: int | None = None  # best (box, class) pairs per image kept before NMS; None: all (Darknet)
     hier_thresh: float = 0.5  # YOLO9000: the tree walk descends while P(node) > this (Darknet's -hier)
+    # YOLO9000: score boxes against the dataset classes' ancestors at this depth of the tree (0: its roots), the
+    # ground truth relabelled the same way; None: against the dataset's classes themselves
+    tree_depth: int | None = None

@@ -25,7 +25,7 @@ from yolov2.models import build_model
 from yolov2.models.layers import BatchNormFormula
 from yolov2.postprocess import Detections, postprocess
 from yolov2.preprocess import images_to_tensor
-from yolov2.wordtree import WordTree
+from yolov2.wordtree import WordTree, ancestors_at_depth
 
 MODEL_FORMAT = "yolov2-pipeline/model"
 
@@ -114,6 +114,10 @@ class Predictor:
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
         tree = spec.word_tree()
         self.tree = TreeTensors.from_tree(tree, self.device) if tree is not None else None
+        self.tree_classes = spec.tree_classes
+        if tree is not None and self.predict.tree_depth is not None:
+            nodes = spec.tree_classes if spec.tree_classes is not None else range(tree.num_nodes)
+            self.tree_classes, _ = ancestors_at_depth(tree, nodes, self.predict.tree_depth)
 
     @classmethod
     def from_file(
@@ -148,6 +152,6 @@ class Predictor:
             max_det=p.max_det,
             max_candidates=p.max_candidates,
             tree=self.tree,
-            tree_classes=self.spec.tree_classes,
+            tree_classes=self.tree_classes,
             hier_thresh=p.hier_thresh,
         )

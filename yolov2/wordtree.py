@@ -239,3 +239,18 @@ def map_class_names(names: Sequence[str], tree: WordTree) -> tuple[int, ...]:
             + ", ".join(f"{n!r} (nodes {', '.join(map(str, index[n]))})" for n in ambiguous)
         )
     return tuple(index[n][0] for n in names)
+
+
+def ancestors_at_depth(tree: WordTree, nodes: Sequence[int], depth: int) -> tuple[list[int], list[int]]:
+    """Scoring at one depth of the tree (0: the roots): ``level``, the distinct ancestors at ``depth`` of ``nodes``
+    (a node at that depth is its own), in node order; and for each of ``nodes`` its ancestor's position in
+    ``level``, or -1 for a node above that depth (it cannot be scored there)."""
+    if depth < 0:
+        raise ValueError(f"ancestors_at_depth: depth must be >= 0, got {depth}")
+    ancestors = []
+    for node in nodes:
+        path = tree.path(node)  # node ... root: the ancestor at depth d is path[len(path) - 1 - d]
+        ancestors.append(path[len(path) - 1 - depth] if depth < len(path) else -1)
+    level = sorted({a for a in ancestors if a >= 0})
+    position = {node: i for i, node in enumerate(level)}
+    return level, [position[a] if a >= 0 else -1 for a in ancestors]

@@ -23,7 +23,7 @@ from yolov2.data.augment import Augmentation, MultiScaleSchedule
 from yolov2.data.batch import Batch
 from yolov2.data.partition import batches_per_epoch
 from yolov2.data.row_batches import decode_and_augment_batch, iter_row_batches
-from yolov2.data.shards import shard_specs_from_index
+from yolov2.data.shards import ShardSpec, shard_specs_from_index
 from yolov2.data.stream import ShardStream, make_dataloader
 
 RAY_DATA_CPUS = 0.25  # per Ray Data read/decode task; ray_data trainers leave this much of their CPUs to them
@@ -31,14 +31,26 @@ Batches = Callable[[int, int], Iterable[Batch]]
 
 
 def webdataset_batches(
-    t: TrainConfig, workspace: Workspace, shard_dir: str, train_index: str, world: int, rank: int, accumulation: int
+    t: TrainConfig,
+    workspace: Workspace,
+    shard_dir: str,
+    train_index: str,
+    world: int,
+    rank: int,
+    accumulation: int,
+    class_only_index: str | None = None,
 ) -> tuple[Batches, int]:
     """Single-node ingest: this rank's part of the WebDataset shards (``train_index`` in ``shard_dir``)
-    through a DataLoader."""
-    train_shards = shard_specs_from_index(
-        pq.read_table(workspace.path(shard_dir, train_index), filesystem=workspace.fs), workspace.uri_of(shard_dir)
+    through a DataLoader, with the classification-only shards (``class_only_index``) mixed in when given."""
+
+    def shards(index: str) -> list[ShardSpec]:
+        table = pq.read_table(workspace.path(shard_dir, index), filesystem=workspace.fs)
+        return shard_specs_from_index(table, workspace.uri_of(shard_dir))
+
+    class_only = shards(class_only_index) if class_only_index else []
+    stream = ShardStream.from_config(
+        shards(train_index), t, world, rank, accumulation=accumulation, class_only_shards=class_only
     )
-    stream = ShardStream.from_config(train_shards, t, world, rank, accumulation=accumulation)
     loader = make_dataloader(stream, num_workers=t.loader_workers)
 
     def batches(epoch: int, first_micro: int):

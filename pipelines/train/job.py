@@ -28,6 +28,7 @@ class TrainJob:
     train_index: str  # parquet index of the training shards, in shard_dir
     val_index: str | None  # of the validation shards; None: no validation
     train_total: int  # training images
+    class_only_index: str | None  # YOLO9000: parquet index of the classification-only shards, in shard_dir
     spec: ModelSpec
     train: TrainConfig
     loss: LossConfig
@@ -64,6 +65,7 @@ def validation_predict(train: TrainConfig, evaluate: EvaluateConfig) -> PredictC
         predict,
         input_size=train.input_size,
         max_candidates=predict.max_candidates or VALIDATION_MAX_CANDIDATES,
+        tree_depth=None,  # validation scores the dataset's classes (best.pt's choice must not depend on it)
     )
 
 

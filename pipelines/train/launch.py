@@ -20,6 +20,8 @@ from pipelines.train.ingest import RAY_DATA_CPUS, ray_data_train_dataset
 from pipelines.train.job import TrainJob, model_spec
 from pipelines.train.worker import train_loop_per_worker
 from pipelines.workspace import Workspace
+from yolov2.data.sources import CLASS_ONLY_SPLIT
+from yolov2.errors import ConfigError
 
 
 def train_job(
@@ -45,6 +47,7 @@ def train_job(
         checkpoint_dir=f"{output_dir}/ray/{RUN_NAME}",
         shard_dir=shard_result.output_dir,
         train_index=splits["train"]["index"],
+        class_only_index=splits[CLASS_ONLY_SPLIT]["index"] if CLASS_ONLY_SPLIT in splits else None,
         val_index=splits["val"]["index"] if "val" in splits and splits["val"]["images"] else None,
         train_total=splits["train"]["images"],
         spec=model_spec(cfg, shard_result.manifest["class_names"], anchors_grid),
@@ -66,6 +69,11 @@ def train_datasets(
     t = job.train
     if t.ingest != "ray_data":
         return None
+    if job.class_only_index:
+        raise ConfigError(
+            "train.ingest: ray_data does not mix in classification-only samples (data.class_only_root) yet; "
+            "use train.ingest: webdataset"
+        )
     train_split = shard_result.manifest["splits"]["train"]
     urls = [workspace.uri_of(shard_result.output_dir, name) for name in train_split["shards"]]
     return {"train": ray_data_train_dataset(t, urls, train_split["images"], t.num_workers)}

@@ -67,7 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches, micro_batches = ray_data_batches(t, job.train_total, world, accumulation)
     else:
         batches, micro_batches = webdataset_batches(
-            t, workspace, job.shard_dir, job.train_index, world, rank, accumulation
+            t, workspace, job.shard_dir, job.train_index, world, rank, accumulation, job.class_only_index
         )
     trace_dir = job.faults.train_trace_dir
 

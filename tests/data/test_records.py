@@ -23,6 +23,7 @@ from yolov2.data.records import (
     record_schema,
     records_to_table,
     rejects_to_table,
+    relabel_records,
     sanitize_box,
     sanitize_boxes,
     table_to_records,
@@ -233,3 +234,14 @@ def test_class_only_records_round_trip_and_plain_ones_stay_as_they_were():
     assert "class_only" not in plain.to_dict() and not ImageRecord.from_dict(plain.to_dict()).class_only
     with pytest.raises(ValueError, match="n02: a classification-only record has one box"):
         ImageRecord("n02", "train", "n02.jpg", 40, 30, [[1, 2, 3, 4], [5, 6, 7, 8]], [0, 1], class_only=True)
+
+
+def test_relabel_records_maps_labels_and_drops_the_unmapped_boxes():
+    record = ImageRecord(
+        "i", "test", "i.jpg", 50, 50, [[0, 0, 9, 9], [1, 1, 5, 5], [2, 2, 8, 8]], [0, 2, 1], [False, True, False],
+        [False, False, True],
+    )  # fmt: skip
+    (mapped,) = relabel_records([record], [1, -1, 0])
+    assert mapped.labels.tolist() == [1, 0] and mapped.boxes.tolist() == [[0, 0, 9, 9], [1, 1, 5, 5]]
+    assert mapped.difficult.tolist() == [False, True] and mapped.iscrowd.tolist() == [False, False]
+    assert record.labels.tolist() == [0, 2, 1]  # the input is left as it was

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from yolov2.data.sources import list_split_items, list_splits
+from yolov2.data.sources import CLASS_ONLY_SPLIT, list_class_only, list_split_items, list_splits
 from yolov2.data.val_split import carve_val
 from yolov2.errors import ConfigError, DatasetError
 
@@ -200,3 +200,27 @@ def test_yolo_names_from_data_yaml_when_none_are_given(tmp_path: Path) -> None:
     (root / "data.yaml").unlink()
     with pytest.raises(DatasetError, match="add classes.txt"):
         list_split_items({"format": "yolo", "root": str(root)}, "train", ["train"], None)
+
+
+def test_class_only_folder_lists_labelled_records_after_the_dataset_classes(tmp_path: Path) -> None:
+    """YOLO9000's classification-only split: folder classes continue the class names (a shared one keeps its
+    label), each image a class-only record sized from its header; a bad file is a named reject."""
+    root = tmp_path / "classes"
+    for name, sizes in {"cat": [(30, 20), (16, 16)], "tabby": [(40, 24)]}.items():
+        (root / name).mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            Image.new("RGB", size, (i * 60, 90, 30)).save(root / name / f"{i}.jpg")
+    (root / "tabby" / "broken.jpg").write_bytes(b"")
+    listing, names = list_class_only(root, ["dog", "cat"])
+    assert names == ["dog", "cat", "tabby"] and listing.class_names == names
+    loaded = [item.load() for item in listing.items]
+    records = [record for record, rejects in loaded if record is not None and not rejects]
+    assert [(r.image_id, int(r.labels[0]), r.width, r.height) for r in records] == [
+        ("cat/0.jpg", 1, 30, 20),
+        ("cat/1.jpg", 1, 16, 16),
+        ("tabby/0.jpg", 2, 40, 24),
+    ]
+    assert all(r.class_only and r.split == CLASS_ONLY_SPLIT for r in records)
+    assert [(Path(r.source).name, r.split) for r in listing.rejects] == [("broken.jpg", CLASS_ONLY_SPLIT)]
+    with pytest.raises(DatasetError, match="image folder not found"):
+        list_class_only(tmp_path / "none", ["dog"])

@@ -7,6 +7,7 @@ The shards are tiny and written here (tests/tiny_shards.py).
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from yolov2.data.partition import batches_per_epoch, rank_length
 from yolov2.data.records import class_only_record
 from yolov2.data.shards import ShardSpec, write_shard_bytes
 from yolov2.data.stream import ShardStream, make_dataloader
-from yolov2.errors import DatasetError
+from yolov2.errors import ConfigError, DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,54 @@ def test_class_only_samples_carry_their_label_on_the_whole_input_and_no_mosaic(t
                 assert not ((real[:, 3] == 1.0) & (real[:, 4] == 1.0)).any()
     plain = list(stream(write_tiny_shards(tmp_path), train=True, size=64).iter_slot(0, 1))
     assert all(b.class_only is None for b in plain)
+
+
+def _class_only_shards(folder: Path, sizes: tuple[int, ...]) -> list[ShardSpec]:
+    specs, index = [], 0
+    for number, count in enumerate(sizes):
+        samples = []
+        for _ in range(count):
+            record = class_only_record(f"cls{index:03d}", "train", f"cls{index:03d}.jpg", 40, 32, label=index % 3)
+            samples.append((f"c{index:04d}", make_jpeg(index, 40, 32), record))
+            index += 1
+        path = folder / f"train_class_only-{number:06d}.tar"
+        path.write_bytes(write_shard_bytes(samples))
+        specs.append(ShardSpec(str(path), count))
+    return specs
+
+
+def _class_only_flags(batch) -> list[bool]:
+    return batch.class_only.tolist() if batch.class_only is not None else [False] * len(batch.image_ids)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 1), (2, 2), (3, 2)])
+def test_class_only_samples_join_each_epoch_at_the_ratio_and_cycle_evenly(tmp_path, world, workers):
+    """21 detection samples with ratio 1.5: 32 classification-only samples per epoch (of 11, so each comes 2 or 3
+    times), spread over ranks and workers; detection samples still once per epoch; the cycle continues over epochs
+    so that after 11 epochs every classification-only sample came equally often."""
+    shards = write_tiny_shards(tmp_path)
+    class_only = _class_only_shards(tmp_path, (4, 7))
+    seen: Counter = Counter()
+    epochs = 11
+    for epoch in range(epochs):
+        per_rank = []
+        for rank in range(world):
+            batches = rank_batches(
+                shards, world, rank, workers, epoch, class_only_shards=class_only, class_only_ratio=1.5
+            )
+            per_rank.append(batches)
+            s = stream(shards, world_size=world, rank=rank, class_only_shards=class_only, class_only_ratio=1.5)
+            assert len(batches) == s.batches_per_epoch(workers) == batches_per_epoch([21, 32], world, 3, workers)
+        ids = [i for batches in per_rank for b in batches for i in b.image_ids]
+        flags = [f for batches in per_rank for b in batches for f in _class_only_flags(b)]
+        detection = [i for i, f in zip(ids, flags) if not f]
+        assert set(detection) == set(all_ids(shards))  # every detection sample, once (plus rank padding)
+        assert len(detection) == world * rank_length(21, world)
+        assert sum(flags) == world * rank_length(32, world)
+        assert all(i.startswith("cls") for i, f in zip(ids, flags) if f)
+        assert any(0 < sum(_class_only_flags(b)) < len(b.image_ids) for b in per_rank[0])  # mixed in batches
+        seen.update(i for i, f in zip(ids, flags) if f)
+    if world == 1:
+        assert len(seen) == 11 and set(seen.values()) == {32}  # 11 epochs x 32 = 352 = 11 x 32
+    with pytest.raises(ConfigError, match="class_only_ratio 1.0 needs classification-only samples"):
+        stream(shards, class_only_shards=[], class_only_ratio=1.0)

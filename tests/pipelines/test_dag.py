@@ -85,6 +85,7 @@ def test_fingerprint_is_the_hash_of_the_documented_payload():
                 "data.val_seed": data["val_seed"],
                 "data.strict": data["strict"],
                 "data.max_image_pixels": data["max_image_pixels"],
+                "data.class_only_root": data["class_only_root"],
                 "shard": to_dict(cfg)["shard"],
             },
         }

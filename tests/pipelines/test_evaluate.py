@@ -9,6 +9,7 @@ import logging
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines import evaluate, prepare, shard
@@ -17,15 +18,17 @@ from pipelines.dag import StageResult, run_stage
 from pipelines.evaluate import evaluated_checkpoint
 from pipelines.workspace import Workspace
 from yolov2.config import PredictConfig
-from yolov2.data.records import table_to_records
+from yolov2.data.records import relabel_records, table_to_records
 from yolov2.data.shards import iter_shard_samples
 from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor, save_model_file
 from yolov2.metrics import DetectionTable
 from yolov2.progress import Progress
+from yolov2.wordtree import WordTree, ancestors_at_depth
 
 
-def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, capsys):
+def _sharded(tmp_path, extra: list[str] = ()):
+    """Generated data with 13 test images, sharded; the config evaluates at 96 in float32."""
     cfg = load_config(
         None,
         [
@@ -40,21 +43,16 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
             "evaluate.coco_workers=2",
             "evaluate.amp=off",  # float32, as the plain loop below
             "evaluate.channels_last=false",
+            *extra,
         ],
     )
     ws = Workspace.open(cfg.workspace)
     prepared = run_stage(prepare.SPEC, cfg, ws, tracking_enabled=False)
-    sharded = run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
+    return cfg, ws, run_stage(shard.SPEC, cfg, ws, upstream={"prepare": prepared}, tracking_enabled=False)
 
-    torch.manual_seed(0)
-    spec = ModelSpec(
-        "yolov2_tiny_voc",
-        5,
-        [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
-        sharded.manifest["class_names"],
-        input_size=96,
-        width_multiplier=0.25,
-    )
+
+def _fake_train(ws: Workspace, spec: ModelSpec) -> StageResult:
+    """A train stage's output holding ``spec``'s model (random weights) as best.pt, and other weights as model.pt."""
     model_dir = ws.local_path("fake-train")
     model_dir.mkdir(parents=True)
     save_model_file(model_dir / "best.pt", spec.build(), spec)  # evaluate.checkpoint=best (the default)
@@ -67,7 +65,23 @@ def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, cap
         "best_map50_voc07": 0.25,
         "epochs": 5,
     }
-    trained = StageResult("train", "f" * 16, "fake-train", train_manifest, cached=True, seconds=0, run_id=None)
+    return StageResult("train", "f" * 16, "fake-train", train_manifest, cached=True, seconds=0, run_id=None)
+
+
+def test_stage_detections_equal_plain_loop(ray_local, tmp_path, monkeypatch, capsys):
+    cfg, ws, sharded = _sharded(tmp_path)
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        "yolov2_tiny_voc",
+        5,
+        [[0.5, 0.7], [1.0, 1.2], [1.6, 1.4], [2.2, 2.5], [3.0, 2.8]],
+        sharded.manifest["class_names"],
+        input_size=96,
+        width_multiplier=0.25,
+    )
+    trained = _fake_train(ws, spec)
+    model_dir = ws.local_path("fake-train")
 
     monkeypatch.setattr(evaluate, "Progress", functools.partial(Progress, interval=0))  # a line per block
     result = run_stage(evaluate.SPEC, cfg, ws, upstream={"shard": sharded, "train": trained}, tracking_enabled=False)
@@ -129,3 +143,33 @@ def test_the_checkpoint_evaluated_is_the_one_asked_for_and_the_last_without_a_va
     with caplog.at_level(logging.WARNING, logger="pipelines.evaluate"):
         assert evaluated_checkpoint("best", no_val) == last
     assert any("no val split" in r.getMessage() and "last model" in r.getMessage() for r in caplog.records)
+
+
+def test_a_tree_model_is_scored_at_the_depth_asked_for(ray_local, tmp_path):
+    """evaluate.tree_depth=0 (YOLO9000): the five shapes under their two parents; detections and ground truth
+    both at the roots, as a plain loop with the Predictor and relabelled records gives them."""
+    cfg, ws, sharded = _sharded(tmp_path, ["evaluate.tree_depth=0", "evaluate.metrics=[voc07]"])
+    names = sharded.manifest["class_names"]
+    tree = WordTree(("round", "angular", *names), (-1, -1, *[0 if n in ("circle", "ellipse") else 1 for n in names]))
+    order = sorted(range(tree.num_nodes), key=lambda i: (tree.parents[i] >= 0, tree.parents[i], i))
+    position = {old: new for new, old in enumerate(order)}
+    tree = WordTree(tuple(tree.names[i] for i in order), tuple(position.get(tree.parents[i], -1) for i in order))
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        "yolov2_tiny_voc", tree.num_nodes, [[1.0, 1.2], [2.2, 2.5]], names, input_size=96, width_multiplier=0.25,
+        tree={"names": list(tree.names), "parents": list(tree.parents)},
+        tree_classes=[tree.names.index(n) for n in names],
+    )  # fmt: skip
+    result = run_stage(
+        evaluate.SPEC, cfg, ws, upstream={"shard": sharded, "train": _fake_train(ws, spec)}, tracking_enabled=False
+    )
+    report = json.loads((ws.local_path(result.output_dir) / "metrics.json").read_text())
+    assert [row["class"] for row in report["results"]["voc07"]["per_class"]] == ["round", "angular"]
+
+    predictor = Predictor.from_file(ws.local_path("fake-train", "best.pt"), cfg.evaluate.predict)
+    urls = [str(ws.local_path(sharded.output_dir, n)) for n in sharded.manifest["splits"]["test"]["shards"]]
+    plain, records = predict_samples(predictor, ((img, rec) for _, img, rec in iter_shard_samples(urls)), batch_size=3)
+    assert set(plain.label.tolist()) == {0, 1}
+    _, at_roots = ancestors_at_depth(tree, spec.tree_classes, 0)
+    expected, _ = compute_metrics(relabel_records(records, at_roots), plain, ["round", "angular"], ["voc07"])
+    assert report["metrics"]["map50_voc07"] == pytest.approx(expected["map50_voc07"], abs=1e-9)

@@ -56,21 +56,30 @@ def slot_range(total: int, world_size: int, rank: int, num_workers: int, worker:
     return start, start + base + (1 if worker < extra else 0)
 
 
-def worker_batch_counts(per_rank: int, num_workers: int, batch_size: int, drop_last: bool = False) -> list[int]:
-    """Batches each worker of a rank yields (identical on every rank, since ``per_rank`` is)."""
-    base, extra = divmod(per_rank, num_workers)
+def worker_batch_counts(
+    per_rank: int | Sequence[int], num_workers: int, batch_size: int, drop_last: bool = False
+) -> list[int]:
+    """Batches each worker of a rank yields (identical on every rank, since ``per_rank`` is).
+
+    ``per_rank``: the rank's sample count, or the counts of several sequences read side by side (detection and
+    classification-only samples), each split among the workers as :func:`slot_range` splits one.
+    """
+    parts = [per_rank] if isinstance(per_rank, int) else list(per_rank)
     counts = []
     for worker in range(num_workers):
-        n = base + (1 if worker < extra else 0)
+        n = sum(part // num_workers + (1 if worker < part % num_workers else 0) for part in parts)
         counts.append(n // batch_size if drop_last else -(-n // batch_size))
     return counts
 
 
 def batches_per_epoch(
-    total: int, world_size: int, batch_size: int, num_workers: int = 1, drop_last: bool = False
+    total: int | Sequence[int], world_size: int, batch_size: int, num_workers: int = 1, drop_last: bool = False
 ) -> int:
-    """Batches per rank per epoch (the trainer's step arithmetic and the LR schedule need it)."""
-    return sum(worker_batch_counts(rank_length(total, world_size), max(num_workers, 1), batch_size, drop_last))
+    """Batches per rank per epoch (the trainer's step arithmetic and the LR schedule need it); ``total``: the
+    samples of the epoch, or of each sequence read side by side (:func:`worker_batch_counts`)."""
+    parts = [total] if isinstance(total, int) else list(total)
+    per_rank = [rank_length(part, world_size) for part in parts]
+    return sum(worker_batch_counts(per_rank, max(num_workers, 1), batch_size, drop_last))
 
 
 def round_robin_position(counts: Sequence[int], worker: int, t: int) -> int:

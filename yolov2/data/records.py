@@ -10,6 +10,7 @@ any reader ``images_in == len(records) + count(rejects at level "image")``: noth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -150,6 +151,22 @@ class ImageRecord:
             clipped_boxes=int(row.get("clipped_boxes", 0)),
             class_only=bool(row.get("class_only") or False),
         )
+
+
+def relabel_records(records: Iterable[ImageRecord], new_label: Sequence[int]) -> list[ImageRecord]:
+    """Copies of ``records`` with each box's label ``c`` replaced by ``new_label[c]``; boxes mapped to -1 are left
+    out (scoring at a coarser level of a class tree: yolov2.wordtree.ancestors_at_depth)."""
+    lookup = np.asarray(new_label, np.int64)
+    out = []
+    for r in records:
+        labels = lookup[r.labels] if r.num_boxes else r.labels
+        keep = labels >= 0
+        out.append(
+            dataclasses.replace(
+                r, boxes=r.boxes[keep], labels=labels[keep], difficult=r.difficult[keep], iscrowd=r.iscrowd[keep]
+            )
+        )
+    return out
 
 
 def class_only_record(image_id: str, split: str, path: str, width: int, height: int, label: int) -> ImageRecord:

@@ -35,9 +35,10 @@ from typing import Any
 
 from yolov2.data.class_names import yolo_class_names
 from yolov2.data.coco import read_coco, read_coco_categories
-from yolov2.data.images import IMAGE_EXTENSIONS
+from yolov2.data.imagefolder import scan_image_folder
+from yolov2.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, inspect_image_file
 from yolov2.data.paths import RootConfinement, dataset_file_reason, printable
-from yolov2.data.records import ImageRecord, Reject, reject_or_raise
+from yolov2.data.records import ImageRecord, Reject, class_only_record, reject_or_raise
 from yolov2.data.shard_build import ShardItem
 from yolov2.data.val_split import carve_val
 from yolov2.data.voc import VOC_CLASSES, read_voc_item, voc_spec_root, voc_split_ids
@@ -261,3 +262,42 @@ def _list_yolo(
         )
         _add(listing, seen, path.stem, path, load, str(path), split, strict, str(path), keep)
     listing.rejects.extend(orphan_label_rejects(label_dir, {p.stem for p in images}, split, strict))
+
+
+CLASS_ONLY_SPLIT = "train_class_only"
+
+
+def list_class_only(
+    root: str | Path,
+    class_names: Sequence[str],
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[SplitListing, list[str]]:
+    """YOLO9000's classification-only samples: an image folder ``root/<class>/<image>``
+    (:mod:`yolov2.data.imagefolder`, with its named rejects) listed as the :data:`CLASS_ONLY_SPLIT` split, each
+    image a record with a label and no box (:func:`~yolov2.data.records.class_only_record`).
+
+    Returns the listing and the class names: ``class_names`` followed by the folder's classes not among them, so
+    the detection labels keep their numbers and a folder class that is also a detection class shares its label.
+    """
+    scan = scan_image_folder(root, None, CLASS_ONLY_SPLIT, strict, max_pixels)
+    names = list(class_names) + [name for name in scan.class_names if name not in class_names]
+    label_of = {name: i for i, name in enumerate(names)}
+    listing = SplitListing(rejects=list(scan.rejects), class_names=names)
+    for sample in scan.samples:
+        name = scan.class_names[sample.label]
+        image_id = f"{name}/{Path(sample.path).name}"
+        load = functools.partial(_class_only_item, sample.path, image_id, label_of[name], max_pixels)
+        listing.items.append(ShardItem(f"{len(listing.items):08d}", sample.path, load))
+        listing.image_ids.append(image_id)
+    return listing, names
+
+
+def _class_only_item(path: str, image_id: str, label: int, max_pixels: int) -> tuple[ImageRecord | None, list[Reject]]:
+    """The record of one classification-only image, sized from its header (the scan checked the file; it may
+    have changed since)."""
+    try:
+        info = inspect_image_file(path, max_pixels)
+    except DatasetError as e:
+        return None, [Reject(path, str(e).removeprefix(f"{path}: "), "image", image_id, CLASS_ONLY_SPLIT)]
+    return class_only_record(image_id, CLASS_ONLY_SPLIT, path, info.width, info.height, label), []

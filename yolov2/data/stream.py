@@ -69,6 +69,11 @@ class ShardStream(IterableDataset):
     and ``accumulation`` = micro-batches per optimizer step. Evaluation (``train=False``): file order, letterbox
     (or plain resize) at ``size``, no randomness. Call :meth:`set_epoch` before each epoch (workers must not be
     persistent, so they pick it up).
+
+    YOLO9000's classification-only samples (``class_only_shards``, training only) join each epoch's detection
+    samples, ``class_only_ratio`` of them per detection sample: every (rank, worker) reads its slot of both
+    sequences, interleaved at random, and the classification-only sequence continues cyclically from epoch to
+    epoch, so each of its samples comes as often as the others.
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class ShardStream(IterableDataset):
         first_batch: int = 0,
         accumulation: int = 1,
         letterbox: bool = True,
+        class_only_shards: Sequence[ShardSpec] = (),
+        class_only_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size or accumulation <= 0:
@@ -104,6 +111,12 @@ class ShardStream(IterableDataset):
         self.drop_last, self.first_batch, self.accumulation = drop_last, first_batch, accumulation
         self.letterbox = letterbox
         self.epoch = 0
+        self.class_only_shards = epoch_shard_order(list(class_only_shards), seed, 0, shuffle=train)
+        if class_only_ratio < 0 or (class_only_ratio > 0 and not sum(s.num_samples for s in class_only_shards)):
+            raise ConfigError(
+                f"ShardStream: class_only_ratio {class_only_ratio} needs classification-only samples (and >= 0)"
+            )
+        self.class_only_per_epoch = round(class_only_ratio * self.total) if train and class_only_shards else 0
 
     @classmethod
     def from_config(
@@ -114,6 +127,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         train: bool = True,
         accumulation: int = 1,
+        class_only_shards: Sequence[ShardSpec] = (),
     ) -> ShardStream:
         """The training (or, ``train=False``, fixed-size validation) stream a ``TrainConfig`` describes."""
         return cls(
@@ -127,6 +141,8 @@ class ShardStream(IterableDataset):
             augmentation=Augmentation.from_config(train_cfg.augmentation, device_color=bool(train_cfg.use_gpu)),
             seed=train_cfg.seed,
             accumulation=accumulation,
+            class_only_shards=class_only_shards,
+            class_only_ratio=train_cfg.class_only_ratio if class_only_shards else 0.0,
         )
 
     @property
@@ -139,8 +155,13 @@ class ShardStream(IterableDataset):
         if first_batch is not None:
             self.first_batch = first_batch
 
+    @property
+    def parts(self) -> list[int]:
+        """The epoch's sample counts: detection, then classification-only when there are any."""
+        return [self.total, self.class_only_per_epoch] if self.class_only_per_epoch else [self.total]
+
     def batches_per_epoch(self, num_workers: int = 0) -> int:
-        return batches_per_epoch(self.total, self.world_size, self.batch_size, max(num_workers, 1), self.drop_last)
+        return batches_per_epoch(self.parts, self.world_size, self.batch_size, max(num_workers, 1), self.drop_last)
 
     def size_of(self, position: int) -> int:
         """Input side of the batch at ``position`` in this rank's epoch stream."""
@@ -161,10 +182,12 @@ class ShardStream(IterableDataset):
         order = epoch_shard_order(self.shards, self.seed, self.epoch, shuffle=self.train)
         start, stop = slot_range(self.total, self.world_size, self.rank, num_workers, worker)
         counts = worker_batch_counts(
-            rank_length(self.total, self.world_size), num_workers, self.batch_size, self.drop_last
+            [rank_length(part, self.world_size) for part in self.parts], num_workers, self.batch_size, self.drop_last
         )
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, num_workers])
         samples: Iterator[RawSample] = read_samples(order, start, stop)
+        if self.class_only_per_epoch:
+            samples = self._with_class_only(samples, stop - start, worker, num_workers, rng)
         if self.train:
             samples = shuffled(samples, self.shuffle_buffer, rng)
         recent: deque[RawSample] = deque(maxlen=64)  # mosaic / mixup partners
@@ -178,6 +201,19 @@ class ShardStream(IterableDataset):
                 pending = []
         if pending and not self.drop_last:
             yield self._batch(pending, round_robin_position(counts, worker, t), rng, recent)
+
+    def _with_class_only(
+        self, detection: Iterator[RawSample], count: int, worker: int, num_workers: int, rng: np.random.Generator
+    ) -> Iterator[RawSample]:
+        """This slot's detection samples and its slot of the epoch's classification-only ones, interleaved."""
+        per_epoch = self.class_only_per_epoch
+        start, stop = slot_range(per_epoch, self.world_size, self.rank, num_workers, worker)
+        offset = self.epoch * per_epoch  # the cycle goes on where the last epoch stopped
+        class_only = read_samples(self.class_only_shards, offset + start, offset + stop)
+        kinds = np.repeat([False, True], [count, stop - start])
+        rng.shuffle(kinds)
+        for is_class_only in kinds:
+            yield next(class_only) if is_class_only else next(detection)
 
     def _batch(self, raws: list[RawSample], position: int, rng: np.random.Generator, recent: deque) -> Batch:
         size = self.size_of(position)

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -344,23 +346,48 @@ def test_mlflow_server_killed_mid_training_gets_the_buffered_metrics_afterwards(
             stop_session(server)
 
 
-def test_a_tree_model_trains_on_node_labels_and_validates_on_the_dataset_classes(ray_local, tmp_path):
-    """model.tree: the shapes as leaves of two parents; the head predicts the tree's nodes, the loss trains each
-    label's path, and validation scores the dataset's five classes through ModelSpec.tree_classes."""
-    names = ["round", "angular", *SHAPE_CLASSES]
-    parents = [-1, -1] + [0 if name in ("circle", "ellipse") else 1 for name in SHAPE_CLASSES]
+def test_a_tree_model_trains_on_node_labels_and_class_only_samples(ray_local, tmp_path):
+    """model.tree with data.class_only_root (YOLO9000): the shapes under two parents, and two colour leaves of the
+    circle known only from an image folder. The head predicts the tree's nodes, the batches mix the folder's
+    classification-only images in at train.class_only_ratio, and validation scores the dataset's detection classes
+    through ModelSpec.tree_classes."""
+    names = ["round", "angular", *SHAPE_CLASSES, "circle_red", "circle_blue"]
+    parents = [-1, -1] + [0 if name in ("circle", "ellipse") else 1 for name in SHAPE_CLASSES] + [2, 2]
     order = sorted(range(len(names)), key=lambda i: (parents[i] >= 0, parents[i], i))  # siblings contiguous
     position = {old: new for new, old in enumerate(order)}
     tree = WordTree(
         tuple(names[i] for i in order), tuple(position[parents[i]] if parents[i] >= 0 else -1 for i in order)
     )
     write_tree(tree, tmp_path / "shapes.tree")
-    tree_option = f"model.tree={tmp_path / 'shapes.tree'}"
-    cfg, ws, upstream = _setup(tmp_path, ["train.epochs=2", "train.val_every=2", tree_option])
-    result = run_stage(train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False)
+    folder = tmp_path / "colours"
+    for leaf, colour in (("circle_red", (220, 30, 30)), ("circle_blue", (30, 30, 220))):
+        (folder / leaf).mkdir(parents=True)
+        for i in range(4):
+            image = np.full((40 + 4 * i, 40, 3), 127, np.uint8)
+            cv2.circle(image, (20, 20 + 2 * i), 15, colour, -1)
+            cv2.imwrite(str(folder / leaf / f"{i}.jpg"), image[..., ::-1])
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    options = [
+        "train.epochs=2",
+        "train.val_every=2",
+        f"model.tree={tmp_path / 'shapes.tree'}",
+        f"data.class_only_root={folder}",
+        "train.class_only_ratio=0.5",
+    ]
+    cfg, ws, upstream = _setup(tmp_path, options)
+    sharded = upstream["shard"].manifest
+    assert sharded["class_names"] == [*SHAPE_CLASSES, "circle_blue", "circle_red"]
+    assert sharded["splits"]["train_class_only"]["images"] == 8
+    result = run_stage(
+        train.SPEC, cfg, ws, upstream=upstream, tracking_enabled=False, faults=FaultPlan(train_trace_dir=str(trace))
+    )
     model, spec = load_model_file(ws.local_path(result.output_dir, "model.pt"))
-    assert spec.word_tree() == tree and spec.num_classes == 7
-    assert [tree.names[node] for node in spec.tree_classes] == spec.class_names == list(SHAPE_CLASSES)
-    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5 * (5 + 7), 2, 2)
+    assert spec.word_tree() == tree and spec.num_classes == 9
+    assert [tree.names[node] for node in spec.tree_classes] == spec.class_names == sharded["class_names"]
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5 * (5 + 9), 2, 2)
+    ids = [i for rank in (0, 1) for batch in _trace(trace, rank) for i in batch["ids"]]
+    folder_ids = [i for i in ids if i.startswith("circle_")]
+    assert len(folder_ids) == 2 * 16 and len(ids) - len(folder_ids) == 2 * 32  # 0.5 per detection image, 2 epochs
     rows = ws.read_parquet(result.output_dir, "results.parquet").to_pylist()
     assert len(rows) == 2 and rows[-1]["val_map50_voc07"] is not None
