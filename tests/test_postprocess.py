@@ -220,6 +220,13 @@ def _reference_postprocess(
     return results
 
 
+def _assert_detections_are(det, rows) -> None:
+    """One image's detections against the reference's rows (score, label, clipped box), in order."""
+    torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
+    assert det.labels.tolist() == [r[1] for r in rows]
+    torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+
+
 @pytest.mark.parametrize(("max_det", "conf"), [(1000, 0.05), (7, 0.05), (100, 0.3)])
 def test_batched_nms_and_topk_match_per_image_per_class_loop(max_det, conf):
     net, grid, num_classes = 160, 5, 3
@@ -242,9 +249,7 @@ def test_batched_nms_and_topk_match_per_image_per_class_loop(max_det, conf):
         assert all(len(r) == max_det for r in reference), "top-k must cut every image"
     for det, rows in zip(dets, reference):
         assert len(det.scores) == len(rows)
-        torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
-        assert det.labels.tolist() == [r[1] for r in rows]
-        torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+        _assert_detections_are(det, rows)
 
 
 def test_max_candidates_keeps_the_best_pairs_per_image_before_nms():
@@ -421,9 +426,7 @@ def test_tree_scores_against_a_fixed_class_list_match_the_loop(level):
     )
     assert sum(len(r) for r in reference) > 10
     for det, rows in zip(dets, reference):
-        torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
-        assert det.labels.tolist() == [r[1] for r in rows]
-        torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+        _assert_detections_are(det, rows)
 
 
 def test_tree_walk_gives_each_box_one_label_scored_by_objectness():
@@ -461,7 +464,5 @@ def test_tree_walk_gives_each_box_one_label_scored_by_objectness():
                     )
                 )
         rows.sort(key=lambda r: -r[0])
-        torch.testing.assert_close(det.scores, torch.tensor([r[0] for r in rows], dtype=torch.float64))
-        assert det.labels.tolist() == [r[1] for r in rows]
-        torch.testing.assert_close(det.boxes, torch.tensor([r[2] for r in rows], dtype=torch.float64).reshape(-1, 4))
+        _assert_detections_are(det, rows)
     assert len(stops) >= 2, "the case must stop the walk at more than one depth"

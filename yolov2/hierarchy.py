@@ -22,8 +22,10 @@ largest group] matrix. The index tensors come from :class:`TreeTensors`; every f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -108,22 +110,12 @@ class TreeTensors:
         if self.device == device:
             return self
 
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device)
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            return tuple(t.to(device) for t in value) if isinstance(value, tuple) else value
 
-        return TreeTensors(
-            num_nodes=self.num_nodes,
-            num_groups=self.num_groups,
-            group_of=move(self.group_of),
-            parents=move(self.parents),
-            child_group=move(self.child_group),
-            group_offsets=move(self.group_offsets),
-            group_sizes=move(self.group_sizes),
-            paths=move(self.paths),
-            levels=tuple(map(move, self.levels)),
-            level_parent_pos=tuple(map(move, self.level_parent_pos)),
-            level_inverse=move(self.level_inverse),
-        )
+        return TreeTensors(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def tree_tensors(tree: WordTree | TreeTensors, device: torch.device | str) -> TreeTensors:

@@ -49,20 +49,26 @@ def _cfg(tmp_path: Path, extra: list[str]):
     return load_config(None, [f"workspace={tmp_path / 'ws'}", *SMALL, *extra])
 
 
+def _synthetic_cfg(tmp: Path, images: int, low_epochs: int, high_epochs: int, more: list[str] | None = None):
+    """The generated shapes as the pretrain source, ``images`` of them, for that many epochs per phase."""
+    extra = [
+        "pretrain.source=synthetic",
+        f"pretrain.synthetic_images={images}",
+        f"pretrain.low.epochs={low_epochs}",
+        f"pretrain.high.epochs={high_epochs}",
+        "data.synthetic.image_size=[160, 120]",
+        *(more or []),
+    ]
+    return _cfg(tmp, extra)
+
+
 @pytest.fixture(scope="module")
 def synthetic(ray_local, tmp_path_factory):
     """Generated shapes, 6 epochs at 64 then 1 at 96 on two workers; rank 1 is SIGKILLed once mid-run."""
     tmp = tmp_path_factory.mktemp("pretrain")
     markers = tmp / "markers"
     markers.mkdir()
-    extra = [
-        "pretrain.source=synthetic",
-        "pretrain.synthetic_images=400",
-        "pretrain.low.epochs=6",
-        "pretrain.high.epochs=1",
-        "data.synthetic.image_size=[160, 120]",
-    ]
-    cfg = _cfg(tmp, extra)
+    cfg = _synthetic_cfg(tmp, images=400, low_epochs=6, high_epochs=1)
     ws = Workspace.open(cfg.workspace)
     fault = FaultPlan(train_step=FAILING_STEP, train_rank=1, train_kind="sigkill", train_marker_dir=str(markers))
     tracking.setup_mlflow(None, "pretrain-test", ws)
@@ -111,16 +117,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, tmp_path):
     """No retries left: the run stops with its first epoch's checkpoint; ``--resume`` continues from there."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    extra = [
-        "pretrain.source=synthetic",
-        "pretrain.synthetic_images=80",
-        "pretrain.num_workers=1",
-        "pretrain.max_failures=0",
-        "pretrain.low.epochs=3",
-        "pretrain.high.epochs=0",
-        "data.synthetic.image_size=[160, 120]",
-    ]
-    cfg = _cfg(tmp_path, extra)
+    cfg = _synthetic_cfg(
+        tmp_path, images=80, low_epochs=3, high_epochs=0, more=["pretrain.num_workers=1", "pretrain.max_failures=0"]
+    )
     ws = Workspace.open(cfg.workspace)
     fault = FaultPlan(train_step=25, train_marker_dir=str(markers))
     with pytest.raises(Exception, match="injected training failure"):
