@@ -41,11 +41,14 @@ def test_the_tree_travels_in_the_model_file(tmp_path):
 def test_the_predictor_labels_by_the_walk_or_by_the_class_nodes():
     torch.manual_seed(0)
     images = [np.random.default_rng(i).integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(2)]
-    predict = PredictConfig(input_size=64, conf_thresh=0.0, hier_thresh=0.3)
     for tree_classes in (None, list(HAND.leaves)):
-        spec = _tree_spec(tree_classes)
+        spec = _tree_spec(list(HAND.leaves))
         model = spec.build().eval()
-        detections = Predictor(model, spec, predict)(images)
+        predict = PredictConfig(input_size=64, conf_thresh=0.0, hier_thresh=0.3, tree_walk=tree_classes is None)
+        predictor = Predictor(model, spec, predict)
+        detections = predictor(images)
+        expected_names = HAND.names if tree_classes is None else [HAND.names[n] for n in HAND.leaves]
+        assert predictor.label_names == list(expected_names)
         with torch.no_grad():
             output = model(images_to_tensor(images, 64, True, "darknet"))
         expected = postprocess(

@@ -121,3 +121,6 @@ class PredictConfig:
     # YOLO9000: score boxes against the dataset classes' ancestors at this depth of the tree (0: its roots), the
     # ground truth relabelled the same way; None: against the dataset's classes themselves
     tree_depth: int | None = None
+    # YOLO9000: label each box with the node where the tree walk stops, scored by its objectness (Darknet's
+    # detector, for open-ended labels), instead of scoring a class list
+    tree_walk: bool = False

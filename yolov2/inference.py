@@ -86,12 +86,25 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), spec
 
 
+def _labels(spec: ModelSpec, tree: WordTree | None, p: PredictConfig) -> tuple[list[int] | None, list[str]]:
+    """What a Predictor's labels index: the tree nodes it scores (None: the walk, or no tree), and their names."""
+    if tree is None:
+        return None, list(spec.class_names)
+    if p.tree_walk:
+        return None, list(tree.names)
+    nodes = spec.tree_classes if spec.tree_classes is not None else list(range(tree.num_nodes))
+    if p.tree_depth is not None:
+        nodes, _ = ancestors_at_depth(tree, nodes, p.tree_depth)
+    return list(nodes), [tree.names[n] for n in nodes]
+
+
 class Predictor:
     """Batched inference: RGB images in, :class:`Detections` in original-image pixels out.
 
     Darknet's pipeline end to end by default: its letterbox with its float resize (``resize="darknet"``;
     ``"opencv"`` is the faster approximation, :mod:`yolov2.preprocess`), then decode, threshold, NMS on
-    unclipped boxes and clipping (:func:`yolov2.postprocess.postprocess`).
+    unclipped boxes and clipping (:func:`yolov2.postprocess.postprocess`). ``label_names[label]`` names a
+    detection's label (for a YOLO9000 model: a class, its ancestor at ``tree_depth``, or a tree node).
     """
 
     def __init__(
@@ -114,10 +127,7 @@ class Predictor:
         self.anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=self.device)
         tree = spec.word_tree()
         self.tree = TreeTensors.from_tree(tree, self.device) if tree is not None else None
-        self.tree_classes = spec.tree_classes
-        if tree is not None and self.predict.tree_depth is not None:
-            nodes = spec.tree_classes if spec.tree_classes is not None else range(tree.num_nodes)
-            self.tree_classes, _ = ancestors_at_depth(tree, nodes, self.predict.tree_depth)
+        self.tree_classes, self.label_names = _labels(spec, tree, self.predict)
 
     @classmethod
     def from_file(

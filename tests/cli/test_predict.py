@@ -108,3 +108,25 @@ def test_predict_in_float32_when_asked(model_file: Path, source: Path, tmp_path:
     for result, expected in zip(results, direct):
         boxes = np.array([d["box_xyxy"] for d in result["detections"]])
         np.testing.assert_allclose(boxes, expected.boxes.numpy(), rtol=0, atol=1e-3)
+
+
+def test_predict_a_tree_model_by_the_walk_names_tree_nodes(source: Path, tmp_path: Path) -> None:
+    """A YOLO9000 model: --tree-walk labels boxes with tree nodes (named from the tree), scored by objectness."""
+    from test_hierarchy import HAND
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        "yolov2_tiny_voc", HAND.num_nodes, [[1.0, 1.5], [3.0, 2.0]], ["cat", "pug"], 128, 0.25,
+        tree={"names": list(HAND.names), "parents": list(HAND.parents)}, tree_classes=[3, 7],
+    )  # fmt: skip
+    model_file = tmp_path / "tree.pt"
+    save_model_file(model_file, spec.build(), spec)
+    for walk in (False, True):
+        out = tmp_path / f"walk-{walk}"
+        argv = ["predict", "--weights", str(model_file), "--source", str(source), "--out", str(out), *ARGS]
+        assert main(argv + (["--tree-walk", "--hier", "0.3"] if walk else [])) == 0
+        dets = [d for r in json.loads((out / "detections.json").read_text()) for d in r["detections"]]
+        names = list(HAND.names) if walk else ["cat", "pug"]
+        assert dets and all(d["name"] == names[d["label"]] for d in dets)
+    predictor = Predictor.from_file(model_file, PredictConfig(input_size=128, tree_walk=True, hier_thresh=0.3))
+    assert predictor.label_names == list(HAND.names) and predictor.tree_classes is None

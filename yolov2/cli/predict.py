@@ -56,6 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="autocast precision (default auto: bf16 where the device computes it natively, else float32)",
     )
     p.add_argument(
+        "--tree-walk",
+        action="store_true",
+        help="YOLO9000 models: label each box with the tree node where the walk down from the root stops "
+        "(P(node) > --hier), scored by its objectness, instead of scoring the model's classes",
+    )
+    p.add_argument("--hier", type=float, default=0.5, help="YOLO9000 tree walk threshold (default 0.5, Darknet's)")
+    p.add_argument(
         "--resize",
         default="darknet",
         choices=["darknet", "opencv"],
@@ -105,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         conf_thresh=args.conf,
         nms_thresh=args.nms,
         max_det=args.max_det,
+        hier_thresh=args.hier,
+        tree_walk=args.tree_walk,
     )
     predictor = Predictor(
         model, spec, predict, device=args.device, precision=choose_precision(hardware, args.amp, layout)
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = list_images(Path(args.source))
-    names = predictor.spec.class_names
+    names = predictor.label_names
     results = []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start : start + args.batch_size]
