@@ -65,7 +65,8 @@ def validation_predict(train: TrainConfig, evaluate: EvaluateConfig) -> PredictC
         predict,
         input_size=train.input_size,
         max_candidates=predict.max_candidates or VALIDATION_MAX_CANDIDATES,
-        tree_depth=None,  # validation scores the dataset's classes (best.pt's choice must not depend on it)
+        tree_depth=None,  # validation scores the dataset's classes (best.pt's choice must not depend on these)
+        tree_walk=False,
     )
 
 
