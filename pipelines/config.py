@@ -295,6 +295,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     check_data(cfg.data, source)
     check_tune(cfg, source)
     check_pretrain(cfg.pretrain, source)
+    if cfg.evaluate.predict.tree_walk:
+        raise ConfigError(
+            f"{source}: evaluate.tree_walk labels boxes with tree nodes, which the ground truth does not use; score "
+            "the dataset's classes (the default) or their ancestors (evaluate.tree_depth); walk in yolov2 predict"
+        )
     if cfg.model.tree is not None and not Path(cfg.model.tree).is_file():
         raise ConfigError(f"{source}: model.tree: no file {cfg.model.tree} (a Darknet .tree file, e.g. data/9k.tree)")
     return cfg

@@ -176,11 +176,6 @@ def evaluate_body(ctx: StageContext) -> dict[str, Any]:
     model_path = f"{ctx.upstream['train'].output_dir}/{checkpoint['file']}"
     ctx.log_params({f"checkpoint.{k}" if k != "checkpoint" else k: v for k, v in checkpoint.items()})
     urls = [ctx.workspace.uri_of(shard_result.output_dir, name) for name in split_info["shards"]]
-    if settings.predict.tree_walk:
-        raise ConfigError(
-            "evaluate.tree_walk labels boxes with tree nodes, which the ground truth does not use; score the "
-            "dataset's classes (the default) or their ancestors (evaluate.tree_depth), and walk in yolov2 predict"
-        )
     if settings.predict.tree_depth is not None:
         class_names, records = _at_tree_depth(_model_spec(ctx.workspace, model_path), records, settings.predict)
 

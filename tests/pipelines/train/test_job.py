@@ -27,3 +27,8 @@ def test_a_tree_model_predicts_the_tree_and_maps_each_class_to_its_node(tmp_path
 def test_a_missing_tree_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"model.tree: no file .*none.tree"):
         load_config(None, [f"model.tree={tmp_path / 'none.tree'}"])
+
+
+def test_evaluating_by_the_tree_walk_is_a_config_error():
+    with pytest.raises(ConfigError, match="evaluate.tree_walk labels boxes with tree nodes"):
+        load_config(None, ["evaluate.tree_walk=true"])
