@@ -144,3 +144,13 @@ def test_the_pretrain_defaults_are_darknets():
     assert (high.lr, high.size, high.min_crop, high.max_crop) == (0.001, 448, 448, 512)  # darknet19_448.cfg
     assert high.size == 2 * 224 and high.epochs * 16 == low.epochs  # the paper: 448 after 224, 10 of 160 epochs
     assert cfg.pretrain.batch_size * cfg.pretrain.num_workers == 128  # the batch Darknet's rates are for
+
+
+def test_a_missing_tree_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.tree: no file .*none.tree"):
+        load_config(None, [f"model.tree={tmp_path / 'none.tree'}"])
+
+
+def test_evaluating_by_the_tree_walk_is_a_config_error():
+    with pytest.raises(ConfigError, match="evaluate.tree_walk labels boxes with tree nodes"):
+        load_config(None, ["evaluate.tree_walk=true"])

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.train.job import model_spec
-from yolov2.errors import ConfigError, DatasetError
+from yolov2.errors import DatasetError
 from yolov2.wordtree import WordTree, write_tree
 
 TREE = WordTree(("animal", "vehicle", "dog", "cat", "car"), (-1, -1, 0, 0, 1))
@@ -22,13 +22,3 @@ def test_a_tree_model_predicts_the_tree_and_maps_each_class_to_its_node(tmp_path
     assert model_spec(load_config(None, []), ["cat", "car"], ANCHORS).tree is None
     with pytest.raises(DatasetError, match="horse"):
         model_spec(cfg, ["cat", "horse"], ANCHORS)
-
-
-def test_a_missing_tree_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"model.tree: no file .*none.tree"):
-        load_config(None, [f"model.tree={tmp_path / 'none.tree'}"])
-
-
-def test_evaluating_by_the_tree_walk_is_a_config_error():
-    with pytest.raises(ConfigError, match="evaluate.tree_walk labels boxes with tree nodes"):
-        load_config(None, ["evaluate.tree_walk=true"])
