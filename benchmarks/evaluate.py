@@ -1,31 +1,46 @@
-"""COCO mAP on a COCO-sized case: our category-parallel metric (2 workers) against single-process
-pycocotools and faster-coco-eval, measured in the same run; plus the VOC metric on the same case.
+"""COCO mAP on a COCO-sized case: our category-parallel metric (2 workers) against the single-call
+peers pycocotools, faster-coco-eval and hotcoco, measured in the same run; plus the VOC metric on the
+same case.
 
-Prints one JSON object. The case is generated with a fixed seed: 5,000 images of 300..640 pixels,
-Poisson(7) ground-truth boxes each over 80 categories, and 20..100 detections per image: noisy
-copies of the ground truth (10 % with a wrong class) plus random false positives; scores rounded
-to 3 decimals so that ties occur as in real score files.
+Prints one JSON object (and, on stderr, one line naming the fastest single-call peer and our ratio
+against it). The case is generated with a fixed seed: 5,000 images of 300..640 pixels, Poisson(7)
+ground-truth boxes each over 80 categories, and 20..100 detections per image: noisy copies of the
+ground truth (10 % with a wrong class) plus random false positives; scores rounded to 3 decimals so
+that ties occur as in real score files.
 
 What is timed (wall clock and CPU, everything in memory, no JSON parsing):
 
-* pycocotools / faster-coco-eval ("baselines"): from the ground-truth dict and the results list to
-  the 12 stats: ``COCO()`` + index, ``loadRes``, ``evaluate``, ``accumulate``, ``summarize``. They
-  run in a fresh subprocess that imports nothing but NumPy and the library (no torch: a big heap
+* the peers ("baselines"): from the ground-truth dict and the results list to the 12 stats, as their
+  users call them: ``COCO()`` + index, ``loadRes``, ``evaluate``, ``accumulate``, ``summarize``. They
+  run in a fresh subprocess that imports nothing but NumPy and the libraries (no torch: a big heap
   makes Python's garbage collector slow down their object-heavy loading), which is their best case;
-  their inputs are deep-copied before each clock starts, since loading mutates them.
-* ours: from the records and the detection table to the stats, in this process (which imports
-  torch through ``yolov2``): conversion to arrays, a fresh ``ProcessPoolExecutor(workers)``, the
-  category chunks evaluated in it with faster-coco-eval, assembly and summary.
+  their inputs are deep-copied before each clock starts, since loading mutates them. pycocotools and
+  faster-coco-eval compute on one thread; hotcoco keeps a thread pool (Rust rayon, one thread per
+  core unless ``RAYON_NUM_THREADS`` says otherwise) for its parallel parts, so its single call may
+  use several cores: its CPU seconds over its wall seconds say how many it did.
+  ``hotcoco_single_from_columns`` is hotcoco fed columns (``COCO.from_arrays``, ``load_res`` of an
+  array, built before the clock) as our hotcoco backend feeds it: reported, not counted as a peer
+  (its users hold dicts and JSON).
+* ours, for each backend in ``--backends``: from the records and the detection table to the stats,
+  in this process (which imports torch through ``yolov2``): conversion to arrays, a fresh
+  ``ProcessPoolExecutor(workers)``, the category chunks evaluated in it, assembly and summary; and
+  the same in one process. The pooled runs come first: a process forked after this one has run
+  hotcoco cannot run hotcoco (yolov2/metrics/coco.py), so this process runs it only afterwards.
 * VOC: ``voc_evaluate`` (VOC2010+ AP at IoU 0.5) on the same records and detections, one process.
 
 Timings are medians of ``--repeats`` runs (pycocotools: one run). On a shared machine wall-clock
-times depend on what else runs; CPU seconds do not: for ours with workers the CPU figure is the
-critical path (this process plus the slowest chunk in its worker), the wall time it would take with
-the cores to itself. ``identical``: max |difference| of the 12 stats (ours vs faster-coco-eval is
-exact; faster-coco-eval vs pycocotools differs by float rounding, ~1e-16). The JSON states the CPU's kind
-(``cpu_capability``, ``native_bf16``) and the worker processes ours ran with (``threads``).
+times depend on what else runs; CPU seconds do not: for ours with workers the ``critical_path`` CPU
+figure is this process plus the slowest chunk in its worker, the wall time it would take with the
+cores to itself; ``total`` adds every chunk (the work done, comparable with hotcoco's CPU seconds,
+which count all its threads). ``fastest_peer`` is whichever of faster-coco-eval and hotcoco has the
+lower wall time, with each of our backends' wall-time ratio against it. ``identical``: max
+|difference| of the 12 stats (hotcoco and our pycocotools/hotcoco backends equal pycocotools exactly;
+faster-coco-eval may differ from it by float rounding, ~1e-16). The JSON states the CPU
+(``cpu_model``, ``cpus``, ``cpu_capability``, ``native_bf16``) and the worker processes ours ran with
+(``threads``).
 
     python benchmarks/evaluate.py [--images 5000] [--workers 2] [--repeats 3] [--skip-pycocotools]
+                                  [--backends faster_coco_eval,hotcoco]
 """
 
 from __future__ import annotations
@@ -146,21 +161,72 @@ def run_faster(gt: dict, results: list) -> np.ndarray:
     return np.asarray(ev.stats[:12], np.float64)
 
 
+def run_hotcoco(gt: dict, results: list) -> np.ndarray:
+    from hotcoco import COCO, COCOeval
+
+    coco_gt = COCO(gt)
+    coco_dt = coco_gt.loadRes(results)
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.summarize()
+    return np.asarray(ev.stats[:12], np.float64)
+
+
+def hotcoco_columns(gt: dict, results: list) -> tuple:
+    """The case as the columns ``COCO.from_arrays`` and an ``(N, 7)`` ``load_res`` array take (untimed)."""
+    anns = gt["annotations"]
+    gt_columns = (
+        gt["images"], gt["categories"], np.array([a["image_id"] for a in anns], np.int64),
+        np.array([a["category_id"] for a in anns], np.int64),
+        np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
+        np.array([a["id"] for a in anns], np.int64), np.array([a["area"] for a in anns], np.float64),
+        np.array([a["iscrowd"] for a in anns], np.int64),
+    )  # fmt: skip
+    rows = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in results], np.float64)
+    return gt_columns, rows.reshape(-1, 7)
+
+
+def run_hotcoco_columns(gt_columns: tuple, rows: np.ndarray) -> np.ndarray:
+    from hotcoco import COCO, COCOeval
+
+    images, categories, image_ids, category_ids, boxes, ids, area, iscrowd = gt_columns
+    coco_gt = COCO.from_arrays(images, categories, image_ids, category_ids, boxes, ids=ids, area=area, iscrowd=iscrowd)
+    coco_dt = coco_gt.load_res(rows)
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.summarize()
+    return np.asarray(ev.stats[:12], np.float64)
+
+
+BASELINES = {
+    "pycocotools": run_pycocotools,
+    "faster_coco_eval": run_faster,
+    "hotcoco": run_hotcoco,
+    "hotcoco_columns": run_hotcoco_columns,
+}
+
+
 def baseline_worker(name: str, data: Path, repeats: int) -> None:
     """Subprocess mode: time one baseline on the case stored in ``data``; print one JSON line."""
     import faster_coco_eval  # noqa: F401  (imports happen before any clock starts)
+    import hotcoco  # noqa: F401
     import pycocotools.cocoeval  # noqa: F401
 
     case = json.loads(data.read_text())
-    fn = run_pycocotools if name == "pycocotools" else run_faster
+    fn = BASELINES[name]
     walls, cpus, stats = [], [], None
     for _ in range(repeats):
         gt, results = copy.deepcopy(case["gt"]), copy.deepcopy(case["results"])
+        inputs = hotcoco_columns(gt, results) if name == "hotcoco_columns" else (gt, results)
         wall, cpu = time.perf_counter(), time.process_time()
-        stats = fn(gt, results)
+        stats = fn(*inputs)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-        del gt, results
+        del gt, results, inputs
     print(json.dumps({"wall": walls, "cpu": cpus, "stats": stats.tolist()}))
 
 
@@ -197,24 +263,24 @@ class _ChunkCpu:
         return out
 
 
-def run_ours(records, dets, names: list[str], workers: int) -> tuple[np.ndarray, float, float, float]:
-    """(stats, wall seconds, CPU seconds of the critical path, CPU seconds of this process)."""
+def run_ours(
+    records, dets, names: list[str], workers: int, backend: str
+) -> tuple[np.ndarray, float, float, float, float]:
+    """(stats, wall seconds, CPU seconds of the critical path, of this process only, and in total)."""
     from yolov2.metrics.coco import coco_evaluate
 
     wall, cpu = time.perf_counter(), time.process_time()
-    worker_cpu = 0.0
+    chunk_cpu = [0.0]
     if workers <= 1:
-        result = coco_evaluate(records, dets, names, backend="faster_coco_eval")
+        result = coco_evaluate(records, dets, names, backend=backend)
     else:
         with ProcessPoolExecutor(workers) as pool:
             recorder = _ChunkCpu(pool)
-            result = coco_evaluate(
-                records, dets, names, backend="faster_coco_eval", num_chunks=workers, map_fn=recorder
-            )
-        worker_cpu = max(recorder.cpu)
+            result = coco_evaluate(records, dets, names, backend=backend, num_chunks=workers, map_fn=recorder)
+        chunk_cpu = recorder.cpu
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = np.array([result.stats[k] for k in STAT_NAMES], np.float64)
-    return stats, wall, cpu + worker_cpu, cpu
+    return stats, wall, cpu + max(chunk_cpu), cpu, cpu + sum(chunk_cpu)
 
 
 def main() -> None:
@@ -224,23 +290,32 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backends", default="faster_coco_eval,hotcoco", help="our backends to time, comma-separated")
     parser.add_argument("--skip-pycocotools", action="store_true", help="leave out the slow reference")
-    parser.add_argument("--baseline-worker", choices=["pycocotools", "faster_coco_eval"], help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-worker", choices=sorted(BASELINES), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_worker:
         baseline_worker(args.baseline_worker, args.data, args.repeats)
         return
 
+    import hotcoco  # noqa: F401  (imported, not run: the pooled runs fork this process)
+
+    from yolov2.cli.env import cpu_model
+    from yolov2.metrics.coco import BACKENDS
     from yolov2.metrics.voc import voc_evaluate
 
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if unknown := set(backends) - set(BACKENDS):
+        parser.error(f"unknown backends {sorted(unknown)} (choose from {list(BACKENDS)})")
     load_at_start = os.getloadavg()[0]
     records, dets = make_case(args.images, args.classes, seed=args.seed)
     names = [f"class{c}" for c in range(args.classes)]
-    run_ours(records[:50], dets.take(np.isin(dets.image_id, [r.image_id for r in records[:50]])), names, 1)  # imports
+    few = dets.take(np.isin(dets.image_id, [r.image_id for r in records[:50]]))
+    run_ours(records[:50], few, names, 1, "faster_coco_eval")  # imports (hotcoco is run only after the pools)
 
-    ours_runs = [run_ours(records, dets, names, args.workers) for _ in range(args.repeats)]
-    single_runs = [run_ours(records, dets, names, 1) for _ in range(args.repeats)]
+    ours_runs = {b: [run_ours(records, dets, names, args.workers, b) for _ in range(args.repeats)] for b in backends}
+    single_runs = {b: [run_ours(records, dets, names, 1, b) for _ in range(args.repeats)] for b in backends}
     voc_runs = []
     for _ in range(args.repeats):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -252,25 +327,77 @@ def main() -> None:
         gt, results = to_coco_json(records, dets, args.classes)
         data.write_text(json.dumps({"gt": gt, "results": results}))
         del gt, results
-        fast = time_baseline("faster_coco_eval", data, args.repeats)
+        peers = {name: time_baseline(name, data, args.repeats) for name in ("faster_coco_eval", "hotcoco")}
+        from_columns = time_baseline("hotcoco_columns", data, args.repeats)
         pyc = None if args.skip_pycocotools else time_baseline("pycocotools", data, 1)
 
     med = statistics.median
-    ours_key = f"ours_{args.workers}_workers"
-    wall = {
-        ours_key: med(r[1] for r in ours_runs),
-        "ours_1_process": med(r[1] for r in single_runs),
-        "faster_coco_eval_single": med(fast["wall"]),
-        "voc_metric_single": med(v[0] for v in voc_runs),
+    ours = f"ours_{args.workers}_workers"
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for b in backends:
+        wall[f"{ours}_{b}"] = med(r[1] for r in ours_runs[b])
+        cpu[f"{ours}_{b}_critical_path"] = med(r[2] for r in ours_runs[b])
+        cpu[f"{ours}_{b}_this_process_only"] = med(r[3] for r in ours_runs[b])
+        cpu[f"{ours}_{b}_total"] = med(r[4] for r in ours_runs[b])
+        wall[f"ours_1_process_{b}"] = med(r[1] for r in single_runs[b])
+        cpu[f"ours_1_process_{b}"] = med(r[2] for r in single_runs[b])
+    for name, peer in peers.items():
+        wall[f"{name}_single"], cpu[f"{name}_single"] = med(peer["wall"]), med(peer["cpu"])
+    wall["hotcoco_single_from_columns"], cpu["hotcoco_single_from_columns"] = (
+        med(from_columns["wall"]), med(from_columns["cpu"]),
+    )  # fmt: skip
+    wall["voc_metric_single"], cpu["voc_metric_single"] = med(v[0] for v in voc_runs), med(v[1] for v in voc_runs)
+    if pyc is not None:
+        wall["pycocotools_single"], cpu["pycocotools_single"] = pyc["wall"][0], pyc["cpu"][0]
+
+    # Speed-ups of each of our backends: wall; CPU against the critical path for the one-thread peers,
+    # against our total work for hotcoco (whose CPU seconds sum its threads).
+    speedup: dict[str, dict] = {}
+    for b in backends:
+        speedup[b] = {
+            "vs_faster_coco_eval": {
+                "wall": wall["faster_coco_eval_single"] / wall[f"{ours}_{b}"],
+                "cpu_critical_path": cpu["faster_coco_eval_single"] / cpu[f"{ours}_{b}_critical_path"],
+            },
+            "vs_hotcoco": {
+                "wall": wall["hotcoco_single"] / wall[f"{ours}_{b}"],
+                "cpu_total": cpu["hotcoco_single"] / cpu[f"{ours}_{b}_total"],
+            },
+            "vs_hotcoco_from_columns": {"wall": wall["hotcoco_single_from_columns"] / wall[f"{ours}_{b}"]},
+        }
+        if pyc is not None:
+            speedup[b]["vs_pycocotools"] = {
+                "wall": wall["pycocotools_single"] / wall[f"{ours}_{b}"],
+                "cpu_critical_path": cpu["pycocotools_single"] / cpu[f"{ours}_{b}_critical_path"],
+            }
+    fastest = min(peers, key=lambda name: wall[f"{name}_single"])
+    ratios = {b: wall[f"{fastest}_single"] / wall[f"{ours}_{b}"] for b in backends}
+    best = max(ratios, key=lambda b: ratios[b])
+    fastest_peer = {
+        "name": fastest,
+        "wall_seconds": wall[f"{fastest}_single"],
+        "ours_wall_ratio": ratios,
+        "best_ours_backend": best,
+        "best_ratio": ratios[best],
+        "target": 1.3,
     }
-    cpu = {
-        ours_key + "_critical_path": med(r[2] for r in ours_runs),
-        ours_key + "_this_process_only": med(r[3] for r in ours_runs),
-        "ours_1_process": med(r[2] for r in single_runs),
-        "faster_coco_eval_single": med(fast["cpu"]),
-        "voc_metric_single": med(v[1] for v in voc_runs),
-    }
-    ours_stats, fast_stats = ours_runs[0][0], np.array(fast["stats"])
+
+    stats = {b: ours_runs[b][0][0] for b in backends}
+    peer_stats = {name: np.array(peer["stats"]) for name, peer in peers.items()}
+    peer_stats["hotcoco_from_columns"] = np.array(from_columns["stats"])
+    identical: dict[str, float] = {}
+    for b in backends:
+        identical[f"ours_workers_{b}_vs_1_process_max_abs_diff"] = float(np.abs(stats[b] - single_runs[b][0][0]).max())
+        for name in peers:
+            identical[f"ours_workers_{b}_vs_{name}_max_abs_diff"] = float(np.abs(stats[b] - peer_stats[name]).max())
+    if pyc is not None:
+        ref = np.array(pyc["stats"])
+        for b in backends:
+            identical[f"ours_workers_{b}_vs_pycocotools_max_abs_diff"] = float(np.abs(stats[b] - ref).max())
+        for name, values in peer_stats.items():
+            identical[f"{name}_vs_pycocotools_max_abs_diff"] = float(np.abs(values - ref).max())
+
     out: dict = {
         "benchmark": "coco_map",
         "case": {
@@ -281,43 +408,40 @@ def main() -> None:
             "seed": args.seed,
         },  # fmt: skip
         "machine": {
+            "cpu_model": cpu_model(),
             "cpus": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
             "load_avg_1min_at_start": load_at_start,
         },
         "repeats": args.repeats,
+        "backends": backends,
+        "peer_threads": {
+            "pycocotools": 1,
+            "faster_coco_eval": 1,
+            "hotcoco": f"a pool of {os.environ.get('RAYON_NUM_THREADS') or os.cpu_count()} (CPU / wall: how many ran)",
+        },
         "wall_seconds_median": wall,
         "cpu_seconds_median": cpu,
-        "speedup_vs_faster_coco_eval": {
-            "wall": wall["faster_coco_eval_single"] / wall[ours_key],
-            "cpu_critical_path": cpu["faster_coco_eval_single"] / cpu[ours_key + "_critical_path"],
-        },
-        "identical": {
-            "ours_workers_vs_faster_max_abs_diff": float(np.abs(ours_stats - fast_stats).max()),
-            "ours_1_process_vs_faster_max_abs_diff": float(np.abs(single_runs[0][0] - fast_stats).max()),
-        },
+        "fastest_peer": fastest_peer,
+        "speedup": speedup,
+        "identical": identical,
         "all_runs_wall_seconds": {
-            "ours_workers": [r[1] for r in ours_runs],
-            "ours_1_process": [r[1] for r in single_runs],
-            "faster_coco_eval": fast["wall"],
+            **{f"ours_workers_{b}": [r[1] for r in ours_runs[b]] for b in backends},
+            **{f"ours_1_process_{b}": [r[1] for r in single_runs[b]] for b in backends},
+            **{name: peer["wall"] for name, peer in peers.items()},
+            "hotcoco_from_columns": from_columns["wall"],
             "voc": [v[0] for v in voc_runs],
         },  # fmt: skip
+        "stats": dict(zip(STAT_NAMES, stats[backends[0]].tolist())),
     }
-    if pyc is not None:
-        wall["pycocotools_single"], cpu["pycocotools_single"] = pyc["wall"][0], pyc["cpu"][0]
-        out["speedup_vs_pycocotools"] = {
-            "wall": pyc["wall"][0] / wall[ours_key],
-            "cpu_critical_path": pyc["cpu"][0] / cpu[ours_key + "_critical_path"],
-        }
-        out["identical"]["ours_workers_vs_pycocotools_max_abs_diff"] = float(
-            np.abs(ours_stats - np.array(pyc["stats"])).max()
-        )
-        out["identical"]["faster_vs_pycocotools_max_abs_diff"] = float(
-            np.abs(fast_stats - np.array(pyc["stats"])).max()
-        )
-    out["stats"] = dict(zip(STAT_NAMES, ours_stats.tolist()))
     out["machine"]["load_avg_1min_at_end"] = os.getloadavg()[0]
-    out.update(machine_facts(args.workers, NO_MODEL, "worker processes of ours (the baselines: one process)"))
+    out.update(machine_facts(args.workers, NO_MODEL, "worker processes of ours (the peers: one process)"))
+    print(
+        f"fastest single-call peer: {fastest} {wall[f'{fastest}_single']:.2f} s; ours with {args.workers} workers: "
+        + ", ".join(f"{b} {wall[f'{ours}_{b}']:.2f} s ({ratios[b]:.2f}x)" for b in backends),
+        file=sys.stderr,
+    )
     print(json.dumps(out, indent=2))
 
 

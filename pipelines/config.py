@@ -223,7 +223,7 @@ class EvaluateConfig:
     cpus_per_actor: float = 0.75  # below 1 so a pool holding every CPU leaves room for the shard readers
     gpus_per_actor: float = 0.0
     metrics: list[str] = field(default_factory=lambda: ["voc07", "voc12", "coco"])
-    coco_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
+    coco_backend: Literal["faster_coco_eval", "hotcoco", "pycocotools"] = "faster_coco_eval"
     coco_workers: int = 2
     num_sample_images: int = 16
     checkpoint: Literal["best", "last"] = "best"  # best: chosen on the val split (last when there is none)
