@@ -140,8 +140,16 @@ def generate_scene(
     min_size: float = MIN_OBJECT_SIZE,
     max_fraction: float = MAX_OBJECT_FRACTION,
     min_visible: float = MIN_VISIBLE,
+    palette: np.ndarray | None = None,
 ) -> SyntheticScene:
-    """Draw image ``index`` of ``split``: background, 0..max_objects shapes, then pixel noise."""
+    """Draw image ``index`` of ``split``: background, 0..max_objects shapes, then pixel noise.
+
+    ``palette`` (float32[K, 3] RGB): the object colours to draw from (None: all twelve of the generator's); a
+    subset keeps some colours unseen (``yolov2.data.shapes9k``). The default draws exactly what it always did.
+    """
+    palette = _PALETTE if palette is None else np.asarray(palette, np.float32).reshape(-1, 3)
+    if len(palette) == 0:
+        raise ConfigError("generate_scene: the palette has no colour")
     rng = image_rng(seed, split, index)
     image = _background(rng, width, height)
     owner = np.full((height, width), -1, np.int16)  # which shape each pixel shows (hard masks)
@@ -163,7 +171,7 @@ def generate_scene(
                 break
         else:
             continue  # no placement keeps the earlier shapes visible enough: skip this object
-        colour = _pick_colour(rng, image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask])
+        colour = _pick_colour(rng, image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask], palette)
         _composite(image, x0, y0, alpha, colour)
         for j, n in enumerate(lost):
             visible[j] -= int(n)
@@ -245,15 +253,15 @@ def _rasterise(polygon: np.ndarray, width: int, height: int) -> tuple[int, int, 
     return x0, y0, alpha
 
 
-def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A jittered palette colour (float32[3]) that stands out from the background pixels ``under``."""
+def _pick_colour(rng: np.random.Generator, under: np.ndarray, palette: np.ndarray = _PALETTE) -> np.ndarray:
+    """A jittered ``palette`` colour (float32[3]) that stands out from the background pixels ``under``."""
     mean = under.reshape(-1, 3).mean(axis=0)
-    colour = _PALETTE[0]
+    colour = palette[0]
     for _ in range(8):
-        colour = np.clip(_PALETTE[rng.integers(len(_PALETTE))] + rng.uniform(-25, 25, 3), 0, 255)
+        colour = np.clip(palette[rng.integers(len(palette))] + rng.uniform(-25, 25, 3), 0, 255)
         if np.linalg.norm(colour - mean) >= _MIN_CONTRAST:
             return colour.astype(np.float32)
-    far = _PALETTE[np.argmax(np.linalg.norm(_PALETTE - mean, axis=1))]
+    far = palette[np.argmax(np.linalg.norm(palette - mean, axis=1))]
     return far.astype(np.float32)
 
 
