@@ -165,13 +165,7 @@ def run_hotcoco(gt: dict, results: list) -> np.ndarray:
     from hotcoco import COCO, COCOeval
 
     coco_gt = COCO(gt)
-    coco_dt = coco_gt.loadRes(results)
-    ev = COCOeval(coco_gt, coco_dt, "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.summarize()
-    return np.asarray(ev.stats[:12], np.float64)
+    return _hotcoco_stats(COCOeval(coco_gt, coco_gt.loadRes(results), "bbox"))
 
 
 def hotcoco_columns(gt: dict, results: list) -> tuple:
@@ -193,8 +187,11 @@ def run_hotcoco_columns(gt_columns: tuple, rows: np.ndarray) -> np.ndarray:
 
     images, categories, image_ids, category_ids, boxes, ids, area, iscrowd = gt_columns
     coco_gt = COCO.from_arrays(images, categories, image_ids, category_ids, boxes, ids=ids, area=area, iscrowd=iscrowd)
-    coco_dt = coco_gt.load_res(rows)
-    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    return _hotcoco_stats(COCOeval(coco_gt, coco_gt.load_res(rows), "bbox"))
+
+
+def _hotcoco_stats(ev) -> np.ndarray:
+    """Evaluate, accumulate and summarise (quietly) a hotcoco COCOeval: its 12 stats."""
     ev.evaluate()
     ev.accumulate()
     with contextlib.redirect_stdout(io.StringIO()):

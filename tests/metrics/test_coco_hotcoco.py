@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metrics.test_coco import as_coco_json
 from yolov2.data.records import ImageRecord
 from yolov2.metrics import coco
 from yolov2.metrics.coco import STAT_NAMES, coco_evaluate, coco_evaluate_arrays
@@ -64,23 +65,6 @@ def hotcoco_run(gt_json: dict | Path, results: list | Path) -> tuple[np.ndarray,
 
 def stats_of(result) -> np.ndarray:
     return np.array([result.stats[k] for k in STAT_NAMES])
-
-
-def as_coco_json(records: list[ImageRecord], dets: DetectionTable, names: list[str]) -> tuple[dict, list]:
-    """The records and detections as a ground-truth dict and results list, with the values ours uses."""
-    images, anns = [], []
-    for r in records:
-        images.append({"id": int(r.image_id), "width": r.width, "height": r.height})
-        for b, lab, crowd in zip(r.boxes.astype(np.float64), r.labels, r.iscrowd):
-            w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": int(r.image_id), "category_id": int(lab) + 1,
-                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": int(crowd)})  # fmt: skip
-    results = [
-        {"image_id": int(i), "category_id": int(c) + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
-        for i, c, b, s in zip(dets.image_id, dets.label.tolist(), dets.boxes.tolist(), dets.score.tolist())
-    ]
-    cats = [{"id": c + 1, "name": n} for c, n in enumerate(names)]
-    return {"images": images, "annotations": anns, "categories": cats}, results
 
 
 def edge_case(
