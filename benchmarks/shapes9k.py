@@ -74,7 +74,7 @@ from yolov2.config import AugmentConfig, LoopConfig, LossConfig, PredictConfig  
 from yolov2.data.augment import Augmentation  # noqa: E402
 from yolov2.data.batch import Batch  # noqa: E402
 from yolov2.data.images import decode_rgb  # noqa: E402
-from yolov2.data.records import ImageRecord  # noqa: E402
+from yolov2.data.records import ImageRecord, relabel_records  # noqa: E402
 from yolov2.data.shapes9k import (  # noqa: E402
     LEAF_NODES,
     SHAPE_NODES,
@@ -84,7 +84,6 @@ from yolov2.data.shapes9k import (  # noqa: E402
     detection_samples,
     grey_test_samples,
     leaf_test_samples,
-    relabel,
     shapes9k_tree,
 )
 from yolov2.data.shards import ShardSpec, write_shard_bytes  # noqa: E402
@@ -405,7 +404,7 @@ def evaluate_variant(
         return detections
 
     def voc07(samples: Sequence[Sample], mapping: Sequence[int], names: Sequence[str], dets: DetectionTable) -> float:
-        records = [relabel(rec, mapping) for _, _, rec in samples]
+        records = relabel_records([rec for _, _, rec in samples], mapping)
         return round(compute_metrics(records, dets, names, ["voc07"])[0]["map50_voc07"], 4)
 
     grey_shapes = list(range(tree.num_nodes))  # the grey records are labelled with shape nodes already

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolov2.data.records import ImageRecord
+from yolov2.data.records import ImageRecord, relabel_records
 from yolov2.data.shapes9k import (
     BUCKETS,
     CHROMATIC_PALETTE,
@@ -37,7 +37,6 @@ from yolov2.data.shapes9k import (
     hue_bucket,
     leaf_node,
     leaf_test_samples,
-    relabel,
     shapes9k_tree,
 )
 from yolov2.data.shards import ShardSpec, write_shard_bytes
@@ -249,15 +248,15 @@ def test_kinds_come_from_different_splits() -> None:
     assert [len(p) for p in prefixes] == [1, 1, 1, 1] and len(set.union(*prefixes)) == 4
 
 
-def test_relabel_maps_labels_and_leaves_the_record_alone() -> None:
+def test_leaf_records_map_to_their_shapes_and_stay_as_they_were() -> None:
     tree = shapes9k_tree()
     record = leaf_test_samples(SMALL, 3)[1][2]
     to_shape = [tree.path(n)[-1] for n in range(tree.num_nodes)]
-    shapes = relabel(record, to_shape)
+    (shapes,) = relabel_records([record], to_shape)
     assert shapes.labels.tolist() == [tree.parents[n] for n in record.labels]
     assert all(label >= 5 for label in record.labels) and np.array_equal(shapes.boxes, record.boxes)
     empty = ImageRecord("e", "s", "e.jpg", 10, 10)
-    assert relabel(empty, to_shape).labels.tolist() == []
+    assert relabel_records([empty], to_shape)[0].labels.tolist() == []
 
 
 def test_class_only_crops_stream_as_class_only_batches(tmp_path: Path) -> None:

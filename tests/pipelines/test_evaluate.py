@@ -17,6 +17,7 @@ from pipelines.config import load_config
 from pipelines.dag import StageResult, run_stage
 from pipelines.evaluate import evaluated_checkpoint
 from pipelines.workspace import Workspace
+from shapes_tree import shapes_tree
 from yolov2.config import PredictConfig
 from yolov2.data.records import relabel_records, table_to_records
 from yolov2.data.shards import iter_shard_samples
@@ -24,7 +25,7 @@ from yolov2.evaluation import compute_metrics, predict_samples
 from yolov2.inference import ModelSpec, Predictor, save_model_file
 from yolov2.metrics import DetectionTable
 from yolov2.progress import Progress
-from yolov2.wordtree import WordTree, ancestors_at_depth
+from yolov2.wordtree import ancestors_at_depth
 
 
 def _sharded(tmp_path, extra: list[str] = ()):
@@ -150,10 +151,7 @@ def test_a_tree_model_is_scored_at_the_depth_asked_for(ray_local, tmp_path):
     both at the roots, as a plain loop with the Predictor and relabelled records gives them."""
     cfg, ws, sharded = _sharded(tmp_path, ["evaluate.tree_depth=0", "evaluate.metrics=[voc07]"])
     names = sharded.manifest["class_names"]
-    tree = WordTree(("round", "angular", *names), (-1, -1, *[0 if n in ("circle", "ellipse") else 1 for n in names]))
-    order = sorted(range(tree.num_nodes), key=lambda i: (tree.parents[i] >= 0, tree.parents[i], i))
-    position = {old: new for new, old in enumerate(order)}
-    tree = WordTree(tuple(tree.names[i] for i in order), tuple(position.get(tree.parents[i], -1) for i in order))
+    tree = shapes_tree()
     torch.manual_seed(0)
     spec = ModelSpec(
         "yolov2_tiny_voc", tree.num_nodes, [[1.0, 1.2], [2.2, 2.5]], names, input_size=96, width_multiplier=0.25,

@@ -57,7 +57,6 @@ __all__ = [
     "hue_bucket",
     "leaf_node",
     "leaf_test_samples",
-    "relabel",
     "shapes9k_tree",
 ]
 
@@ -148,19 +147,9 @@ def _leaf_of(scene: SyntheticScene, i: int) -> int:
     return leaf_node(shape.label, bucket)
 
 
-def relabel(record: ImageRecord, mapping: Sequence[int]) -> ImageRecord:
-    """A copy of ``record`` with each label ``l`` replaced by ``mapping[l]`` (e.g. leaf node -> shape)."""
-    labels = np.asarray(mapping, np.int32)[record.labels] if len(record.labels) else record.labels.copy()
-    return dataclasses.replace(record, labels=labels)
-
-
 def detection_samples(settings: SceneSettings, count: int, split: str = "det") -> list[Sample]:
     """``count`` chromatic scenes, each box labelled with its shape node only."""
-    out = []
-    for index in range(count):
-        scene = _scene(settings, split, index, CHROMATIC_PALETTE)
-        out.append((scene.record.image_id, _jpeg(scene.image, settings.jpeg_quality), scene.record))
-    return out
+    return _shape_labelled(settings, count, split, CHROMATIC_PALETTE)
 
 
 def leaf_test_samples(settings: SceneSettings, count: int, split: str = "test") -> list[Sample]:
@@ -176,9 +165,14 @@ def leaf_test_samples(settings: SceneSettings, count: int, split: str = "test") 
 
 def grey_test_samples(settings: SceneSettings, count: int, split: str = "grey") -> list[Sample]:
     """``count`` scenes drawn in grey only (a colour no training image has), labelled by shape node."""
+    return _shape_labelled(settings, count, split, GREY_PALETTE)
+
+
+def _shape_labelled(settings: SceneSettings, count: int, split: str, palette: np.ndarray) -> list[Sample]:
+    """``count`` scenes of ``split`` in ``palette``, as the generator labels them: by shape node."""
     out = []
     for index in range(count):
-        scene = _scene(settings, split, index, GREY_PALETTE)
+        scene = _scene(settings, split, index, palette)
         out.append((scene.record.image_id, _jpeg(scene.image, settings.jpeg_quality), scene.record))
     return out
 

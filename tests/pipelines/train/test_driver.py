@@ -34,13 +34,14 @@ from pipelines.faults import FaultPlan
 from pipelines.train import driver as train
 from pipelines.train.job import validation_predict
 from pipelines.workspace import Workspace
+from shapes_tree import shapes_tree
 from yolov2.data.shards import shard_specs_from_index
 from yolov2.data.synthetic import SHAPE_CLASSES
 from yolov2.engine.checkpoint import load_checkpoint
 from yolov2.engine.precision import choose_precision, detect_hardware
 from yolov2.evaluation import predict_share, validation_metrics
 from yolov2.inference import load_model_file
-from yolov2.wordtree import WordTree, write_tree
+from yolov2.wordtree import write_tree
 
 ANCHORS = [[0.4, 0.4], [0.8, 0.9], [1.3, 1.2], [1.8, 2.0], [2.6, 2.4]]
 
@@ -351,13 +352,7 @@ def test_a_tree_model_trains_on_node_labels_and_class_only_samples(ray_local, tm
     circle known only from an image folder. The head predicts the tree's nodes, the batches mix the folder's
     classification-only images in at train.class_only_ratio, and validation scores the dataset's detection classes
     through ModelSpec.tree_classes."""
-    names = ["round", "angular", *SHAPE_CLASSES, "circle_red", "circle_blue"]
-    parents = [-1, -1] + [0 if name in ("circle", "ellipse") else 1 for name in SHAPE_CLASSES] + [2, 2]
-    order = sorted(range(len(names)), key=lambda i: (parents[i] >= 0, parents[i], i))  # siblings contiguous
-    position = {old: new for new, old in enumerate(order)}
-    tree = WordTree(
-        tuple(names[i] for i in order), tuple(position[parents[i]] if parents[i] >= 0 else -1 for i in order)
-    )
+    tree = shapes_tree({"circle": ["circle_red", "circle_blue"]})
     write_tree(tree, tmp_path / "shapes.tree")
     folder = tmp_path / "colours"
     for leaf, colour in (("circle_red", (220, 30, 30)), ("circle_blue", (30, 30, 220))):
