@@ -276,9 +276,8 @@ def region_loss(
     obj = (obj_terms * weight).sum() + class_only_obj
 
     if tree is None:
-        cls_terms = class_scale * F.cross_entropy(
-            picked[..., 5:].reshape(-1, num_classes), cls_target.view(-1), reduction="none"
-        ).view(batch, num_truths)
+        cls_terms = class_scale * _class_loss(picked[..., 5:].reshape(-1, num_classes), cls_target.view(-1), None)
+        cls_terms = cls_terms.view(batch, num_truths)
         cls = (cls_terms * weight).sum() + class_only_cls
     else:
         cls = class_scale * _tree_class_sum(picked[..., 5:], cls_target, tree, valid, later_same_slot) + class_only_cls
