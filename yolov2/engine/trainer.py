@@ -180,6 +180,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type) if settings.amp == "fp16" else None
     state = restore(resume_from, model, optimizer, ema, scaler) if resume_from else TrainState()
     anchors = settings.anchors.to(device)
+    tree = settings.tree.to(device) if settings.tree is not None else None  # once, not at every step
+    class_nodes = settings.class_nodes.to(device) if settings.class_nodes is not None else None
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     while state.epoch < loop.epochs and (not loop.max_steps or state.step < loop.max_steps):
         model.train()
@@ -205,12 +207,12 @@ def train(
             with small_ops_threads(device):
                 losses = region_loss(
                     head,
-                    labels_to_nodes(batch.targets.to(device), settings.class_nodes),
+                    labels_to_nodes(batch.targets.to(device), class_nodes),
                     anchors,
                     settings.num_classes,
                     seen_after,
                     settings.loss,
-                    tree=settings.tree,
+                    tree=tree,
                     class_only=batch.class_only,
                 )
                 scaled = losses.total / settings.accumulation
